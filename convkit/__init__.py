@@ -1,0 +1,3 @@
+"""convkit: tokenizers, GGUF conversion and quantization, and drift measurement."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,33 @@
+"""Builds the optional compiled helpers; everything else is in pyproject.toml.
+
+Each helper has a pure-numpy twin that stays the readable reference; if a compiler
+is missing, the build still succeeds and the numpy path is used.
+"""
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HELPERS = {
+    "tokenizers_impl._bpe": "tokenizers_impl/_bpe.c",
+    "quant._kquants": "quant/_kquants.c",
+}
+
+
+class OptionalBuildExt(build_ext):
+    """A helper that fails to compile is skipped, not fatal."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means "use numpy"
+            print(f"convkit: skipping optional helper {ext.name}: {exc}")
+
+
+extensions = [
+    Extension(name, [source], extra_compile_args=["-O3", "-std=c11"])
+    for name, source in HELPERS.items()
+    if Path(source).exists()
+]
+
+setup(ext_modules=extensions, cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,57 @@
+"""The CLI's error convention and the atomic-output helper."""
+import subprocess
+import sys
+
+import pytest
+
+from convkit.atomic import atomic_open
+from convkit.errors import ConvkitError
+
+
+def run_cli(*args, input=None):
+    return subprocess.run([sys.executable, "-m", "convkit", *args], capture_output=True,
+                          text=True, input=input)
+
+
+def test_atomic_open_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_open_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("new")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    with atomic_open(target) as f:
+        f.write("new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_open_refuses_to_overwrite_an_input(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("keep")
+    with pytest.raises(ConvkitError, match="one of the inputs"):
+        with atomic_open(src, inputs=[src]) as f:
+            f.write("lost")
+    assert src.read_text() == "keep"
+
+
+def test_cli_help_lists_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "tokenize" in result.stdout
+
+
+def test_cli_unknown_command_exits_2():
+    result = run_cli("no-such-command")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
