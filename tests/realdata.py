@@ -94,7 +94,7 @@ def ggml_base_library() -> Path:
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    (lib,) = lib_dir.glob("libggml-base.so*")[:1] or [None]
+    (lib,) = sorted(lib_dir.glob("libggml-base.so*"))[:1] or [None]
     if lib is None:
         raise FileNotFoundError(f"no libggml-base.so under {lib_dir}")
     return lib
