@@ -7,6 +7,6 @@ optional compiled helper (_bpe.c); the pure-Python paths are the readable refere
 from .bpe import CharBPE
 from .bytelevel import ByteLevelBPE
 from .errors import TokenizerError
-from .pretokenize import PRESETS, pretokenize
+from .pretokenize import PRESETS
 
-__all__ = ["ByteLevelBPE", "CharBPE", "TokenizerError", "PRESETS", "pretokenize"]
+__all__ = ["ByteLevelBPE", "CharBPE", "TokenizerError", "PRESETS"]

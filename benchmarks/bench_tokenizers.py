@@ -1,0 +1,144 @@
+"""Byte-level BPE side by side with the peers: training (HF tokenizers) and encoding
+(tiktoken, HF tokenizers), on the Python documentation sources.
+
+Each case runs in its own process so that peak memory (max RSS) is its own.
+Run: python benchmarks/bench_tokenizers.py [--train-mb 20] [--vocab 32000]
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _lines(mb):
+    from realdata import python_docs_rst_text
+
+    # the sources hold about 11 MB: beyond that the corpus is repeated to the size asked
+    want = int(mb * 1_000_000)
+    text = python_docs_rst_text(want)
+    size = len(text.encode())
+    text = text * max(1, -(-want // size))
+    text = text.encode()[:want].decode("utf-8", "ignore")
+    return text, text.splitlines(keepends=True)
+
+
+def case_train_ours(mb, vocab):
+    from tokenizers_impl import ByteLevelBPE
+
+    text, lines = _lines(mb)
+    t0 = time.perf_counter()
+    tok = ByteLevelBPE.train(lines, vocab, special_tokens=["<|endoftext|>"])
+    return {"seconds": time.perf_counter() - t0, "bytes": len(text.encode()), "merges": [list(m) for m in tok.merges]}
+
+
+def case_train_hf(mb, vocab):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    text, lines = _lines(mb)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab, show_progress=False, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    t0 = time.perf_counter()
+    tok.train_from_iterator(lines, trainer)
+    seconds = time.perf_counter() - t0
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return {"seconds": seconds, "bytes": len(text.encode()),
+            "merges": [m if isinstance(m, list) else m.split(" ") for m in merges]}
+
+
+def _smollm2():
+    from smollm2_fixture import smollm2_tokenizer_json
+
+    path = smollm2_tokenizer_json()
+    return path, json.loads(path.read_text())
+
+
+def case_encode_ours(_mb, _vocab):
+    from realdata import python_docs_rst_text
+    from tokenizers_impl import ByteLevelBPE
+
+    _, j = _smollm2()
+    merges = [m if isinstance(m, list) else m.split(" ") for m in j["model"]["merges"]]
+    tok = ByteLevelBPE(j["model"]["vocab"], merges, "smollm",
+                       {t["content"]: t["id"] for t in j["added_tokens"] if t["special"]})
+    text = python_docs_rst_text()
+    t0 = time.perf_counter()
+    ids = tok.encode(text)
+    return {"seconds": time.perf_counter() - t0, "bytes": len(text.encode()), "ids": ids}
+
+
+def case_encode_hf(_mb, _vocab):
+    from realdata import python_docs_rst_text
+    from tokenizers import Tokenizer
+
+    path, _ = _smollm2()
+    tok = Tokenizer.from_file(str(path))
+    text = python_docs_rst_text()
+    t0 = time.perf_counter()
+    ids = tok.encode(text, add_special_tokens=False).ids
+    return {"seconds": time.perf_counter() - t0, "bytes": len(text.encode()), "ids": ids}
+
+
+def case_encode_tiktoken(_mb, _vocab):
+    """tiktoken with the same vocab and a pattern of the same shape (digits split singly)."""
+    import tiktoken
+    from realdata import python_docs_rst_text
+    from tokenizers_impl.bytelevel import token_to_bytes
+
+    _, j = _smollm2()
+    ranks = {token_to_bytes(t): i for t, i in j["model"]["vocab"].items()}
+    pat = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    enc = tiktoken.Encoding("smollm2", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+    text = python_docs_rst_text()
+    t0 = time.perf_counter()
+    ids = enc.encode_ordinary(text)
+    return {"seconds": time.perf_counter() - t0, "bytes": len(text.encode()), "ids": ids}
+
+
+CASES = {f.__name__[5:]: f for f in (case_train_ours, case_train_hf, case_encode_ours, case_encode_hf,
+                                     case_encode_tiktoken)}
+
+
+def run_case(name, mb, vocab):
+    out = subprocess.run([sys.executable, __file__, "--case", name, "--train-mb", str(mb), "--vocab", str(vocab)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-mb", type=float, default=20)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--case")
+    args = ap.parse_args()
+    if args.case:
+        result = CASES[args.case](args.train_mb, args.vocab)
+        result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    def row(what, ours, peer, peer_name):
+        mbps = lambda r: r["bytes"] / r["seconds"] / 1e6  # noqa: E731
+        print(f"{what:<34} ours {mbps(ours):7.2f} MB/s {ours['max_rss_mb']:7.0f} MB | {peer_name} "
+              f"{mbps(peer):7.2f} MB/s {peer['max_rss_mb']:7.0f} MB | speed x{mbps(ours) / mbps(peer):.2f} "
+              f"memory x{ours['max_rss_mb'] / peer['max_rss_mb']:.2f}")
+
+    ours, hf = run_case("train_ours", args.train_mb, args.vocab), run_case("train_hf", args.train_mb, args.vocab)
+    row(f"train vocab {args.vocab}, {ours['bytes'] / 1e6:.0f} MB", ours, hf, "HF tokenizers")
+    same = sum(a == b for a, b in zip(ours["merges"], hf["merges"]))
+    print(f"  merges: {len(ours['merges'])} ours, {len(hf['merges'])} HF, identical prefix-wise {same}")
+    ours, hf, tk = (run_case(c, 0, 0) for c in ("encode_ours", "encode_hf", "encode_tiktoken"))
+    row(f"encode SmolLM2 vocab, {ours['bytes'] / 1e6:.0f} MB", ours, tk, "tiktoken")
+    row("", ours, hf, "HF tokenizers")
+    print(f"  ids identical to HF: {ours['ids'] == hf['ids']} ({len(ours['ids'])} ids)")
+
+
+if __name__ == "__main__":
+    main()
