@@ -17,7 +17,7 @@ from .search import (F32, GROUP_MAX_EPS, make_q3_quants, make_qkx_quants, make_q
 
 QK_K = 256
 BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
-_CHUNK_BLOCKS = 256          # bounds the [candidates, n, groups] work arrays to a few tens of MB
+_CHUNK_BLOCKS = 4096          # bounds the [candidates, n, groups] work arrays to a few tens of MB
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -65,15 +65,17 @@ def _fp16_round(v):
 
 def _max_positive(v):
     """ggml's running `if (v > best) best = v` from 0, per block (v is [B, k])."""
-    return np.maximum(v.max(axis=1), F32(0))
+    return np.where(np.isnan(v), F32(0), v).max(axis=1).clip(min=0)
 
 
 def _signed_abs_max(v):
     """ggml's running `if (|v| > amax) {amax = |v|; max = v}`: first value of largest |v|."""
     a = np.abs(v)
+    a = np.where(np.isnan(a), F32(-1), a)          # `|v| > amax` never holds for NaN
     idx = np.argmax(a, axis=1)
     rows = np.arange(v.shape[0])
-    return v[rows, idx], a[rows, idx]
+    found = a[rows, idx] > 0
+    return np.where(found, v[rows, idx], F32(0)), np.where(found, a[rows, idx], F32(0))
 
 
 def _pack_2bit(L):
@@ -300,29 +302,84 @@ def _q8_k_blocks(x, qw):
 
 # ---------------------------------------------------------------- public quantizers
 
-def quantize_q2_k(x, imatrix=None):
-    return _run_blocks(x, imatrix, "Q2_K", 84, _q2_k_blocks)
+try:                                    # optional compiled kernels; numpy above is the reference
+    from . import _kquants as _compiled
+except ImportError:                     # pragma: no cover - depends on the build
+    _compiled = None
+
+_TYPE_IDS = {"Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15}
+_NUMPY_BLOCKS = {"Q2_K": _q2_k_blocks, "Q3_K": _q3_k_blocks, "Q4_K": _q4_k_blocks,
+                 "Q5_K": _q5_k_blocks, "Q6_K": _q6_k_blocks, "Q8_K": _q8_k_blocks}
 
 
-def quantize_q3_k(x, imatrix=None):
-    return _run_blocks(x, imatrix, "Q3_K", 110, _q3_k_blocks)
+def has_compiled():
+    return _compiled is not None
 
 
-def quantize_q4_k(x, imatrix=None):
-    return _run_blocks(x, imatrix, "Q4_K", 144, _q4_k_blocks)
+def _run_compiled(name, x, imatrix, threads):
+    x = _as_rows(x, name)
+    rows, n = x.shape
+    qw = None
+    if imatrix is not None and name != "Q8_K":
+        qw = np.ascontiguousarray(np.asarray(imatrix, dtype=F32).reshape(-1))
+        if qw.shape[0] != n:
+            raise QuantError(f"{name}: importance vector has {qw.shape[0]} entries but rows have "
+                             f"{n}; use the imatrix entry recorded for this tensor")
+    out = np.empty((rows, n // QK_K * BLOCK_BYTES[name]), dtype=np.uint8)
+    tid = _TYPE_IDS[name]
+    threads = max(1, min(int(threads or 1), rows))
+    if threads == 1:
+        _compiled.kquant(tid, x, qw, out, rows, n)
+        return out
+    from concurrent.futures import ThreadPoolExecutor  # the kernel releases the GIL
+    bounds = np.linspace(0, rows, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        jobs = [pool.submit(_compiled.kquant, tid, x[a:b], qw, out[a:b], b - a, n)
+                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        for job in jobs:
+            job.result()
+    return out
 
 
-def quantize_q5_k(x, imatrix=None):
-    return _run_blocks(x, imatrix, "Q5_K", 176, _q5_k_blocks)
+def quantize_k(name, x, imatrix=None, threads=1, backend="auto"):
+    """Quantize float32 rows [rows, n] (n a multiple of 256) to ggml's `name` blocks.
+
+    backend: "auto" (compiled kernels when built), "c" (require them) or "numpy".
+    """
+    if name not in _TYPE_IDS:
+        raise QuantError(f"{name}: not a K-quant type; use one of {', '.join(_TYPE_IDS)}")
+    if backend == "c" and _compiled is None:
+        raise QuantError("quant._kquants is not built; run `pip install -e .` with a C compiler")
+    if backend != "numpy" and _compiled is not None:
+        return _run_compiled(name, x, imatrix, threads)
+    with np.errstate(all="ignore"):
+        return _run_blocks(x, None if name == "Q8_K" else imatrix, name, BLOCK_BYTES[name],
+                           _NUMPY_BLOCKS[name])
 
 
-def quantize_q6_k(x, imatrix=None):
-    return _run_blocks(x, imatrix, "Q6_K", 210, _q6_k_blocks)
+def quantize_q2_k(x, imatrix=None, threads=1, backend="auto"):
+    return quantize_k("Q2_K", x, imatrix, threads, backend)
 
 
-def quantize_q8_k(x, imatrix=None):
-    """Q8_K is ggml's activation format; the importance vector does not apply to it."""
-    return _run_blocks(x, None, "Q8_K", 292, _q8_k_blocks)
+def quantize_q3_k(x, imatrix=None, threads=1, backend="auto"):
+    return quantize_k("Q3_K", x, imatrix, threads, backend)
+
+
+def quantize_q4_k(x, imatrix=None, threads=1, backend="auto"):
+    return quantize_k("Q4_K", x, imatrix, threads, backend)
+
+
+def quantize_q5_k(x, imatrix=None, threads=1, backend="auto"):
+    return quantize_k("Q5_K", x, imatrix, threads, backend)
+
+
+def quantize_q6_k(x, imatrix=None, threads=1, backend="auto"):
+    return quantize_k("Q6_K", x, imatrix, threads, backend)
+
+
+def quantize_q8_k(x, imatrix=None, threads=1, backend="auto"):
+    """Q8_K is ggml's activation format; an importance vector does not apply to it."""
+    return quantize_k("Q8_K", x, None, threads, backend)
 
 
 # ---------------------------------------------------------------- dequantizers

@@ -1,0 +1,65 @@
+/* quant._kquants: optional compiled kernels for quant/ (plain CPython C API + buffer protocol).
+ *
+ * Every kernel has a numpy twin in quant/ that stays the readable reference; tests check
+ * both give ggml's bytes. Kernels release the GIL so callers can split rows over threads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_kquants_k.h"
+
+/* ------------------------------------------------------------------ K-quants */
+
+/* kquant(type_id, x, imatrix_or_None, out, rows, n_per_row): x float32 C-contiguous
+ * [rows * n_per_row], imatrix float32 [n_per_row] or None, out writable uint8. */
+static PyObject *py_kquant(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer xb, ob, qb;
+    PyObject *imatrix;
+    Py_ssize_t rows, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*Ow*nn", &type, &xb, &imatrix, &ob, &rows, &n)) return NULL;
+    int have_q = imatrix != Py_None;
+    if (have_q && PyObject_GetBuffer(imatrix, &qb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    static const int bytes[6] = {84, 110, 144, 176, 210, 292};
+    const char *err = NULL;
+    if (type < 10 || type > 15) err = "unknown K-quant type id";
+    else if (n <= 0 || n % KQ_QK) err = "n_per_row must be a positive multiple of 256";
+    else if (xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
+    else if (ob.len < rows * (n / KQ_QK) * bytes[type - 10]) err = "out is too small";
+    else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
+    if (!err) {
+        const float *x = (const float *)xb.buf;
+        const float *q = have_q ? (const float *)qb.buf : NULL;
+        uint8_t *o = (uint8_t *)ob.buf;
+        Py_BEGIN_ALLOW_THREADS
+        kq_quantize_rows(type, x, q, rows, n, o);
+        Py_END_ALLOW_THREADS
+    }
+    if (have_q) PyBuffer_Release(&qb);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef kquants_methods[] = {
+    {"kquant", py_kquant, METH_VARARGS,
+     "kquant(type_id, x, imatrix_or_None, out, rows, n_per_row): ggml K-quant bytes into out."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef kquants_module = {
+    PyModuleDef_HEAD_INIT, "_kquants", "Compiled block-quantization kernels.", -1, kquants_methods,
+};
+
+PyMODINIT_FUNC PyInit__kquants(void) { return PyModule_Create(&kquants_module); }
