@@ -10,9 +10,21 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")   /* a fused a*b+c would round differently from ggml */
+#endif
+
 #define KQ_QK 256
 #define KQ_LANES 16
 #define KQ_EPS 1e-15f
+
+/* Lane loops are compiled for wider vector units too and picked at load time (ifunc);
+ * the arithmetic is identical IEEE float32 in every clone, and ISO C mode forbids contraction. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define KQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define KQ_CLONES
+#endif
 
 typedef float kq_lanes_f[KQ_LANES];
 typedef uint8_t kq_lanes_u8[KQ_LANES];
@@ -76,7 +88,7 @@ static inline float kq_get_f16(const uint8_t *p) {
 /* ------------------------------------------------------------------ lane searches */
 
 /* make_qkx2_quants (qkx3 = 0) / make_qkx3_quants (qkx3 = 1), one group per lane. */
-static void kq_qkx_lanes(int n, int nmax, const kq_lanes_f *xt, const kq_lanes_f *wt,
+KQ_CLONES static void kq_qkx_lanes(int n, int nmax, const kq_lanes_f *xt, const kq_lanes_f *wt,
                          float rmin, float rdelta, int nstep, int use_mad, int qkx3,
                          float *scale_out, float *the_min_out, kq_lanes_u8 *L) {
     float mn[KQ_LANES], mx[KQ_LANES], sum_w[KQ_LANES], sum_x[KQ_LANES];
@@ -179,7 +191,7 @@ static void kq_qkx_lanes(int n, int nmax, const kq_lanes_f *xt, const kq_lanes_f
 }
 
 /* make_qx_quants with rmse_type 1, one group per lane; L gets l + nmax (0 for all-zero groups). */
-static void kq_qx_lanes(int n, int nmax, const kq_lanes_f *xt, const kq_lanes_f *wt,
+KQ_CLONES static void kq_qx_lanes(int n, int nmax, const kq_lanes_f *xt, const kq_lanes_f *wt,
                         float *scale_out, kq_lanes_u8 *L) {
     float vmax[KQ_LANES], amax[KQ_LANES], iscale[KQ_LANES], sumlx[KQ_LANES], suml2[KQ_LANES];
     float scale[KQ_LANES], best[KQ_LANES];
@@ -253,7 +265,7 @@ static void kq_qx_lanes(int n, int nmax, const kq_lanes_f *xt, const kq_lanes_f 
 }
 
 /* make_q3_quants with do_rmse, one group per lane; L gets l + nmax (0 for all-zero groups). */
-static void kq_q3_lanes(int n, int nmax, const kq_lanes_f *xt, float *scale_out, kq_lanes_u8 *Lout) {
+KQ_CLONES static void kq_q3_lanes(int n, int nmax, const kq_lanes_f *xt, float *scale_out, kq_lanes_u8 *Lout) {
     float vmax[KQ_LANES], amax[KQ_LANES], iscale[KQ_LANES], sumlx[KQ_LANES], suml2[KQ_LANES];
     int L[16][KQ_LANES];
     for (int k = 0; k < KQ_LANES; ++k) vmax[k] = amax[k] = sumlx[k] = suml2[k] = 0;
@@ -278,25 +290,23 @@ static void kq_q3_lanes(int n, int nmax, const kq_lanes_f *xt, float *scale_out,
     for (int itry = 0; itry < 5; ++itry) {
         int changed = 0;
         for (int i = 0; i < n; ++i) {
+            /* ggml branches; the same arithmetic is done for every lane and then selected */
             for (int k = 0; k < KQ_LANES; ++k) {
                 float x = xt[i][k], w = x * x;
-                float slx = sumlx[k] - w * x * L[i][k];
-                if (slx > 0) {
-                    float sl2 = suml2[k] - w * L[i][k] * L[i][k];
-                    int new_l = kq_nearest_int(x * sl2 / slx);
-                    new_l = new_l > nmax - 1 ? nmax - 1 : new_l;
-                    new_l = new_l < -nmax ? -nmax : new_l;
-                    if (new_l != L[i][k]) {
-                        slx += w * x * new_l;
-                        sl2 += w * new_l * new_l;
-                        if (sl2 > 0 && slx * slx * suml2[k] > sumlx[k] * sumlx[k] * sl2) {
-                            L[i][k] = new_l;
-                            sumlx[k] = slx;
-                            suml2[k] = sl2;
-                            changed = 1;
-                        }
-                    }
-                }
+                int li = L[i][k];
+                float slx = sumlx[k] - w * x * li;
+                float sl2 = suml2[k] - w * li * li;
+                int new_l = kq_nearest_int(x * sl2 / slx);
+                new_l = new_l > nmax - 1 ? nmax - 1 : new_l;
+                new_l = new_l < -nmax ? -nmax : new_l;
+                float slx2 = slx + w * x * new_l;
+                float sl22 = sl2 + w * new_l * new_l;
+                int take = (slx > 0) & (new_l != li) & (sl22 > 0)
+                           & (slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22);
+                L[i][k] = take ? new_l : li;
+                sumlx[k] = take ? slx2 : sumlx[k];
+                suml2[k] = take ? sl22 : suml2[k];
+                changed |= take;
             }
         }
         if (!changed) break;   /* a pass without changes would repeat forever: every lane is done */
