@@ -126,25 +126,13 @@ static Py_ssize_t match_whitespace(const Src *s, Py_ssize_t i, Py_ssize_t n) {
     return -(run_of(s, i + 1, n, C_WS));
 }
 
+/* Pieces go to a sink as they are found, so no list of all pieces is ever held. */
 typedef struct {
-    Py_ssize_t *v;
-    Py_ssize_t n, cap;
-} Spans;
+    int (*emit)(void *ctx, Py_ssize_t start, Py_ssize_t end);
+    void *ctx;
+} Sink;
 
-static int spans_push(Spans *sp, Py_ssize_t a, Py_ssize_t b) {
-    if (sp->n + 2 > sp->cap) {
-        Py_ssize_t cap = sp->cap ? sp->cap * 2 : 1024;
-        Py_ssize_t *v = realloc(sp->v, cap * sizeof(Py_ssize_t));
-        if (!v) { PyErr_NoMemory(); return -1; }
-        sp->v = v;
-        sp->cap = cap;
-    }
-    sp->v[sp->n++] = a;
-    sp->v[sp->n++] = b;
-    return 0;
-}
-
-static int split_range(const Src *s, Py_ssize_t i, Py_ssize_t n, int preset, Spans *out) {
+static int split_range(const Src *s, Py_ssize_t i, Py_ssize_t n, int preset, const Sink *out) {
     while (i < n) {
         Py_ssize_t e;
         if (preset == P_LLAMA3) e = match_llama3(s, i, n);
@@ -152,21 +140,21 @@ static int split_range(const Src *s, Py_ssize_t i, Py_ssize_t n, int preset, Spa
             e = match_whitespace(s, i, n);
             if (e < 0) { i = -e; continue; }
         } else e = match_gpt2(s, i, n);
-        if (spans_push(out, i, e) < 0) return -1;
+        if (out->emit(out->ctx, i, e) < 0) return -1;
         i = e;
     }
     return 0;
 }
 
-/* spans of the pieces of s[0:n] */
-static int split_text(const Src *s, Py_ssize_t n, int preset, Spans *out) {
+/* the pieces of s[0:n] */
+static int split_text(const Src *s, Py_ssize_t n, int preset, const Sink *out) {
     if (preset != P_SMOLLM) return split_range(s, 0, n, preset, out);
     /* every numeric character alone, the gpt2 pattern on what lies between */
     Py_ssize_t start = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (CL(s, i) & C_N) {
             if (split_range(s, start, i, P_GPT2, out) < 0) return -1;
-            if (spans_push(out, i, i + 1) < 0) return -1;
+            if (out->emit(out->ctx, i, i + 1) < 0) return -1;
             start = i + 1;
         }
     }
@@ -189,6 +177,34 @@ static int parse_text(PyObject *text, PyObject *table, int preset, Src *s, Py_bu
     return 0;
 }
 
+typedef struct {
+    PyObject *text, *out; /* out: list of pieces or dict of counts */
+} PieceCtx;
+
+static int emit_to_list(void *ctx, Py_ssize_t a, Py_ssize_t b) {
+    PieceCtx *c = ctx;
+    PyObject *piece = PyUnicode_Substring(c->text, a, b);
+    if (!piece) return -1;
+    int rc = PyList_Append(c->out, piece);
+    Py_DECREF(piece);
+    return rc;
+}
+
+static int emit_to_counts(void *ctx, Py_ssize_t a, Py_ssize_t b) {
+    PieceCtx *c = ctx;
+    PyObject *piece = PyUnicode_Substring(c->text, a, b);
+    if (!piece) return -1;
+    PyObject *old = PyDict_GetItemWithError(c->out, piece);
+    PyObject *now;
+    if (old) now = PyLong_FromLongLong(PyLong_AsLongLong(old) + 1);
+    else if (PyErr_Occurred()) now = NULL;
+    else now = PyLong_FromLong(1);
+    int rc = (now && PyDict_SetItem(c->out, piece, now) == 0) ? 0 : -1;
+    Py_XDECREF(now);
+    Py_DECREF(piece);
+    return rc;
+}
+
 static PyObject *py_pretokenize(PyObject *self, PyObject *args) {
     PyObject *text, *table;
     int preset;
@@ -196,19 +212,11 @@ static PyObject *py_pretokenize(PyObject *self, PyObject *args) {
     Src s;
     Py_buffer tbl;
     if (parse_text(text, table, preset, &s, &tbl) < 0) return NULL;
-    Spans sp = {0};
-    PyObject *out = NULL;
-    if (split_text(&s, PyUnicode_GET_LENGTH(text), preset, &sp) == 0) {
-        out = PyList_New(sp.n / 2);
-        for (Py_ssize_t k = 0; out && k < sp.n / 2; k++) {
-            PyObject *piece = PyUnicode_Substring(text, sp.v[2 * k], sp.v[2 * k + 1]);
-            if (!piece) { Py_CLEAR(out); break; }
-            PyList_SET_ITEM(out, k, piece);
-        }
-    }
-    free(sp.v);
+    PieceCtx ctx = {text, PyList_New(0)};
+    Sink sink = {emit_to_list, &ctx};
+    if (ctx.out && split_text(&s, PyUnicode_GET_LENGTH(text), preset, &sink) < 0) Py_CLEAR(ctx.out);
     PyBuffer_Release(&tbl);
-    return out;
+    return ctx.out;
 }
 
 /* counts[piece] += 1 for every piece of text */
@@ -219,23 +227,11 @@ static PyObject *py_count_words(PyObject *self, PyObject *args) {
     Src s;
     Py_buffer tbl;
     if (parse_text(text, table, preset, &s, &tbl) < 0) return NULL;
-    Spans sp = {0};
-    int ok = split_text(&s, PyUnicode_GET_LENGTH(text), preset, &sp) == 0;
-    for (Py_ssize_t k = 0; ok && k < sp.n / 2; k++) {
-        PyObject *piece = PyUnicode_Substring(text, sp.v[2 * k], sp.v[2 * k + 1]);
-        if (!piece) { ok = 0; break; }
-        PyObject *old = PyDict_GetItemWithError(counts, piece);
-        PyObject *now;
-        if (old) now = PyLong_FromLongLong(PyLong_AsLongLong(old) + 1);
-        else if (PyErr_Occurred()) now = NULL;
-        else now = PyLong_FromLong(1);
-        if (!now || PyDict_SetItem(counts, piece, now) < 0) ok = 0;
-        Py_XDECREF(now);
-        Py_DECREF(piece);
-    }
-    free(sp.v);
+    PieceCtx ctx = {text, counts};
+    Sink sink = {emit_to_counts, &ctx};
+    int rc = split_text(&s, PyUnicode_GET_LENGTH(text), preset, &sink);
     PyBuffer_Release(&tbl);
-    if (!ok) return NULL;
+    if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -541,40 +537,45 @@ static size_t put_utf8(uint8_t *p, Py_UCS4 c) {
     return 4;
 }
 
+typedef struct {
+    Encoder *e;
+    const Src *s;
+    U32Vec out;
+    uint8_t *buf; /* the piece in UTF-8 */
+    size_t bufcap, scap;
+    uint32_t *sym;
+    uint64_t *rank;
+} EncodeCtx;
+
+static int emit_encode(void *ctx, Py_ssize_t a, Py_ssize_t b) {
+    EncodeCtx *c = ctx;
+    if (grow((void **)&c->buf, &c->bufcap, 4 * (size_t)(b - a), 1) < 0) return -1;
+    size_t len = 0;
+    for (Py_ssize_t i = a; i < b; i++) len += put_utf8(c->buf + len, CP(c->s, i));
+    return encode_piece(c->e, c->buf, len, &c->out, &c->sym, &c->rank, &c->scap);
+}
+
 static PyObject *Encoder_encode(Encoder *e, PyObject *text) {
     if (!PyUnicode_Check(text)) {
         PyErr_SetString(PyExc_TypeError, "text must be str");
         return NULL;
     }
     Src s = {PyUnicode_KIND(text), PyUnicode_DATA(text), e->tbl.buf};
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    Spans sp = {0};
-    U32Vec out = {0};
-    uint8_t *buf = NULL;
-    size_t bufcap = 0, scap = 0;
-    uint32_t *sym = NULL;
-    uint64_t *rank = NULL;
+    EncodeCtx c = {e, &s, {0}, NULL, 0, 0, NULL, NULL};
+    Sink sink = {emit_encode, &c};
     PyObject *result = NULL;
-    if (split_text(&s, n, e->preset, &sp) < 0) goto done;
-    for (Py_ssize_t k = 0; k < sp.n / 2; k++) {
-        Py_ssize_t a = sp.v[2 * k], b = sp.v[2 * k + 1];
-        if (grow((void **)&buf, &bufcap, 4 * (size_t)(b - a), 1) < 0) goto done;
-        size_t len = 0;
-        for (Py_ssize_t i = a; i < b; i++) len += put_utf8(buf + len, CP(&s, i));
-        if (encode_piece(e, buf, len, &out, &sym, &rank, &scap) < 0) goto done;
+    if (split_text(&s, PyUnicode_GET_LENGTH(text), e->preset, &sink) == 0) {
+        result = PyList_New((Py_ssize_t)c.out.n);
+        for (size_t i = 0; result && i < c.out.n; i++) {
+            PyObject *v = PyLong_FromUnsignedLong(c.out.v[i]);
+            if (!v) { Py_CLEAR(result); break; }
+            PyList_SET_ITEM(result, (Py_ssize_t)i, v);
+        }
     }
-    result = PyList_New((Py_ssize_t)out.n);
-    for (size_t i = 0; result && i < out.n; i++) {
-        PyObject *v = PyLong_FromUnsignedLong(out.v[i]);
-        if (!v) { Py_CLEAR(result); break; }
-        PyList_SET_ITEM(result, (Py_ssize_t)i, v);
-    }
-done:
-    free(sp.v);
-    free(out.v);
-    free(buf);
-    free(sym);
-    free(rank);
+    free(c.out.v);
+    free(c.buf);
+    free(c.sym);
+    free(c.rank);
     return result;
 }
 
