@@ -20,7 +20,8 @@
 
 /* Lane loops are compiled for wider vector units too and picked at load time (ifunc);
  * the arithmetic is identical IEEE float32 in every clone, and ISO C mode forbids contraction. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(KQ_NO_CLONES)
 #define KQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define KQ_CLONES

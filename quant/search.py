@@ -65,11 +65,13 @@ def make_qkx_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad, qkx3=False):
     xt = np.ascontiguousarray(x.T, dtype=F32)          # [n, G]
     wt = np.ascontiguousarray(weights.T, dtype=F32)
     n, g = xt.shape
-    lo = xt.min(axis=0)
-    hi = xt.max(axis=0)
+    lo = xt[0].copy()
+    hi = xt[0].copy()
     sum_w = wt[0].copy()
     sum_x = sum_w * xt[0]
     for i in range(1, n):
+        lo = np.where(xt[i] < lo, xt[i], lo)        # C's `if (x < min)`: NaN never wins
+        hi = np.where(xt[i] > hi, xt[i], hi)
         sum_w = sum_w + wt[i]
         sum_x = sum_x + wt[i] * xt[i]
     lo = np.where(lo > 0, F32(0), lo)
@@ -119,9 +121,11 @@ def make_qkx_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad, qkx3=False):
 def _abs_max_signed(xt):
     """Per group the value with the largest |x| (first one on ties), and that |x|."""
     ax = np.abs(xt)
+    ax = np.where(np.isnan(ax), F32(-1), ax)      # `ax > amax` never holds for NaN
     idx = np.argmax(ax, axis=0)
     cols = np.arange(xt.shape[1])
-    return xt[idx, cols], ax[idx, cols]
+    found = ax[idx, cols] > 0
+    return np.where(found, xt[idx, cols], F32(0)), np.where(found, ax[idx, cols], F32(0))
 
 
 def make_qx_quants(x, nmax, rmse_type, qw=None):
@@ -214,7 +218,9 @@ def make_qp_quants(x, nmax, qw):
     xt = np.ascontiguousarray(x.T, dtype=F32)
     wt = np.ascontiguousarray(qw.T, dtype=F32)
     n = xt.shape[0]
-    vmax = np.maximum(xt.max(axis=0), F32(0))
+    vmax = np.zeros(xt.shape[1], dtype=F32)
+    for i in range(n):                              # ggml's MAX(max, x): a NaN x wins
+        vmax = np.where(vmax > xt[i], vmax, xt[i])
     zero = vmax < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = F32(nmax) / vmax

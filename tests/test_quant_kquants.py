@@ -61,6 +61,12 @@ def _cases():
     cases["negative"] = -u
     cases["constant"] = np.full((2, 512), 0.37, np.float32)
     cases["heavy_tail"] = rng.standard_t(2, (8, 768)).astype(np.float32)
+    bad = rng.standard_normal((4, 512)).astype(np.float32)     # ggml does not refuse these either
+    bad[0, [0, 5, 32]] = np.nan
+    bad[1, 7] = np.inf
+    bad[2, 9] = -np.inf
+    bad[3] = np.float32(3e38) * np.sign(bad[3])
+    cases["non_finite"] = bad
     return cases
 
 
@@ -98,7 +104,7 @@ def test_compiled_matches_ggml_on_awkward_data(name):
 @pytest.mark.parametrize("name", K_TYPES)
 def test_numpy_reference_matches_ggml(name):
     rng = np.random.default_rng(8)
-    for case in ("normal_0.02", "normal_1e-08", "zeros", "outlier", "huge", "heavy_tail"):
+    for case in ("normal_0.02", "normal_1e-08", "zeros", "outlier", "huge", "heavy_tail", "non_finite"):
         x = CASES[case]
         for im_name, im in _imatrices(x.shape[1], rng).items():
             ours = kquants.quantize_k(name, x, im, backend="numpy")
