@@ -17,7 +17,7 @@ from .search import (F32, GROUP_MAX_EPS, make_q3_quants, make_qkx_quants, make_q
 
 QK_K = 256
 BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
-_CHUNK_BLOCKS = 4096          # bounds the [candidates, n, groups] work arrays to a few tens of MB
+_CHUNK_BLOCKS = 512          # bounds the [candidates, n, groups] work arrays to a few tens of MB
 
 
 # ---------------------------------------------------------------- shared helpers
