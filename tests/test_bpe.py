@@ -102,6 +102,7 @@ def test_training_is_deterministic(doc_lines):
     (lambda: CharBPE.train([], 100), "empty corpus"),
     (lambda: CharBPE.train(["   \n "], 100), "empty corpus"),
     (lambda: CharBPE.train(["abcdefgh"], 5), "at least 9"),
+    (lambda: CharBPE.train(["abc"], 100, pretokenizer="gpt2"), "ByteLevelBPE"),
     (lambda: CharBPE({"a": 0}, []), "unknown token"),
     (lambda: CharBPE({"a": 0, "[UNK]": 1}, [("a", "b")]), "missing from the vocab"),
 ])

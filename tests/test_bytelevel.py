@@ -76,6 +76,15 @@ def test_special_tokens_are_matched_first(smollm2):
     assert ours.id_to_token(ours.token_to_id("<|im_start|>")) == "<|im_start|>"
 
 
+@pytest.mark.realdata
+def test_long_pieces_match_hf(smollm2):
+    """Pieces past a few hundred bytes take the compiled helper's heap-based path."""
+    ours, hf = smollm2
+    text = ("日本語のテキストを書きます" * 300 + " " * 3000 + "x" * 4000 + " " + "ab" * 2000
+            + "\u00e9" * 700 + "!?" * 900 + "\n" * 500)
+    assert ours.encode(text) == hf.encode(text, add_special_tokens=False).ids
+
+
 # ---------------------------------------------------------------- pre-tokenizers
 
 def _hf_pieces(pretok, text):

@@ -436,6 +436,95 @@ static size_t bpe_merge(const PairMap *merges, uint32_t *sym, uint64_t *rank, si
     return n;
 }
 
+/* The same result for long pieces in O(n log n): a queue of (rank, position) over a
+ * linked list of symbols; entries made stale by an earlier merge are skipped. */
+typedef struct {
+    uint64_t rank; /* rank << 32 | new id, as stored in the merge map */
+    size_t pos;
+    uint32_t left, right;
+} PieceMerge;
+
+static inline int pm_before(const PieceMerge *x, const PieceMerge *y) {
+    uint64_t rx = x->rank >> 32, ry = y->rank >> 32;
+    return rx != ry ? rx < ry : x->pos < y->pos;
+}
+
+static void pq_push(PieceMerge *q, size_t *n, PieceMerge m) {
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!pm_before(&m, &q[p])) break;
+        q[i] = q[p];
+        i = p;
+    }
+    q[i] = m;
+}
+
+static PieceMerge pq_pop(PieceMerge *q, size_t *n) {
+    PieceMerge top = q[0], t = q[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && pm_before(&q[c + 1], &q[c])) c++;
+        if (!pm_before(&q[c], &t)) break;
+        q[i] = q[c];
+        i = c;
+    }
+    if (*n) q[i] = t;
+    return top;
+}
+
+static int bpe_merge_long(const PairMap *merges, uint32_t *sym, size_t *np) {
+    size_t n = *np;
+    /* each merge adds at most two entries: n - 1 at first, 2 per merge after */
+    PieceMerge *q = malloc(3 * n * sizeof(PieceMerge));
+    size_t *next = malloc(n * sizeof(size_t)), *prev = malloc(n * sizeof(size_t));
+    uint8_t *dead = calloc(n, 1);
+    if (!q || !next || !prev || !dead) {
+        free(q); free(next); free(prev); free(dead);
+        PyErr_NoMemory();
+        return -1;
+    }
+    const size_t END = (size_t)-1;
+    size_t qn = 0;
+    for (size_t i = 0; i < n; i++) {
+        next[i] = i + 1 < n ? i + 1 : END;
+        prev[i] = i ? i - 1 : END;
+        if (i + 1 < n) {
+            const int64_t *v = pm_find(merges, PAIR(sym[i], sym[i + 1]));
+            if (v) pq_push(q, &qn, (PieceMerge){(uint64_t)*v, i, sym[i], sym[i + 1]});
+        }
+    }
+    while (qn) {
+        PieceMerge m = pq_pop(q, &qn);
+        size_t j = next[m.pos];
+        if (dead[m.pos] || j == END || sym[m.pos] != m.left || sym[j] != m.right) continue;
+        sym[m.pos] = (uint32_t)(m.rank & 0xFFFFFFFFu);
+        dead[j] = 1;
+        next[m.pos] = next[j];
+        if (next[j] != END) prev[next[j]] = m.pos;
+        if (prev[m.pos] != END) {
+            size_t p = prev[m.pos];
+            const int64_t *v = pm_find(merges, PAIR(sym[p], sym[m.pos]));
+            if (v) pq_push(q, &qn, (PieceMerge){(uint64_t)*v, p, sym[p], sym[m.pos]});
+        }
+        if (next[m.pos] != END) {
+            size_t k = next[m.pos];
+            const int64_t *v = pm_find(merges, PAIR(sym[m.pos], sym[k]));
+            if (v) pq_push(q, &qn, (PieceMerge){(uint64_t)*v, m.pos, sym[m.pos], sym[k]});
+        }
+    }
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!dead[i]) sym[out++] = sym[i];
+    *np = out;
+    free(q); free(next); free(prev); free(dead);
+    return 0;
+}
+
+#define LONG_PIECE 256
+
 static inline uint64_t fnv1a(const uint8_t *p, size_t n) {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ULL;
@@ -498,11 +587,16 @@ static int encode_piece(Encoder *e, const uint8_t *utf8, size_t len, U32Vec *out
     size_t n = 0;
     for (size_t i = 0; i < len; i++)
         if (e->byte_id[utf8[i]] != NO_TOKEN) (*sym)[n++] = e->byte_id[utf8[i]];
-    n = bpe_merge(&e->merges, *sym, *rank, n);
+    if (n > LONG_PIECE) {
+        if (bpe_merge_long(&e->merges, *sym, &n) < 0) return -1;
+    } else {
+        n = bpe_merge(&e->merges, *sym, *rank, n);
+    }
     if (grow((void **)&out->v, &out->cap, out->n + n, 4) < 0) return -1;
     memcpy(out->v + out->n, *sym, n * sizeof(uint32_t));
     out->n += n;
     /* remember it */
+    if (len > LONG_PIECE) return 0; /* long pieces are rare: not worth keeping */
     if (e->c_meta_n >= CACHE_MAX_ENTRIES) enc_cache_clear(e);
     if ((e->c_used + 1) * 2 > e->c_cap && cache_rehash(e, e->c_cap ? e->c_cap * 2 : 4096) < 0) return -1;
     if (grow((void **)&e->c_meta, &e->c_meta_cap, 4 * (e->c_meta_n + 1), 4) < 0) return -1;

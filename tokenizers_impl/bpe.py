@@ -90,11 +90,15 @@ class CharBPE:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 0,
-              special_tokens: Sequence[str] = (), unk_token: str | None = "[UNK]",
-              progress: Callable | None = None) -> "CharBPE":
+              special_tokens: Sequence[str] = (), pretokenizer: str = PRETOKENIZER,
+              progress: Callable | None = None, unk_token: str | None = "[UNK]") -> "CharBPE":
         """Learn a vocab like HF's BpeTrainer: special tokens first (the unknown token is
         added after them if missing), then every character of the corpus in code point
-        order, then one id per merge. texts is a stream of chunks; only word counts are held."""
+        order, then one id per merge. texts is a stream of chunks; only word counts are held.
+        progress(n_merges) is called now and then while merging."""
+        if pretokenizer != PRETOKENIZER:
+            raise TokenizerError(f"CharBPE splits words with the {PRETOKENIZER!r} pre-tokenizer, "
+                                 f"not {pretokenizer!r}: use ByteLevelBPE for regex presets")
         specials = list(dict.fromkeys(special_tokens))
         if unk_token is not None and unk_token not in specials:
             specials.append(unk_token)
