@@ -40,7 +40,7 @@ def _weights_per_block(imatrix, rows, n, name):
     if qw.shape[0] != n:
         raise QuantError(f"{name}: importance vector has {qw.shape[0]} entries but rows have {n}; "
                          "use the imatrix entry recorded for this tensor")
-    return np.broadcast_to(qw.reshape(1, n // QK_K, QK_K), (rows, n // QK_K, QK_K)).reshape(-1, QK_K)
+    return qw.reshape(n // QK_K, QK_K)
 
 
 def _run_blocks(x, imatrix, name, nbytes, block_fn):
@@ -50,8 +50,8 @@ def _run_blocks(x, imatrix, name, nbytes, block_fn):
     qw = _weights_per_block(imatrix, rows, n, name)
     out = np.empty((xb.shape[0], nbytes), dtype=np.uint8)
     for s in range(0, xb.shape[0], _CHUNK_BLOCKS):
-        e = s + _CHUNK_BLOCKS
-        out[s:e] = block_fn(xb[s:e], None if qw is None else np.ascontiguousarray(qw[s:e]))
+        e = min(s + _CHUNK_BLOCKS, xb.shape[0])
+        out[s:e] = block_fn(xb[s:e], None if qw is None else qw[np.arange(s, e) % qw.shape[0]])
     return out.reshape(rows, -1)
 
 
