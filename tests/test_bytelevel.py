@@ -234,3 +234,15 @@ def test_bad_input_is_one_line_error(call, message):
 def test_decode_unknown_id_is_an_error(trained):
     with pytest.raises(TokenizerError, match="not in the vocab"):
         trained["gpt2"].decode([10**6])
+
+
+def test_pure_python_path_without_helper(doc_lines, monkeypatch):
+    """With no compiled helper the package still works, and gives the same results."""
+    text = "".join(doc_lines[:400])
+    fast = ByteLevelBPE.train(doc_lines[:400], 500, special_tokens=SPECIALS, pretokenizer="smollm")
+    for module in (bytelevel, merges, pretokenize):
+        monkeypatch.setattr(module, "_bpe", None)
+    slow = ByteLevelBPE.train(doc_lines[:400], 500, special_tokens=SPECIALS, pretokenizer="smollm")
+    assert slow._encoder is None
+    assert slow.merges == fast.merges and slow.vocab == fast.vocab
+    assert slow.encode(text + "<pad>") == fast.encode(text + "<pad>")
