@@ -52,7 +52,7 @@ def _run_blocks(x, imatrix, name, nbytes, block_fn):
     for s in range(0, xb.shape[0], _CHUNK_BLOCKS):
         e = min(s + _CHUNK_BLOCKS, xb.shape[0])
         out[s:e] = block_fn(xb[s:e], None if qw is None else qw[np.arange(s, e) % qw.shape[0]])
-    return out.reshape(rows, -1)
+    return out.reshape(rows, n // QK_K * nbytes)
 
 
 def _fp16_bytes(v):
@@ -391,7 +391,7 @@ def _blocks_of(data, nbytes, name):
     if data.shape[-1] % nbytes:
         raise QuantError(f"{name}: {data.shape[-1]} bytes per row is not a whole number of "
                          f"{nbytes}-byte blocks; check the tensor's type and shape")
-    return data.shape[0], data.reshape(-1, nbytes)
+    return (data.shape[0], data.shape[1] // nbytes * QK_K), data.reshape(-1, nbytes)
 
 
 def _f16(b2):
@@ -399,28 +399,28 @@ def _f16(b2):
 
 
 def dequantize_q2_k(data):
-    rows, blk = _blocks_of(data, 84, "Q2_K")
+    shape, blk = _blocks_of(data, 84, "Q2_K")
     sc, qs = blk[:, :16], blk[:, 16:80]
     d, dmin = _f16(blk[:, 80:82]), _f16(blk[:, 82:84])
     dl = d * (sc & 0xF).astype(F32)
     ml = dmin * (sc >> 4).astype(F32)
     q = (qs.reshape(-1, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
     q = q.reshape(-1, 16, 16).astype(F32)
-    return (dl[:, :, None] * q - ml[:, :, None]).reshape(rows, -1)
+    return (dl[:, :, None] * q - ml[:, :, None]).reshape(shape)
 
 
 def dequantize_q3_k(data):
-    rows, blk = _blocks_of(data, 110, "Q3_K")
+    shape, blk = _blocks_of(data, 110, "Q3_K")
     hmask, qs, sc, d = blk[:, :32], blk[:, 32:96], blk[:, 96:108], _f16(blk[:, 108:110])
     dl = d * _unpack_q3_scales(sc).astype(F32)
     low = (qs.reshape(-1, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
     high = (hmask[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
     q = low.reshape(-1, 8, 32).astype(np.int32) - 4 * (1 - high.astype(np.int32))
-    return (dl[:, :, None] * q.reshape(-1, 16, 16).astype(F32)).reshape(rows, -1)
+    return (dl[:, :, None] * q.reshape(-1, 16, 16).astype(F32)).reshape(shape)
 
 
 def _dequantize_affine(data, nbytes, name, five_bit):
-    rows, blk = _blocks_of(data, nbytes, name)
+    shape, blk = _blocks_of(data, nbytes, name)
     d, dmin = _f16(blk[:, 0:2]), _f16(blk[:, 2:4])
     sc, m = _unpack_scale_min_k4(blk[:, 4:16])
     qs = blk[:, -128:].reshape(-1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8)[None, None, :, None]
@@ -430,7 +430,7 @@ def _dequantize_affine(data, nbytes, name, five_bit):
         q = q | (qh << 4)
     dl = d * sc.astype(F32)
     ml = dmin * m.astype(F32)
-    return (dl[:, :, None] * q.astype(F32) - ml[:, :, None]).reshape(rows, -1)
+    return (dl[:, :, None] * q.astype(F32) - ml[:, :, None]).reshape(shape)
 
 
 def dequantize_q4_k(data):
@@ -442,18 +442,18 @@ def dequantize_q5_k(data):
 
 
 def dequantize_q6_k(data):
-    rows, blk = _blocks_of(data, 210, "Q6_K")
+    shape, blk = _blocks_of(data, 210, "Q6_K")
     ql, qh, sc, d = blk[:, :128], blk[:, 128:192], blk[:, 192:208], _f16(blk[:, 208:210])
     low = (ql.reshape(-1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8)[None, None, :, None]) & 0xF
     low = low.reshape(-1, 2, 4, 32)
     high = (qh.reshape(-1, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
     q = (low | (high << 4)).astype(np.int32) - 32
     dl = d * sc.view(np.int8).astype(F32)
-    return (dl[:, :, None] * q.reshape(-1, 16, 16).astype(F32)).reshape(rows, -1)
+    return (dl[:, :, None] * q.reshape(-1, 16, 16).astype(F32)).reshape(shape)
 
 
 def dequantize_q8_k(data):
-    rows, blk = _blocks_of(data, 292, "Q8_K")
+    shape, blk = _blocks_of(data, 292, "Q8_K")
     d = np.ascontiguousarray(blk[:, :4]).view(F32)
     q = blk[:, 4:260].view(np.int8).astype(F32)
-    return (d * q).reshape(rows, -1)
+    return (d * q).reshape(shape)
