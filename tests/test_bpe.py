@@ -68,6 +68,20 @@ def test_whitespace_pretokenizer_matches_hf(text):
     assert pieces == [p for p, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)]
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.text(st.sampled_from(list("aab bc\n1'\u00e9\u65e5")), min_size=1, max_size=12),
+                      min_size=1, max_size=40),
+       vocab_size=st.integers(12, 60), min_frequency=st.integers(0, 3))
+def test_training_matches_hf_on_small_corpora(lines, vocab_size, min_frequency):
+    """Small corpora over few characters are full of ties: the tie rule must be HF's."""
+    if not "".join(lines).split() or len(set("".join(lines).replace(" ", "").replace("\n", ""))) + 2 > vocab_size:
+        return  # nothing to train on, or fewer ids than characters (an error, tested below)
+    model = json.loads(_hf_train(lines, vocab_size, min_frequency).to_str())["model"]
+    ours = CharBPE.train(lines, vocab_size, min_frequency, SPECIALS)
+    assert ours.merges == [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    assert ours.vocab == model["vocab"]
+
+
 def test_unknown_characters_fall_back_to_unk(pair):
     ours, hf = pair
     text = "the \u2603 snowman [PAD] x\u4e00y"

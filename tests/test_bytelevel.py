@@ -129,6 +129,9 @@ def test_pretokenizers_on_every_assigned_character():
 def _hf_train(lines, vocab_size, min_frequency, preset):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = HF_PRETOKENIZERS[preset]
+    if preset == "llama3":  # the split pieces still need the byte-to-unicode form
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            HF_PRETOKENIZERS[preset], pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                   special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(lines, trainer)
@@ -148,6 +151,19 @@ def test_training_matches_hf_bpe_trainer(doc_lines, preset, vocab_size, min_freq
     assert ours.merges == hf_merges
     assert ours.vocab == hf_vocab
     assert ours.special_tokens == {"<|endoftext|>": 0, "<pad>": 1}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.text(st.sampled_from(list("aab bc\n1'\u00e9\u65e5")), min_size=1, max_size=12),
+                      min_size=1, max_size=40),
+       vocab_size=st.integers(258, 330), min_frequency=st.integers(0, 3),
+       preset=st.sampled_from(["gpt2", "smollm", "llama3"]))
+def test_training_matches_hf_on_small_corpora(lines, vocab_size, min_frequency, preset):
+    """Small corpora over few characters are full of ties: the tie rule must be HF's."""
+    hf_vocab, hf_merges = _hf_train(lines, vocab_size, min_frequency, preset)
+    ours = ByteLevelBPE.train(lines, vocab_size, min_frequency, SPECIALS, preset)
+    assert ours.merges == hf_merges
+    assert ours.vocab == hf_vocab
 
 
 def test_training_stops_at_min_frequency(doc_lines):
