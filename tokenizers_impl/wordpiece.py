@@ -1,0 +1,369 @@
+"""WordPiece: BERT's subword model.
+
+Encoding (as BERT and HF tokenizers do it): special tokens are cut out of the raw text,
+the rest is normalized (normalize.BertNormalizer, optional) and split into words
+(normalize.bert_pretokenize); each word is covered greedily by the longest vocab entry
+from its start, pieces after the first carrying the `##` prefix. A word that cannot be
+covered, or is longer than `max_input_chars_per_word` characters, becomes `[UNK]` as a
+whole. Each distinct word is encoded once and cached.
+
+Training starts from every character (and its `##` form when it occurs inside a word)
+and repeatedly merges the adjacent pair with the best score:
+- "likelihood" (the WordPiece criterion): freq(ab) / (freq(a) * freq(b)), the gain in
+  corpus likelihood of a unigram model when a and b become one symbol;
+- "frequency": freq(ab), which is what HF tokenizers' WordPieceTrainer does (a BPE
+  trainer with the `##` prefix).
+Ties go to the higher pair count, then to the smaller (left id, right id). Initial ids
+are special tokens, then characters in code point order, then their `##` forms in
+code point order, so the same corpus gives the same vocab on every machine.
+"""
+import itertools
+import re
+from collections import Counter
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import TokenizerError
+from .normalize import BertNormalizer, bert_pretokenize
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+SCORINGS = ("likelihood", "frequency")
+_CACHE_LIMIT = 1 << 20
+
+
+def _special_splitter(tokens) -> "re.Pattern | None":
+    """Finds special tokens in raw text, the longest first where they overlap."""
+    tokens = sorted(tokens, key=lambda t: (-len(t), t))
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+
+def split_specials(text: str, splitter) -> Iterable[tuple[bool, str]]:
+    """(is_special, part) for the parts of text, special tokens on their own."""
+    if splitter is None:
+        yield False, text
+        return
+    start = 0
+    for m in splitter.finditer(text):
+        if m.start() > start:
+            yield False, text[start:m.start()]
+        yield True, m.group()
+        start = m.end()
+    if start < len(text):
+        yield False, text[start:]
+
+
+def _cleanup(token: str) -> str:
+    """HF's decoder cleanup: no space before punctuation and English contractions."""
+    for dirty, clean in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                         (" n't", "n't"), (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"),
+                         (" 've", "'ve"), (" 're", "'re")):
+        token = token.replace(dirty, clean)
+    return token
+
+
+class WordPiece:
+    def __init__(self, vocab: dict, unk_token: str = "[UNK]", special_tokens: dict | None = None,
+                 normalizer: BertNormalizer | None = BertNormalizer(),
+                 continuing_subword_prefix: str = "##", max_input_chars_per_word: int = 100,
+                 post_processor: dict | None = None):
+        self.vocab = dict(vocab)
+        self.unk_token = unk_token
+        self.special_tokens = dict(special_tokens or {})
+        self.normalizer = normalizer
+        self.prefix = continuing_subword_prefix
+        self.max_input_chars_per_word = max_input_chars_per_word
+        # an HF post-processor kept verbatim (e.g. BERT's [CLS] ... [SEP] template)
+        self.post_processor = post_processor
+        if unk_token not in self.vocab:
+            raise TokenizerError(f"unknown token {unk_token!r} is not in the WordPiece vocab: add it to the vocab")
+        self._unk = [self.vocab[unk_token]]
+        self._id_to_token = {i: t for t, i in self.vocab.items()}
+        self._id_to_token.update({i: t for t, i in self.special_tokens.items()})
+        self._splitter = _special_splitter(self.special_tokens)
+        n = len(self.prefix)
+        self._max_head = max((len(t) for t in self.vocab if not t.startswith(self.prefix)), default=0)
+        self._max_tail = max((len(t) - n for t in self.vocab if t.startswith(self.prefix)), default=0)
+        self._cache: dict = {}
+
+    pretokenizer = "bert"
+
+    # ---------------------------------------------------------------- lookups
+    def id_to_token(self, i: int) -> str | None:
+        return self._id_to_token.get(i)
+
+    def token_to_id(self, s: str) -> int | None:
+        if s in self.special_tokens:
+            return self.special_tokens[s]
+        return self.vocab.get(s)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_token)
+
+    @property
+    def unk_id(self) -> int:
+        return self._unk[0]
+
+    # ---------------------------------------------------------------- encoding
+    def words(self, text: str) -> list[str]:
+        """Normalized, pre-tokenized words of text (special tokens not cut out)."""
+        if self.normalizer is not None:
+            text = self.normalizer.normalize(text)
+        return bert_pretokenize(text)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = []
+        for special, part in split_specials(text, self._splitter):
+            if special:
+                ids.append(self.special_tokens[part])
+            else:
+                ids += self.encode_words(self.words(part))
+        return self._add_special_tokens(ids) if add_special_tokens else ids
+
+    def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [self.encode(t, add_special_tokens) for t in texts]
+
+    def encode_words(self, words: list[str]) -> list[int]:
+        cache = self._cache
+        missing = [w for w in set(words) if w not in cache]
+        if missing:
+            if len(cache) + len(missing) > _CACHE_LIMIT:
+                cache.clear()
+            for w in missing:
+                cache[w] = self.encode_word(w)
+        return list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
+
+    def encode_word(self, word: str) -> list[int]:
+        """Greedy longest-match-first; the whole word is [UNK] if any part has no token."""
+        n = len(word)
+        if n > self.max_input_chars_per_word:
+            return self._unk
+        vocab, prefix, ids, start = self.vocab, self.prefix, [], 0
+        while start < n:
+            end = min(n, start + (self._max_tail if start else self._max_head))
+            while end > start:
+                tid = vocab.get(word[start:end] if start == 0 else prefix + word[start:end])
+                if tid is not None:
+                    break
+                end -= 1
+            else:
+                return self._unk
+            ids.append(tid)
+            start = end
+        return ids
+
+    def _add_special_tokens(self, ids: list[int]) -> list[int]:
+        """Apply a TemplateProcessing post-processor's single-sequence template, if any."""
+        pp = self.post_processor
+        if not pp or pp.get("type") not in ("TemplateProcessing", "BertProcessing"):
+            return ids
+        if pp["type"] == "BertProcessing":
+            return [pp["cls"][1], *ids, pp["sep"][1]]
+        out = []
+        for item in pp["single"]:
+            if "Sequence" in item:
+                out += ids
+            else:
+                out += pp["special_tokens"][item["SpecialToken"]["id"]]["ids"]
+        return out
+
+    # ---------------------------------------------------------------- decoding
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of ids, joined as HF's WordPiece decoder does (cleanup included)."""
+        try:
+            tokens = [self._id_to_token[i] for i in ids]
+        except KeyError as exc:
+            raise TokenizerError(f"token id {exc.args[0]} is not in the vocab ({self.vocab_size} tokens)") from None
+        if skip_special_tokens:
+            tokens = [t for t in tokens if t not in self.special_tokens]
+        out = []
+        for i, token in enumerate(tokens):
+            if i:
+                token = token[len(self.prefix):] if token.startswith(self.prefix) else " " + token
+            out.append(_cleanup(token))
+        return "".join(out)
+
+    # ---------------------------------------------------------------- training
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 0,
+              special_tokens: Sequence[str] = BERT_SPECIAL_TOKENS, unk_token: str = "[UNK]",
+              normalizer: BertNormalizer | None = BertNormalizer(), scoring: str = "likelihood",
+              continuing_subword_prefix: str = "##", max_input_chars_per_word: int = 100,
+              progress: Callable | None = None) -> "WordPiece":
+        """Learn a vocab of vocab_size tokens from a stream of text chunks (only word
+        counts are held). progress(n_merges) is called now and then while merging."""
+        if scoring not in SCORINGS:
+            raise TokenizerError(f"unknown WordPiece scoring {scoring!r}: use one of {', '.join(SCORINGS)}")
+        specials = list(dict.fromkeys(special_tokens))
+        if unk_token not in specials:
+            specials.append(unk_token)
+        counts = count_words(texts, normalizer, specials)
+        if not counts:
+            raise TokenizerError("empty corpus: no words to train on")
+        trainer = _Trainer(counts, specials, continuing_subword_prefix)
+        del counts
+        if vocab_size < len(trainer.id_to_token):
+            raise TokenizerError(
+                f"vocab size {vocab_size} is smaller than the corpus alphabet ({trainer.n_alphabet} characters "
+                f"and {continuing_subword_prefix}-continuations) plus {len(specials)} special tokens: "
+                f"use at least {len(trainer.id_to_token)}")
+        trainer.run(vocab_size, min_frequency, scoring, progress)
+        vocab = {t: i for i, t in enumerate(trainer.id_to_token)}
+        return cls(vocab, unk_token, {t: vocab[t] for t in specials}, normalizer,
+                   continuing_subword_prefix, max_input_chars_per_word)
+
+
+def count_words(texts: Iterable[str], normalizer: BertNormalizer | None, special_tokens=()) -> Counter:
+    """How often each word occurs; special tokens are cut out and never counted."""
+    if isinstance(texts, str):
+        texts = [texts]
+    splitter = _special_splitter(special_tokens)
+    counts: Counter = Counter()
+    for chunk in texts:
+        for special, part in split_specials(chunk, splitter):
+            if not special:
+                if normalizer is not None:
+                    part = normalizer.normalize(part)
+                counts.update(bert_pretokenize(part))
+    return counts
+
+
+class _Trainer:
+    """Merge loop over the distinct words. Pair counts live in numpy arrays so each step
+    scores every pair at once; a merge rewrites only the words holding that pair."""
+
+    def __init__(self, counts: Counter, specials: list, prefix: str):
+        self.prefix = prefix
+        chars = sorted({c for w in counts for c in w})
+        inner = sorted({c for w in counts for c in w[1:]})
+        self.n_alphabet = len(chars)
+        id_to_token = list(specials)
+        for tok in chars + [prefix + c for c in inner]:
+            if tok not in specials:
+                id_to_token.append(tok)
+        self.id_to_token = id_to_token
+        self.token_to_id = {t: i for i, t in enumerate(id_to_token)}
+        tid = self.token_to_id
+        # sorted word order keeps every data structure independent of hashing
+        words = sorted(counts)
+        self.words = [tuple([tid[w[0]], *(tid[prefix + c] for c in w[1:])]) for w in words]
+        self.word_counts = [counts[w] for w in words]
+
+    def run(self, vocab_size, min_frequency, scoring, progress):
+        words, wc = self.words, self.word_counts
+        n_sym = len(self.id_to_token)
+        sym_freq = np.zeros(max(vocab_size, n_sym) + 1, dtype=np.int64)
+        pair_slot: dict = {}
+        pair_words: list = []
+        deltas: Counter = Counter()
+        for wi, (w, c) in enumerate(zip(words, wc)):
+            for s in w:
+                sym_freq[s] += c
+            for p in zip(w, w[1:]):
+                deltas[p] += c
+                slot = pair_slot.get(p)
+                if slot is None:
+                    slot = pair_slot[p] = len(pair_words)
+                    pair_words.append(set())
+                pair_words[slot].add(wi)
+        pairs = _PairTable()
+        pairs.add(pair_slot, deltas)
+        threshold = max(min_frequency, 1)
+        n_merges = 0
+        while len(self.id_to_token) < vocab_size:
+            best = pairs.best(sym_freq, threshold, scoring)
+            if best is None:
+                break
+            a, b = int(pairs.left[best]), int(pairs.right[best])
+            new_id = self._new_token(a, b)
+            deltas = Counter()
+            for wi in pair_words[best]:
+                old = words[wi]
+                new = _merge_word(old, a, b, new_id)
+                if new is None:
+                    continue
+                words[wi] = new
+                c = wc[wi]
+                for p in zip(old, old[1:]):
+                    deltas[p] -= c
+                for p in zip(new, new[1:]):
+                    deltas[p] += c
+                    slot = pair_slot.get(p)
+                    if slot is None:
+                        slot = pair_slot[p] = len(pair_words)
+                        pair_words.append(set())
+                    pair_words[slot].add(wi)
+                merged = (len(old) - len(new)) * c
+                sym_freq[a] -= merged
+                sym_freq[b] -= merged
+                sym_freq[new_id] += merged
+            pair_words[best] = set()
+            pairs.add(pair_slot, deltas)
+            n_merges += 1
+            if progress is not None and n_merges % 64 == 0:
+                progress(n_merges)
+        if progress is not None:
+            progress(n_merges)
+
+    def _new_token(self, a: int, b: int) -> int:
+        """Id of left + right (right without its ## prefix); an existing token is reused."""
+        right = self.id_to_token[b]
+        if right.startswith(self.prefix):
+            right = right[len(self.prefix):]
+        token = self.id_to_token[a] + right
+        tid = self.token_to_id.get(token)
+        if tid is None:
+            tid = self.token_to_id[token] = len(self.id_to_token)
+            self.id_to_token.append(token)
+        return tid
+
+
+class _PairTable:
+    """Parallel arrays: left id, right id and current count of every pair ever seen."""
+
+    def __init__(self):
+        self.left = np.zeros(0, dtype=np.int64)
+        self.right = np.zeros(0, dtype=np.int64)
+        self.count = np.zeros(0, dtype=np.int64)
+
+    def add(self, pair_slot: dict, deltas: Counter) -> None:
+        n_old, n_new = len(self.count), len(pair_slot)
+        if n_new > n_old:
+            keys = list(itertools.islice(pair_slot, n_old, None))  # dicts keep insertion order
+            new = np.array(keys, dtype=np.int64).reshape(-1, 2)
+            self.left = np.concatenate([self.left, new[:, 0]])
+            self.right = np.concatenate([self.right, new[:, 1]])
+            self.count = np.concatenate([self.count, np.zeros(n_new - n_old, dtype=np.int64)])
+        if deltas:
+            slots = np.fromiter((pair_slot[p] for p in deltas), dtype=np.int64, count=len(deltas))
+            np.add.at(self.count, slots, np.fromiter(deltas.values(), dtype=np.int64, count=len(deltas)))
+
+    def best(self, sym_freq, threshold: int, scoring: str) -> int | None:
+        live = np.flatnonzero(self.count >= threshold)
+        if len(live) == 0:
+            return None
+        count = self.count[live]
+        if scoring == "likelihood":
+            score = count / (sym_freq[self.left[live]].astype(np.float64) * sym_freq[self.right[live]])
+        else:
+            score = count
+        top = np.flatnonzero(score == score.max())
+        if len(top) > 1:  # ties: higher count, then smaller (left, right)
+            order = np.lexsort((self.right[live[top]], self.left[live[top]], -count[top]))
+            top = top[order[:1]]
+        return int(live[top[0]])
+
+
+def _merge_word(word: tuple, a: int, b: int, new_id: int) -> tuple | None:
+    """word with every (a, b), left to right, replaced by new_id; None if it has none."""
+    out, i, n, hit = [], 0, len(word), False
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            out.append(new_id)
+            i += 2
+            hit = True
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out) if hit else None
