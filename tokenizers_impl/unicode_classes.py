@@ -20,19 +20,24 @@ _OTHER_ALPHABETIC = [*range(0x24B6, 0x24EA), *range(0x1F130, 0x1F14A), *range(0x
 _SCAN = [range(0, 0x32400), range(0xE0000, 0xE0200)]
 
 
+def _category_bits(cat: str) -> int:
+    if cat[0] == "L":
+        return L | W
+    if cat[0] == "N":
+        return N | (W if cat in ("Nd", "Nl") else 0)
+    return W if cat[0] == "M" or cat == "Pc" else 0
+
+
+_CATEGORIES = [a + b for a, bs in (("L", "ultmo"), ("M", "nce"), ("N", "dlo"), ("P", "cdseifo"),
+                                   ("S", "mcko"), ("Z", "slp"), ("C", "cfson")) for b in bs]
+
+
 @functools.cache
 def class_table() -> bytes:
+    bits = {cat: _category_bits(cat) for cat in _CATEGORIES}
     table = bytearray(TABLE_SIZE)
     for block in _SCAN:
-        for cp in block:
-            cat = unicodedata.category(chr(cp))
-            head = cat[0]
-            if head == "L":
-                table[cp] = L | W
-            elif head == "N":
-                table[cp] = N | (W if cat in ("Nd", "Nl") else 0)
-            elif head == "M" or cat == "Pc":
-                table[cp] = W
+        table[block.start:block.stop] = bytes(map(bits.__getitem__, map(unicodedata.category, map(chr, block))))
     for cp in WHITE_SPACE:
         table[cp] |= WS
     for cp in _OTHER_ALPHABETIC:
