@@ -8,5 +8,6 @@ from .bpe import CharBPE
 from .bytelevel import ByteLevelBPE
 from .errors import TokenizerError
 from .pretokenize import PRESETS
+from .wordpiece import WordPiece
 
-__all__ = ["ByteLevelBPE", "CharBPE", "TokenizerError", "PRESETS"]
+__all__ = ["ByteLevelBPE", "CharBPE", "WordPiece", "TokenizerError", "PRESETS"]
