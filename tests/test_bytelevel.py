@@ -240,6 +240,8 @@ def test_encode_batch_and_lookups(trained):
     (lambda: ByteLevelBPE({"a": 0}, []), "not a byte-level BPE vocab"),
     (lambda: ByteLevelBPE({c: i for i, c in enumerate(bytelevel.byte_alphabet())}, [("a", "b")]),
      "missing from the vocab"),
+    (lambda: ByteLevelBPE({c: i for i, c in enumerate(bytelevel.byte_alphabet())}, ["a b c"]),
+     "not a pair of tokens"),
 ])
 def test_bad_input_is_one_line_error(call, message):
     with pytest.raises(TokenizerError, match=message) as info:

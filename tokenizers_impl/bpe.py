@@ -20,7 +20,7 @@ class CharBPE:
     def __init__(self, vocab: dict, merges: list, unk_token: str | None = "[UNK]",
                  special_tokens: dict | None = None):
         self.vocab = dict(vocab)
-        self.merges = [tuple(m) for m in merges]
+        self.merges = bpe.merge_pairs(merges)
         self.unk_token = unk_token
         self.special_tokens = dict(special_tokens or {})
         self._id_to_token = {i: t for t, i in self.vocab.items()}

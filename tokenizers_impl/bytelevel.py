@@ -61,7 +61,7 @@ class ByteLevelBPE:
         if preset_id(pretokenizer) == PRESETS["whitespace"]:
             raise TokenizerError("pre-tokenizer 'whitespace' is for CharBPE: use gpt2, llama3 or smollm")
         self.vocab = dict(vocab)
-        self.merges = [tuple(m) for m in merges]
+        self.merges = bpe.merge_pairs(merges)
         self.pretokenizer = pretokenizer
         self.special_tokens = dict(special_tokens or {})
         self._id_to_token = {i: t for t, i in self.vocab.items()}
@@ -78,7 +78,8 @@ class ByteLevelBPE:
                 ids = self.vocab[left], self.vocab[right], self.vocab[left + right]
             except KeyError:
                 raise TokenizerError(f"merge {left!r} {right!r} uses a token missing from the vocab") from None
-            ma.append(ids[0]); mb.append(ids[1]); mn.append(ids[2])
+            for column, i in zip((ma, mb, mn), ids):
+                column.append(i)
         self._merge_arrays = (ma, mb, mn)
         self._ranks = None
         self._splitter = special_splitter(self.special_tokens)

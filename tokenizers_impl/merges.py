@@ -17,6 +17,8 @@ import heapq
 
 import numpy as np
 
+from .errors import TokenizerError
+
 try:
     from . import _bpe
 except ImportError:  # the compiled helper is optional
@@ -59,6 +61,15 @@ def apply_merges(symbols: list, ranks: dict) -> list:
         _, new_id, i = best
         symbols[i:i + 2] = [new_id]
     return symbols
+
+
+def merge_pairs(merges) -> list:
+    """Merges as (left, right) tuples; "left right" strings (tokenizer.json's older form) are split."""
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
+            raise TokenizerError(f"merge {pair!r} is not a pair of tokens")
+    return pairs
 
 
 def flatten_words(words: list, counts: list) -> tuple:
