@@ -1,10 +1,8 @@
 """Byte-level BPE against HF tokenizers: SmolLM2's real vocab, training, pre-tokenizers."""
 import json
 import random
-import sys
 import unicodedata
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
