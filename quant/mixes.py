@@ -207,9 +207,20 @@ def _order_key(name):
     return (-1 if layer is None else layer, name.encode())
 
 
-class _Category:
-    TOKEN_EMBD, ATTN_Q, ATTN_V, ATTN_K, ATTN_QKV, ATTN_KV_B, ATTN_OUTPUT, \
-        FFN_UP, FFN_GATE, FFN_DOWN, OUTPUT, OTHER = range(12)
+class _Category(IntEnum):
+    """tensor_get_category: broad roles, found by substrings of the GGUF name."""
+    TOKEN_EMBD = 0
+    ATTN_Q = 1
+    ATTN_V = 2
+    ATTN_K = 3
+    ATTN_QKV = 4
+    ATTN_KV_B = 5
+    ATTN_OUTPUT = 6
+    FFN_UP = 7
+    FFN_GATE = 8
+    FFN_DOWN = 9
+    OUTPUT = 10
+    OTHER = 11
 
 
 def _category(name):

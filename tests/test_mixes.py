@@ -6,6 +6,7 @@ experts, falcon, tensors that are never quantized, odd row lengths), then reads 
 wrote back with gguf.GGUFReader.
 """
 import ctypes
+import re
 
 import gguf
 import numpy as np
@@ -22,23 +23,38 @@ ALL_FILE_TYPES = list(FileType)
 
 # ---------------------------------------------------------------- the llama.cpp oracle
 
-_silence = None
+_log_sink = None          # the list llama.cpp's log lines go to while a dry run is read
+_log_callback = None
 
 
 def _quiet_llama():
-    global _silence
+    global _log_callback
     import llama_cpp
 
-    if _silence is None:
-        _silence = llama_cpp.llama_log_callback(lambda level, text, user: None)
-        llama_cpp.llama_log_set(_silence, ctypes.c_void_p())
+    if _log_callback is None:
+        def collect(level, text, user):
+            if _log_sink is not None:
+                _log_sink.append(text.decode("utf-8", "replace"))
+
+        _log_callback = llama_cpp.llama_log_callback(collect)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p())
         llama_cpp.llama_backend_init()
     return llama_cpp
 
 
-def llama_quantize(src, dst, ftype, *, tensor_types=(), output_type=None,
-                   token_embedding_type=None, pure=False, quantize_output=True, imatrix=None):
-    """Run llama_model_quantize and return {tensor name: ggml type id} of what it wrote."""
+# one line per tensor in llama_model_quantize_impl's main loop (dry run):
+# "[  12/ 272] blk.0.attn_v.weight  - [  576,   192,     1,     1], type =   q4_1, size = ... (q6_K)"
+_DRY_RUN_LINE = re.compile(r"\[\s*\d+/\s*\d+\] (\S+)\s+- \[[^\]]*\], type =\s*(\S+), size =[^\n(]*(?:\((\S+)\))?\n")
+
+
+def llama_quantize(src, dst, ftype, *, tensor_types=(), output_type=None, token_embedding_type=None,
+                   pure=False, quantize_output=True, imatrix=None, dry_run=False):
+    """Run llama_model_quantize; return {tensor name: ggml type id} of what it chose.
+
+    With dry_run, llama.cpp computes the same per-tensor types but writes no file; they are
+    read from the line it logs for each tensor (test_dry_run_log_equals_written_file checks
+    that this reading equals the written file)."""
+    global _log_sink
     llama_cpp = _quiet_llama()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
@@ -46,6 +62,7 @@ def llama_quantize(src, dst, ftype, *, tensor_types=(), output_type=None,
     params.allow_requantize = True
     params.pure = pure
     params.quantize_output_tensor = quantize_output
+    params.dry_run = dry_run
     keep = []
     if output_type is not None:
         params.output_tensor_type = int(output_type)
@@ -70,8 +87,17 @@ def llama_quantize(src, dst, ftype, *, tensor_types=(), output_type=None,
         arr[len(imatrix)].name = None
         params.imatrix = arr
         keep.append(arr)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    _log_sink = [] if dry_run else None
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        log = "".join(_log_sink or [])
+    finally:
+        _log_sink = None
     assert rc == 0, f"llama_model_quantize failed for ftype {ftype}"
+    if dry_run:
+        lines = _DRY_RUN_LINE.findall(log)
+        assert lines, "llama.cpp logged no tensor lines in its dry run"
+        return {name: int(gguf.GGMLQuantizationType[(new or old).upper()]) for name, old, new in lines}
     reader = gguf.GGUFReader(dst)
     types = {t.name: int(t.tensor_type) for t in reader.tensors}
     assert int(reader.fields["general.file_type"].contents()) == int(ftype)
@@ -119,7 +145,7 @@ def smollm2():
 def smollm2_oracle(smollm2, tmp_path_factory):
     src, _, _ = smollm2
     out = tmp_path_factory.mktemp("mixes") / "out.gguf"
-    return {ftype: llama_quantize(src, out, ftype) for ftype in ALL_FILE_TYPES}
+    return {ftype: llama_quantize(src, out, ftype, dry_run=True) for ftype in ALL_FILE_TYPES}
 
 
 @pytest.mark.parametrize("ftype", ALL_FILE_TYPES, ids=lambda f: f.name)
@@ -129,6 +155,13 @@ def test_smollm2_types_match_llama_quantize(smollm2, smollm2_oracle, ftype):
     got = ours(tensors, hparams, ftype)
     assert got.keys() == expected.keys()
     assert got == expected, describe_diff(expected, got)
+
+
+@pytest.mark.parametrize("ftype", [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q3_K_M], ids=lambda f: f.name)
+def test_dry_run_log_equals_written_file(smollm2, smollm2_oracle, tmp_path, ftype):
+    """The dry run's per-tensor types are those a real run writes into the GGUF."""
+    written = llama_quantize(smollm2[0], tmp_path / "out.gguf", ftype)
+    assert written == smollm2_oracle[ftype]
 
 
 def test_smollm2_q4_k_m_uses_the_documented_rules(smollm2, smollm2_oracle):
@@ -168,7 +201,7 @@ def test_smollm2_overrides_match_llama_quantize(smollm2, tmp_path, case):
         src, tmp_path / "out.gguf", ftype, tensor_types=options,
         output_type=spec.get("output_type") and parse_type_name(spec["output_type"]),
         token_embedding_type=spec.get("token_embedding_type") and parse_type_name(spec["token_embedding_type"]),
-        pure=spec.get("pure", False))
+        pure=spec.get("pure", False), dry_run=True)
     got = ours(tensors, hparams, ftype, **spec)
     assert got == expected, describe_diff(expected, got)
 
@@ -178,7 +211,8 @@ def test_smollm2_imatrix_changes_q4_0_ffn_down(smollm2, tmp_path):
     src, tensors, hparams = smollm2
     imatrix = {name: np.ones(shape[-1], np.float32) for name, shape, _ in tensors
                if allows_quantization(name, shape)}
-    expected = llama_quantize(src, tmp_path / "out.gguf", FileType.MOSTLY_Q4_0, imatrix=imatrix)
+    expected = llama_quantize(src, tmp_path / "out.gguf", FileType.MOSTLY_Q4_0, imatrix=imatrix,
+                              dry_run=True)
     got = ours(tensors, hparams, FileType.MOSTLY_Q4_0, has_imatrix=True)
     assert got == expected, describe_diff(expected, got)
     assert got["blk.2.ffn_down.weight"] == QuantType.Q4_1
