@@ -53,6 +53,21 @@ def split_specials(text: str, splitter) -> Iterable[tuple[bool, str]]:
         yield False, text[start:]
 
 
+def bert_template(cls_id: int, sep_id: int) -> dict:
+    """HF's post-processor for BERT: [CLS] A [SEP] (and [CLS] A [SEP] B [SEP] for pairs)."""
+    def special(name, type_id):
+        return {"SpecialToken": {"id": name, "type_id": type_id}}
+
+    def seq(name, type_id):
+        return {"Sequence": {"id": name, "type_id": type_id}}
+
+    return {"type": "TemplateProcessing",
+            "single": [special("[CLS]", 0), seq("A", 0), special("[SEP]", 0)],
+            "pair": [special("[CLS]", 0), seq("A", 0), special("[SEP]", 0), seq("B", 1), special("[SEP]", 1)],
+            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [cls_id], "tokens": ["[CLS]"]},
+                               "[SEP]": {"id": "[SEP]", "ids": [sep_id], "tokens": ["[SEP]"]}}}
+
+
 def _cleanup(token: str) -> str:
     """HF's decoder cleanup: no space before punctuation and English contractions."""
     for dirty, clean in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
@@ -210,8 +225,9 @@ class WordPiece:
                 f"use at least {len(trainer.id_to_token)}")
         trainer.run(vocab_size, min_frequency, scoring, progress)
         vocab = {t: i for i, t in enumerate(trainer.id_to_token)}
+        template = bert_template(vocab["[CLS]"], vocab["[SEP]"]) if "[CLS]" in specials and "[SEP]" in specials else None
         return cls(vocab, unk_token, {t: vocab[t] for t in specials}, normalizer,
-                   continuing_subword_prefix, max_input_chars_per_word)
+                   continuing_subword_prefix, max_input_chars_per_word, template)
 
 
 def count_words(texts: Iterable[str], normalizer: BertNormalizer | None, special_tokens=()) -> Counter:
