@@ -137,6 +137,15 @@ def test_smollm2_tensors_match_ggml(name):
 
 
 @pytest.mark.parametrize("name", K_TYPES)
+def test_numpy_reference_on_smollm2(name):
+    x = _smollm2_rows_divisible_by_256()[:1152]          # blk.0 and blk.1 ffn_down
+    imatrix = (np.random.default_rng(4).gamma(0.7, 1.0, x.shape[1]) + 1e-4).astype(np.float32)
+    for im_name, im in (("none", None), ("gamma", imatrix)):
+        ours = kquants.quantize_k(name, x, im, backend="numpy")
+        _assert_same(name, ours, ggml_quantize(name, x, im), f"numpy SmolLM2 imatrix={im_name}")
+
+
+@pytest.mark.parametrize("name", K_TYPES)
 def test_dequantize_matches_gguf(name):
     x = np.concatenate([CASES["heavy_tail"][:, :512], CASES["zeros"], CASES["normal_1e-08"]])
     data = kquants.quantize_k(name, x)
