@@ -1,0 +1,196 @@
+"""ggml block types to float32, in torch, on whatever device the bytes live on.
+
+`dequantize(data, qtype)` takes the raw bytes of whole rows (uint8 [rows, bytes_per_row],
+as `gguf.GGUFReader` gives them) and returns float32 [rows, row_length]. Each function
+does the arithmetic of gguf-py's `gguf.quants` in the same order and in float32, so the
+result equals `gguf.quants.dequantize` bit for bit (tests/test_runtime_dequant.py); the
+point of doing it in torch is speed (vectorized, multithreaded, on the GPU when there is
+one), since the runtime dequantizes every layer on every forward pass.
+"""
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+QK_K = 256
+_IQ4NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+
+
+def _f16(blocks: torch.Tensor, start: int) -> torch.Tensor:
+    """The fp16 at byte `start` (even) of each block, as float32 [n_blocks, 1]."""
+    half = start // 2
+    return blocks.view(torch.int16)[:, half:half + 1].contiguous().view(torch.float16).float()
+
+
+def _fields(blocks: torch.Tensor, shift: int, mask: int) -> torch.Tensor:
+    """(byte >> shift) & mask for every byte of every block, as int8 [n_blocks, block_bytes].
+
+    Works on 16-bit words (both bytes at once), which vectorizes far better than bytes."""
+    words = blocks.view(torch.int16)
+    if shift:
+        words = words >> shift
+    return (words & (mask | mask << 8)).view(torch.int8)
+
+
+def _unpack(blocks: torch.Tensor, start: int, groups: int, group: int, shifts, bits: int,
+            out: torch.Tensor) -> torch.Tensor:
+    """Spread packed fields into `out` [n, groups, len(shifts), group].
+
+    Bytes start..start+groups*group hold `groups` runs of `group` bytes; for each shift s the
+    field (byte >> s) & (2**bits - 1) of run g lands in out[:, g, index of s]."""
+    n = blocks.shape[0]
+    for i, s in enumerate(shifts):
+        fields = _fields(blocks, s, (1 << bits) - 1)[:, start:start + groups * group]
+        out[:, :, i].copy_(fields.view(n, groups, group))
+    return out
+
+
+def _q4_0(b):
+    n = b.shape[0]
+    q = _unpack(b, 2, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.float32)).view(n, 32)
+    return q.sub_(8).mul_(_f16(b, 0))
+
+
+def _q4_1(b):
+    n = b.shape[0]
+    q = _unpack(b, 4, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.float32)).view(n, 32)
+    return q.mul_(_f16(b, 0)).add_(_f16(b, 2))
+
+
+def _q5_quants(b, qh_at: int, qs_at: int) -> torch.Tensor:
+    """Q5_0/Q5_1 quants 0..31 as int8 [n, 32]: nibbles plus the fifth bits of a little-endian u32."""
+    n = b.shape[0]
+    q = _unpack(b, qs_at, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.int8)).view(n, 32)
+    words = b.view(torch.int16)[:, qh_at // 2:qh_at // 2 + 2].to(torch.int32) & 0xFFFF
+    qh = words[:, :1] | (words[:, 1:] << 16)
+    shifts = torch.arange(32, dtype=torch.int32, device=b.device)
+    high = ((qh >> shifts) & 1).to(torch.int8)
+    return q | (high << 4)
+
+
+def _q5_0(b):
+    q = _q5_quants(b, 2, 6).float()
+    return q.sub_(16).mul_(_f16(b, 0))
+
+
+def _q5_1(b):
+    q = _q5_quants(b, 4, 8).float()
+    return q.mul_(_f16(b, 0)).add_(_f16(b, 2))
+
+
+def _q8_0(b):
+    return b[:, 2:].view(torch.int8).float().mul_(_f16(b, 0))
+
+
+def _q2_k(b):
+    n = b.shape[0]
+    scales = b[:, :16]
+    d, dmin = _f16(b, 80), _f16(b, 82)
+    dl = (d * (scales & 0x0F).float()).reshape(n, 16, 1)
+    ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
+    q = _unpack(b, 16, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.float32))
+    return q.view(n, 16, 16).mul_(dl).sub_(ml).view(n, QK_K)
+
+
+def _q3_k(b):
+    n = b.shape[0]
+    scales = b[:, 96:108]
+    d = _f16(b, 108)
+    low = torch.cat([scales[:, :8] & 0x0F, scales[:, :8] >> 4], dim=1)
+    high = torch.cat([(scales[:, 8:12] >> s) & 3 for s in (0, 2, 4, 6)], dim=1)
+    dl = (d * ((low | (high << 4)).to(torch.int8) - 32).float()).reshape(n, 16, 1)
+    q = _unpack(b, 32, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.int8))
+    hmask = _unpack(b, 0, 1, 32, range(8), 1, b.new_empty((n, 1, 8, 32), dtype=torch.int8))
+    q = (q.view(n, QK_K) - ((hmask.view(n, QK_K) ^ 1) << 2)).float()  # offset 4 where the bit is 0
+    return q.view(n, 16, 16).mul_(dl).view(n, QK_K)
+
+
+def _k_scale_min(scales: torch.Tensor):
+    """The 12 packed bytes of Q4_K/Q5_K -> 8 six-bit scales and 8 six-bit mins."""
+    n = scales.shape[0]
+    s = scales.reshape(n, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=1)
+    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=1)
+    return sc, mn
+
+
+def _k_scales(b):
+    n = b.shape[0]
+    sc, mn = _k_scale_min(b[:, 4:16])
+    d = (_f16(b, 0) * sc.float()).reshape(n, 8, 1)
+    dm = (_f16(b, 2) * mn.float()).reshape(n, 8, 1)
+    return d, dm
+
+
+def _q4_k(b):
+    n = b.shape[0]
+    d, dm = _k_scales(b)
+    q = _unpack(b, 16, 4, 32, (0, 4), 4, b.new_empty((n, 4, 2, 32), dtype=torch.float32))
+    return q.view(n, 8, 32).mul_(d).sub_(dm).view(n, QK_K)
+
+
+def _q5_k(b):
+    n = b.shape[0]
+    d, dm = _k_scales(b)
+    q = _unpack(b, 48, 4, 32, (0, 4), 4, b.new_empty((n, 4, 2, 32), dtype=torch.int8))
+    qh = _unpack(b, 16, 1, 32, range(8), 1, b.new_empty((n, 1, 8, 32), dtype=torch.int8))
+    q = (q.view(n, QK_K) | (qh.view(n, QK_K) << 4)).float()
+    return q.view(n, 8, 32).mul_(d).sub_(dm).view(n, QK_K)
+
+
+def _q6_k(b):
+    n = b.shape[0]
+    d = (_f16(b, 208) * b[:, 192:208].view(torch.int8).float()).reshape(n, 16, 1)
+    low = _unpack(b, 0, 2, 64, (0, 4), 4, b.new_empty((n, 2, 2, 64), dtype=torch.int8))
+    high = _unpack(b, 128, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.int8))
+    q = (low.view(n, QK_K) | (high.view(n, QK_K) << 4)).float()
+    return q.sub_(32).view(n, 16, 16).mul_(d).view(n, QK_K)
+
+
+def _iq4_nl(b):
+    n = b.shape[0]
+    table = torch.tensor(_IQ4NL_VALUES, dtype=torch.float32, device=b.device)
+    idx = _unpack(b, 2, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.int8)).view(n, 32)
+    return table[idx.long()].mul_(_f16(b, 0))
+
+
+def _iq4_xs(b):
+    n = b.shape[0]
+    d = _f16(b, 0)
+    scales_h = b[:, 2:4].to(torch.int32)
+    scales_h = scales_h[:, 0] | (scales_h[:, 1] << 8)
+    high = torch.stack([(scales_h >> (2 * i)) & 3 for i in range(8)], dim=1)
+    low = b[:, 4:8].reshape(n, 4, 1)
+    low = torch.cat([low & 0x0F, low >> 4], dim=2).reshape(n, 8).to(torch.int32)
+    dl = (d * ((low | (high << 4)).to(torch.int8) - 32).float()).reshape(n, 8, 1)
+    table = torch.tensor(_IQ4NL_VALUES, dtype=torch.float32, device=b.device)
+    idx = _unpack(b, 8, 8, 16, (0, 4), 4, b.new_empty((n, 8, 2, 16), dtype=torch.int8)).view(n, 8, 32)
+    return table[idx.long()].mul_(dl).view(n, QK_K)
+
+
+BLOCK_DEQUANTIZERS = {
+    T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1, T.Q8_0: _q8_0,
+    T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
+    T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs,
+}
+FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
+SUPPORTED = frozenset(BLOCK_DEQUANTIZERS) | frozenset(FLOAT_TYPES)
+
+
+def row_length(qtype, bytes_per_row: int) -> int:
+    block, size = GGML_QUANT_SIZES[T(qtype)]
+    return bytes_per_row // size * block
+
+
+def dequantize(data: torch.Tensor, qtype) -> torch.Tensor:
+    """uint8 [rows, bytes_per_row] of `qtype` blocks (or an F32/F16/BF16 tensor) -> float32 [rows, n]."""
+    qtype = T(qtype)
+    if qtype in FLOAT_TYPES:
+        if data.dtype == torch.uint8:
+            data = data.view(FLOAT_TYPES[qtype])
+        return data.float()
+    block, size = GGML_QUANT_SIZES[qtype]
+    rows = data.shape[0]
+    if not data.is_contiguous() or data.storage_offset() % 2:
+        data = data.clone()  # 16-bit views need contiguous, even-aligned bytes
+    blocks = data.reshape(-1, size)
+    return BLOCK_DEQUANTIZERS[qtype](blocks).reshape(rows, -1)

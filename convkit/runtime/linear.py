@@ -1,0 +1,176 @@
+"""Weights that stay quantized, and the one place where a matrix product happens.
+
+A `QTensor` is a 2-D weight as it was stored: the raw ggml blocks (uint8
+[rows, bytes_per_row]) and their type, or a plain float tensor for F32/F16/BF16
+(safetensors checkpoints). `QuantLinear` holds one and computes `x @ W.T + b`;
+`QuantEmbedding` looks rows up, dequantizing only the rows it needs.
+
+The numerics hook
+-----------------
+`QuantLinear.forward(x)` does nothing itself: it returns `self.numerics.linear(self, x)`.
+A numerics object decides how the product is computed; the model never knows which one
+it runs with. The default, `FloatNumerics`, dequantizes the weight to the activation
+dtype (float32 or bfloat16) and calls `F.linear`. Another strategy — such as llama.cpp's
+CPU numerics, where activations are quantized to Q8_0/Q8_1/Q8_K before each product
+with a quantized weight — subclasses `Numerics` and reads what it needs from the layer:
+
+    layer.weight.data      raw blocks, uint8 [out_features, bytes_per_row] (or floats)
+    layer.weight.qtype     gguf.GGMLQuantizationType of those blocks
+    layer.dense_weight(dtype)  the dequantized weight [out_features, in_features]
+    layer.bias             float bias in the compute dtype, or None
+
+and is installed with `model.set_numerics(obj)` (all linears, attention included) or
+`load_model(..., numerics=obj)`. `Numerics.attention` is the second hook: the default is
+torch's scaled_dot_product_attention; a strategy can round K/V the way another runtime
+stores its cache. Strategies are registered by name in `NUMERICS` (`register_numerics`)
+so command-line options can pick them.
+
+Fused projections: q/k/v (and gate/up) rows of the same type are concatenated into one
+QuantLinear at load time — rows are independent, so this changes no result of any
+numerics — and kept as a `ConcatLinear` of separate layers when their types differ.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+
+from .dequant_torch import FLOAT_TYPES, dequantize, row_length
+
+
+@dataclass
+class QTensor:
+    """A 2-D weight as stored: ggml blocks (uint8 rows) or a float tensor, plus its type."""
+
+    data: torch.Tensor
+    qtype: GGMLQuantizationType
+
+    @property
+    def is_float(self) -> bool:
+        return self.qtype in FLOAT_TYPES
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, width = self.data.shape
+        return rows, (width if self.is_float else row_length(self.qtype, width))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in `dtype`; a float weight already in that dtype is returned as is."""
+        if self.is_float:
+            return self.data if self.data.dtype == dtype else self.data.to(dtype)
+        out = dequantize(self.data, self.qtype)
+        return out if dtype == torch.float32 else out.to(dtype)
+
+    def take_rows(self, index: torch.Tensor) -> "QTensor":
+        """The selected rows (blocks never cross rows, so this is exact for every type)."""
+        return QTensor(self.data.index_select(0, index), self.qtype)
+
+    def to(self, device) -> "QTensor":
+        return QTensor(self.data.to(device), self.qtype)
+
+    @staticmethod
+    def cat_rows(parts: list["QTensor"]) -> "QTensor | None":
+        """Rows of several weights stacked into one, or None when their types differ."""
+        if len({p.qtype for p in parts}) != 1 or len({p.data.dtype for p in parts}) != 1:
+            return None
+        return QTensor(torch.cat([p.data for p in parts]), parts[0].qtype)
+
+
+class Numerics:
+    """How matrix products are computed. Subclass and override `linear` / `attention`."""
+
+    name = "float"
+
+    def linear(self, layer: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, layer.dense_weight(x.dtype), layer.bias)
+
+    def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
+        """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. `mask` (bool, True = attend)
+        is given when the query positions do not start at key position 0."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                              scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class FloatNumerics(Numerics):
+    """The reference: the weight dequantized to the activation dtype, one dense product."""
+
+
+NUMERICS = {"float": FloatNumerics}
+
+
+def register_numerics(name: str, factory) -> None:
+    """Make a strategy selectable by name (`factory()` returns a Numerics)."""
+    NUMERICS[name] = factory
+
+
+class QuantLinear(torch.nn.Module):
+    """y = x @ W.T + b with W kept as stored; the product is delegated to `self.numerics`."""
+
+    def __init__(self, weight: QTensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+        self.numerics: Numerics = FloatNumerics()
+        self._dense: torch.Tensor | None = None  # set by keep_dense (dequantize-all mode)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._dense is not None and self._dense.dtype == dtype:
+            return self._dense
+        return self.weight.dequantize(dtype)
+
+    def keep_dense(self, dtype: torch.dtype) -> None:
+        """Dequantize once and keep the result (faster, costs the dense weight's memory)."""
+        self._dense = self.weight.dequantize(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.numerics.linear(self, x)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, type={self.weight.qtype.name}"
+
+
+class ConcatLinear(torch.nn.Module):
+    """Several linears on the same input whose outputs are concatenated (types differ)."""
+
+    def __init__(self, parts: list[QuantLinear]):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def fused_linear(weights: list[QTensor], biases: list[torch.Tensor | None]) -> torch.nn.Module:
+    """One QuantLinear over the stacked rows when the types agree, else a ConcatLinear."""
+    has_bias = [b is not None for b in biases]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError("fused projections must all have a bias or none")
+    stacked = QTensor.cat_rows(weights)
+    if stacked is not None:
+        return QuantLinear(stacked, torch.cat(biases) if all(has_bias) else None)
+    return ConcatLinear([QuantLinear(w, b) for w, b in zip(weights, biases)])
+
+
+class QuantEmbedding(torch.nn.Module):
+    """Row lookup in a stored weight: only the rows asked for are dequantized."""
+
+    def __init__(self, weight: QTensor, dtype: torch.dtype):
+        super().__init__()
+        self.weight = weight
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.weight.take_rows(ids.reshape(-1)).dequantize(self.dtype)
+        return rows.reshape(*ids.shape, -1)

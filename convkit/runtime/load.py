@@ -1,0 +1,278 @@
+"""Build a runtime Model from a GGUF file or a Hugging Face checkpoint directory.
+
+Both paths produce the same thing: a ModelConfig and a mapping from GGUF tensor names
+to weights (matrices as `QTensor`, kept exactly as stored; norms and biases as float
+tensors in the compute dtype), on the target device.
+
+- GGUF: metadata through `gguf.GGUFReader`; each tensor's raw blocks are copied once
+  (memory = the file's size). For architecture `llama` the converter permuted the rows
+  of attn_q/attn_k so that ggml's interleaved rotary applies; rows are independent in
+  every block type, so those rows are put back in HF order here, on the raw bytes, and
+  the model uses one rotary layout for every source.
+- HF: config.json and model.safetensors (or its sharded index); HF names are renamed to
+  GGUF names and gpt2's Conv1D matrices ([in, out]) transposed.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+
+from convkit.errors import ConvkitError
+
+from .dequant_torch import FLOAT_TYPES, SUPPORTED
+from .linear import NUMERICS, Numerics, QTensor
+from .model import ARCHITECTURES, Model, ModelConfig
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GGUF_MAGIC = b"GGUF"
+
+
+# ---------------------------------------------------------------- entry point
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConvkitError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+    elif device != "cpu":
+        raise ConvkitError(f"--device {device}: unknown device; use cpu or cuda")
+    return torch.device(device)
+
+
+def is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def load_model(path, device: str = "cpu", precision: str = "fp32", dequantize_all: bool = False,
+               numerics: Numerics | str | None = None) -> Model:
+    """A Model from a .gguf file or an HF directory (config.json + *.safetensors)."""
+    path = Path(path)
+    if precision not in PRECISIONS:
+        raise ConvkitError(f"--precision {precision}: unknown; use one of {', '.join(PRECISIONS)}")
+    dev, dtype = resolve_device(device), PRECISIONS[precision]
+    if not path.exists():
+        raise ConvkitError(f"{path}: no such file or directory; give a .gguf file or an HF checkpoint directory")
+    if is_gguf(path):
+        config, weights = read_gguf(path, dtype, dev)
+    elif path.is_dir():
+        config, weights = read_hf(path, dtype, dev)
+    else:
+        raise ConvkitError(f"{path}: neither a GGUF file nor a directory with config.json; give one of those")
+    try:
+        model = Model(config, weights, dtype, dev)
+    except KeyError as exc:
+        raise ConvkitError(f"{path}: tensor {exc.args[0]} is missing; the checkpoint is incomplete") from None
+    model.source = path
+    if dequantize_all:
+        model.dequantize_all()
+    if numerics is not None:
+        if isinstance(numerics, str):
+            if numerics not in NUMERICS:
+                raise ConvkitError(f"--numerics {numerics}: unknown; use one of {', '.join(sorted(NUMERICS))}")
+            numerics = NUMERICS[numerics]()
+        model.set_numerics(numerics)
+    return model
+
+
+def _matrix(data: torch.Tensor, qtype, device) -> QTensor:
+    return QTensor(data.to(device), GGMLQuantizationType(qtype))
+
+
+def unpermute_index(rows: int, n_head: int) -> torch.Tensor:
+    """Row order that turns ggml's interleaved rotary pairs back into HF's two halves."""
+    return torch.arange(rows).reshape(n_head, rows // n_head // 2, 2).transpose(1, 2).reshape(-1)
+
+
+# ---------------------------------------------------------------------- GGUF
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def _f32_value(x: float) -> float:
+    """A float32 metadata value as its shortest decimal (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(x)))
+
+
+def gguf_config(reader, path: Path) -> ModelConfig:
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConvkitError(f"{path}: architecture {arch!r} is not supported by the runtime; "
+                           f"supported: {', '.join(ARCHITECTURES)}")
+
+    def key(name, default=None):
+        value = _field(reader, f"{arch}.{name}", default)
+        if value is None:
+            raise ConvkitError(f"{path}: metadata {arch}.{name} is missing; the file is incomplete")
+        return value
+
+    hidden, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
+    eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
+    scaling = None
+    if _field(reader, f"{arch}.rope.scaling.type", "none") == "linear":
+        scaling = {"rope_type": "linear", "factor": _f32_value(key("rope.scaling.factor"))}
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    names = {t.name for t in reader.tensors}
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    eot = _field(reader, "tokenizer.ggml.eot_token_id")
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    return ModelConfig(
+        arch=arch,
+        vocab_size=int(_field(reader, f"{arch}.vocab_size", None) or (len(tokens) if tokens else embd.shape[1])),
+        hidden_size=hidden,
+        n_layers=int(key("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+        head_dim=int(key("attention.key_length", hidden // n_heads)),
+        ffn_size=int(key("feed_forward_length")),
+        max_positions=int(key("context_length")),
+        norm_eps=_f32_value(key(eps_key)),
+        rope_theta=_f32_value(key("rope.freq_base", 10000.0)) if arch != "gpt2" else 10000.0,
+        rope_scaling=scaling,
+        tie_embeddings="output.weight" not in names,
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_ids=sorted({int(i) for i in (eos, eot) if i is not None}),
+    )
+
+
+def read_gguf(path: Path, dtype, device):
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
+        raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
+    config = gguf_config(reader, path)
+    heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
+    weights = {}
+    for t in reader.tensors:
+        qtype = GGMLQuantizationType(t.tensor_type)
+        if qtype not in SUPPORTED:
+            raise ConvkitError(f"{path}: tensor {t.name} has type {qtype.name}, which the runtime cannot "
+                               f"dequantize; requantize the file to a supported type")
+        data = torch.from_numpy(np.array(t.data))
+        if qtype in FLOAT_TYPES and data.dtype == torch.uint8:  # BF16 comes as raw bytes
+            data = data.view(FLOAT_TYPES[qtype])
+        kind = t.name.split(".")[-2]
+        if config.arch == "llama" and kind in heads:  # undo the converter's rotary permutation
+            index = unpermute_index(data.shape[0], heads[kind])
+            data = data.index_select(0, index)
+        if len(t.shape) >= 2:
+            weights[t.name] = _matrix(data.reshape(data.shape[0], -1), qtype, device)
+        else:
+            weights[t.name] = data.to(device, torch.float32 if t.name == "rope_freqs.weight" else dtype)
+    return config, weights
+
+
+# ------------------------------------------------------------------------ HF
+_HF_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "GPT2LMHeadModel": "gpt2"}
+_HF_LAYER = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    # gpt2
+    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+    "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+}
+_HF_GLOBAL = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
+              "wte": "token_embd", "wpe": "position_embd", "ln_f": "output_norm"}
+_GPT2_CONV1D = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """HF tensor name -> GGUF name, or None for buffers that are not weights."""
+    parts = hf_name.split(".")
+    if parts[0] in ("model", "transformer"):
+        parts = parts[1:]
+    suffix = parts[-1]
+    if parts[0] in ("layers", "h"):
+        kind = _HF_LAYER.get(".".join(parts[2:-1]))
+        return f"blk.{parts[1]}.{kind}.{suffix}" if kind else None
+    kind = _HF_GLOBAL.get(".".join(parts[:-1]))
+    return f"{kind}.{suffix}" if kind else None
+
+
+def hf_config(raw: dict, path: Path) -> ModelConfig:
+    archs = raw.get("architectures") or []
+    arch = next((_HF_ARCHS[a] for a in archs if a in _HF_ARCHS), None)
+    if arch is None:
+        raise ConvkitError(f"{path / 'config.json'}: architecture {', '.join(archs) or raw.get('model_type')!r} "
+                           f"is not supported by the runtime; supported: {', '.join(_HF_ARCHS)}")
+    eos = raw.get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if arch == "gpt2":
+        hidden, n_heads = raw["n_embd"], raw["n_head"]
+        return ModelConfig(
+            arch=arch, vocab_size=raw["vocab_size"], hidden_size=hidden, n_layers=raw["n_layer"],
+            n_heads=n_heads, n_kv_heads=n_heads, head_dim=hidden // n_heads,
+            ffn_size=raw.get("n_inner") or 4 * hidden, max_positions=raw["n_positions"],
+            norm_eps=raw.get("layer_norm_epsilon", 1e-5), tie_embeddings=raw.get("tie_word_embeddings", True),
+            bos_token_id=raw.get("bos_token_id"), eos_token_ids=eos)
+    hidden, n_heads = raw["hidden_size"], raw["num_attention_heads"]
+    rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", "linear", "llama3"):
+        raise ConvkitError(f"{path / 'config.json'}: rope scaling {kind!r} is not supported; "
+                           f"supported: linear, llama3")
+    return ModelConfig(
+        arch=arch, vocab_size=raw["vocab_size"], hidden_size=hidden, n_layers=raw["num_hidden_layers"],
+        n_heads=n_heads, n_kv_heads=raw.get("num_key_value_heads") or n_heads,
+        head_dim=raw.get("head_dim") or hidden // n_heads, ffn_size=raw["intermediate_size"],
+        max_positions=raw.get("max_position_embeddings", 2048), norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta), rope_scaling=rope if kind != "default" else None,
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        bos_token_id=raw.get("bos_token_id"), eos_token_ids=eos)
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / s for s in shards]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConvkitError(f"{path}: no *.safetensors file; the runtime reads safetensors checkpoints only")
+    return files
+
+
+_FLOAT_QTYPES = {torch.float32: GGMLQuantizationType.F32, torch.float16: GGMLQuantizationType.F16,
+                 torch.bfloat16: GGMLQuantizationType.BF16}
+
+
+def read_hf(path: Path, dtype, device):
+    from safetensors import safe_open
+
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ConvkitError(f"{path}: no config.json; give an HF checkpoint directory or a .gguf file")
+    try:
+        config = hf_config(json.loads(config_file.read_text()), path)
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ConvkitError(f"{config_file}: malformed config ({exc!r}); re-download the checkpoint") from None
+    weights = {}
+    for file in _safetensors_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                target = gguf_name(name)
+                if target is None:
+                    continue
+                tensor = f.get_tensor(name)
+                if config.arch == "gpt2" and target.split(".")[-2] in _GPT2_CONV1D and tensor.dim() == 2:
+                    tensor = tensor.t().contiguous()
+                if tensor.dim() == 2:
+                    if tensor.dtype not in _FLOAT_QTYPES:
+                        raise ConvkitError(f"{file}: tensor {name} has dtype {tensor.dtype}; "
+                                           f"the runtime reads float32, float16 and bfloat16 checkpoints")
+                    weights[target] = _matrix(tensor, _FLOAT_QTYPES[tensor.dtype], device)
+                else:
+                    weights[target] = tensor.to(device, dtype)
+    if "output.weight" in weights and config.tie_embeddings:
+        config.tie_embeddings = False  # a stored head wins
+    if "output.weight" not in weights and not config.tie_embeddings:
+        raise ConvkitError(f"{path}: lm_head.weight is missing and the config does not tie embeddings")
+    return config, weights

@@ -1,0 +1,244 @@
+"""One decoder for llama, qwen2 and gpt2, in the spirit of nanoGPT's model.py.
+
+The three families differ in a few places, all visible in `ModelConfig`:
+- llama / qwen2: RMSNorm, rotary positions (halves layout, "NEOX"), gated SiLU MLP,
+  grouped-query attention; qwen2 adds biases to q/k/v.
+- gpt2: LayerNorm with bias, learned position embeddings, GELU (tanh) MLP, biases
+  everywhere, one fused qkv projection.
+
+Weights come as a mapping from GGUF tensor names (`token_embd.weight`,
+`blk.N.attn_q.weight`, ...) to `QTensor` (matrices, kept as stored) or float tensors
+(norms, biases); load.py builds that mapping from a GGUF or an HF checkpoint. Every
+matrix product goes through `QuantLinear`, so a layer's weight is dequantized only when
+the forward pass reaches it (see linear.py for the numerics hook).
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .linear import FloatNumerics, Numerics, QTensor, QuantEmbedding, QuantLinear, fused_linear
+
+ARCHITECTURES = ("llama", "qwen2", "gpt2")
+
+
+@dataclass
+class ModelConfig:
+    arch: str  # one of ARCHITECTURES
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_size: int
+    max_positions: int
+    norm_eps: float
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # HF form: {"rope_type": "linear"|"llama3", "factor": ...}
+    tie_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def uses_rope(self) -> bool:
+        return self.arch != "gpt2"
+
+
+def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotation frequencies per pair of dimensions (float32), with the config's scaling.
+
+    `freq_factors` is GGUF's `rope_freqs.weight`: per-frequency divisors that encode a
+    scaling (llama3) the way ggml applies it."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_context = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    elif kind != "default":
+        raise ValueError(f"unsupported rope scaling {kind!r}")
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.float().cpu()
+    return inv_freq
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each head's two halves: x [B, T, H, D], cos/sin [T, 1, D/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for positions 0..length-1, preallocated."""
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, dtype, device):
+        shape = (batch, config.n_kv_heads, max_len, config.head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int):
+        """Store k/v [B, Hkv, T, D] at positions start.. and return all keys/values so far."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} needed")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Norm(torch.nn.Module):
+    def __init__(self, config: ModelConfig, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight, self.bias, self.eps = weight, bias, config.norm_eps
+        self.rms = config.arch != "gpt2"
+
+    def forward(self, x):
+        if not self.rms:
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        h = x.float()  # as HF: normalize in float32, scale in the compute dtype
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, config: ModelConfig, w, prefix: str):
+        super().__init__()
+        self.config = config
+        if f"{prefix}attn_qkv.weight" in w:  # gpt2: stored fused
+            self.qkv = QuantLinear(w[f"{prefix}attn_qkv.weight"], w.get(f"{prefix}attn_qkv.bias"))
+        else:
+            names = [f"{prefix}attn_{p}" for p in "qkv"]
+            self.qkv = fused_linear([w[f"{n}.weight"] for n in names], [w.get(f"{n}.bias") for n in names])
+        self.out = QuantLinear(w[f"{prefix}attn_output.weight"], w.get(f"{prefix}attn_output.bias"))
+        self.numerics: Numerics = FloatNumerics()
+
+    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int):
+        c = self.config
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, c.n_heads + 2 * c.n_kv_heads, c.head_dim)
+        qk, v = qkv[:, :, : c.n_heads + c.n_kv_heads], qkv[:, :, c.n_heads + c.n_kv_heads:]
+        if rope is not None:
+            qk = apply_rope(qk, *rope)  # q and k rotated together
+        q, k = qk[:, :, : c.n_heads].transpose(1, 2), qk[:, :, c.n_heads:].transpose(1, 2)
+        v = v.transpose(1, 2)
+        mask = None
+        if cache is not None:
+            k, v = cache.append(layer, k, v, start)
+            if start > 0 and T > 1:  # new queries see the whole past and their own prefix
+                query_pos = torch.arange(start, start + T, device=x.device)[:, None]
+                mask = torch.arange(start + T, device=x.device)[None, :] <= query_pos
+        y = self.numerics.attention(q, k, v, causal=start == 0 or T > 1, mask=mask,
+                                    scale=1.0 / math.sqrt(c.head_dim))
+        return self.out(y.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, config: ModelConfig, w, prefix: str):
+        super().__init__()
+        self.gated = config.arch != "gpt2"
+        if self.gated:  # gate and up in one product, split after
+            names = [f"{prefix}ffn_gate", f"{prefix}ffn_up"]
+            self.up = fused_linear([w[f"{n}.weight"] for n in names], [w.get(f"{n}.bias") for n in names])
+        else:
+            self.up = QuantLinear(w[f"{prefix}ffn_up.weight"], w.get(f"{prefix}ffn_up.bias"))
+        self.down = QuantLinear(w[f"{prefix}ffn_down.weight"], w.get(f"{prefix}ffn_down.bias"))
+
+    def forward(self, x):
+        h = self.up(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.down(h)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, config: ModelConfig, w, layer: int):
+        super().__init__()
+        p = f"blk.{layer}."
+        self.layer = layer
+        self.attn_norm = Norm(config, w[f"{p}attn_norm.weight"], w.get(f"{p}attn_norm.bias"))
+        self.attn = Attention(config, w, p)
+        self.ffn_norm = Norm(config, w[f"{p}ffn_norm.weight"], w.get(f"{p}ffn_norm.bias"))
+        self.mlp = MLP(config, w, p)
+
+    def forward(self, x, rope, cache, start):
+        x = x + self.attn(self.attn_norm(x), rope, cache, self.layer, start)
+        return x + self.mlp(self.ffn_norm(x))
+
+
+class Model(torch.nn.Module):
+    """Decoder-only transformer. `w` maps GGUF tensor names to QTensor / float tensors,
+    already on the target device; float tensors already in the compute dtype."""
+
+    def __init__(self, config: ModelConfig, w: dict, dtype: torch.dtype, device):
+        super().__init__()
+        self.config, self.dtype, self.device = config, dtype, torch.device(device)
+        self.tok_embd = QuantEmbedding(w["token_embd.weight"], dtype)
+        self.pos_embd = QuantEmbedding(w["position_embd.weight"], dtype) if "position_embd.weight" in w else None
+        self.blocks = torch.nn.ModuleList(Block(config, w, i) for i in range(config.n_layers))
+        self.norm = Norm(config, w["output_norm.weight"], w.get("output_norm.bias"))
+        head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]  # tied: same rows
+        self.lm_head = QuantLinear(head, w.get("output.bias"))
+        self.inv_freq = rope_inv_freq(config, w.get("rope_freqs.weight")) if config.uses_rope else None
+
+    # ------------------------------------------------------------------ setup
+    def set_numerics(self, numerics: Numerics) -> None:
+        for m in self.modules():
+            if isinstance(m, (QuantLinear, Attention)):
+                m.numerics = numerics
+
+    def dequantize_all(self) -> None:
+        """Keep every matrix dequantized in the compute dtype (memory for speed)."""
+        for m in self.modules():
+            if isinstance(m, QuantLinear):
+                m.keep_dense(self.dtype)
+
+    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        return KVCache(self.config, batch, max_len or self.config.max_positions, self.dtype, self.device)
+
+    # ---------------------------------------------------------------- forward
+    def rope(self, start: int, length: int):
+        pos = torch.arange(start, start + length, dtype=torch.float32)
+        angles = torch.outer(pos, self.inv_freq)[:, None, :]  # [T, 1, D/2]
+        return (angles.cos().to(self.device, self.dtype), angles.sin().to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
+                logits_for: slice | None = None) -> torch.Tensor:
+        """ids [B, T] -> float32 logits [B, T', vocab] for positions `logits_for` (all by default).
+
+        With a cache, ids continue the sequence at position cache.length and their keys
+        and values are appended."""
+        if ids.dim() == 1:
+            ids = ids[None]
+        ids = ids.to(self.device)
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.max_positions:
+            raise ValueError(f"{start + T} positions exceed the model's context of {self.config.max_positions}")
+        x = self.tok_embd(ids)
+        if self.pos_embd is not None:
+            x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
+        rope = self.rope(start, T) if self.inv_freq is not None else None
+        for block in self.blocks:
+            x = block(x, rope, cache, start)
+        if cache is not None:
+            cache.length = start + T
+        if logits_for is not None:
+            x = x[:, logits_for]
+        return self.lm_head(self.norm(x)).float()
