@@ -134,7 +134,7 @@ class WordPiece:
                 ids.append(self.special_tokens[part])
             else:
                 ids += self.encode_words(self.words(part))
-        return self._add_special_tokens(ids) if add_special_tokens else ids
+        return self.post_process(ids) if add_special_tokens else ids
 
     def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [self.encode(t, add_special_tokens) for t in texts]
@@ -168,7 +168,7 @@ class WordPiece:
             start = end
         return ids
 
-    def _add_special_tokens(self, ids: list[int]) -> list[int]:
+    def post_process(self, ids: list[int]) -> list[int]:
         """Apply a TemplateProcessing post-processor's single-sequence template, if any."""
         pp = self.post_processor
         if not pp or pp.get("type") not in ("TemplateProcessing", "BertProcessing"):
