@@ -122,6 +122,25 @@ def load_importance(path, include=(), exclude=()) -> dict:
     return vectors
 
 
+def importance_for(vectors: dict, name: str, shape) -> "np.ndarray | None":
+    """The vector llama-quantize hands the quantizer for one weight, [n_expert, ne0], or None.
+
+    shape is numpy order (row length last; an expert tensor is [n_expert, rows, ne0]). A weight
+    the matrix does not cover gets None; a vector of the wrong size is an error, except for
+    token embeddings, which llama.cpp then quantizes without one."""
+    vec = vectors.get(name)
+    if vec is None:
+        return None
+    ne0 = int(shape[-1])
+    n_expert = int(shape[-3]) if len(shape) >= 3 else 1
+    if vec.size != ne0 * n_expert:
+        if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+            return None
+        raise QuantError(f"imatrix size {vec.size} is different from tensor size {ne0 * n_expert} "
+                         f"for {name}; use an imatrix computed for this model")
+    return vec.reshape(n_expert, ne0)
+
+
 class _Cursor:
     def __init__(self, path, data, what):
         self.path, self.data, self.pos, self.what = path, data, 0, what

@@ -293,7 +293,8 @@ def plan_types(tensors: Iterable, ftype, *, n_layer: int | None = None,
     """The block type of every tensor, as llama_model_quantize picks it for `ftype`.
 
     tensors: (name, shape) or (name, shape, source_type) items, shape in numpy order
-      (row length last). Tensors llama.cpp leaves alone keep source_type (default F32).
+      (row length last). Tensors llama.cpp leaves alone keep source_type (default F32; a
+      ggml id this library has no QuantType for comes back as that int).
     ftype: a FileType or a name parse_file_type takes.
     n_layer: block count (default: one more than the highest blk.N); n_head / n_head_kv
       give the GQA ratio of layer 0; n_expert > 1 reads layers from the names (MoE).
@@ -359,7 +360,10 @@ def _unpack(item):
         source = T.F32
     else:
         name, shape, source = item
-        source = T(int(source))
+        try:
+            source = T(int(source))
+        except ValueError:      # a type this library does not write (I32, IQ2_XS, ...) passes through
+            source = int(source)
     shape = tuple(int(d) for d in shape)
     if not shape:
         raise QuantError(f"{name}: a tensor needs at least one dimension")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from quant.errors import QuantError
-from quant.imatrix import (Imatrix, from_statistics, gguf_bytes, legacy_bytes, load_importance,
-                           read_imatrix, write_imatrix)
+from quant.imatrix import (from_statistics, gguf_bytes, importance_for, legacy_bytes,
+                           load_importance, read_imatrix, write_imatrix)
 from realdata import ggml_base_library
 
 
@@ -268,6 +268,18 @@ def test_gguf_without_metadata_is_refused(tmp_path):
     assert not imatrix.has_metadata and imatrix.chunk_count == 1
     with pytest.raises(QuantError, match="metadata"):
         load_importance(path)
+
+
+def test_importance_for_a_tensor():
+    vectors = {"blk.0.ffn_up_exps.weight": np.arange(4 * 32, dtype=np.float32),
+               "blk.0.attn_q.weight": np.ones(64, np.float32),
+               "token_embd.weight": np.ones(10, np.float32)}
+    assert importance_for(vectors, "blk.0.ffn_up_exps.weight", (4, 16, 32)).shape == (4, 32)
+    assert importance_for(vectors, "blk.0.attn_q.weight", (8, 64)).shape == (1, 64)
+    assert importance_for(vectors, "blk.0.attn_k.weight", (8, 64)) is None
+    assert importance_for(vectors, "token_embd.weight", (100, 64)) is None   # llama.cpp: ignored
+    with pytest.raises(QuantError, match="blk.0.attn_q.weight"):
+        importance_for(vectors, "blk.0.attn_q.weight", (8, 128))
 
 
 def test_non_finite_importance_is_refused(tmp_path):
