@@ -185,6 +185,10 @@ OVERRIDE_CASES = {
         token_embedding_type="q5_0"),
     "output-type-on-tied-embeddings": dict(
         ftype=FileType.MOSTLY_Q5_K_M, tensor_types=["attn_q=Q4_K"], output_type="q4_0"),
+    "regex-anchors-and-alternation": dict(
+        ftype=FileType.MOSTLY_Q5_K_S,
+        tensor_types=[r"^blk\.(0|29)\.ffn_(up|gate)=q8_0", r"attn_(k|v)\.weight$=q4_1",
+                      r"blk\.2.\.ffn_down=Q3_K"]),
     "pure": dict(ftype=FileType.MOSTLY_Q3_K_S, pure=True, tensor_types=["attn_k=q8_0"]),
     "unquantized-default-ignores-patterns": dict(
         ftype=FileType.MOSTLY_F16, tensor_types=["attn_q=q8_0"], token_embedding_type="bf16"),
