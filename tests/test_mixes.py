@@ -157,7 +157,8 @@ def test_smollm2_types_match_llama_quantize(smollm2, smollm2_oracle, ftype):
     assert got == expected, describe_diff(expected, got)
 
 
-@pytest.mark.parametrize("ftype", [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q3_K_M], ids=lambda f: f.name)
+@pytest.mark.parametrize("ftype", [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q3_K_M, FileType.MOSTLY_Q8_0],
+                         ids=lambda f: f.name)
 def test_dry_run_log_equals_written_file(smollm2, smollm2_oracle, tmp_path, ftype):
     """The dry run's per-tensor types are those a real run writes into the GGUF."""
     written = llama_quantize(smollm2[0], tmp_path / "out.gguf", ftype)
