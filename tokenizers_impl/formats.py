@@ -186,18 +186,30 @@ def load(path, *, normalizer: BertNormalizer | None = None):
     default is BERT's uncased normalizer."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        _refuse_binary(head, str(path))  # before reading a whole model file
         data = path.read_bytes()
     except FileNotFoundError:
         raise TokenizerError(f"{path}: no such tokenizer file") from None
+    except IsADirectoryError:
+        raise TokenizerError(f"{path}: is a directory; pass the tokenizer file inside it") from None
     except OSError as exc:
         raise TokenizerError(f"{path}: cannot read ({exc.strerror})") from None
     return loads(data, str(path), normalizer=normalizer)
 
 
-def loads(data: bytes, name: str = "<tokenizer>", *, normalizer: BertNormalizer | None = None):
-    if data.startswith(b"GGUF"):
+def _refuse_binary(head: bytes, name: str) -> None:
+    if head.startswith(b"GGUF"):
         raise TokenizerError(f"{name}: is a GGUF model file, not a tokenizer file: "
                              f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
+    if b"\x00" in head:
+        raise TokenizerError(f"{name}: not a tokenizer file (binary data at byte {head.index(0)}): "
+                             f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
+
+
+def loads(data: bytes, name: str = "<tokenizer>", *, normalizer: BertNormalizer | None = None):
+    _refuse_binary(data[:4096], name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
