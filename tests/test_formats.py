@@ -211,3 +211,34 @@ def test_files_of_another_kind(tmp_path):
         assert "\n" not in str(exc.value), name
     with pytest.raises(TokenizerError, match="no such tokenizer file"):
         formats.load(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------- corpus reading
+
+def test_corpus_chunks_rejoin_and_encode_like_the_whole(trained, tmp_path):
+    """Chunks are cut only where no pre-tokenizer joins text across the cut, so encoding
+    chunk by chunk gives the ids of encoding the whole file."""
+    from tokenizers_impl.corpus import read_text_chunks
+
+    text = python_docs_text()[:120_000] + "\n\n  indented\r\n\tx 𝄞€é\n"
+    path = tmp_path / "c.txt"
+    path.write_bytes(text.encode("utf-8"))
+    for size in (7, 1000, 1 << 20):
+        assert "".join(read_text_chunks(path, size)) == text
+    chunks = list(read_text_chunks(path, 4096))
+    assert len(chunks) > 10
+    for tok in trained.values():
+        assert [i for c in chunks for i in tok.encode(c)] == tok.encode(text)
+
+
+def test_corpus_not_utf8_offsets(tmp_path):
+    from tokenizers_impl.corpus import read_text_chunks
+
+    good = ("line one\n" * 50 + "€uro\n").encode("utf-8")
+    for bad, where in ((b"\xff", len(good)), ("€".encode()[:2], len(good))):
+        path = tmp_path / "bad.txt"
+        path.write_bytes(good + bad + (b"\nmore" if bad == b"\xff" else b""))
+        for size in (3, 64, 1 << 20):  # the bad byte at every position relative to a block
+            with pytest.raises(TokenizerError, match=f"byte {where} \\(line 52") as exc:
+                list(read_text_chunks(path, size))
+            assert str(path) in str(exc.value)

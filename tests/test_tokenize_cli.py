@@ -159,6 +159,8 @@ def test_other_usage_errors(corpus, tmp_path):
                               corpus / "a.txt"), "only WordPiece")
     assert_user_error(run_cli("train", "--type", "bytelevel", "--vocab-size", 500, "-o", tmp_path / "x.bin",
                               corpus / "a.txt"), "cannot tell the format")
+    assert_user_error(run_cli("train", "--type", "bpe", "--vocab-size", 500, "-o", tmp_path / "no" / "x.json",
+                              corpus / "a.txt"), "does not exist")
     assert_user_error(run_cli("decode", "-t", minilm_dir() / "vocab.txt", "1", "x2"), "not a token id")
     assert_user_error(run_cli("decode", "-t", minilm_dir() / "vocab.txt", "999999"), "token id 999999")
     assert list(tmp_path.iterdir()) == []

@@ -81,6 +81,9 @@ def _special_tokens(values, kind) -> list:
 def _check_output(output, fmt, kind):
     """Fail before any work when the output cannot be written in the asked format."""
     fmt = formats.format_for_path(output, fmt)
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise ConvkitError(f"{output}: directory {parent} does not exist")
     if fmt == "vocab.txt" and kind != "wordpiece":
         raise ConvkitError(f"{output}: vocab.txt holds only WordPiece vocabularies; "
                            f"name the output .json or .convkit.json")
@@ -147,10 +150,14 @@ def train(kind, vocab_size, min_frequency, pretokenizer, special_tokens, scoring
         finally:
             reading.close()
 
-    merging = progress(total=vocab_size, desc="merges", unit="tok", quiet=quiet)
+    bars = {}
 
     def on_merges(n):
-        merging.update(max(0, n - merging.n))
+        # opened on the first report, once reading is done, so the two bars never nest
+        if "merges" not in bars:
+            reading.close()
+            bars["merges"] = progress(desc="merges", unit=" merges", quiet=quiet)
+        bars["merges"].update(max(0, n - bars["merges"].n))
 
     start = time.perf_counter()
     try:
@@ -165,7 +172,8 @@ def train(kind, vocab_size, min_frequency, pretokenizer, special_tokens, scoring
                                   normalizer=normalizer, scoring=scoring, progress=on_merges)
     finally:
         reading.close()
-        merging.close()
+        for bar in bars.values():
+            bar.close()
     seconds = time.perf_counter() - start
     inputs = [p for p in corpus if p != "-"]
     _write(tok, output, fmt, inputs)
