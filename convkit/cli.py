@@ -12,6 +12,7 @@ from convkit.errors import USER_ERRORS
 
 # command name -> "module:attribute" under convkit.commands
 COMMANDS = {
+    "generate": "generate:generate",
     "tokenize": "tokenize:tokenize",
 }
 

@@ -12,6 +12,7 @@ tensors in the compute dtype), on the target device.
 - HF: config.json and model.safetensors (or its sharded index); HF names are renamed to
   GGUF names and gpt2's Conv1D matrices ([in, out]) transposed.
 """
+import functools
 import json
 from pathlib import Path
 
@@ -138,13 +139,24 @@ def gguf_config(reader, path: Path) -> ModelConfig:
     )
 
 
-def read_gguf(path: Path, dtype, device):
+@functools.lru_cache(maxsize=1)
+def _cached_reader(path: Path, mtime_ns: int, size: int):
     import gguf
 
+    return gguf.GGUFReader(path)
+
+
+def gguf_reader(path: Path):
+    """The file's GGUFReader (parsing metadata takes seconds; model and tokenizer share one)."""
+    stat = path.stat()
     try:
-        reader = gguf.GGUFReader(path)
+        return _cached_reader(path.resolve(), stat.st_mtime_ns, stat.st_size)
     except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
         raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
+
+
+def read_gguf(path: Path, dtype, device):
+    reader = gguf_reader(path)
     config = gguf_config(reader, path)
     heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
     weights = {}
