@@ -270,21 +270,19 @@ class _Trainer:
         words, wc = self.words, self.word_counts
         n_sym = len(self.id_to_token)
         sym_freq = np.zeros(max(vocab_size, n_sym) + 1, dtype=np.int64)
-        pair_slot: dict = {}
-        pair_words: list = []
+        pairs = _PairTable()
+        pair_words: list = []  # slot -> indices of the words holding that pair
         deltas: Counter = Counter()
         for wi, (w, c) in enumerate(zip(words, wc)):
             for s in w:
                 sym_freq[s] += c
             for p in zip(w, w[1:]):
                 deltas[p] += c
-                slot = pair_slot.get(p)
-                if slot is None:
-                    slot = pair_slot[p] = len(pair_words)
+                slot = pairs.slot(p)
+                if slot == len(pair_words):
                     pair_words.append(set())
                 pair_words[slot].add(wi)
-        pairs = _PairTable()
-        pairs.add(pair_slot, deltas)
+        pairs.apply(deltas)
         threshold = max(min_frequency, 1)
         n_merges = 0
         while len(self.id_to_token) < vocab_size:
@@ -305,9 +303,8 @@ class _Trainer:
                     deltas[p] -= c
                 for p in zip(new, new[1:]):
                     deltas[p] += c
-                    slot = pair_slot.get(p)
-                    if slot is None:
-                        slot = pair_slot[p] = len(pair_words)
+                    slot = pairs.slot(p)
+                    if slot == len(pair_words):
                         pair_words.append(set())
                     pair_words[slot].add(wi)
                 merged = (len(old) - len(new)) * c
@@ -315,7 +312,7 @@ class _Trainer:
                 sym_freq[b] -= merged
                 sym_freq[new_id] += merged
             pair_words[best] = set()
-            pairs.add(pair_slot, deltas)
+            pairs.apply(deltas)
             n_merges += 1
             if progress is not None and n_merges % 64 == 0:
                 progress(n_merges)
@@ -336,24 +333,46 @@ class _Trainer:
 
 
 class _PairTable:
-    """Parallel arrays: left id, right id and current count of every pair ever seen."""
+    """Parallel arrays: left id, right id and current count of every pair ever seen
+    (slot = order of first appearance), grown by doubling."""
 
     def __init__(self):
-        self.left = np.zeros(0, dtype=np.int64)
-        self.right = np.zeros(0, dtype=np.int64)
-        self.count = np.zeros(0, dtype=np.int64)
+        self.n = 0
+        self.slots: dict = {}  # (left, right) -> slot
+        self._new: list = []  # pairs given a slot since the last apply
+        self._left = np.zeros(1024, dtype=np.int64)
+        self._right = np.zeros(1024, dtype=np.int64)
+        self._count = np.zeros(1024, dtype=np.int64)
 
-    def add(self, pair_slot: dict, deltas: Counter) -> None:
-        n_old, n_new = len(self.count), len(pair_slot)
+    left = property(lambda self: self._left[:self.n])
+    right = property(lambda self: self._right[:self.n])
+    count = property(lambda self: self._count[:self.n])
+
+    def slot(self, pair) -> int:
+        slot = self.slots.get(pair)
+        if slot is None:
+            slot = self.slots[pair] = len(self.slots)
+            self._new.append(pair)
+        return slot
+
+    def apply(self, deltas: Counter) -> None:
+        """Give the new pairs their arrays' rows, then add deltas[pair] to each count."""
+        n_old, n_new = self.n, len(self.slots)
         if n_new > n_old:
-            keys = list(itertools.islice(pair_slot, n_old, None))  # dicts keep insertion order
-            new = np.array(keys, dtype=np.int64).reshape(-1, 2)
-            self.left = np.concatenate([self.left, new[:, 0]])
-            self.right = np.concatenate([self.right, new[:, 1]])
-            self.count = np.concatenate([self.count, np.zeros(n_new - n_old, dtype=np.int64)])
+            if n_new > len(self._count):
+                size = max(n_new, 2 * len(self._count))
+                for name in ("_left", "_right", "_count"):
+                    grown = np.zeros(size, dtype=np.int64)
+                    grown[:n_old] = getattr(self, name)[:n_old]
+                    setattr(self, name, grown)
+            new = np.array(self._new, dtype=np.int64).reshape(-1, 2)
+            self._left[n_old:n_new] = new[:, 0]
+            self._right[n_old:n_new] = new[:, 1]
+            self._new = []
+            self.n = n_new
         if deltas:
-            slots = np.fromiter((pair_slot[p] for p in deltas), dtype=np.int64, count=len(deltas))
-            np.add.at(self.count, slots, np.fromiter(deltas.values(), dtype=np.int64, count=len(deltas)))
+            slots = np.fromiter((self.slots[p] for p in deltas), dtype=np.int64, count=len(deltas))
+            np.add.at(self._count, slots, np.fromiter(deltas.values(), dtype=np.int64, count=len(deltas)))
 
     def best(self, sym_freq, threshold: int, scoring: str) -> int | None:
         live = np.flatnonzero(self.count >= threshold)
