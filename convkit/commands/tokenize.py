@@ -40,21 +40,27 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")(f)
 
 
-def normalizer_options(f):
-    """BERT normalization switches (WordPiece training, and reading a vocab.txt)."""
-    options = [
-        click.option("--lowercase/--no-lowercase", default=True, show_default=True,
-                     help="WordPiece: lowercase the text (BERT uncased)."),
-        click.option("--strip-accents/--no-strip-accents", default=None,
-                     help="WordPiece: remove accents (default: same as --lowercase)."),
-        click.option("--clean-text/--no-clean-text", default=True, show_default=True,
-                     help="WordPiece: drop control characters, make all whitespace a space."),
-        click.option("--chinese-chars/--no-chinese-chars", default=True, show_default=True,
-                     help="WordPiece: make every CJK ideograph a word of its own."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def normalizer_options(scope: str):
+    """BERT normalization switches; scope says where they apply (training, or reading a
+    vocab.txt, which does not record them)."""
+    def decorate(f):
+        options = [
+            click.option("--lowercase/--no-lowercase", default=True, show_default=True,
+                         help=f"{scope}: lowercase the text (BERT uncased)."),
+            click.option("--strip-accents/--no-strip-accents", default=None,
+                         help=f"{scope}: remove accents (default: same as --lowercase)."),
+            click.option("--clean-text/--no-clean-text", default=True, show_default=True,
+                         help=f"{scope}: drop control characters, make all whitespace a space."),
+            click.option("--chinese-chars/--no-chinese-chars", default=True, show_default=True,
+                         help=f"{scope}: make every CJK ideograph a word of its own."),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+VOCAB_TXT_SCOPE = "vocab.txt input"
 
 
 def _normalizer(kw) -> BertNormalizer:
@@ -116,7 +122,7 @@ def _unk_id(tok):
 @click.option("--special-tokens", multiple=True, metavar="TOKENS",
               help="Comma-separated (or repeated) special tokens; they get the first ids. "
                    "Default: <|endoftext|> (bytelevel), [UNK] (bpe), [PAD],[UNK],[CLS],[SEP],[MASK] (wordpiece).")
-@normalizer_options
+@normalizer_options("wordpiece")
 @click.option("--scoring", type=click.Choice(SCORINGS), default="likelihood", show_default=True,
               help="wordpiece: merge by likelihood gain, or by pair frequency as HF's WordPieceTrainer.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the tokenizer.")
@@ -203,7 +209,7 @@ def _input_texts(text, inputs):
 @click.option("--tokens", "show_tokens", is_flag=True, help="Also show the token strings.")
 @click.option("--add-special-tokens", is_flag=True,
               help="WordPiece: wrap in [CLS] ... [SEP] as the tokenizer's post-processor says.")
-@normalizer_options
+@normalizer_options(VOCAB_TXT_SCOPE)
 @json_option
 @click.argument("text", required=False)
 def encode(tokenizer_path, inputs, show_tokens, add_special_tokens, as_json, text, **norm_kw):
@@ -246,12 +252,11 @@ def _parse_ids(values) -> list[int]:
 @tokenize.command()
 @tokenizer_option
 @click.option("--skip-special-tokens", is_flag=True, help="Leave special tokens out of the text.")
-@normalizer_options
 @json_option
 @click.argument("ids", nargs=-1)
-def decode(tokenizer_path, skip_special_tokens, as_json, ids, **norm_kw):
+def decode(tokenizer_path, skip_special_tokens, as_json, ids):
     """Print the text of token IDS (arguments, or stdin: spaces, commas or a JSON list)."""
-    tok = _load(tokenizer_path, _normalizer(norm_kw))
+    tok = _load(tokenizer_path)
     id_list = _parse_ids(ids if ids else [sys.stdin.read()])
     if skip_special_tokens:
         specials = set(tok.special_tokens.values())
@@ -265,7 +270,7 @@ def decode(tokenizer_path, skip_special_tokens, as_json, ids, **norm_kw):
 @tokenizer_option
 @click.option("--text", "text", default=None, help="Measure on this text instead of files.")
 @click.option("--pydoc", is_flag=True, help="Measure on the standard library's pydoc topics.")
-@normalizer_options
+@normalizer_options(VOCAB_TXT_SCOPE)
 @json_option
 @click.argument("files", nargs=-1)
 def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
@@ -320,7 +325,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write.")
 @click.option("--format", "fmt", type=click.Choice(formats.FORMATS), default=None,
               help="Output format (default: from the -o name).")
-@normalizer_options
+@normalizer_options(VOCAB_TXT_SCOPE)
 @json_option
 def convert(source, output, fmt, as_json, **norm_kw):
     """Convert SOURCE between our format, HF tokenizer.json and vocab.txt.
