@@ -134,7 +134,7 @@ def test_bert_vocab_metadata_uses_llama_cpp_word_marks():
     assert meta["tokenizer.ggml.model"] == "bert" and len(tokens) == 30522
     assert tokens[101] == "[CLS]" and meta["tokenizer.ggml.token_type"][101] == 3
     assert tokens[7592] == "\u2581hello" and "ing" in tokens  # "##ing" loses its prefix
-    assert meta["tokenizer.ggml.cls_token_id"] == 101 and meta["tokenizer.ggml.seperator_token_id"] == 102
+    assert meta["tokenizer.ggml.bos_token_id"] == 101 and meta["tokenizer.ggml.seperator_token_id"] == 102
     assert meta["tokenizer.ggml.unknown_token_id"] == 100 and meta["tokenizer.ggml.padding_token_id"] == 0
     with pytest.raises(TokenizerError, match="no llama.cpp tokenizer model"):
         formats.gguf_vocab_metadata(CharBPE({"[UNK]": 0, "a": 1}, []))
@@ -242,3 +242,52 @@ def test_corpus_not_utf8_offsets(tmp_path):
             with pytest.raises(TokenizerError, match=f"byte {where} \\(line 52") as exc:
                 list(read_text_chunks(path, size))
             assert str(path) in str(exc.value)
+
+
+# ---------------------------------------------------------------- GGUF vocab in llama.cpp
+
+def _vocab_only_gguf(meta: dict, path, arch: str):
+    """A GGUF with our tokenizer keys, placeholder hyperparameters and no tensors."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(512)
+    w.add_embedding_length(64)
+    w.add_block_count(1)
+    w.add_feed_forward_length(128)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_layer_norm_eps(1e-12)
+    w.add_tokenizer_model(meta["tokenizer.ggml.model"])
+    w.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
+    w.add_token_list(meta["tokenizer.ggml.tokens"])
+    w.add_token_types(meta["tokenizer.ggml.token_type"])
+    if "tokenizer.ggml.merges" in meta:
+        w.add_token_merges(meta["tokenizer.ggml.merges"])
+    for key, value in meta.items():
+        if key.endswith("_token_id"):
+            w.add_uint32(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("name", ["bytelevel", "smollm", "llama3", "wordpiece"])
+def test_gguf_vocab_metadata_tokenizes_alike_in_llama_cpp(trained, text, tmp_path, name):
+    """llama.cpp, given only our tokenizer.ggml.* keys, encodes like our tokenizer."""
+    import llama_cpp
+
+    tok = trained[name]
+    path = tmp_path / "vocab.gguf"
+    _vocab_only_gguf(formats.gguf_vocab_metadata(tok), path, "bert" if name == "wordpiece" else "llama")
+    model = llama_cpp.Llama(model_path=str(path), vocab_only=True, n_ctx=16, verbose=False)
+    sample = text[-40_000:]
+    if name == "wordpiece":  # llama.cpp's BERT vocab adds [CLS] ... [SEP] itself
+        assert model.tokenize(sample.encode(), add_bos=True, special=True) == tok.encode(sample, True)
+    else:
+        assert model.tokenize(sample.encode(), add_bos=False, special=True) == tok.encode(sample)

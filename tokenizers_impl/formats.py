@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 LLAMA3_PATTERN = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}|"
                   " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 # llama.cpp's names for our pre-tokenizer presets (tokenizer.ggml.pre)
-GGUF_PRE = {"gpt2": "gpt2", "llama3": "llama-bpe", "smollm": "smollm"}
+GGUF_PRE = {"gpt2": "gpt-2", "llama3": "llama-bpe", "smollm": "smollm"}
 
 
 def kind_of(tok) -> str:
@@ -390,8 +390,9 @@ def gguf_vocab_metadata(tok) -> dict:
                 tokens[i] = t[len(prefix):] if t.startswith(prefix) else "\u2581" + t
         meta["tokenizer.ggml.model"] = "bert"
         meta["tokenizer.ggml.pre"] = "default"
-        ids = {"unknown": (tok.unk_token,), "seperator": ("[SEP]",), "padding": ("[PAD]",),
-               "cls": ("[CLS]",), "mask": ("[MASK]",)}
+        # llama.cpp's BERT tokenizer starts with the bos id and ends with the separator
+        ids = {"bos": ("[CLS]",), "eos": ("[SEP]",), "unknown": (tok.unk_token,), "seperator": ("[SEP]",),
+               "padding": ("[PAD]",), "mask": ("[MASK]",)}
     meta["tokenizer.ggml.tokens"] = tokens
     meta["tokenizer.ggml.token_type"] = types
     if kind == "bytelevel":
@@ -401,8 +402,8 @@ def gguf_vocab_metadata(tok) -> dict:
         if hit is not None:
             meta[f"tokenizer.ggml.{role}_token_id"] = hit
     if kind == "wordpiece":
-        meta["tokenizer.ggml.add_bos_token"] = "tokenizer.ggml.cls_token_id" in meta
-        meta["tokenizer.ggml.add_eos_token"] = "tokenizer.ggml.seperator_token_id" in meta
+        meta["tokenizer.ggml.add_bos_token"] = "tokenizer.ggml.bos_token_id" in meta
+        meta["tokenizer.ggml.add_eos_token"] = "tokenizer.ggml.eos_token_id" in meta
     else:
         meta["tokenizer.ggml.add_bos_token"] = False
     return meta
