@@ -10,6 +10,10 @@
 
 Writers return text (the CLI writes it atomically); `load` detects the format from the
 content. Anything unreadable raises TokenizerError with the file name and the fix.
+HF options that would change the ids and that we do not implement (ignore_merges,
+byte_fallback, other normalizers or pre-tokenizers) are refused, not approximated.
+HF added tokens all become our special tokens, matched in the raw text (HF matches
+those marked "normalized" in the normalized text instead).
 """
 import json
 from pathlib import Path
@@ -317,9 +321,11 @@ def from_hf(doc: dict, name: str):
                          model.get("continuing_subword_prefix", "##"),
                          model.get("max_input_chars_per_word", 100), doc.get("post_processor"))
     if mtype == "BPE":
-        if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("byte_fallback"):
-            raise TokenizerError(f"{name}: BPE with continuing_subword_prefix, end_of_word_suffix or "
-                                 f"byte_fallback is not supported")
+        unsupported = [k for k in ("continuing_subword_prefix", "end_of_word_suffix", "byte_fallback",
+                                   "ignore_merges", "dropout") if model.get(k)]
+        if unsupported:
+            raise TokenizerError(f"{name}: BPE with {', '.join(unsupported)} is not supported "
+                                 f"(it would encode differently)")
         if norm is not None:
             raise TokenizerError(f"{name}: BPE with normalizer {_type(norm)!r} is not supported")
         vocab = _check_vocab(model["vocab"], name)
