@@ -18,6 +18,12 @@ def _refuse_inputs(target: Path, inputs) -> None:
             raise ConvkitError(f"{target}: output path is one of the inputs; choose another -o")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target, *, inputs=()):
     """Yield a temporary path beside `target`; rename it onto `target` when the block succeeds."""
@@ -27,6 +33,8 @@ def atomic_path(target, *, inputs=()):
     if not parent.is_dir():
         raise ConvkitError(f"{target}: directory {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    # mkstemp makes the file private; the output gets the mode a plain open() would give it
+    os.fchmod(fd, 0o666 & ~_current_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:

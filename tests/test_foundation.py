@@ -55,3 +55,15 @@ def test_cli_unknown_command_exits_2():
     result = run_cli("no-such-command")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_atomic_output_gets_the_usual_file_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "out.txt") as f:
+            f.write("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644

@@ -98,10 +98,7 @@ def _check_output(output, fmt, kind):
 
 def _write(tok, output, fmt, inputs=()):
     text = formats.dumps(tok, fmt)
-    umask = os.umask(0)
-    os.umask(umask)
     with atomic_open(output, "w", encoding="utf-8", inputs=inputs) as f:
-        os.fchmod(f.fileno(), 0o666 & ~umask)  # the temporary file starts private
         f.write(text)
 
 
