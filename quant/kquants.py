@@ -457,3 +457,24 @@ def dequantize_q8_k(data):
     d = np.ascontiguousarray(blk[:, :4]).view(F32)
     q = blk[:, 4:260].view(np.int8).astype(F32)
     return (d * q).reshape(shape)
+
+
+# ---------------------------------------------------------------- registry
+
+def _register():
+    """Q2_K..Q6_K become available through quant.quantize / quant.dequantize.
+
+    Q8_K stays out: it is ggml's activation format and never stored in a model file.
+    """
+    from .registry import register
+    from .types import QuantType
+
+    for name, quantize, dequantize in (
+            ("Q2_K", quantize_q2_k, dequantize_q2_k), ("Q3_K", quantize_q3_k, dequantize_q3_k),
+            ("Q4_K", quantize_q4_k, dequantize_q4_k), ("Q5_K", quantize_q5_k, dequantize_q5_k),
+            ("Q6_K", quantize_q6_k, dequantize_q6_k)):
+        register(QuantType[name], block_size=QK_K, type_size=BLOCK_BYTES[name],
+                 quantize=quantize, dequantize=dequantize)
+
+
+_register()

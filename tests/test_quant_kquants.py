@@ -175,3 +175,16 @@ def test_refuses_rows_that_blocks_do_not_divide():
         kquants.quantize_q4_k(np.zeros((2, 512), np.float32), imatrix=np.ones(256, np.float32))
     with pytest.raises(QuantError, match="blocks"):
         kquants.dequantize_q6_k(np.zeros((1, 200), np.uint8))
+
+
+@pytest.mark.parametrize("name", K_TYPES)
+def test_registered_with_ggml_geometry(name):
+    from quant.registry import lookup
+
+    info = lookup(gguf.GGMLQuantizationType[name])
+    assert (info.block_size, info.type_size) == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+    x = CASES["heavy_tail"]
+    im = np.linspace(0.1, 2.0, x.shape[1], dtype=np.float32)
+    data = info.quantize(x, im, 2)
+    _assert_same(name, data, ggml_quantize(name, x, im), "through the registry")
+    assert np.array_equal(info.dequantize(data), gguf.quants.dequantize(data, gguf.GGMLQuantizationType[name]))
