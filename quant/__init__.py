@@ -1,0 +1,111 @@
+"""Block quantization with ggml's exact bytes (numpy only; an optional compiled helper).
+
+    quantize(x, qtype, imatrix=None)        float32 [rows, n] -> uint8 [rows, bytes_per_row]
+    dequantize(data, qtype, n_per_row=None) uint8 [rows, bytes_per_row] -> float32 [rows, n]
+    type_info(qtype)                        block size, bytes per block, functions
+
+`qtype` is a QuantType, a gguf.GGMLQuantizationType (same ids), an int, or a name
+("q4_k", "Q8_0"). `imatrix` is the per-column importance vector of ggml's quantize_*
+functions (float32 [n]); types whose ggml quantizer ignores it ignore it too.
+"""
+import importlib
+
+import numpy as np
+
+from .errors import QuantError
+from .registry import TypeInfo, lookup, register, registered, registers, to_qtype
+from .types import QuantType
+
+__all__ = ["QuantError", "QuantType", "TypeInfo", "quantize", "dequantize", "type_info",
+           "register", "registers", "types"]
+
+_BLOCK_MODULES = ("floats", "legacy", "iq4nl", "kquants")
+_loaded = False
+
+
+def _load_block_modules():
+    """Import the block families once; each registers its types (a missing one is skipped)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in _BLOCK_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ImportError:
+            continue
+        if name == "kquants":
+            _register_kquants(module)
+
+
+def _register_kquants(kq):
+    """K-quants that quant.kquants did not register itself, through its quantize_k."""
+    from .registry import _TYPES
+    sizes = getattr(kq, "BLOCK_BYTES", {})
+    for name, nbytes in sizes.items():
+        t = QuantType[name]
+        deq = getattr(kq, f"dequantize_{name.lower()}", None)
+        if t in _TYPES or deq is None or not hasattr(kq, "quantize_k"):
+            continue
+        register(t, 256, nbytes,
+                 lambda x, imatrix, threads, _n=name: kq.quantize_k(_n, x, imatrix, threads=threads),
+                 deq)
+
+
+def type_info(qtype) -> TypeInfo:
+    _load_block_modules()
+    return lookup(qtype)
+
+
+def types() -> list:
+    """Every type that quantize/dequantize accept, in id order."""
+    _load_block_modules()
+    return registered()
+
+
+def _as_rows(x, info):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise QuantError(f"{info.name}: expected floating-point values, got {x.dtype}; "
+                         "convert the tensor to float32 first")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    elif x.ndim != 2:
+        x = x.reshape(-1, x.shape[-1])
+    info.check_row_length(x.shape[1])
+    return x
+
+
+def quantize(x, qtype, imatrix=None, threads=1):
+    """float32 [rows, n_per_row] -> uint8 [rows, bytes_per_row], the bytes ggml writes.
+
+    threads > 1 splits the rows over threads where the compiled helper is built."""
+    info = type_info(qtype)
+    x = _as_rows(x, info)
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(np.asarray(imatrix, dtype=np.float32).reshape(-1))
+        if imatrix.shape[0] != x.shape[1]:
+            raise QuantError(f"{info.name}: importance vector has {imatrix.shape[0]} entries but rows "
+                             f"have {x.shape[1]}; use the imatrix entry recorded for this tensor")
+    return info.quantize(x, imatrix, max(1, int(threads)))
+
+
+def dequantize(data, qtype, n_per_row=None):
+    """uint8 [rows, bytes_per_row] (or the same bytes in any shape with n_per_row) -> float32 [rows, n]."""
+    info = type_info(qtype)
+    data = np.asarray(data)
+    data = np.ascontiguousarray(data).view(np.uint8) if data.dtype != np.uint8 else np.ascontiguousarray(data)
+    if n_per_row is not None:
+        info.check_row_length(int(n_per_row))
+        rb = info.row_bytes(int(n_per_row))
+        if data.size % rb:
+            raise QuantError(f"{info.name}: {data.size} bytes are not whole rows of {n_per_row} values "
+                             f"({rb} bytes each); check the tensor's type and shape")
+        data = data.reshape(-1, rb)
+    elif data.ndim != 2:
+        data = data.reshape(1, -1) if data.ndim < 2 else data.reshape(-1, data.shape[-1])
+    if data.shape[1] % info.type_size:
+        raise QuantError(f"{info.name}: {data.shape[1]} bytes per row is not a whole number of "
+                         f"{info.type_size}-byte blocks; check the tensor's type and shape")
+    return info.dequantize(data)
