@@ -14,6 +14,8 @@ from quant import kquants
 from quant.errors import QuantError
 from realdata import ggml_base_library, smollm2_gguf
 
+pytestmark = pytest.mark.oracle
+
 K_TYPES = ["Q4_K", "Q6_K", "Q5_K", "Q3_K", "Q2_K"]
 GGML_IDS = {"Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
@@ -126,6 +128,7 @@ def _smollm2_rows_divisible_by_256():
     return np.concatenate([gguf.quants.dequantize(t.data, t.tensor_type) for t in tensors])
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("name", K_TYPES)
 def test_smollm2_tensors_match_ggml(name):
     x = _smollm2_rows_divisible_by_256()
@@ -136,6 +139,7 @@ def test_smollm2_tensors_match_ggml(name):
         _assert_same(name, ours, ggml_quantize(name, x, im), f"SmolLM2 ffn_down imatrix={im_name}")
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("name", K_TYPES)
 def test_numpy_reference_on_smollm2(name):
     x = _smollm2_rows_divisible_by_256()[:1152]          # blk.0 and blk.1 ffn_down
