@@ -5,6 +5,7 @@ libggml-base.so, called through ctypes on the same float32 arrays.
 """
 import ctypes
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import gguf
 import numpy as np
@@ -36,8 +37,17 @@ def ggml_quantize(name, x, imatrix=None):
     rows, n = x.shape
     out = np.zeros((rows, n // 256 * kquants.BLOCK_BYTES[name]), dtype=np.uint8)
     qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    _lib().ggml_quantize_chunk(GGML_IDS[name], x.ctypes.data, out.ctypes.data, 0, rows, n,
-                               None if qw is None else qw.ctypes.data)
+    qw_ptr = None if qw is None else qw.ctypes.data
+
+    def part(a, b):   # ctypes releases the GIL: big arrays use both cores
+        _lib().ggml_quantize_chunk(GGML_IDS[name], x[a:b].ctypes.data, out[a:b].ctypes.data, 0,
+                                   b - a, n, qw_ptr)
+
+    if rows < 64:
+        part(0, rows)
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda ab: part(*ab), [(0, rows // 2), (rows // 2, rows)]))
     return out
 
 
