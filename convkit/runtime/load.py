@@ -113,8 +113,12 @@ def gguf_config(reader, path: Path) -> ModelConfig:
     hidden, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
     eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
     scaling = None
-    if _field(reader, f"{arch}.rope.scaling.type", "none") == "linear":
+    scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
+    if scaling_type == "linear":
         scaling = {"rope_type": "linear", "factor": _f32_value(key("rope.scaling.factor"))}
+    elif scaling_type != "none":
+        raise ConvkitError(f"{path}: rope scaling {scaling_type!r} is not supported by the runtime; "
+                           f"supported: linear, and llama3 through rope_freqs")
     tokens = _field(reader, "tokenizer.ggml.tokens")
     names = {t.name for t in reader.tensors}
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
@@ -158,13 +162,16 @@ def gguf_reader(path: Path):
 def read_gguf(path: Path, dtype, device):
     reader = gguf_reader(path)
     config = gguf_config(reader, path)
-    heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
-    weights = {}
     for t in reader.tensors:
         qtype = GGMLQuantizationType(t.tensor_type)
         if qtype not in SUPPORTED:
             raise ConvkitError(f"{path}: tensor {t.name} has type {qtype.name}, which the runtime cannot "
-                               f"dequantize; requantize the file to a supported type")
+                               f"dequantize; requantize the file to one of "
+                               f"{', '.join(sorted(q.name for q in SUPPORTED))}")
+    heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
+    weights = {}
+    for t in reader.tensors:
+        qtype = GGMLQuantizationType(t.tensor_type)
         data = torch.from_numpy(np.array(t.data))
         if qtype in FLOAT_TYPES and data.dtype == torch.uint8:  # BF16 comes as raw bytes
             data = data.view(FLOAT_TYPES[qtype])

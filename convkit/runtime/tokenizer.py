@@ -69,6 +69,9 @@ def gguf_tokenizer(path: Path) -> Tokenizer:
         return default if f is None else f.contents()
 
     model = field("tokenizer.ggml.model")
+    if model is None:
+        raise ConvkitError(f"{path}: the file has no tokenizer metadata (tokenizer.ggml.*); "
+                           f"convert it again with its tokenizer")
     if model != "gpt2":
         raise ConvkitError(f"{path}: tokenizer model {model!r} is not supported by the runtime "
                            f"(byte-level BPE, tokenizer.ggml.model = gpt2, only)")
