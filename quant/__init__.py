@@ -31,25 +31,9 @@ def _load_block_modules():
     _loaded = True
     for name in _BLOCK_MODULES:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            importlib.import_module(f"{__name__}.{name}")
         except ImportError:
             continue
-        if name == "kquants":
-            _register_kquants(module)
-
-
-def _register_kquants(kq):
-    """K-quants that quant.kquants did not register itself, through its quantize_k."""
-    from .registry import _TYPES
-    sizes = getattr(kq, "BLOCK_BYTES", {})
-    for name, nbytes in sizes.items():
-        t = QuantType[name]
-        deq = getattr(kq, f"dequantize_{name.lower()}", None)
-        if t in _TYPES or deq is None or not hasattr(kq, "quantize_k"):
-            continue
-        register(t, 256, nbytes,
-                 lambda x, imatrix, threads, _n=name: kq.quantize_k(_n, x, imatrix, threads=threads),
-                 deq)
 
 
 def type_info(qtype) -> TypeInfo:

@@ -7,6 +7,7 @@
 #include <Python.h>
 
 #include "_kquants_k.h"
+#include "_kquants_legacy.h"
 
 /* ------------------------------------------------------------------ K-quants */
 
@@ -50,11 +51,55 @@ static PyObject *py_kquant(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ 32-value blocks */
+
+/* legacy(type_id, x, imatrix_or_None, out, rows, n_per_row): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (2, 3, 6, 7, 8)
+ * or IQ4_NL (20); x float32 C-contiguous [rows * n_per_row], imatrix float32 [n_per_row] or None. */
+static PyObject *py_legacy(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer xb, ob, qb;
+    PyObject *imatrix;
+    Py_ssize_t rows, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*Ow*nn", &type, &xb, &imatrix, &ob, &rows, &n)) return NULL;
+    int have_q = imatrix != Py_None;
+    if (have_q && PyObject_GetBuffer(imatrix, &qb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    const int bytes = lg_block_bytes(type);
+    const char *err = NULL;
+    if (!bytes) err = "unknown 32-value block type id";
+    else if (n <= 0 || n % LG_QK) err = "n_per_row must be a positive multiple of 32";
+    else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
+    else if (ob.len < rows * (n / LG_QK) * bytes) err = "out is too small";
+    else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
+    if (!err) {
+        const float *x = (const float *)xb.buf;
+        const float *q = have_q ? (const float *)qb.buf : NULL;
+        uint8_t *o = (uint8_t *)ob.buf;
+        Py_BEGIN_ALLOW_THREADS
+        lg_quantize_rows(type, x, q, rows, n, o);
+        Py_END_ALLOW_THREADS
+    }
+    if (have_q) PyBuffer_Release(&qb);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef kquants_methods[] = {
     {"kquant", py_kquant, METH_VARARGS,
      "kquant(type_id, x, imatrix_or_None, out, rows, n_per_row): ggml K-quant bytes into out."},
+    {"legacy", py_legacy, METH_VARARGS,
+     "legacy(type_id, x, imatrix_or_None, out, rows, n_per_row): Q4_0..Q8_0 / IQ4_NL bytes into out."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -92,12 +92,13 @@ def dequantize(data):
     d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)
     qs = blk[:, 2:]
     idx = np.concatenate([qs & 0xF, qs >> 4], axis=1)
-    return (d * _KV[idx]).reshape(rows, -1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (d * _KV[idx]).reshape(rows, -1)
 
 
 try:                                    # optional compiled kernel; numpy above is the reference
     from . import _kquants as _compiled
-    if not hasattr(_compiled, "iq4nl"):
+    if not hasattr(_compiled, "legacy"):
         _compiled = None
 except ImportError:                     # pragma: no cover - depends on the build
     _compiled = None
@@ -124,12 +125,12 @@ def quantize(x, imatrix=None, threads=1, backend="auto"):
     out = np.empty((rows, n // QK * BLOCK_BYTES), dtype=np.uint8)
     threads = max(1, min(int(threads or 1), rows))
     if threads == 1:
-        _compiled.iq4nl(x, qw, out, rows, n)
+        _compiled.legacy(20, x, qw, out, rows, n)
         return out
     from concurrent.futures import ThreadPoolExecutor  # the kernel releases the GIL
     bounds = np.linspace(0, rows, threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(_compiled.iq4nl, x[a:b], qw, out[a:b], b - a, n)
+        jobs = [pool.submit(_compiled.legacy, 20, x[a:b], qw, out[a:b], b - a, n)
                 for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         for job in jobs:
             job.result()

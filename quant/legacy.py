@@ -85,9 +85,11 @@ def q8_amax(x):
 
 # ---------------------------------------------------------------- packing
 
-def pack_nibbles(L):
-    """[B, 32] values 0..15 (low 4 bits used) -> [B, 16]: byte j = L[j] | L[j+16] << 4."""
+def pack_nibbles(L, masked=True):
+    """[B, 32] values 0..15 -> [B, 16]: byte j = L[j] | L[j+16] << 4 (Q4_0/Q4_1 do not mask)."""
     L = L.astype(np.uint8)
+    if not masked:
+        return L[:, :16] | (L[:, 16:] << 4)
     return (L[:, :16] & 0xF) | ((L[:, 16:] & 0xF) << 4)
 
 
@@ -103,7 +105,7 @@ def _symmetric_ref(x, nmax):
     """Q4_0 (nmax 8) and Q5_0 (nmax 16): d = max / -nmax; L = MIN(2nmax-1, (int8)(x*id + nmax + 0.5))."""
     vmax, _ = signed_abs_max(x)
     d = vmax / F32(-nmax)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
     with np.errstate(invalid="ignore"):
         v = (x * idv[:, None]) + F32(nmax + 0.5)
@@ -113,10 +115,9 @@ def _symmetric_ref(x, nmax):
 def _affine_ref(x, nmax):
     """Q4_1 (nmax 15) and Q5_1 (nmax 31): d = (max - min) / nmax; L = (int8)((x - min)*id + 0.5)."""
     lo, hi = min_max(x)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         d = (hi - lo) / F32(nmax)
-        with np.errstate(divide="ignore"):
-            idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
         v = ((x - lo[:, None]) * idv[:, None]) + F32(0.5)
     L = c_to_int8(v)
     return d, lo, (np.minimum(L, nmax) if nmax == 15 else L)
@@ -156,7 +157,7 @@ def _encode(name, xb, w):
     if name == "Q8_0":
         amax = q8_amax(xb)
         d = amax / F32(127)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
             q = c_to_int8(c_roundf(xb * idv[:, None]))
         return np.concatenate([fp16_bytes(d), q.astype(np.int8).view(np.uint8)], axis=1)
@@ -169,7 +170,7 @@ def _encode(name, xb, w):
         head = [fp16_bytes(d), fp16_bytes(m)]
     if name in ("Q5_0", "Q5_1"):
         head.append(pack_fifth_bits(L))
-    return np.concatenate(head + [pack_nibbles(L)], axis=1)
+    return np.concatenate(head + [pack_nibbles(L, masked=name in ("Q5_0", "Q5_1"))], axis=1)
 
 
 def quantize_numpy(name, x, imatrix=None):
@@ -230,7 +231,8 @@ def dequantize(name, data):
     data = np.ascontiguousarray(data, dtype=np.uint8)
     rows = data.shape[0]
     nbytes = BLOCK_BYTES[name]
-    return dequantize_blocks(name, data.reshape(-1, nbytes)).reshape(rows, -1)
+    with np.errstate(invalid="ignore", over="ignore"):      # inf scales give inf/NaN, as in ggml
+        return dequantize_blocks(name, data.reshape(-1, nbytes)).reshape(rows, -1)
 
 
 # ---------------------------------------------------------------- public entry and registration
