@@ -10,7 +10,7 @@ import numpy as np
 from .registry import register
 from .types import QuantType
 
-_CHUNK = 1 << 20     # values per step: bounds the temporaries
+_CHUNK = 1 << 16     # values per step: bounds the temporaries
 
 
 def quantize_f32(x, imatrix=None, threads=1):

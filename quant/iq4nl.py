@@ -20,7 +20,7 @@ BLOCK_BYTES = 18
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _KV = KVALUES.astype(F32)
 _NTRY = 7
-_CHUNK_BLOCKS = 1 << 12
+_CHUNK_BLOCKS = 1 << 10           # bounds the [tries, blocks, 32] work arrays
 
 
 def best_index(v):

@@ -18,6 +18,7 @@ from .search import F32, make_qkx_quants, make_qx_quants, seq_sum
 QK = 32
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
 _CHUNK_BLOCKS = 1 << 14          # bounds the temporaries to a few MB per step
+_CHUNK_BLOCKS_WEIGHTED = 1 << 11 # the weighted searches hold [candidates, 32, blocks] arrays
 _FLT_MAX = np.finfo(np.float32).max
 
 
@@ -181,7 +182,7 @@ def quantize_numpy(name, x, imatrix=None):
     out = np.empty((rows, n // QK * nbytes), dtype=np.uint8)
     use_w = imatrix is not None and name != "Q8_0"      # ggml ignores it for Q8_0
     qw = check_imatrix(name, imatrix, n) if use_w else None
-    rows_per_step = max(1, _CHUNK_BLOCKS * QK // max(n, 1))
+    rows_per_step = max(1, (_CHUNK_BLOCKS_WEIGHTED if use_w else _CHUNK_BLOCKS) * QK // max(n, 1))
     for s in range(0, rows, rows_per_step):
         xs = x[s:s + rows_per_step]
         w = _block_weights(xs, qw) if use_w else None
