@@ -37,8 +37,8 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
 
     torch.set_num_threads(min(torch.get_num_threads(), 2) if device == "cpu" else torch.get_num_threads())
     started = time.perf_counter()
+    tok = load_tokenizer(model)  # first: the model's loader then releases the parsed GGUF metadata
     net = load_model(model, device=device, precision=precision, dequantize_all=dequantize_all)
-    tok = load_tokenizer(model)
     ids = tok.encode(prompt, add_bos=False if no_bos else None)
     if not ids:
         raise ConvkitError("the prompt encodes to no tokens; give a non-empty --prompt")

@@ -12,7 +12,6 @@ tensors in the compute dtype), on the target device.
 - HF: config.json and model.safetensors (or its sharded index); HF names are renamed to
   GGUF names and gpt2's Conv1D matrices ([in, out]) transposed.
 """
-import functools
 import json
 from pathlib import Path
 
@@ -143,20 +142,37 @@ def gguf_config(reader, path: Path) -> ModelConfig:
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_reader(path: Path, mtime_ns: int, size: int):
-    import gguf
-
-    return gguf.GGUFReader(path)
+_READER = {}  # at most one parsed file: (path, mtime, size) -> GGUFReader
 
 
 def gguf_reader(path: Path):
-    """The file's GGUFReader (parsing metadata takes seconds; model and tokenizer share one)."""
+    """The file's GGUFReader. Parsing the metadata takes seconds and holds the vocabulary as
+    many small arrays, so the last one is kept for the next caller (tokenizer then model)
+    and `release_reader` drops it once the model is built."""
+    import gguf
+
     stat = path.stat()
-    try:
-        return _cached_reader(path.resolve(), stat.st_mtime_ns, stat.st_size)
-    except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
-        raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _READER:
+        _READER.clear()
+        try:
+            _READER[key] = gguf.GGUFReader(path)
+        except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
+            raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
+    return _READER[key]
+
+
+def release_reader() -> None:
+    _READER.clear()
+
+
+def _read_bytes(f, offset: int, size: int) -> torch.Tensor:
+    """Tensor bytes read from the file into memory we own (not pages of a mapping)."""
+    out = torch.empty(size, dtype=torch.uint8)
+    f.seek(offset)
+    if f.readinto(out.numpy()) != size:
+        raise ConvkitError(f"{f.name}: the file ends inside tensor data; it is truncated, re-download it")
+    return out
 
 
 def read_gguf(path: Path, dtype, device):
@@ -170,20 +186,28 @@ def read_gguf(path: Path, dtype, device):
                                f"{', '.join(sorted(q.name for q in SUPPORTED))}")
     heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
     weights = {}
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
-        data = torch.from_numpy(np.array(t.data))
-        if qtype in FLOAT_TYPES and data.dtype == torch.uint8:  # BF16 comes as raw bytes
-            data = data.view(FLOAT_TYPES[qtype])
-        kind = t.name.split(".")[-2]
-        if config.arch == "llama" and kind in heads:  # undo the converter's rotary permutation
-            index = unpermute_index(data.shape[0], heads[kind])
-            data = data.index_select(0, index)
-        if len(t.shape) >= 2:
-            weights[t.name] = _matrix(data.reshape(data.shape[0], -1), qtype, device)
-        else:
-            weights[t.name] = data.to(device, torch.float32 if t.name == "rope_freqs.weight" else dtype)
+    with open(path, "rb") as f:
+        for t in reader.tensors:
+            weights[t.name] = _gguf_tensor(f, t, config, heads, dtype, device)
+    release_reader()
     return config, weights
+
+
+def _gguf_tensor(f, t, config, heads, dtype, device):
+    qtype = GGMLQuantizationType(t.tensor_type)
+    data = _read_bytes(f, t.data_offset, int(t.n_bytes))
+    rows = int(np.prod([int(d) for d in t.shape[1:]])) if len(t.shape) > 1 else 1
+    if qtype in FLOAT_TYPES:
+        data = data.view(FLOAT_TYPES[qtype])
+    data = data.view(rows, -1)
+    kind = t.name.split(".")[-2]
+    if config.arch == "llama" and kind in heads:  # undo the converter's rotary permutation (rows)
+        if len(t.shape) == 1:
+            data = data.view(-1, 1)
+        data = data.index_select(0, unpermute_index(data.shape[0], heads[kind]))
+    if len(t.shape) >= 2:
+        return _matrix(data, qtype, device)
+    return data.reshape(-1).to(device, torch.float32 if t.name == "rope_freqs.weight" else dtype)
 
 
 # ------------------------------------------------------------------------ HF
