@@ -32,12 +32,15 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
     import torch
 
     from convkit.runtime import load_model
+    from convkit.runtime.load import check_model, resolve_device
     from convkit.runtime.sampling import SamplingParams, generate_tokens
     from convkit.runtime.tokenizer import load_tokenizer
 
     torch.set_num_threads(min(torch.get_num_threads(), 2) if device == "cpu" else torch.get_num_threads())
     started = time.perf_counter()
-    tok = load_tokenizer(model)  # first: the model's loader then releases the parsed GGUF metadata
+    resolve_device(device)
+    check_model(model)  # an unsupported architecture or type is named before tokenizer problems
+    tok = load_tokenizer(model)  # before the model: its loader releases the parsed GGUF metadata
     net = load_model(model, device=device, precision=precision, dequantize_all=dequantize_all)
     ids = tok.encode(prompt, add_bos=False if no_bos else None)
     if not ids:

@@ -77,6 +77,19 @@ def load_model(path, device: str = "cpu", precision: str = "fp32", dequantize_al
     return model
 
 
+def check_model(path) -> ModelConfig:
+    """The model's config, once its architecture (and for GGUF its tensor types) are known to
+    be supported; raises the same errors as load_model without loading weights."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvkitError(f"{path}: no such file or directory; give a .gguf file or an HF checkpoint directory")
+    if is_gguf(path):
+        return check_gguf(path)
+    if path.is_dir():
+        return _hf_config_file(path)
+    raise ConvkitError(f"{path}: neither a GGUF file nor a directory with config.json; give one of those")
+
+
 def _matrix(data: torch.Tensor, qtype, device) -> QTensor:
     return QTensor(data.to(device), GGMLQuantizationType(qtype))
 
@@ -175,7 +188,8 @@ def _read_bytes(f, offset: int, size: int) -> torch.Tensor:
     return out
 
 
-def read_gguf(path: Path, dtype, device):
+def check_gguf(path: Path) -> ModelConfig:
+    """The file's config, after checking that the runtime supports its architecture and types."""
     reader = gguf_reader(path)
     config = gguf_config(reader, path)
     for t in reader.tensors:
@@ -184,6 +198,12 @@ def read_gguf(path: Path, dtype, device):
             raise ConvkitError(f"{path}: tensor {t.name} has type {qtype.name}, which the runtime cannot "
                                f"dequantize; requantize the file to one of "
                                f"{', '.join(sorted(q.name for q in SUPPORTED))}")
+    return config
+
+
+def read_gguf(path: Path, dtype, device):
+    config = check_gguf(path)
+    reader = gguf_reader(path)
     heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
     weights = {}
     with open(path, "rb") as f:
@@ -287,16 +307,20 @@ _FLOAT_QTYPES = {torch.float32: GGMLQuantizationType.F32, torch.float16: GGMLQua
                  torch.bfloat16: GGMLQuantizationType.BF16}
 
 
-def read_hf(path: Path, dtype, device):
-    from safetensors import safe_open
-
+def _hf_config_file(path: Path) -> ModelConfig:
     config_file = path / "config.json"
     if not config_file.exists():
         raise ConvkitError(f"{path}: no config.json; give an HF checkpoint directory or a .gguf file")
     try:
-        config = hf_config(json.loads(config_file.read_text()), path)
+        return hf_config(json.loads(config_file.read_text()), path)
     except (KeyError, json.JSONDecodeError) as exc:
         raise ConvkitError(f"{config_file}: malformed config ({exc!r}); re-download the checkpoint") from None
+
+
+def read_hf(path: Path, dtype, device):
+    from safetensors import safe_open
+
+    config = _hf_config_file(path)
     weights = {}
     for file in _safetensors_files(path):
         with safe_open(str(file), framework="pt") as f:
