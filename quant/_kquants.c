@@ -30,7 +30,7 @@ static PyObject *py_kquant(PyObject *self, PyObject *args) {
     const char *err = NULL;
     if (type < 10 || type > 15) err = "unknown K-quant type id";
     else if (n <= 0 || n % KQ_QK) err = "n_per_row must be a positive multiple of 256";
-    else if (xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
+    else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
     else if (ob.len < rows * (n / KQ_QK) * bytes[type - 10]) err = "out is too small";
     else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
     if (!err) {

@@ -1,7 +1,7 @@
 """K-quants against ggml itself: byte-identical blocks, with and without an importance vector.
 
-The oracle is ggml_quantize_chunk (and quantize_row_q8_K_ref) in llama-cpp-python's
-libggml-base.so, called through ctypes on the same float32 arrays.
+The oracle is ggml_quantize_chunk (tests/oracle.py) and quantize_row_q8_K_ref in
+llama-cpp-python's libggml-base.so, called through ctypes on the same float32 arrays.
 """
 import ctypes
 import functools
@@ -13,7 +13,8 @@ import pytest
 
 from quant import kquants
 from quant.errors import QuantError
-from realdata import ggml_base_library, smollm2_gguf
+import oracle
+from realdata import smollm2_gguf
 
 pytestmark = pytest.mark.oracle
 
@@ -22,32 +23,24 @@ GGML_IDS = {"Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
 
 @functools.cache
-def _lib():
-    lib = ctypes.CDLL(str(ggml_base_library()))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    lib.quantize_row_q8_K_ref.restype = None
-    lib.quantize_row_q8_K_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    return lib
+def _q8_k_ref():
+    fn = oracle.lib().quantize_row_q8_K_ref
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    return fn
 
 
 def ggml_quantize(name, x, imatrix=None):
+    """ggml_quantize_chunk; big arrays are split over two threads like llama-quantize does."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, n = x.shape
-    out = np.zeros((rows, n // 256 * kquants.BLOCK_BYTES[name]), dtype=np.uint8)
-    qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    qw_ptr = None if qw is None else qw.ctypes.data
-
-    def part(a, b):   # ctypes releases the GIL: big arrays use both cores
-        _lib().ggml_quantize_chunk(GGML_IDS[name], x[a:b].ctypes.data, out[a:b].ctypes.data, 0,
-                                   b - a, n, qw_ptr)
-
+    qtype = GGML_IDS[name]
     if rows < 64:
-        part(0, rows)
-    else:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda ab: part(*ab), [(0, rows // 2), (rows // 2, rows)]))
+        return oracle.ggml_quantize(x, qtype, imatrix)
+    out = np.zeros((rows, oracle.row_size(qtype, n)), dtype=np.uint8)
+    halves = [(0, rows // 2), (rows // 2, rows - rows // 2)]
+    with ThreadPoolExecutor(2) as pool:   # ctypes releases the GIL
+        list(pool.map(lambda part: oracle.ggml_quantize(x, qtype, imatrix, part[0], part[1], out), halves))
     return out
 
 
@@ -173,7 +166,7 @@ def test_dequantize_matches_gguf(name):
 def test_q8_k_matches_ggml(backend):
     x = np.concatenate([CASES["heavy_tail"][:, :512], CASES["zeros"], CASES["outlier"]])
     ref = np.zeros((x.shape[0], x.shape[1] // 256 * 292), dtype=np.uint8)
-    _lib().quantize_row_q8_K_ref(x.ctypes.data, ref.ctypes.data, x.size)
+    _q8_k_ref()(x.ctypes.data, ref.ctypes.data, x.size)
     ours = kquants.quantize_k("Q8_K", x, backend=backend)
     _assert_same("Q8_K", ours, ref, backend)
     back = kquants.dequantize_q8_k(ours)
