@@ -30,37 +30,68 @@ static inline void lg_put_f16(uint8_t *p, float f) {
 
 /* ------------------------------------------------------------------ block extremes */
 
-/* First value of largest |v| (NaN never wins); 0 when every |v| is 0 or NaN. */
-static inline float lg_signed_abs_max(const float *x) {
-    uint32_t a[LG_QK], m = 0;
-    for (int j = 0; j < LG_QK; ++j) {
-        uint32_t b = kq_bits(x[j]) & 0x7fffffffu;
-        a[j] = b > 0x7f800000u ? 0 : b;
-    }
-    for (int j = 0; j < LG_QK; ++j) m = a[j] > m ? a[j] : m;
-    if (m == 0) return 0.0f;
-    int first = LG_QK - 1;
-    for (int j = LG_QK - 1; j >= 0; --j) first = a[j] == m ? j : first;
-    return x[first];
+typedef float lg_v8f __attribute__((vector_size(32)));
+typedef int32_t lg_v8i __attribute__((vector_size(32)));
+
+static inline lg_v8f lg_load8(const float *p) { lg_v8f v; memcpy(&v, p, sizeof v); return v; }
+
+/* a < b ? a : b per lane (a NaN in a never wins), written with masks as C has no vector ?: */
+static inline lg_v8f lg_vmin(lg_v8f a, lg_v8f b) {
+    lg_v8i m = a < b;
+    return (lg_v8f)(((lg_v8i)a & m) | ((lg_v8i)b & ~m));
 }
 
-/* ggml's `if (v < min) min = v; if (v > max) max = v` from (FLT_MAX, -FLT_MAX). Minimum and maximum
- * do not depend on the order (NaN never wins a comparison), except for the sign of a zero: when the
- * result is zero, the first zero of the block is the one ggml keeps. */
+static inline lg_v8f lg_vmax(lg_v8f a, lg_v8f b) {
+    lg_v8i m = a > b;
+    return (lg_v8f)(((lg_v8i)a & m) | ((lg_v8i)b & ~m));
+}
+
+/* ggml's `if (amax < |v|) {amax = |v|; max = v}` from 0: the first value of largest |v| (NaN never
+ * wins); 0 when every |v| is 0 or NaN. The largest |v| does not depend on the order; only its sign
+ * does, and only when both +amax and -amax occur, which is looked up in order. */
+static inline float lg_signed_abs_max(const float *x) {
+    const lg_v8i absmask = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                            0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    lg_v8f m = {0};
+    for (int j = 0; j < LG_QK; j += 8) m = lg_vmax((lg_v8f)((lg_v8i)lg_load8(x + j) & absmask), m);
+    float amax = 0.0f;
+    for (int k = 0; k < 8; ++k) amax = m[k] > amax ? m[k] : amax;
+    if (amax == 0.0f) return 0.0f;
+    lg_v8i pos = {0}, neg = {0};
+    for (int j = 0; j < LG_QK; j += 8) {
+        lg_v8f v = lg_load8(x + j);
+        pos |= v == amax;
+        neg |= v == -amax;
+    }
+    int any_pos = 0, any_neg = 0;
+    for (int k = 0; k < 8; ++k) { any_pos |= pos[k]; any_neg |= neg[k]; }
+    if (!any_neg) return amax;
+    if (!any_pos) return -amax;
+    for (int j = 0; j < LG_QK; ++j)
+        if (fabsf(x[j]) == amax) return x[j];
+    return amax;
+}
+
 static inline void lg_min_max(const float *x, float *lo_out, float *hi_out) {
-    float lo[8], hi[8];
-    for (int k = 0; k < 8; ++k) { lo[k] = FLT_MAX; hi[k] = -FLT_MAX; }
-    for (int j = 0; j < LG_QK; j += 8)
-        for (int k = 0; k < 8; ++k) {
-            lo[k] = x[j + k] < lo[k] ? x[j + k] : lo[k];
-            hi[k] = x[j + k] > hi[k] ? x[j + k] : hi[k];
-        }
-    float flo = lo[0], fhi = hi[0];
-    for (int k = 1; k < 8; ++k) {
+    lg_v8f lo = lg_load8(x), hi = lo;
+    /* start from the first 8 values: a NaN there must not stick, so reseed NaN lanes */
+    {
+        lg_v8i nan = lo != lo;
+        lg_v8f big = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
+        lo = (lg_v8f)(((lg_v8i)big & nan) | ((lg_v8i)lo & ~nan));
+        hi = (lg_v8f)(((lg_v8i)(-big) & nan) | ((lg_v8i)hi & ~nan));
+    }
+    for (int j = 8; j < LG_QK; j += 8) {
+        lg_v8f v = lg_load8(x + j);
+        lo = lg_vmin(v, lo);
+        hi = lg_vmax(v, hi);
+    }
+    float flo = FLT_MAX, fhi = -FLT_MAX;
+    for (int k = 0; k < 8; ++k) {
         flo = lo[k] < flo ? lo[k] : flo;
         fhi = hi[k] > fhi ? hi[k] : fhi;
     }
-    if (flo == 0.0f || fhi == 0.0f) {
+    if (flo == 0.0f || fhi == 0.0f) {   /* -0 and +0 compare equal in C: the first zero is kept */
         float z = 0.0f;
         for (int j = 0; j < LG_QK; ++j)
             if (x[j] == 0.0f) { z = x[j]; break; }
@@ -88,39 +119,55 @@ static inline float lg_q8_amax(const float *x) {
     return amax;
 }
 
-/* (int8_t)(v) as compiled for x86: int32 truncation (INT_MIN when invalid), low byte. */
+static inline void lg_put_u32(uint8_t *p, uint32_t h) {
+    p[0] = (uint8_t)h; p[1] = (uint8_t)(h >> 8); p[2] = (uint8_t)(h >> 16); p[3] = (uint8_t)(h >> 24);
+}
+
+/* (int8_t)(v) as ggml's x86 build computes it: cvttps2dq truncates to int32 (NaN and out-of-range give
+ * INT_MIN, the instruction's "integer indefinite"), then the low byte is kept. Formally the C cast is
+ * undefined there; GCC emits the same instruction here as in ggml, and the tests pin the result. */
 static inline int lg_to_int8(float v) {
-    int32_t i = fabsf(v) < 2147483648.0f ? (int32_t)v : INT32_MIN;
+    int32_t i = (int32_t)v;
     return (int8_t)(uint8_t)(i & 0xff);
 }
 
 /* ------------------------------------------------------------------ reference quantizers */
 
-/* Q4_0 (nmax 8) / Q5_0 (nmax 16): L = MIN(2nmax-1, (int8)(x*id + nmax + 0.5)). */
-static inline float lg_symmetric_ref(const float *x, int nmax, uint8_t *L) {
+/* Q4_0 (nmax 8) / Q5_0 (nmax 16): L = MIN(2nmax-1, (int8)(x*id + nmax + 0.5)), packed into qs (and qh). */
+static inline float lg_symmetric_ref(const float *x, int nmax, uint8_t *qs, uint8_t *qh) {
     float vmax = lg_signed_abs_max(x);
     float d = vmax / (float)-nmax;
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     float off = (float)nmax + 0.5f;
     int top = 2 * nmax - 1;
-    for (int j = 0; j < LG_QK; ++j) {
-        int l = lg_to_int8(x[j] * id + off);
-        L[j] = (uint8_t)(l < top ? l : top);
+    uint32_t h = 0;
+    for (int j = 0; j < LG_QK / 2; ++j) {
+        int l0 = lg_to_int8(x[j] * id + off), l1 = lg_to_int8(x[j + 16] * id + off);
+        uint8_t q0 = (uint8_t)(l0 < top ? l0 : top), q1 = (uint8_t)(l1 < top ? l1 : top);
+        /* ggml stores Q4 nibbles unmasked; L is always 0..15 there (|x*id| <= 8 or the cast gives 0) */
+        qs[j] = (uint8_t)((q0 & 0xF) | ((q1 & 0xF) << 4));
+        if (qh) h |= ((uint32_t)((q0 >> 4) & 1) << j) | ((uint32_t)((q1 >> 4) & 1) << (j + 16));
     }
+    if (qh) lg_put_u32(qh, h);
     return d;
 }
 
 /* Q4_1 (nmax 15) / Q5_1 (nmax 31): L = (int8)((x - min)*id + 0.5), capped at 15 for Q4_1. */
-static inline float lg_affine_ref(const float *x, int nmax, float *min_out, uint8_t *L) {
+static inline float lg_affine_ref(const float *x, int nmax, float *min_out, uint8_t *qs, uint8_t *qh) {
     float lo, hi;
     lg_min_max(x, &lo, &hi);
     float d = (hi - lo) / (float)nmax;
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     int top = nmax == 15 ? 15 : 255;
-    for (int j = 0; j < LG_QK; ++j) {
-        int l = lg_to_int8((x[j] - lo) * id + 0.5f);
-        L[j] = (uint8_t)(l < top ? l : top);
+    uint32_t h = 0;
+    for (int j = 0; j < LG_QK / 2; ++j) {
+        int l0 = lg_to_int8((x[j] - lo) * id + 0.5f), l1 = lg_to_int8((x[j + 16] - lo) * id + 0.5f);
+        uint8_t q0 = (uint8_t)(l0 < top ? l0 : top), q1 = (uint8_t)(l1 < top ? l1 : top);
+        /* ggml stores Q4 nibbles unmasked; L is always 0..15 there (|x*id| <= 8 or the cast gives 0) */
+        qs[j] = (uint8_t)((q0 & 0xF) | ((q1 & 0xF) << 4));
+        if (qh) h |= ((uint32_t)((q0 >> 4) & 1) << j) | ((uint32_t)((q1 >> 4) & 1) << (j + 16));
     }
+    if (qh) lg_put_u32(qh, h);
     *min_out = lo;
     return d;
 }
@@ -309,19 +356,18 @@ static inline void lg_iq4nl_block(const float *x, const float *qw, uint8_t *y) {
     for (int64_t b = 0; b < nblocks; ++b) {                                   \
         const float *xb = x + b * LG_QK;                                      \
         uint8_t *y = out + b * (BYTES);                                       \
-        uint8_t L[LG_QK];                                                     \
         float d, m = 0;                                                       \
-        (void)L; (void)d; (void)m;                                            \
+        (void)d; (void)m;                                                     \
         BODY                                                                  \
     }
 
 /* Reference quantizers (no importance vector) over nblocks consecutive blocks. */
 KQ_CLONES static void lg_rows_ref(int type, const float *restrict x, int64_t nblocks, uint8_t *restrict out) {
     switch (type) {
-        case 2: LG_REF_LOOP(18, d = lg_symmetric_ref(xb, 8, L); lg_put_block(2, d, m, L, y);) break;
-        case 6: LG_REF_LOOP(22, d = lg_symmetric_ref(xb, 16, L); lg_put_block(6, d, m, L, y);) break;
-        case 3: LG_REF_LOOP(20, d = lg_affine_ref(xb, 15, &m, L); lg_put_block(3, d, m, L, y);) break;
-        case 7: LG_REF_LOOP(24, d = lg_affine_ref(xb, 31, &m, L); lg_put_block(7, d, m, L, y);) break;
+        case 2: LG_REF_LOOP(18, d = lg_symmetric_ref(xb, 8, y + 2, NULL); lg_put_f16(y, d);) break;
+        case 6: LG_REF_LOOP(22, d = lg_symmetric_ref(xb, 16, y + 6, y + 2); lg_put_f16(y, d);) break;
+        case 3: LG_REF_LOOP(20, d = lg_affine_ref(xb, 15, &m, y + 4, NULL); lg_put_f16(y, d); lg_put_f16(y + 2, m);) break;
+        case 7: LG_REF_LOOP(24, d = lg_affine_ref(xb, 31, &m, y + 8, y + 4); lg_put_f16(y, d); lg_put_f16(y + 2, m);) break;
         case 8: LG_REF_LOOP(34, lg_q8_0_block(xb, y);) break;
     }
 }
