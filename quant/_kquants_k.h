@@ -200,7 +200,9 @@ KQ_CLONES static void kq_qx_lanes(int n, int nmax, const kq_lanes_f *xt, const k
     for (int i = 0; i < n; ++i) {
         for (int k = 0; k < KQ_LANES; ++k) {
             float ax = fabsf(xt[i][k]);
-            if (ax > amax[k]) { amax[k] = ax; vmax[k] = xt[i][k]; }
+            int gt = ax > amax[k];              /* ggml: if (ax > amax) {amax = ax; max = x;} */
+            vmax[k] = gt ? xt[i][k] : vmax[k];
+            amax[k] = gt ? ax : amax[k];
         }
     }
     for (int k = 0; k < KQ_LANES; ++k) iscale[k] = -nmax / vmax[k];
@@ -273,7 +275,9 @@ KQ_CLONES static void kq_q3_lanes(int n, int nmax, const kq_lanes_f *xt, float *
     for (int i = 0; i < n; ++i) {
         for (int k = 0; k < KQ_LANES; ++k) {
             float ax = fabsf(xt[i][k]);
-            if (ax > amax[k]) { amax[k] = ax; vmax[k] = xt[i][k]; }
+            int gt = ax > amax[k];              /* ggml: if (ax > amax) {amax = ax; max = x;} */
+            vmax[k] = gt ? xt[i][k] : vmax[k];
+            amax[k] = gt ? ax : amax[k];
         }
     }
     for (int k = 0; k < KQ_LANES; ++k) iscale[k] = -nmax / vmax[k];
