@@ -727,10 +727,11 @@ static void kq_row_q3(const float *x, const float *qw, int64_t n_per_row, uint8_
             }
         }
         memset(hmask, 0, 32);
-        for (int j = 0; j < KQ_QK; ++j) {
-            if (Lb[j] > 3) {
-                hmask[j % 32] |= (uint8_t)(1 << (j / 32));
-                Lb[j] -= 4;
+        for (int bit = 0; bit < 8; ++bit) {             /* value 32*bit + m: bit `bit` of hmask[m] */
+            for (int m = 0; m < 32; ++m) {
+                uint8_t high = Lb[32 * bit + m] > 3;
+                hmask[m] |= (uint8_t)(high << bit);
+                Lb[32 * bit + m] -= (uint8_t)(4 * high);
             }
         }
         kq_pack_2bit(Lb, qs);
