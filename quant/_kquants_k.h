@@ -567,11 +567,10 @@ static void kq_row_affine(const float *x, const float *qw, int64_t n_per_row, in
                 memset(qh, 0, 32);
                 uint8_t m1 = 1, m2 = 2;
                 for (int n = 0; n < KQ_QK; n += 64) {
-                    for (int j = 0; j < 32; ++j) {
+                    for (int j = 0; j < 32; ++j) {   /* branchless: the 5th bit is random */
                         int l1 = Lb[n + j], l2 = Lb[n + j + 32];
-                        if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
-                        if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
-                        ql[j] = (uint8_t)(l1 | (l2 << 4));
+                        qh[j] |= (uint8_t)((l1 > 15 ? m1 : 0) | (l2 > 15 ? m2 : 0));
+                        ql[j] = (uint8_t)((l1 & 15) | ((l2 & 15) << 4));
                     }
                     m1 <<= 2; m2 <<= 2;
                     ql += 32;
