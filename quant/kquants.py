@@ -6,8 +6,10 @@ Both are reproduced here with numpy, vectorized across blocks (see quant.search 
 the exactness rules). The compiled helper quant._kquants, when built, runs the same
 arithmetic much faster; this module stays the readable reference.
 
-Public functions: quantize_qN_k(x [rows, n] float32, imatrix=None [n] or None) -> uint8
-[rows, n//256*bytes]; dequantize_qN_k(data uint8 [rows, nbytes]) -> float32 [rows, n].
+Public functions: quantize_k(name, x, imatrix=None, threads=1, backend="auto") and
+quantize_qN_k(x [rows, n] float32, imatrix=None [n], threads=1) -> uint8 [rows, n//256*bytes];
+dequantize_qN_k(data uint8 [rows, nbytes]) -> float32 [rows, n]. Q2_K..Q6_K register
+themselves with quant.registry (quant.quantize / quant.dequantize).
 """
 import numpy as np
 
@@ -17,7 +19,7 @@ from .search import (F32, GROUP_MAX_EPS, make_q3_quants, make_qkx_quants, make_q
 
 QK_K = 256
 BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
-_CHUNK_BLOCKS = 512          # bounds the [candidates, n, groups] work arrays to a few tens of MB
+_CHUNK_BLOCKS = 512          # bounds the numpy work arrays ([candidates, n, groups]) to ~100 MB
 
 
 # ---------------------------------------------------------------- shared helpers
