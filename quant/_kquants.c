@@ -53,8 +53,8 @@ static PyObject *py_kquant(PyObject *self, PyObject *args) {
 
 /* ------------------------------------------------------------------ 32-value blocks */
 
-/* legacy(type_id, x, imatrix_or_None, out, rows, n_per_row): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (2, 3, 6, 7, 8)
- * or IQ4_NL (20); x float32 C-contiguous [rows * n_per_row], imatrix float32 [n_per_row] or None. */
+/* legacy(type_id, x, imatrix_or_None, out, rows, n_per_row): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (2, 3, 6, 7, 8),
+ * IQ4_NL (20), F16 (1) or BF16 (30); x float32 C-contiguous [rows * n_per_row], imatrix float32 [n_per_row] or None. */
 static PyObject *py_legacy(PyObject *self, PyObject *args) {
     int type;
     Py_buffer xb, ob, qb;
@@ -68,12 +68,12 @@ static PyObject *py_legacy(PyObject *self, PyObject *args) {
         PyBuffer_Release(&ob);
         return NULL;
     }
-    const int bytes = lg_block_bytes(type);
+    const int bytes = lg_block_bytes(type), per_block = lg_block_values(type);
     const char *err = NULL;
-    if (!bytes) err = "unknown 32-value block type id";
-    else if (n <= 0 || n % LG_QK) err = "n_per_row must be a positive multiple of 32";
+    if (!bytes || !per_block) err = "unknown block type id";
+    else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of the block size";
     else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
-    else if (ob.len < rows * (n / LG_QK) * bytes) err = "out is too small";
+    else if (ob.len < rows * (n / per_block) * bytes) err = "out is too small";
     else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
     if (!err) {
         const float *x = (const float *)xb.buf;

@@ -15,17 +15,21 @@
 #define LG_QK 32
 
 /* ggml_compute_fp32_to_fp16: branch-free float arithmetic, round to nearest even, NaN -> 0x7e00. */
-static inline void lg_put_f16(uint8_t *p, float f) {
+static inline uint16_t lg_f16_bits(float f) {
     float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
     const uint32_t w = kq_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
     uint32_t bias = shl1_w & 0xFF000000u;
-    bias = bias < 0x71000000u ? 0x71000000u : bias;
+    bias += (0x71000000u - bias) & -(uint32_t)(bias < 0x71000000u);    /* masks, not ?:, so it vectorizes */
     base = kq_float((bias >> 1) + 0x07800000u) + base;
     const uint32_t bits = kq_bits(base);
     const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
-    const uint16_t h = (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-    p[0] = (uint8_t)h;
-    p[1] = (uint8_t)(h >> 8);
+    const uint32_t nan = -(uint32_t)(shl1_w > 0xFF000000u);
+    return (uint16_t)((sign >> 16) | (0x7E00u & nan) | (nonsign & ~nan));
+}
+
+static inline void lg_put_f16(uint8_t *p, float f) {
+    const uint16_t h = lg_f16_bits(f);
+    memcpy(p, &h, sizeof h);      /* little-endian, like ggml's in-memory fp16 */
 }
 
 /* ------------------------------------------------------------------ block extremes */
@@ -224,6 +228,7 @@ static int lg_block_bytes(int type) {
         case 7: return 24;
         case 8: return 34;
         case 20: return 18;
+        case 1: case 30: return 2;
     }
     return 0;
 }
@@ -380,9 +385,38 @@ KQ_CLONES static void lg_rows_iq4nl(const float *restrict x, const float *restri
             lg_iq4nl_block(x + r * n + b * LG_QK, imatrix ? imatrix + b * LG_QK : NULL, out + (r * nb + b) * 18);
 }
 
-/* ggml type ids: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, IQ4_NL 20. Returns 0, or -1 for an unknown id. */
+/* F16 and BF16 rows: ggml_fp32_to_fp16_row / ggml_fp32_to_bf16_row_ref, value by value. */
+KQ_CLONES static void lg_rows_f16(const float *restrict x, int64_t count, uint8_t *restrict out) {
+    uint16_t h[64];
+    int64_t i = 0;
+    for (; i + 64 <= count; i += 64) {          /* a fixed-size chunk the compiler vectorizes */
+        for (int k = 0; k < 64; ++k) h[k] = lg_f16_bits(x[i + k]);
+        memcpy(out + 2 * i, h, sizeof h);
+    }
+    for (; i < count; ++i) lg_put_f16(out + 2 * i, x[i]);
+}
+
+KQ_CLONES static void lg_rows_bf16(const float *restrict x, int64_t count, uint8_t *restrict out) {
+    for (int64_t i = 0; i < count; ++i) {
+        uint32_t u = kq_bits(x[i]);
+        uint16_t h = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 64)   /* NaN: force quiet */
+                                                     : (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+        out[2 * i] = (uint8_t)h;
+        out[2 * i + 1] = (uint8_t)(h >> 8);
+    }
+}
+
+/* Values per block for the ids this file handles (0 for others). */
+static int lg_block_values(int type) {
+    return type == 1 || type == 30 ? 1 : lg_block_bytes(type) ? LG_QK : 0;
+}
+
+/* ggml type ids: F16 1, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, IQ4_NL 20, BF16 30.
+ * Returns 0, or -1 for an unknown id. */
 static int lg_quantize_rows(int type, const float *x, const float *imatrix, int64_t rows,
                             int64_t n, uint8_t *out) {
+    if (type == 1) { lg_rows_f16(x, rows * n, out); return 0; }
+    if (type == 30) { lg_rows_bf16(x, rows * n, out); return 0; }
     const int bytes = lg_block_bytes(type);
     if (!bytes) return -1;
     const int64_t nb = n / LG_QK;

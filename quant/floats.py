@@ -4,17 +4,34 @@
   with its sign (ggml_compute_fp32_to_fp16).
 - BF16: round to nearest even on the upper 16 bits; a NaN keeps its upper bits and is
   forced quiet (ggml_compute_fp32_to_bf16).
+
+The numpy code is the readable reference; quant._kquants converts faster when built.
 """
 import numpy as np
 
+from ._threads import split_rows
 from .registry import register
 from .types import QuantType
 
 _CHUNK = 1 << 16     # values per step: bounds the temporaries
 
+try:                                    # optional compiled kernels
+    from . import _kquants as _compiled
+    if not hasattr(_compiled, "legacy"):
+        _compiled = None
+except ImportError:                     # pragma: no cover - depends on the build
+    _compiled = None
+
 
 def quantize_f32(x, imatrix=None, threads=1):
-    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8)
+    return np.array(x, dtype=np.float32, order="C").view(np.uint8)    # a copy, never a view of x
+
+
+def _compiled_rows(type_id, x, threads):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((x.shape[0], 2 * x.shape[1]), dtype=np.uint8)
+    return split_rows(lambda xp, op, rows: _compiled.legacy(type_id, xp, None, op, rows, x.shape[1]),
+                      x, out, threads)
 
 
 def dequantize_f32(data):
@@ -47,7 +64,9 @@ def _rowwise(x, convert):
     return out.view(np.uint8)
 
 
-def quantize_f16(x, imatrix=None, threads=1):
+def quantize_f16(x, imatrix=None, threads=1, backend="auto"):
+    if backend != "numpy" and _compiled is not None and np.ndim(x) == 2:
+        return _compiled_rows(1, x, threads)
     return _rowwise(x, _f16_bits)
 
 
@@ -55,7 +74,9 @@ def dequantize_f16(data):
     return np.ascontiguousarray(data, dtype=np.uint8).view(np.float16).astype(np.float32)
 
 
-def quantize_bf16(x, imatrix=None, threads=1):
+def quantize_bf16(x, imatrix=None, threads=1, backend="auto"):
+    if backend != "numpy" and _compiled is not None and np.ndim(x) == 2:
+        return _compiled_rows(30, x, threads)
     return _rowwise(x, _bf16_bits)
 
 

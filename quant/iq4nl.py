@@ -11,6 +11,7 @@ the same arithmetic when it is built.
 """
 import numpy as np
 
+from ._threads import split_rows
 from .errors import QuantError
 from .legacy import check_imatrix, fp16_bytes, pack_nibbles, signed_abs_max
 from .search import F32, GROUP_MAX_EPS, seq_sum
@@ -123,18 +124,7 @@ def quantize(x, imatrix=None, threads=1, backend="auto"):
     rows, n = x.shape
     qw = None if imatrix is None else check_imatrix("IQ4_NL", imatrix, n)
     out = np.empty((rows, n // QK * BLOCK_BYTES), dtype=np.uint8)
-    threads = max(1, min(int(threads or 1), rows))
-    if threads == 1:
-        _compiled.legacy(20, x, qw, out, rows, n)
-        return out
-    from concurrent.futures import ThreadPoolExecutor  # the kernel releases the GIL
-    bounds = np.linspace(0, rows, threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(_compiled.legacy, 20, x[a:b], qw, out[a:b], b - a, n)
-                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        for job in jobs:
-            job.result()
-    return out
+    return split_rows(lambda xp, op, r: _compiled.legacy(20, xp, qw, op, r, n), x, out, threads)
 
 
 def _register():

@@ -11,6 +11,7 @@ quant._kquants runs the same arithmetic faster and is used when it is built.
 """
 import numpy as np
 
+from ._threads import split_rows
 from .errors import QuantError
 from .floats import _f16_bits
 from .search import F32, make_qkx_quants, make_qx_quants, seq_sum
@@ -256,18 +257,7 @@ def _run_compiled(name, x, qw, threads):
     rows, n = x.shape
     out = np.empty((rows, n // QK * BLOCK_BYTES[name]), dtype=np.uint8)
     tid = _TYPE_IDS[name]
-    threads = max(1, min(int(threads or 1), rows))
-    if threads == 1:
-        _compiled.legacy(tid, x, qw, out, rows, n)
-        return out
-    from concurrent.futures import ThreadPoolExecutor  # the kernel releases the GIL
-    bounds = np.linspace(0, rows, threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(_compiled.legacy, tid, x[a:b], qw, out[a:b], b - a, n)
-                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        for job in jobs:
-            job.result()
-    return out
+    return split_rows(lambda xp, op, r: _compiled.legacy(tid, xp, qw, op, r, n), x, out, threads)
 
 
 def quantize(name, x, imatrix=None, threads=1, backend="auto"):

@@ -175,6 +175,8 @@ def test_float_types_match_ggml(name):
     quantize_fn = getattr(qfloats, f"quantize_{name.lower()}")
     ours = quantize_fn(x)
     _assert_same(name, ours, ggml_quantize(x, QuantType[name]), "bit patterns")
+    if name != "F32":
+        _assert_same(name, quantize_fn(x, backend="numpy"), ours, "numpy reference")
     back = getattr(qfloats, f"dequantize_{name.lower()}")(ours)
     theirs = gguf.quants.dequantize(ours.view(np.uint8) if name != "F16" else ours.view(np.float16),
                                     gguf.GGMLQuantizationType[name]).reshape(back.shape)
