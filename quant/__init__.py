@@ -72,6 +72,8 @@ def quantize(x, qtype, imatrix=None, threads=1):
         if imatrix.shape[0] != x.shape[1]:
             raise QuantError(f"{info.name}: importance vector has {imatrix.shape[0]} entries but rows "
                              f"have {x.shape[1]}; use the imatrix entry recorded for this tensor")
+    if x.size == 0:
+        return np.empty((x.shape[0], info.row_bytes(x.shape[1])), dtype=np.uint8)
     return info.quantize(x, imatrix, max(1, int(threads)))
 
 
@@ -92,4 +94,6 @@ def dequantize(data, qtype, n_per_row=None):
     if data.shape[1] % info.type_size:
         raise QuantError(f"{info.name}: {data.shape[1]} bytes per row is not a whole number of "
                          f"{info.type_size}-byte blocks; check the tensor's type and shape")
+    if data.size == 0:
+        return np.empty((data.shape[0], data.shape[1] // info.type_size * info.block_size), dtype=np.float32)
     return info.dequantize(data)

@@ -95,6 +95,14 @@ def test_shapes_threads_and_flat_bytes(name):
     assert flat.shape == x.shape
 
 
+@pytest.mark.parametrize("name", ["Q4_0", "IQ4_NL", "Q4_K", "F16"])
+def test_empty_tensors_keep_their_shape(name):
+    info = quant.type_info(name)
+    assert quant.quantize(np.zeros((0, 512), np.float32), name).shape == (0, info.row_bytes(512))
+    assert quant.quantize(np.zeros((3, 0), np.float32), name).shape == (3, 0)
+    assert quant.dequantize(np.zeros((0, info.row_bytes(512)), np.uint8), name).shape == (0, 512)
+
+
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q6_K", "F16", "BF16"])
 def test_memory_is_a_small_constant_times_the_input(name):
     """Peak allocation while quantizing, over the float32 size of the tensor (stated: <= 1.5)."""
