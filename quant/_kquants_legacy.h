@@ -12,6 +12,10 @@
  */
 #include <float.h>
 
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"   /* 32-byte vector helpers are static: no ABI crosses a boundary */
+#endif
+
 #define LG_QK 32
 
 /* ggml_compute_fp32_to_fp16: branch-free float arithmetic, round to nearest even, NaN -> 0x7e00. */
