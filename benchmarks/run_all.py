@@ -1,0 +1,80 @@
+"""Run every side-by-side benchmark and write benchmarks/RESULTS.md.
+
+Each bench_*.py runs in its own process (so one's memory does not count against
+another's); the `RESULT` lines they print become one table: our figure, the peer's,
+the ratio (>1 means convkit is ahead), and the machine. A peer that is not installed
+is reported as missing, never skipped silently.
+Run: python benchmarks/run_all.py [--only NAME ...]
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEERS = ["tokenizers", "tiktoken", "sentencepiece", "transformers", "llama_cpp"]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Python {platform.python_version()}"
+
+
+def run(script: Path, timeout: int) -> tuple[list[dict], str, float]:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=timeout, cwd=HERE.parent)
+        output, status = proc.stdout + proc.stderr, f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired as exc:
+        output, status = (exc.stdout or b"").decode(errors="replace"), f"timed out after {timeout} s"
+    rows = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("RESULT ")]
+    return rows, status, time.perf_counter() - t0
+
+
+def fmt(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run only bench_<NAME>.py")
+    parser.add_argument("--timeout", type=int, default=1800)
+    args = parser.parse_args()
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
+
+    missing = [p for p in PEERS if importlib.util.find_spec(p) is None]
+    lines = ["# Benchmark results", "", f"Machine: {machine()}.", ""]
+    lines += [f"Peers missing (their cases show no peer figure): {', '.join(missing)}.", ""] if missing else []
+    lines += ["Ratio: how many times better convkit is (above 1: ahead of the peer).", "",
+              "| benchmark | case | convkit | peer | peer figure | unit | ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    statuses = []
+    for script in scripts:
+        print(f"running {script.name} ...", file=sys.stderr, flush=True)
+        rows, status, seconds = run(script, args.timeout)
+        statuses.append(f"- `{script.name}`: {status}, {seconds:.0f} s, {len(rows)} cases")
+        for r in rows:
+            lines.append(f"| {script.stem.removeprefix('bench_')} | {r['case']} | {fmt(r['ours'])} | "
+                         f"{r['peer_name']} | {fmt(r['peer'])} | {r['unit']} | {fmt(r['ratio'])} |")
+    lines += ["", "Runs:", *statuses, ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
