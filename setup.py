@@ -25,7 +25,8 @@ class OptionalBuildExt(build_ext):
 
 
 extensions = [
-    Extension(name, [source], extra_compile_args=["-O3", "-std=c11"])
+    Extension(name, [source], depends=sorted(str(h) for h in Path(source).parent.glob("*.h")),
+              extra_compile_args=["-O3", "-std=c11"])
     for name, source in HELPERS.items()
     if Path(source).exists()
 ]
