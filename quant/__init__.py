@@ -9,6 +9,7 @@
 functions (float32 [n]); types whose ggml quantizer ignores it ignore it too.
 """
 import importlib
+import threading
 
 import numpy as np
 
@@ -17,23 +18,30 @@ from .registry import TypeInfo, lookup, register, registered, registers, to_qtyp
 from .types import QuantType
 
 __all__ = ["QuantError", "QuantType", "TypeInfo", "quantize", "dequantize", "type_info",
-           "register", "registers", "types"]
+           "register", "registers", "to_qtype", "types"]
 
 _BLOCK_MODULES = ("floats", "legacy", "iq4nl", "kquants")
 _loaded = False
+_load_lock = threading.Lock()
 
 
 def _load_block_modules():
-    """Import the block families once; each registers its types (a missing one is skipped)."""
+    """Import the block families once; each registers its types. A module that is not
+    there is skipped (its types are then unavailable); one that is broken raises."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for name in _BLOCK_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ImportError:
-            continue
+    with _load_lock:
+        if _loaded:
+            return
+        for name in _BLOCK_MODULES:
+            module = f"{__name__}.{name}"
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+        _loaded = True
 
 
 def type_info(qtype) -> TypeInfo:
