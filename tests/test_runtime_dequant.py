@@ -81,3 +81,9 @@ def test_unpermute_index_inverts_the_converters_permutation():
     permuted = converter_permute(w, 3)
     assert not np.array_equal(permuted, w)
     assert np.array_equal(permuted[unpermute_index(3 * 64, 3).numpy()], w)
+
+
+@pytest.mark.parametrize("qtype", list(FP16_FIELDS), ids=lambda t: t.name)
+def test_bfloat16_output_is_the_float32_result_rounded_once(qtype):
+    data = torch.from_numpy(random_blocks(qtype, rows=8, row_length=256, seed=3))
+    assert torch.equal(dequantize(data, qtype, torch.bfloat16), dequantize(data, qtype).to(torch.bfloat16))

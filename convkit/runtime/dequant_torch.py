@@ -43,16 +43,23 @@ def _unpack(blocks: torch.Tensor, start: int, groups: int, group: int, shifts, b
     return out
 
 
-def _q4_0(b):
+def _last(op, a: torch.Tensor, b: torch.Tensor, dtype) -> torch.Tensor:
+    """op(a, b) as the final step: in place for float32, else rounded once into `dtype`."""
+    if dtype == torch.float32:
+        return op(a, b, out=a)
+    return op(a, b, out=torch.empty(a.shape, dtype=dtype, device=a.device))
+
+
+def _q4_0(b, dtype):
     n = b.shape[0]
     q = _unpack(b, 2, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.float32)).view(n, 32)
-    return q.sub_(8).mul_(_f16(b, 0))
+    return _last(torch.mul, q.sub_(8), _f16(b, 0), dtype)
 
 
-def _q4_1(b):
+def _q4_1(b, dtype):
     n = b.shape[0]
     q = _unpack(b, 4, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.float32)).view(n, 32)
-    return q.mul_(_f16(b, 0)).add_(_f16(b, 2))
+    return _last(torch.add, q.mul_(_f16(b, 0)), _f16(b, 2), dtype)
 
 
 def _q5_quants(b, qh_at: int, qs_at: int) -> torch.Tensor:
@@ -66,31 +73,31 @@ def _q5_quants(b, qh_at: int, qs_at: int) -> torch.Tensor:
     return q | (high << 4)
 
 
-def _q5_0(b):
+def _q5_0(b, dtype):
     q = _q5_quants(b, 2, 6).float()
-    return q.sub_(16).mul_(_f16(b, 0))
+    return _last(torch.mul, q.sub_(16), _f16(b, 0), dtype)
 
 
-def _q5_1(b):
+def _q5_1(b, dtype):
     q = _q5_quants(b, 4, 8).float()
-    return q.mul_(_f16(b, 0)).add_(_f16(b, 2))
+    return _last(torch.add, q.mul_(_f16(b, 0)), _f16(b, 2), dtype)
 
 
-def _q8_0(b):
-    return b[:, 2:].view(torch.int8).float().mul_(_f16(b, 0))
+def _q8_0(b, dtype):
+    return _last(torch.mul, b[:, 2:].view(torch.int8).float(), _f16(b, 0), dtype)
 
 
-def _q2_k(b):
+def _q2_k(b, dtype):
     n = b.shape[0]
     scales = b[:, :16]
     d, dmin = _f16(b, 80), _f16(b, 82)
     dl = (d * (scales & 0x0F).float()).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
     q = _unpack(b, 16, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.float32))
-    return q.view(n, 16, 16).mul_(dl).sub_(ml).view(n, QK_K)
+    return _last(torch.sub, q.view(n, 16, 16).mul_(dl), ml, dtype).view(n, QK_K)
 
 
-def _q3_k(b):
+def _q3_k(b, dtype):
     n = b.shape[0]
     scales = b[:, 96:108]
     d = _f16(b, 108)
@@ -100,7 +107,7 @@ def _q3_k(b):
     q = _unpack(b, 32, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.int8))
     hmask = _unpack(b, 0, 1, 32, range(8), 1, b.new_empty((n, 1, 8, 32), dtype=torch.int8))
     q = (q.view(n, QK_K) - ((hmask.view(n, QK_K) ^ 1) << 2)).float()  # offset 4 where the bit is 0
-    return q.view(n, 16, 16).mul_(dl).view(n, QK_K)
+    return _last(torch.mul, q.view(n, 16, 16), dl, dtype).view(n, QK_K)
 
 
 def _k_scale_min(scales: torch.Tensor):
@@ -121,39 +128,39 @@ def _k_scales(b):
     return d, dm
 
 
-def _q4_k(b):
+def _q4_k(b, dtype):
     n = b.shape[0]
     d, dm = _k_scales(b)
     q = _unpack(b, 16, 4, 32, (0, 4), 4, b.new_empty((n, 4, 2, 32), dtype=torch.float32))
-    return q.view(n, 8, 32).mul_(d).sub_(dm).view(n, QK_K)
+    return _last(torch.sub, q.view(n, 8, 32).mul_(d), dm, dtype).view(n, QK_K)
 
 
-def _q5_k(b):
+def _q5_k(b, dtype):
     n = b.shape[0]
     d, dm = _k_scales(b)
     q = _unpack(b, 48, 4, 32, (0, 4), 4, b.new_empty((n, 4, 2, 32), dtype=torch.int8))
     qh = _unpack(b, 16, 1, 32, range(8), 1, b.new_empty((n, 1, 8, 32), dtype=torch.int8))
     q = (q.view(n, QK_K) | (qh.view(n, QK_K) << 4)).float()
-    return q.view(n, 8, 32).mul_(d).sub_(dm).view(n, QK_K)
+    return _last(torch.sub, q.view(n, 8, 32).mul_(d), dm, dtype).view(n, QK_K)
 
 
-def _q6_k(b):
+def _q6_k(b, dtype):
     n = b.shape[0]
     d = (_f16(b, 208) * b[:, 192:208].view(torch.int8).float()).reshape(n, 16, 1)
     low = _unpack(b, 0, 2, 64, (0, 4), 4, b.new_empty((n, 2, 2, 64), dtype=torch.int8))
     high = _unpack(b, 128, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.int8))
     q = (low.view(n, QK_K) | (high.view(n, QK_K) << 4)).float()
-    return q.sub_(32).view(n, 16, 16).mul_(d).view(n, QK_K)
+    return _last(torch.mul, q.sub_(32).view(n, 16, 16), d, dtype).view(n, QK_K)
 
 
-def _iq4_nl(b):
+def _iq4_nl(b, dtype):
     n = b.shape[0]
     table = torch.tensor(_IQ4NL_VALUES, dtype=torch.float32, device=b.device)
     idx = _unpack(b, 2, 1, 16, (0, 4), 4, b.new_empty((n, 1, 2, 16), dtype=torch.int8)).view(n, 32)
-    return table[idx.long()].mul_(_f16(b, 0))
+    return _last(torch.mul, table[idx.long()], _f16(b, 0), dtype)
 
 
-def _iq4_xs(b):
+def _iq4_xs(b, dtype):
     n = b.shape[0]
     d = _f16(b, 0)
     scales_h = b[:, 2:4].to(torch.int32)
@@ -164,7 +171,7 @@ def _iq4_xs(b):
     dl = (d * ((low | (high << 4)).to(torch.int8) - 32).float()).reshape(n, 8, 1)
     table = torch.tensor(_IQ4NL_VALUES, dtype=torch.float32, device=b.device)
     idx = _unpack(b, 8, 8, 16, (0, 4), 4, b.new_empty((n, 8, 2, 16), dtype=torch.int8)).view(n, 8, 32)
-    return table[idx.long()].mul_(dl).view(n, QK_K)
+    return _last(torch.mul, table[idx.long()], dl, dtype).view(n, QK_K)
 
 
 BLOCK_DEQUANTIZERS = {
@@ -181,16 +188,18 @@ def row_length(qtype, bytes_per_row: int) -> int:
     return bytes_per_row // size * block
 
 
-def dequantize(data: torch.Tensor, qtype) -> torch.Tensor:
-    """uint8 [rows, bytes_per_row] of `qtype` blocks (or an F32/F16/BF16 tensor) -> float32 [rows, n]."""
+def dequantize(data: torch.Tensor, qtype, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [rows, bytes_per_row] of `qtype` blocks (or an F32/F16/BF16 tensor) -> [rows, n].
+
+    Computed in float32 (gguf-py's values exactly) and rounded once to `dtype` at the end."""
     qtype = T(qtype)
     if qtype in FLOAT_TYPES:
         if data.dtype == torch.uint8:
             data = data.view(FLOAT_TYPES[qtype])
-        return data.float()
+        return data.to(dtype)
     block, size = GGML_QUANT_SIZES[qtype]
     rows = data.shape[0]
     if not data.is_contiguous() or data.storage_offset() % 2:
         data = data.clone()  # 16-bit views need contiguous, even-aligned bytes
     blocks = data.reshape(-1, size)
-    return BLOCK_DEQUANTIZERS[qtype](blocks).reshape(rows, -1)
+    return BLOCK_DEQUANTIZERS[qtype](blocks, dtype).reshape(rows, -1)

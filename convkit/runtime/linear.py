@@ -63,8 +63,7 @@ class QTensor:
         """The weight in `dtype`; a float weight already in that dtype is returned as is."""
         if self.is_float:
             return self.data if self.data.dtype == dtype else self.data.to(dtype)
-        out = dequantize(self.data, self.qtype)
-        return out if dtype == torch.float32 else out.to(dtype)
+        return dequantize(self.data, self.qtype, dtype)
 
     def take_rows(self, index: torch.Tensor) -> "QTensor":
         """The selected rows (blocks never cross rows, so this is exact for every type)."""
@@ -83,7 +82,8 @@ class QTensor:
 
 def _onednn_linear():
     """oneDNN's linear (what torch's CPU graph compiler emits): on 2 cores it runs these
-    shapes clearly faster than the MKL GEMM behind F.linear, in float32 and bfloat16."""
+    bfloat16 shapes faster than F.linear. float32 stays on F.linear, the GEMM transformers
+    uses, so the reference precision reproduces its logits to the last bits."""
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available() or os.environ.get("CONVKIT_NO_ONEDNN"):
         return None
@@ -99,7 +99,7 @@ _ONEDNN_LINEAR = _onednn_linear()
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias with the fastest kernel for the device."""
-    if _ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+    if _ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16:
         return _ONEDNN_LINEAR(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -115,8 +115,40 @@ class Numerics:
     def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
         """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. `mask` (bool, True = attend)
         is given when the query positions do not start at key position 0."""
+        if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and causal and mask is None
+                and q.shape[2] == k.shape[2] > 1):
+            return grouped_causal_attention(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                               scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+_CAUSAL_BIAS: dict = {}
+
+
+def _causal_bias(rows_per_group: int, length: int, dtype, device) -> torch.Tensor:
+    """Additive mask [groups * T, T]: 0 where a query may look, -inf above the diagonal."""
+    key = (rows_per_group, length, dtype, device)
+    if key not in _CAUSAL_BIAS:
+        upper = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+        bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(upper, float("-inf"))
+        _CAUSAL_BIAS.clear()
+        _CAUSAL_BIAS[key] = bias.repeat(rows_per_group, 1)
+    return _CAUSAL_BIAS[key]
+
+
+def grouped_causal_attention(q, k, v, scale):
+    """Causal attention over a whole sequence as two batched GEMMs per key/value head: the
+    query heads sharing a kv head are stacked into one [groups * T, D] operand. On CPU in
+    bfloat16 this runs about twice as fast as scaled_dot_product_attention's kernel."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    g = H // Hkv
+    qg = q.reshape(B * Hkv, g * T, D)
+    bias = _causal_bias(g, T, q.dtype, q.device)
+    scores = torch.baddbmm(bias.expand(B * Hkv, g * T, T), qg, k.reshape(B * Hkv, T, D).transpose(1, 2),
+                           alpha=scale if scale is not None else D ** -0.5)
+    out = torch.bmm(scores.softmax(-1), v.reshape(B * Hkv, T, D))
+    return out.view(B, H, T, D)
 
 
 class FloatNumerics(Numerics):

@@ -108,9 +108,7 @@ class Norm(torch.nn.Module):
     def forward(self, x):
         if not self.rms:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        h = x.float()  # as HF: normalize in float32, scale in the compute dtype
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)  # statistics in float32 for bf16 too
 
 
 class Attention(torch.nn.Module):
