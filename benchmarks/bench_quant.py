@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import quant  # noqa: E402
 from oracle import lib, row_size  # noqa: E402
 from quant import QuantType  # noqa: E402
+from report import result  # noqa: E402
 
 TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -80,9 +81,12 @@ def main():
             for threads in (1, 2):
                 t_ours, ours = best_time(lambda: quant.quantize(x, name, im, threads=threads), args.repeat)
                 t_ggml, ref = best_time(lambda: ggml_quantize(name, x, im, threads, pool), args.repeat)
+                same = np.array_equal(ours, ref)
                 print(f"{name:7} {'yes' if im is not None else 'no':7} {threads:7d} {rows:5d} "
-                      f"{mb / t_ours:10.1f} {mb / t_ggml:10.1f} {t_ggml / t_ours:6.2f}  "
-                      f"{np.array_equal(ours, ref)}", flush=True)
+                      f"{mb / t_ours:10.1f} {mb / t_ggml:10.1f} {t_ggml / t_ours:6.2f}  {same}", flush=True)
+                case = f"{name}{' imatrix' if im is not None else ''} {threads} thread{'s' if threads > 1 else ''}"
+                result(case + ("" if same else " (BYTES DIFFER)"), mb / t_ours, "ggml_quantize_chunk",
+                       mb / t_ggml, "MB/s")
 
 
 if __name__ == "__main__":
