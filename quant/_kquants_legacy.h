@@ -54,6 +54,28 @@ static inline lg_v8f lg_vmax(lg_v8f a, lg_v8f b) {
     return (lg_v8f)(((lg_v8i)a & m) | ((lg_v8i)b & ~m));
 }
 
+/* Horizontal max / min of 8 lanes holding no NaN (then the order of the comparisons does not matter). */
+static inline float lg_hmax(lg_v8f m) {
+    m = lg_vmax(m, __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3));
+    m = lg_vmax(m, __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5));
+    m = lg_vmax(m, __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6));
+    return m[0];
+}
+
+static inline float lg_hmin(lg_v8f m) {
+    m = lg_vmin(m, __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3));
+    m = lg_vmin(m, __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5));
+    m = lg_vmin(m, __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6));
+    return m[0];
+}
+
+static inline int lg_hany(lg_v8i m) {
+    m |= __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3);
+    m |= __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5);
+    m |= __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6);
+    return m[0] != 0;
+}
+
 /* ggml's `if (amax < |v|) {amax = |v|; max = v}` from 0: the first value of largest |v| (NaN never
  * wins); 0 when every |v| is 0 or NaN. The largest |v| does not depend on the order; only its sign
  * does, and only when both +amax and -amax occur, which is looked up in order. */
@@ -62,8 +84,7 @@ static inline float lg_signed_abs_max(const float *x) {
                             0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
     lg_v8f m = {0};
     for (int j = 0; j < LG_QK; j += 8) m = lg_vmax((lg_v8f)((lg_v8i)lg_load8(x + j) & absmask), m);
-    float amax = 0.0f;
-    for (int k = 0; k < 8; ++k) amax = m[k] > amax ? m[k] : amax;
+    const float amax = lg_hmax(m);
     if (amax == 0.0f) return 0.0f;
     lg_v8i pos = {0}, neg = {0};
     for (int j = 0; j < LG_QK; j += 8) {
@@ -71,8 +92,7 @@ static inline float lg_signed_abs_max(const float *x) {
         pos |= v == amax;
         neg |= v == -amax;
     }
-    int any_pos = 0, any_neg = 0;
-    for (int k = 0; k < 8; ++k) { any_pos |= pos[k]; any_neg |= neg[k]; }
+    const int any_pos = lg_hany(pos), any_neg = lg_hany(neg);
     if (!any_neg) return amax;
     if (!any_pos) return -amax;
     for (int j = 0; j < LG_QK; ++j)
@@ -94,11 +114,7 @@ static inline void lg_min_max(const float *x, float *lo_out, float *hi_out) {
         lo = lg_vmin(v, lo);
         hi = lg_vmax(v, hi);
     }
-    float flo = FLT_MAX, fhi = -FLT_MAX;
-    for (int k = 0; k < 8; ++k) {
-        flo = lo[k] < flo ? lo[k] : flo;
-        fhi = hi[k] > fhi ? hi[k] : fhi;
-    }
+    float flo = lg_hmin(lo), fhi = lg_hmax(hi);
     if (flo == 0.0f || fhi == 0.0f) {   /* -0 and +0 compare equal in C: the first zero is kept */
         float z = 0.0f;
         for (int j = 0; j < LG_QK; ++j)
