@@ -25,7 +25,8 @@ def hf_model():
 
 @pytest.fixture(scope="module")
 def gguf_model():
-    return load_model(smollm2_gguf())
+    """Dense weights: decoding tests run one forward per token."""
+    return load_model(smollm2_gguf(), dequantize_all=True)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,18 @@ def test_checkpoint_logits_equal_transformers(ids, reference):
     assert (ours - reference).abs().max().item() < TOL
 
 
-def test_q4_1_gguf_equals_checkpoint_through_transformers(gguf_model, ids, reference):
-    """The fixture holds the GGUF's dequantized weights, so both paths compute the same logits."""
-    ours = gguf_model(ids)
-    assert (ours - reference).abs().max().item() < TOL
+def test_q4_1_gguf_equals_checkpoint_through_transformers(ids, reference):
+    """The fixture holds the GGUF's dequantized weights, so both paths compute the same logits,
+    with weights dequantized layer by layer as the forward pass reaches them."""
+    from convkit.runtime.linear import QuantLinear
+
+    per_layer = load_model(smollm2_gguf())
+    assert (per_layer(ids) - reference).abs().max().item() < TOL
+    # quantized matrices stayed as their blocks: the model holds the file's bytes, not floats
+    linears = [m for m in per_layer.modules() if isinstance(m, QuantLinear)]
+    assert all(m._dense is None for m in linears)
+    held = sum(m.weight.nbytes for m in linears if m is not per_layer.lm_head) + per_layer.tok_embd.weight.nbytes
+    assert held < smollm2_gguf().stat().st_size
 
 
 def test_gguf_tokenizer_matches_the_checkpoints_tokenizer_json():
@@ -60,20 +69,8 @@ def test_gguf_tokenizer_matches_the_checkpoints_tokenizer_json():
     assert ours.decode(ours.encode(text)) == text
 
 
-def test_per_layer_dequantization_holds_no_dense_weights(gguf_model):
-    """Quantized matrices stay as their blocks: the model holds the file's bytes, not floats."""
-    from convkit.runtime.linear import QuantLinear
-
-    linears = [m for m in gguf_model.modules() if isinstance(m, QuantLinear)]
-    assert all(m._dense is None for m in linears)
-    held = sum(m.weight.nbytes for m in linears if m is not gguf_model.lm_head)
-    held += gguf_model.tok_embd.weight.nbytes
-    assert held < smollm2_gguf().stat().st_size
-
-
-def test_dequantize_all_gives_the_same_logits(ids, reference):
-    ours = load_model(smollm2_gguf(), dequantize_all=True)(ids)
-    assert (ours - reference).abs().max().item() < TOL
+def test_dequantize_all_gives_the_same_logits(gguf_model, ids, reference):
+    assert (gguf_model(ids) - reference).abs().max().item() < TOL
 
 
 def test_kv_cache_incremental_equals_full_forward(gguf_model, ids, reference):
@@ -111,7 +108,8 @@ def run_cli(*args):
 
 def test_generate_command_greedy_json(hf_model):
     prompt = "The Python language"
-    result = run_cli("generate", str(smollm2_gguf()), "-p", prompt, "-n", "6", "--greedy", "--json")
+    result = run_cli("generate", str(smollm2_gguf()), "-p", prompt, "-n", "6", "--greedy", "--json",
+                     "--dequantize-all")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     tok = load_tokenizer(smollm2_gguf())

@@ -65,6 +65,9 @@ class QTensor:
             return self.data if self.data.dtype == dtype else self.data.to(dtype)
         return dequantize(self.data, self.qtype, dtype)
 
+    def row_range(self, start: int, stop: int) -> "QTensor":
+        return QTensor(self.data[start:stop], self.qtype)
+
     def take_rows(self, index: torch.Tensor) -> "QTensor":
         """The selected rows (blocks never cross rows, so this is exact for every type)."""
         return QTensor(self.data.index_select(0, index), self.qtype)
@@ -109,8 +112,18 @@ class Numerics:
 
     name = "float"
 
+    row_chunk = 8192  # a larger weight (the output head) is dequantized this many rows at a time
+
     def linear(self, layer: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-        return dense_linear(x, layer.dense_weight(x.dtype), layer.bias)
+        if layer._dense is not None or layer.out_features <= self.row_chunk:
+            return dense_linear(x, layer.dense_weight(x.dtype), layer.bias)
+        # per-layer mode, large weight: never hold all of it dense
+        out = x.new_empty(*x.shape[:-1], layer.out_features)
+        for start in range(0, layer.out_features, self.row_chunk):
+            stop = min(start + self.row_chunk, layer.out_features)
+            bias = layer.bias[start:stop] if layer.bias is not None else None
+            out[..., start:stop] = dense_linear(x, layer.weight.row_range(start, stop).dequantize(x.dtype), bias)
+        return out
 
     def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
         """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. `mask` (bool, True = attend)

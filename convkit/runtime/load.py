@@ -12,7 +12,9 @@ tensors in the compute dtype), on the target device.
 - HF: config.json and model.safetensors (or its sharded index); HF names are renamed to
   GGUF names and gpt2's Conv1D matrices ([in, out]) transposed.
 """
+import ctypes
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,7 @@ def load_model(path, device: str = "cpu", precision: str = "fp32", dequantize_al
     except KeyError as exc:
         raise ConvkitError(f"{path}: tensor {exc.args[0]} is missing; the checkpoint is incomplete") from None
     model.source = path
+    _return_freed_memory()
     if dequantize_all:
         model.dequantize_all()
     if numerics is not None:
@@ -90,6 +93,15 @@ def check_model(path) -> ModelConfig:
     raise ConvkitError(f"{path}: neither a GGUF file nor a directory with config.json; give one of those")
 
 
+def _return_freed_memory() -> None:
+    """Hand memory freed while parsing (the GGUF reader's many small arrays) back to the
+    system, so resident memory after loading is the weights, not the allocator's leftovers."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _matrix(data: torch.Tensor, qtype, device) -> QTensor:
     return QTensor(data.to(device), GGMLQuantizationType(qtype))
 
@@ -100,9 +112,51 @@ def unpermute_index(rows: int, n_head: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- GGUF
-def _field(reader, key, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
+@dataclass
+class GGUFTensor:
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple  # ggml order: row length first
+    offset: int  # of the data, from the start of the file
+    n_bytes: int
+
+
+@dataclass
+class GGUFInfo:
+    """What the runtime needs from a GGUF's header, as plain Python values."""
+
+    fields: dict
+    tensors: list
+
+    def get(self, key, default=None):
+        value = self.fields.get(key)
+        return default if value is None else value
+
+
+_INFO: dict = {}  # the last file read: (path, mtime, size) -> GGUFInfo
+
+
+def gguf_info(path: Path) -> GGUFInfo:
+    """The file's metadata and tensor directory, read with gguf.GGUFReader. The reader holds
+    the vocabulary as many small arrays (seconds to parse, ~150 MB for 49k tokens), so its
+    values are copied out and the reader dropped; the copy of the last file is kept for the
+    next caller (tokenizer and model read the same file)."""
+    import gguf
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _INFO:
+        try:
+            reader = gguf.GGUFReader(path)
+            fields = {name: field.contents() for name, field in reader.fields.items()}
+            tensors = [GGUFTensor(t.name, GGMLQuantizationType(t.tensor_type), tuple(int(d) for d in t.shape),
+                                  int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
+        except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
+            raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
+        del reader
+        _INFO.clear()
+        _INFO[key] = GGUFInfo(fields, tensors)
+    return _INFO[key]
 
 
 def _f32_value(x: float) -> float:
@@ -110,14 +164,14 @@ def _f32_value(x: float) -> float:
     return float(str(np.float32(x)))
 
 
-def gguf_config(reader, path: Path) -> ModelConfig:
-    arch = _field(reader, "general.architecture")
+def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
+    arch = info.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ConvkitError(f"{path}: architecture {arch!r} is not supported by the runtime; "
                            f"supported: {', '.join(ARCHITECTURES)}")
 
     def key(name, default=None):
-        value = _field(reader, f"{arch}.{name}", default)
+        value = info.get(f"{arch}.{name}", default)
         if value is None:
             raise ConvkitError(f"{path}: metadata {arch}.{name} is missing; the file is incomplete")
         return value
@@ -125,20 +179,19 @@ def gguf_config(reader, path: Path) -> ModelConfig:
     hidden, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
     eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
     scaling = None
-    scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
+    scaling_type = info.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type == "linear":
         scaling = {"rope_type": "linear", "factor": _f32_value(key("rope.scaling.factor"))}
     elif scaling_type != "none":
         raise ConvkitError(f"{path}: rope scaling {scaling_type!r} is not supported by the runtime; "
                            f"supported: linear, and llama3 through rope_freqs")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    names = {t.name for t in reader.tensors}
-    eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    eot = _field(reader, "tokenizer.ggml.eot_token_id")
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    shapes = {t.name: t.shape for t in info.tensors}
+    if "token_embd.weight" not in shapes:
+        raise ConvkitError(f"{path}: tensor token_embd.weight is missing; the file is incomplete")
+    eos = [info.get("tokenizer.ggml.eos_token_id"), info.get("tokenizer.ggml.eot_token_id")]
     return ModelConfig(
         arch=arch,
-        vocab_size=int(_field(reader, f"{arch}.vocab_size", None) or (len(tokens) if tokens else embd.shape[1])),
+        vocab_size=int(info.get(f"{arch}.vocab_size") or shapes["token_embd.weight"][1]),
         hidden_size=hidden,
         n_layers=int(key("block_count")),
         n_heads=n_heads,
@@ -149,34 +202,10 @@ def gguf_config(reader, path: Path) -> ModelConfig:
         norm_eps=_f32_value(key(eps_key)),
         rope_theta=_f32_value(key("rope.freq_base", 10000.0)) if arch != "gpt2" else 10000.0,
         rope_scaling=scaling,
-        tie_embeddings="output.weight" not in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_ids=sorted({int(i) for i in (eos, eot) if i is not None}),
+        tie_embeddings="output.weight" not in shapes,
+        bos_token_id=info.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=sorted({int(i) for i in eos if i is not None}),
     )
-
-
-_READER = {}  # at most one parsed file: (path, mtime, size) -> GGUFReader
-
-
-def gguf_reader(path: Path):
-    """The file's GGUFReader. Parsing the metadata takes seconds and holds the vocabulary as
-    many small arrays, so the last one is kept for the next caller (tokenizer then model)
-    and `release_reader` drops it once the model is built."""
-    import gguf
-
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _READER:
-        _READER.clear()
-        try:
-            _READER[key] = gguf.GGUFReader(path)
-        except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
-            raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
-    return _READER[key]
-
-
-def release_reader() -> None:
-    _READER.clear()
 
 
 def _read_bytes(f, offset: int, size: int) -> torch.Tensor:
@@ -190,12 +219,11 @@ def _read_bytes(f, offset: int, size: int) -> torch.Tensor:
 
 def check_gguf(path: Path) -> ModelConfig:
     """The file's config, after checking that the runtime supports its architecture and types."""
-    reader = gguf_reader(path)
-    config = gguf_config(reader, path)
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
-        if qtype not in SUPPORTED:
-            raise ConvkitError(f"{path}: tensor {t.name} has type {qtype.name}, which the runtime cannot "
+    info = gguf_info(path)
+    config = gguf_config(info, path)
+    for t in info.tensors:
+        if t.qtype not in SUPPORTED:
+            raise ConvkitError(f"{path}: tensor {t.name} has type {t.qtype.name}, which the runtime cannot "
                                f"dequantize; requantize the file to one of "
                                f"{', '.join(sorted(q.name for q in SUPPORTED))}")
     return config
@@ -203,22 +231,19 @@ def check_gguf(path: Path) -> ModelConfig:
 
 def read_gguf(path: Path, dtype, device):
     config = check_gguf(path)
-    reader = gguf_reader(path)
     heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
     weights = {}
     with open(path, "rb") as f:
-        for t in reader.tensors:
+        for t in gguf_info(path).tensors:
             weights[t.name] = _gguf_tensor(f, t, config, heads, dtype, device)
-    release_reader()
     return config, weights
 
 
-def _gguf_tensor(f, t, config, heads, dtype, device):
-    qtype = GGMLQuantizationType(t.tensor_type)
-    data = _read_bytes(f, t.data_offset, int(t.n_bytes))
-    rows = int(np.prod([int(d) for d in t.shape[1:]])) if len(t.shape) > 1 else 1
-    if qtype in FLOAT_TYPES:
-        data = data.view(FLOAT_TYPES[qtype])
+def _gguf_tensor(f, t: GGUFTensor, config, heads, dtype, device):
+    data = _read_bytes(f, t.offset, t.n_bytes)
+    if t.qtype in FLOAT_TYPES:
+        data = data.view(FLOAT_TYPES[t.qtype])
+    rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
     data = data.view(rows, -1)
     kind = t.name.split(".")[-2]
     if config.arch == "llama" and kind in heads:  # undo the converter's rotary permutation (rows)
@@ -226,7 +251,7 @@ def _gguf_tensor(f, t, config, heads, dtype, device):
             data = data.view(-1, 1)
         data = data.index_select(0, unpermute_index(data.shape[0], heads[kind]))
     if len(t.shape) >= 2:
-        return _matrix(data, qtype, device)
+        return _matrix(data, t.qtype, device)
     return data.reshape(-1).to(device, torch.float32 if t.name == "rope_freqs.weight" else dtype)
 
 

@@ -59,14 +59,10 @@ def _need_bpe():
 
 
 def gguf_tokenizer(path: Path) -> Tokenizer:
-    from .load import gguf_reader
+    from .load import gguf_info
 
     ByteLevelBPE = _need_bpe()
-    reader = gguf_reader(path)
-
-    def field(key, default=None):
-        f = reader.fields.get(key)
-        return default if f is None else f.contents()
+    field = gguf_info(path).get
 
     model = field("tokenizer.ggml.model")
     if model is None:
