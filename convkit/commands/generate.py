@@ -29,14 +29,11 @@ from convkit.output import emit
 def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repeat_penalty, repeat_last_n,
              seed, device, precision, dequantize_all, no_bos, as_json, quiet):
     """Generate text from MODEL (a .gguf file or an HF checkpoint directory)."""
-    import torch
-
     from convkit.runtime import load_model
     from convkit.runtime.load import check_model, resolve_device
     from convkit.runtime.sampling import SamplingParams, generate_tokens
     from convkit.runtime.tokenizer import load_tokenizer
 
-    torch.set_num_threads(min(torch.get_num_threads(), 2) if device == "cpu" else torch.get_num_threads())
     started = time.perf_counter()
     resolve_device(device)
     check_model(model)  # an unsupported architecture or type is named before tokenizer problems
