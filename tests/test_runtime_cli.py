@@ -59,9 +59,10 @@ def test_unsupported_gguf_architecture(capsys, tmp_path):
 
 
 def test_unsupported_tensor_type(capsys, tmp_path):
-    path = tiny_gguf(tmp_path / "iq.gguf", matrix_type=gguf.GGMLQuantizationType.IQ2_XXS)
+    """Q8_K exists only for activations: no file type holds it and nothing here reads it."""
+    path = tiny_gguf(tmp_path / "q8k.gguf", matrix_type=gguf.GGMLQuantizationType.Q8_K)
     code, _, err = run(capsys, "generate", str(path), "-p", "hi")
-    assert_one_line_error(code, err, "iq.gguf", "IQ2_XXS", "blk.0.attn_q.weight")
+    assert_one_line_error(code, err, "q8k.gguf", "Q8_K", "blk.0.attn_q.weight")
 
 
 def test_unsupported_hf_architecture(capsys, tmp_path):

@@ -87,3 +87,13 @@ def test_unpermute_index_inverts_the_converters_permutation():
 def test_bfloat16_output_is_the_float32_result_rounded_once(qtype):
     data = torch.from_numpy(random_blocks(qtype, rows=8, row_length=256, seed=3))
     assert torch.equal(dequantize(data, qtype, torch.bfloat16), dequantize(data, qtype).to(torch.bfloat16))
+
+
+def test_types_without_a_torch_kernel_are_read_through_gguf_py():
+    """IQ2_XXS has no torch dequantizer here; the runtime still reads it, exactly."""
+    rng = np.random.default_rng(4)
+    block, size = GGML_QUANT_SIZES[T.IQ2_XXS]
+    data = rng.integers(0, 256, (4 * 2, size), dtype=np.uint8)
+    data[:, 0:2] = (rng.standard_normal((8, 1)) * 0.05).astype(np.float16).view(np.uint8)
+    data = data.reshape(4, -1)
+    assert same_bits(dequantize(torch.from_numpy(data), T.IQ2_XXS).numpy(), gguf.quants.dequantize(data, T.IQ2_XXS))

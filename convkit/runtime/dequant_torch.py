@@ -180,7 +180,32 @@ BLOCK_DEQUANTIZERS = {
     T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs,
 }
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
-SUPPORTED = frozenset(BLOCK_DEQUANTIZERS) | frozenset(FLOAT_TYPES)
+
+
+def _host_types() -> frozenset:
+    """Types with no torch dequantizer here that gguf-py still dequantizes (IQ2/IQ3/IQ1, TQ,
+    MXFP4...): read through numpy on the host, slower but exact."""
+    from gguf import quants
+
+    return frozenset(t for t in quants._type_traits if t not in BLOCK_DEQUANTIZERS and t not in FLOAT_TYPES)
+
+
+HOST_TYPES = _host_types()
+SUPPORTED = frozenset(BLOCK_DEQUANTIZERS) | frozenset(FLOAT_TYPES) | HOST_TYPES
+
+
+def _host_dequantize(data: torch.Tensor, qtype: T, dtype) -> torch.Tensor:
+    """quant.dequantize when the quantization library has the type, else gguf-py's."""
+    raw = data.cpu().numpy()
+    try:
+        import quant
+
+        out = quant.dequantize(raw, qtype)
+    except Exception:  # quant lacks the type (or is unavailable): gguf-py has every file type
+        from gguf import quants
+
+        out = quants.dequantize(raw, qtype)
+    return torch.from_numpy(out).to(data.device, dtype)
 
 
 def row_length(qtype, bytes_per_row: int) -> int:
@@ -197,6 +222,8 @@ def dequantize(data: torch.Tensor, qtype, dtype: torch.dtype = torch.float32) ->
         if data.dtype == torch.uint8:
             data = data.view(FLOAT_TYPES[qtype])
         return data.to(dtype)
+    if qtype in HOST_TYPES:
+        return _host_dequantize(data, qtype, dtype)
     block, size = GGML_QUANT_SIZES[qtype]
     rows = data.shape[0]
     if not data.is_contiguous() or data.storage_offset() % 2:

@@ -51,14 +51,26 @@ def activation_format(qtype):
         raise ValueError(f"ggml numerics: no CPU dot product known for weight type {qtype}") from None
 
 
+def _div(a: float, t: torch.Tensor) -> torch.Tensor:
+    """a / t elementwise as IEEE float32 division. (torch computes `scalar / tensor` and
+    `tensor / scalar` through a reciprocal, which rounds differently and moves values that
+    sit on a rounding boundary of the quantizer to the other side.)"""
+    return torch.div(torch.full_like(t, a), t)
+
+
+def _over(t: torch.Tensor, b: float) -> torch.Tensor:
+    return torch.div(t, torch.full_like(t, b))
+
+
 def quantize_q8_0(x: torch.Tensor):
     """ggml-cpu's quantize_row_q8_0 (x86): per 32 values q = round_half_even(x * 127/amax),
     d = fp16(amax / 127). Returns int8-valued float32 q [..., n/32, 32] and fp16 d [..., n/32, 1]."""
     b = x.float().unflatten(-1, (-1, 32))
     amax = b.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / torch.where(amax > 0, amax, 1.0), 0.0)
+    inv = torch.where(amax > 0, _div(127.0, torch.where(amax > 0, amax, 1.0)), 0.0)
     q = torch.round(b * inv)
-    return q, (amax / 127.0).to(torch.float16), amax / 127.0
+    d = _over(amax, 127.0)
+    return q, d.to(torch.float16), d
 
 
 def quantize_q8_1(x: torch.Tensor):
@@ -75,9 +87,9 @@ def quantize_q8_k(x: torch.Tensor):
     idx = b.abs().argmax(-1, keepdim=True)
     extreme = b.gather(-1, idx)
     nonzero = extreme != 0
-    iscale = torch.where(nonzero, -127.0 / torch.where(nonzero, extreme, 1.0), 0.0)
+    iscale = torch.where(nonzero, _div(-127.0, torch.where(nonzero, extreme, 1.0)), 0.0)
     q = torch.round(iscale * b).clamp_(max=127)
-    d = torch.where(nonzero, 1.0 / torch.where(nonzero, iscale, 1.0), 0.0)
+    d = torch.where(nonzero, _div(1.0, torch.where(nonzero, iscale, 1.0)), 0.0)
     return q, d
 
 
