@@ -93,8 +93,9 @@ def llama3_rope_factors(cfg) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def write_gguf(model, path, qtype=gguf.GGMLQuantizationType.F32):
-    """A GGUF of an HF model as llama.cpp's converter lays it out; matrices in `qtype`."""
+def write_gguf(model, path, qtype=gguf.GGMLQuantizationType.F32, mixed=None):
+    """A GGUF of an HF model as llama.cpp's converter lays it out; matrices in `qtype`, or in
+    mixed[kind] for tensors whose name contains `kind` (e.g. {"attn_v": Q8_0})."""
     cfg = model.config
     arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gpt2": gguf.MODEL_ARCH.GPT2}[cfg.model_type]
     name = gguf.MODEL_ARCH_NAMES[arch]
@@ -130,11 +131,12 @@ def write_gguf(model, path, qtype=gguf.GGMLQuantizationType.F32):
     if getattr(cfg, "tie_word_embeddings", False):
         tensors.pop("output.weight", None)
     for tname, data in sorted(tensors.items()):
-        if data.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
-            if qtype == gguf.GGMLQuantizationType.F16:
+        ttype = next((t for kind, t in (mixed or {}).items() if kind in tname), qtype)
+        if data.ndim == 2 and ttype != gguf.GGMLQuantizationType.F32:
+            if ttype == gguf.GGMLQuantizationType.F16:
                 w.add_tensor(tname, data.astype(np.float16))
             else:
-                w.add_tensor(tname, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+                w.add_tensor(tname, gguf.quants.quantize(data, ttype), raw_dtype=ttype)
         else:
             w.add_tensor(tname, data)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
@@ -162,14 +164,16 @@ def round_trip(data: np.ndarray, qtype) -> np.ndarray:
     return gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype)
 
 
-def rounded_copy(model, qtype):
-    """The HF model with each matrix rounded through `qtype` in the orientation the GGUF stores it."""
+def rounded_copy(model, qtype, mixed=None):
+    """The HF model with each matrix rounded through its GGUF type (`qtype`, or mixed[kind]
+    keyed by HF name fragments) in the orientation the GGUF stores it."""
     state = {}
     for k, t in model.state_dict().items():
         if t.dim() == 2:
             conv1d = model.config.model_type == "gpt2" and k.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight"))
             data = t.numpy().T if conv1d else t.numpy()
-            back = round_trip(np.ascontiguousarray(data), qtype)
+            ttype = next((q for kind, q in (mixed or {}).items() if kind in k), qtype)
+            back = round_trip(np.ascontiguousarray(data), ttype)
             t = torch.from_numpy(np.ascontiguousarray(back.T if conv1d else back))
         state[k] = t
     copy = type(model)(model.config).eval()
@@ -185,6 +189,23 @@ def test_quantized_gguf_computes_with_its_dequantized_weights(family, tmp_path, 
     path = write_gguf(model, tmp_path / f"{name}.{qtype.name}.gguf", qtype)
     ours = load_model(path)(ids)
     assert (ours - reference_logits(rounded_copy(model, qtype), ids)).abs().max().item() < TOL
+
+
+def test_mixed_types_in_one_projection(family, tmp_path):
+    """As in Q4_K_M files: q/k and v (gate and up) of different types cannot be stacked into
+    one matrix; each keeps its type and their outputs are concatenated."""
+    name, directory, model = family
+    if model.config.model_type == "gpt2":
+        pytest.skip("gpt2 stores q/k/v as one fused tensor, so its parts cannot differ in type")
+    F16, Q8_0 = gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0
+    path = write_gguf(model, tmp_path / f"{name}.mixed.gguf", F16, mixed={"attn_v": Q8_0, "ffn_up": Q8_0})
+    net = load_model(path)
+    from convkit.runtime.linear import ConcatLinear
+
+    assert isinstance(net.blocks[0].attn.qkv, ConcatLinear) and isinstance(net.blocks[0].mlp.up, ConcatLinear)
+    ids = token_ids(seed=7)
+    reference = reference_logits(rounded_copy(model, F16, mixed={"v_proj": Q8_0, "up_proj": Q8_0}), ids)
+    assert (net(ids) - reference).abs().max().item() < TOL
 
 
 def test_kv_cache_decoding_equals_full_forward(family):
