@@ -12,7 +12,9 @@ from convkit.errors import USER_ERRORS
 
 # command name -> "module:attribute" under convkit.commands
 COMMANDS = {
+    "drift": "drift:drift",
     "generate": "generate:generate",
+    "perplexity": "perplexity:perplexity",
     "tokenize": "tokenize:tokenize",
 }
 

@@ -1,0 +1,152 @@
+"""Drift report: what each quantization type costs, measured against the unquantized model.
+
+For every requested type the model is quantized once (through `convkit quantize`, into a
+cache directory, reused while it is newer than the model) and evaluated on the same chunks
+of the same text as the original; the original's log-probabilities are computed once and
+kept in the cache as a base-logits file (kld.py). Each row of the table is llama.cpp's
+perplexity scoreboard for one type: file size, bits per weight, PPL, PPL - PPL(base),
+mean KL divergence and the same-top-token rate.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from convkit.errors import ConvkitError
+
+# llama-quantize's file-type names that `convkit quantize --type` takes
+KNOWN_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
+               "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl")
+DEFAULT_TYPES = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
+
+
+def parse_types(spec: str) -> list[str]:
+    types = [t.strip().lower() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in types if t not in KNOWN_TYPES]
+    if unknown or not types:
+        raise ConvkitError(f"--types {spec}: unknown type {', '.join(unknown) or '(none given)'}; "
+                           f"choose from {', '.join(KNOWN_TYPES)}")
+    return list(dict.fromkeys(types))
+
+
+def quantized_path(cache: Path, model: Path, qtype: str) -> Path:
+    stem = model.stem if model.is_file() else model.name
+    return cache / f"{stem}.{qtype}.gguf"
+
+
+def quantize_cached(model: Path, qtype: str, cache: Path, quiet: bool) -> Path:
+    """The model quantized to `qtype` in the cache; made with `convkit quantize` when missing or stale."""
+    out = quantized_path(cache, model, qtype)
+    if out.exists() and out.stat().st_mtime >= _mtime(model):
+        return out
+    try:
+        from convkit.commands.quantize import quantize as quantize_command
+    except ImportError:
+        raise ConvkitError("drift needs `convkit quantize`, which this installation lacks; reinstall convkit") from None
+    args = [str(model), "--type", qtype, "-o", str(out)] + (["--quiet"] if quiet and _has_option(quantize_command, "quiet") else [])
+    quantize_command.main(args=args, prog_name="convkit quantize", standalone_mode=False)
+    if not out.exists():
+        raise ConvkitError(f"{out}: convkit quantize --type {qtype} wrote no file")
+    return out
+
+
+def _has_option(command, name: str) -> bool:
+    return any(getattr(p, "name", None) == name for p in command.params)
+
+
+def _mtime(path: Path) -> float:
+    if path.is_dir():
+        return max((p.stat().st_mtime for p in path.iterdir() if p.is_file()), default=0.0)
+    return path.stat().st_mtime
+
+
+def gguf_size(path: Path) -> tuple[int, int]:
+    """(file bytes, weights in the file) for bits per weight."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    n = sum(int(t.n_elements) for t in reader.tensors)
+    return path.stat().st_size, n
+
+
+@dataclass
+class DriftRow:
+    type: str
+    file: str
+    size_bytes: int
+    bpw: float
+    ppl: float
+    ppl_err: float
+    delta_ppl: float
+    delta_ppl_err: float
+    kld: float
+    kld_err: float
+    kld_p99: float
+    same_top: float
+    same_top_err: float
+    delta_p_rms: float
+
+
+def row_from_summary(qtype: str, path: Path, s: dict) -> DriftRow:
+    size, n = gguf_size(path)
+    return DriftRow(qtype, str(path), size, 8.0 * size / n, s["ppl"], s["ppl_err"], s["delta_ppl"],
+                    s["delta_ppl_err"], s["kld_mean"], s["kld_mean_err"], s["kld_p99"], s["same_top"],
+                    s["same_top_err"], s["delta_p_rms"])
+
+
+HEADER = ("type", "size", "bpw", "PPL", "ΔPPL", "KLD", "same top-1")
+
+
+def _cells(r: DriftRow) -> tuple:
+    return (r.type, f"{r.size_bytes / 2**20:.1f} MiB", f"{r.bpw:.2f}", f"{r.ppl:.4f} ± {r.ppl_err:.4f}",
+            f"{r.delta_ppl:+.4f} ± {r.delta_ppl_err:.4f}", f"{r.kld:.6f} ± {r.kld_err:.6f}",
+            f"{100 * r.same_top:.2f} ± {100 * r.same_top_err:.2f} %")
+
+
+def text_table(rows: list[DriftRow], base_ppl: float, base_err: float) -> str:
+    cells = [HEADER] + [_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(HEADER))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + [f"base PPL = {base_ppl:.4f} ± {base_err:.4f}"])
+
+
+def markdown_table(rows: list[DriftRow], base_ppl: float, base_err: float) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines + ["", f"Base PPL = {base_ppl:.4f} ± {base_err:.4f}"])
+
+
+def plot(rows: list[DriftRow], target, title: str) -> None:
+    """KLD and ΔPPL against bits per weight (log scale on the quality axes), each type labelled."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConvkitError("--plot needs matplotlib, which is not installed; `pip install matplotlib` "
+                           "or drop --plot") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from convkit.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "kld", "mean KL divergence (nats)"),
+                           (axes[1], "delta_ppl", "PPL - PPL(base)")):
+        xs = [r.bpw for r in rows]
+        ys = [max(abs(getattr(r, key)), 1e-6) for r in rows]
+        ax.plot(xs, ys, "o-")
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(r.type, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per weight")
+        ax.set_ylabel(label + (" (absolute)" if key == "delta_ppl" else ""))
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def as_json(rows: list[DriftRow], base: dict) -> str:
+    return json.dumps({"base": base, "types": [r.__dict__ for r in rows]}, indent=2, sort_keys=True)
