@@ -1,7 +1,5 @@
 """SmolLM2-135M through the runtime: the HF fixture and the original Q4_1 GGUF, against transformers."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -84,37 +82,36 @@ def test_kv_cache_incremental_equals_full_forward(gguf_model, ids, reference):
 
 
 def test_greedy_generation_matches_transformers(gguf_model, hf_model, ids):
-    prompt = ids[:, :32]
+    prompt = ids[:, :24]
     with torch.no_grad():
-        theirs = hf_model.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12,
-                                   pad_token_id=2)[0, 32:].tolist()
-    ours = list(generate_tokens(gguf_model, prompt[0].tolist(), 12, SamplingParams(temperature=0)))
+        theirs = hf_model.generate(prompt, max_new_tokens=8, do_sample=False, min_new_tokens=8,
+                                   pad_token_id=2)[0, 24:].tolist()
+    ours = list(generate_tokens(gguf_model, prompt[0].tolist(), 8, SamplingParams(temperature=0)))
     assert ours == theirs
 
 
 def test_seeded_sampling_is_deterministic(gguf_model, ids):
     prompt = ids[0, :16].tolist()
     params = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, repeat_penalty=1.1, seed=7)
-    first = list(generate_tokens(gguf_model, prompt, 10, params))
-    assert first == list(generate_tokens(gguf_model, prompt, 10, params))
-    assert len(first) == 10
+    first = list(generate_tokens(gguf_model, prompt, 6, params))
+    assert first == list(generate_tokens(gguf_model, prompt, 6, params))
+    assert len(first) == 6
 
 
 def test_bf16_agrees_with_fp32_on_most_predictions(ids, reference):
-    bf16 = load_model(smollm2_gguf(), precision="bf16")(ids)
-    assert (bf16.argmax(-1) == reference.argmax(-1)).float().mean().item() > 0.9
+    bf16 = load_model(smollm2_gguf(), precision="bf16")(ids[:, :48])
+    assert (bf16.argmax(-1) == reference[:, :48].argmax(-1)).float().mean().item() > 0.9
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "convkit", *args], capture_output=True, text=True)
+def test_generate_command_greedy_json(hf_model, capsys):
+    from convkit.cli import main
 
-
-def test_generate_command_greedy_json(hf_model):
     prompt = "The Python language"
-    result = run_cli("generate", str(smollm2_gguf()), "-p", prompt, "-n", "6", "--greedy", "--json",
-                     "--dequantize-all")
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(smollm2_gguf()), "-p", prompt, "-n", "6", "--greedy", "--json", "--dequantize-all"])
+    out = capsys.readouterr()
+    assert exit_info.value.code == 0, out.err
+    doc = json.loads(out.out)
     tok = load_tokenizer(smollm2_gguf())
     prompt_ids = torch.tensor([tok.encode(prompt)])
     with torch.no_grad():
