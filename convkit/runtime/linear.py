@@ -10,7 +10,10 @@ The numerics hook
 `QuantLinear.forward(x)` does nothing itself: it returns `self.numerics.linear(self, x)`.
 A numerics object decides how the product is computed; the model never knows which one
 it runs with. The default, `FloatNumerics`, dequantizes the weight to the activation
-dtype (float32 or bfloat16) and calls `F.linear`. Another strategy — such as llama.cpp's
+dtype (float32 or bfloat16) and computes one dense product (`F.linear` in float32, the
+GEMM transformers uses; oneDNN's linear for bfloat16 on CPU); a weight of more than
+`row_chunk` rows (the output head) is dequantized a slice of rows at a time unless
+it is kept dense. Another strategy — such as llama.cpp's
 CPU numerics, where activations are quantized to Q8_0/Q8_1/Q8_K before each product
 with a quantized weight — subclasses `Numerics` and reads what it needs from the layer:
 
