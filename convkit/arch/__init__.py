@@ -1,0 +1,14 @@
+"""Architectures, one short module each, in a registry keyed by the HF `architectures` name."""
+from convkit.errors import ConvkitError
+
+from .base import REGISTRY, Architecture  # noqa: F401
+from . import bert, gpt2, llama, qwen2  # noqa: F401  (each registers itself)
+
+
+def architecture_for(config: dict, path="config.json") -> Architecture:
+    names = config.get("architectures") or []
+    for name in names:
+        if name in REGISTRY:
+            return REGISTRY[name](config, path)
+    raise ConvkitError(f"{path}: architecture {', '.join(names) or '(none given)'} is not supported; "
+                       f"supported: {', '.join(sorted(REGISTRY))}")

@@ -1,0 +1,166 @@
+"""Hugging Face checkpoints: safetensors (one file or sharded), config.json, tokenizer files.
+
+Every safetensors header is checked here before the `safetensors` library sees the file,
+so a truncated or hostile file gives one clear ConvkitError instead of a traceback or a
+huge allocation. Tensors are then read lazily, one at a time, from memory maps.
+"""
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convkit.errors import ConvkitError
+
+# safetensors dtype -> (numpy dtype used to read it, bytes per element)
+DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
+          "F64": (np.float64, 8), "I64": (np.int64, 8), "I32": (np.int32, 4),
+          "I16": (np.int16, 2), "I8": (np.int8, 1), "U8": (np.uint8, 1), "BOOL": (np.bool_, 1)}
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple
+    file: Path
+    start: int  # absolute offset in the file
+    nbytes: int
+
+
+@dataclass
+class Checkpoint:
+    directory: Path
+    config: dict
+    tensors: dict = field(default_factory=dict)  # name -> TensorEntry, in file order
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as float32 (numpy order), read from a memory map."""
+        entry = self.tensors[name]
+        np_dtype, _ = DTYPES[entry.dtype]
+        raw = np.memmap(entry.file, dtype=np.uint8, mode="r", offset=entry.start, shape=(entry.nbytes,)) \
+            if entry.nbytes else np.zeros(0, np.uint8)
+        values = raw.view(np_dtype)
+        if entry.dtype == "BF16":
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(values, dtype=np.float32).reshape(entry.shape)
+
+    def json_file(self, name: str):
+        path = self.directory / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConvkitError(f"{path}: not valid JSON ({exc}); restore the file from the model's source")
+
+
+def read_safetensors_header(path: Path) -> list:
+    """Validate a safetensors file's header; return its TensorEntry list in offset order."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        raise ConvkitError(f"{path}: truncated safetensors file ({size} bytes); download it again")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_HEADER:
+            raise ConvkitError(f"{path}: header length {n} is absurd (limit {MAX_HEADER}); the file is corrupt")
+        if 8 + n > size:
+            raise ConvkitError(f"{path}: header length {n} is larger than the file ({size} bytes); "
+                               "the file is truncated or corrupt")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ConvkitError(f"{path}: the safetensors header is not JSON; the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise ConvkitError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    data_start, data_len = 8 + n, size - 8 - n
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise ConvkitError(f"{path}: tensor {name!r} lacks dtype/shape/data_offsets; the file is corrupt")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPES:
+            raise ConvkitError(f"{path}: tensor {name!r} has dtype {dtype!r}, which convkit does not know "
+                               f"(known: {', '.join(DTYPES)})")
+        if (not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and o >= 0 for o in offsets)):
+            raise ConvkitError(f"{path}: tensor {name!r} has a malformed shape or data_offsets; the file is corrupt")
+        begin, end = offsets
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        if end < begin or end > data_len:
+            raise ConvkitError(f"{path}: tensor {name!r} points outside the file (bytes {begin}..{end} of "
+                               f"{data_len}); the file is truncated or corrupt")
+        if end - begin != count * DTYPES[dtype][1]:
+            raise ConvkitError(f"{path}: tensor {name!r}: shape {shape} needs {count * DTYPES[dtype][1]} bytes "
+                               f"but its offsets span {end - begin}; the file is corrupt")
+        entries.append(TensorEntry(name, dtype, tuple(shape), path, data_start + begin, end - begin))
+    by_offset = sorted(entries, key=lambda e: (e.start, e.start + e.nbytes))
+    for a, b in zip(by_offset, by_offset[1:]):
+        if b.start < a.start + a.nbytes:
+            raise ConvkitError(f"{path}: tensors {a.name!r} and {b.name!r} overlap; the file is corrupt")
+    return entries
+
+
+def _shard_files(directory: Path) -> list:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConvkitError(f"{index}: not a valid safetensors index (needs a weight_map)") from None
+        for name in files:
+            if not (directory / name).is_file():
+                raise ConvkitError(f"{index}: shard {name} is missing; download it beside the index")
+        return [directory / name for name in files]
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    found = sorted(directory.glob("*.safetensors"))
+    if found:
+        return found
+    raise ConvkitError(f"{directory}: no model.safetensors or model.safetensors.index.json; "
+                       "point convkit at a Hugging Face model directory")
+
+
+def open_checkpoint(path) -> Checkpoint:
+    """Open a model directory (or its model.safetensors); validate headers and config.json."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvkitError(f"{path}: no such file or directory")
+    if path.is_file():
+        directory, files = path.parent, [path]
+    else:
+        directory, files = path, _shard_files(path)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ConvkitError(f"{config_path}: missing; a Hugging Face checkpoint needs its config.json beside the weights")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConvkitError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConvkitError(f"{config_path}: expected a JSON object")
+    ckpt = Checkpoint(directory, config)
+    for file in files:
+        for entry in read_safetensors_header(file):
+            if entry.name in ckpt.tensors:
+                raise ConvkitError(f"{file}: tensor {entry.name!r} appears in two shards; the index is inconsistent")
+            ckpt.tensors[entry.name] = entry
+    # convert_hf_to_gguf walks the tensors in each file's header (sorted-name) order
+    ckpt.tensors = {name: ckpt.tensors[name] for name in sorted(ckpt.tensors, key=lambda n: (
+        files.index(ckpt.tensors[n].file), n))}
+    return ckpt
+
+
+def require(config: dict, key: str, path="config.json"):
+    if key not in config:
+        raise ConvkitError(f"{path}: missing key {key!r}; add it (see the model card) and retry")
+    return config[key]

@@ -1,0 +1,42 @@
+"""`convkit convert MODEL --outtype f16 -o OUT`: the converter without the quantization mix.
+
+Like convert_hf_to_gguf.py: 1-D tensors (norms, biases) stay F32; 2-D weights take the
+out type (q8_0 falls back to f16 where a row does not hold whole blocks).
+"""
+from pathlib import Path
+
+import click
+
+from convkit.output import emit
+
+OUTTYPES = {"f32": (0, 0), "f16": (1, 1), "bf16": (30, 32), "q8_0": (8, 7)}  # ggml type, file type
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--outtype", type=click.Choice(sorted(OUTTYPES)), default="f16", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--dry-run", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def convert(model, outtype, output, threads, dry_run, as_json, quiet):
+    """Convert MODEL to GGUF at one precision."""
+    from convkit import convert_pipeline as cp
+    from convkit.commands.quantize import render_done, render_plan
+
+    qtype, file_type = OUTTYPES[outtype]
+    source = cp.open_source(model)
+    types = {}
+    for name, shape, _ in source.tensors:
+        t = qtype if len(shape) > 1 and name.endswith(".weight") else 0
+        if t == 8 and shape[-1] % 32:
+            t = 1
+        types[name] = t
+    plan = cp.make_plan(source, types)
+    if dry_run:
+        summary = cp.plan_summary(plan)
+        emit(summary, as_json=as_json, text=render_plan(summary))
+        return
+    result = cp.run(source, plan, output, file_type=file_type, threads=threads, quiet=quiet or as_json)
+    emit(result, as_json=as_json, text=render_done(result))

@@ -1,0 +1,65 @@
+"""`convkit quantize MODEL --type q4_k_m`: HF checkpoint or GGUF -> GGUF with llama.cpp's mix."""
+from pathlib import Path
+
+import click
+
+from convkit.output import emit
+
+
+def default_output(model: Path, label: str) -> Path:
+    stem = model.stem if model.is_file() and model.suffix == ".gguf" else (model if model.is_dir() else model.parent).name
+    return Path(f"{stem}-{label.upper()}.gguf")
+
+
+def render_plan(summary) -> str:
+    lines = [f"{t['name']:<32} {'x'.join(map(str, t['shape'])):>14} {t['type']:>6} {t['bytes']:>12}"
+             for t in summary["tensors"]]
+    lines.append(f"total {summary['total_bytes']} bytes ({summary['total_bytes'] / 2**20:.2f} MiB), "
+                 f"{summary['bpw']} bits per weight")
+    return "\n".join(lines)
+
+
+def render_done(result) -> str:
+    return (f"wrote {result['output']}: {result['bytes'] / 2**20:.2f} MiB, {result['bpw']} bpw, "
+            f"{result['tensors']} tensors in {result['seconds']} s")
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--type", "ftype", required=True, help="file type: q4_0, q4_k_m, q8_0, q6_k, ...")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="output GGUF (default: MODEL-TYPE.gguf)")
+@click.option("--imatrix", type=click.Path(path_type=Path), help="importance matrix (llama-imatrix output)")
+@click.option("--tensor-type", "tensor_types", multiple=True, help="PATTERN=TYPE override (repeatable)")
+@click.option("--output-type", help="type of output.weight")
+@click.option("--token-embedding-type", help="type of token_embd.weight")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--dry-run", is_flag=True, help="print the per-tensor plan and write nothing")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_embedding_type, threads,
+             dry_run, as_json, quiet):
+    """Quantize MODEL (HF directory, model.safetensors or GGUF) with llama.cpp's type mix."""
+    from quant.mixes import parse_file_type, plan_types
+
+    from convkit import convert_pipeline as cp
+
+    file_type = parse_file_type(ftype)
+    source = cp.open_source(model)
+    vectors = None
+    if imatrix is not None:
+        from quant.imatrix import load_importance
+        vectors = load_importance(imatrix)
+    types = plan_types([(n, s, t) for n, s, t in source.tensors], file_type, arch=source.arch_name,
+                       n_layer=source.hparams["n_layer"] or None, n_head=source.hparams["n_head"],
+                       n_head_kv=source.hparams["n_head_kv"], tensor_types=tensor_types,
+                       output_type=output_type, token_embedding_type=token_embedding_type,
+                       has_imatrix=vectors is not None)
+    plan = cp.make_plan(source, types)
+    if dry_run:
+        summary = cp.plan_summary(plan)
+        emit(summary, as_json=as_json, text=render_plan(summary))
+        return
+    target = output or default_output(model, file_type.name.replace("MOSTLY_", "").replace("ALL_", ""))
+    result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
+                    quiet=quiet or as_json)
+    emit(result, as_json=as_json, text=render_done(result))

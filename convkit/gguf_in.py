@@ -1,0 +1,66 @@
+"""GGUF input (re-quantization and `inspect`), its header checked before gguf-py parses it."""
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+import quant
+from convkit.errors import ConvkitError
+
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 20
+
+
+def is_gguf(path) -> bool:
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF" or path.suffix.lower() == ".gguf"
+
+
+def check_header(path: Path) -> None:
+    size = path.stat().st_size
+    if size < 24:
+        raise ConvkitError(f"{path}: truncated GGUF file ({size} bytes); download it again")
+    with open(path, "rb") as f:
+        magic, version, n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+    if magic != b"GGUF":
+        raise ConvkitError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    if version not in (2, 3):
+        raise ConvkitError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+    if n_tensors > MAX_TENSORS or n_tensors * 24 > size:
+        raise ConvkitError(f"{path}: absurd tensor count {n_tensors} for a {size}-byte file; the file is corrupt")
+    if n_kv > MAX_KV or n_kv * 9 > size:
+        raise ConvkitError(f"{path}: absurd metadata count {n_kv} for a {size}-byte file; the file is corrupt")
+
+
+def open_gguf(path) -> gguf.GGUFReader:
+    path = Path(path)
+    if not path.is_file():
+        raise ConvkitError(f"{path}: no such file")
+    check_header(path)
+    try:
+        return gguf.GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeDecodeError,
+            MemoryError, AssertionError, TypeError) as exc:
+        raise ConvkitError(f"{path}: malformed GGUF ({type(exc).__name__}: {exc}); the file is corrupt") from None
+
+
+def numpy_shape(t) -> tuple:
+    return tuple(int(d) for d in reversed([int(x) for x in t.shape]))
+
+
+def read_f32(t) -> np.ndarray:
+    """A reader tensor as float32 in numpy order (dequantized when needed)."""
+    shape = numpy_shape(t)
+    qtype = int(t.tensor_type)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.asarray(t.data, dtype=np.float32).reshape(shape)
+    raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+    try:
+        values = quant.dequantize(raw.reshape(int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1, -1), qtype)
+    except Exception:
+        values = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype))
+    return np.asarray(values, dtype=np.float32).reshape(shape)

@@ -1,0 +1,144 @@
+"""HF tokenizer files -> the GGUF tokenizer keys, as llama.cpp's converter writes them.
+
+tokenizer.json (BPE -> "gpt2", WordPiece -> "bert") or tokenizer.model (sentencepiece ->
+"llama"). The pre-tokenizer name (`tokenizer.ggml.pre`) is llama.cpp's: its converter
+decides it by hashing the HF tokenization of a fixed text. convkit must not need HF
+tokenizers at run time, so it recognises known vocabularies by a fingerprint (sha256 of
+the tokens in id order, the first 1000 of them) from a small table, and otherwise
+derives the name from the pre-tokenizer's configuration ("default" when unsure).
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import gguf
+
+from convkit.errors import ConvkitError
+
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+def vocab_fingerprint(tokens) -> str:
+    return hashlib.sha256("\n".join(tokens[:1000]).encode("utf-8")).hexdigest()[:16]
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConvkitError(f"{path}: not valid JSON ({exc}); restore it from the model's source") from None
+
+
+def _pre_name(tokenizer: dict, tokens) -> str:
+    fp = vocab_fingerprint(tokens)
+    for known_fp, name in FINGERPRINTS.items():
+        if fp == known_fp:
+            return name
+    pre = json.dumps(tokenizer.get("pre_tokenizer"), sort_keys=True)
+    if '"Digits"' in pre and '"individual_digits": true' in pre and '"ByteLevel"' in pre:
+        return "smollm"  # digits split one by one ahead of byte-level (SmolLM / StarCoder family)
+    return "default"
+
+
+# sha256 prefixes of known vocabularies (see vocab_fingerprint)
+FINGERPRINTS = {
+    "e540bc9a0797b3ba": "smollm",  # SmolLM / SmolLM2 (49152 tokens)
+}
+
+
+def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict) -> None:
+    directory = Path(directory)
+    tok_path = directory / "tokenizer.json"
+    if tok_path.is_file():
+        tokenizer = _load_json(tok_path)
+        model = tokenizer.get("model") or {}
+        kind = model.get("type")
+        if kind == "BPE":
+            _write_bpe(w, tokenizer, directory, config, tok_path)
+        elif kind == "WordPiece":
+            _write_wordpiece(w, tokenizer, directory, config, tok_path)
+        else:
+            raise ConvkitError(f"{tok_path}: tokenizer model {kind!r} is not supported (BPE, WordPiece)")
+        return
+    if (directory / "tokenizer.model").is_file():
+        raise ConvkitError(f"{directory / 'tokenizer.model'}: sentencepiece vocabularies are not supported yet; "
+                           "provide a tokenizer.json")
+    raise ConvkitError(f"{directory}: no tokenizer.json or tokenizer.model beside the weights")
+
+
+def _tokens_and_types(tokenizer, vocab_size, tok_path):
+    vocab = tokenizer["model"].get("vocab")
+    if not isinstance(vocab, dict):
+        raise ConvkitError(f"{tok_path}: model.vocab is not a mapping")
+    by_id = {i: t for t, i in vocab.items()}
+    added = {}
+    for entry in tokenizer.get("added_tokens") or []:
+        by_id[entry["id"]] = entry["content"]
+        added[entry["id"]] = entry
+    size = max(vocab_size, max(by_id, default=-1) + 1)
+    tokens, types = [], []
+    for i in range(size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            types.append(CONTROL if added[i].get("special") else USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(NORMAL)
+    return tokens, types
+
+
+def _special_ids(w, tokens, directory, config):
+    cfg_path = directory / "tokenizer_config.json"
+    tcfg = _load_json(cfg_path) if cfg_path.is_file() else {}
+    index = {t: i for i, t in enumerate(tokens)}
+
+    def token_id(key):
+        value = tcfg.get(f"{key}_token")
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value in index:
+            return index[value]
+        cid = config.get(f"{key}_token_id")
+        return cid if isinstance(cid, int) else None
+
+    K = gguf.Keys.Tokenizer
+    for key, gguf_key in (("bos", K.BOS_ID), ("eos", K.EOS_ID), ("unk", K.UNK_ID), ("sep", K.SEP_ID),
+                          ("pad", K.PAD_ID), ("mask", K.MASK_ID)):
+        value = token_id(key)
+        if value is not None:
+            w.add_uint32(gguf_key, int(value))
+    return tcfg
+
+
+def _write_bpe(w, tokenizer, directory, config, tok_path):
+    tokens, types = _tokens_and_types(tokenizer, int(config.get("vocab_size", 0)), tok_path)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges") or []]
+    tcfg_path = directory / "tokenizer_config.json"
+    tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
+    w.add_bool(gguf.Keys.Tokenizer.ADD_PREFIX, bool(tcfg.get("add_prefix_space", False)))
+    w.add_add_bos_token(bool(tcfg.get("add_bos_token", False)))
+    if "add_eos_token" in tcfg:
+        w.add_add_eos_token(bool(tcfg["add_eos_token"]))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(_pre_name(tokenizer, tokens))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    _special_ids(w, tokens, directory, config)
+    if isinstance(tcfg.get("chat_template"), str):
+        w.add_chat_template(tcfg["chat_template"])
+
+
+def _write_wordpiece(w, tokenizer, directory, config, tok_path):
+    tokens, types = _tokens_and_types(tokenizer, int(config.get("vocab_size", 0)), tok_path)
+    # llama.cpp's BERT vocab marks word-initial pieces with ▁ and strips the ## prefix
+    tokens = [t[2:] if t.startswith("##") else ("\u2581" + t if types[i] == NORMAL and not
+                                                   (t.startswith("[") and t.endswith("]")) else t)
+              for i, t in enumerate(tokens)]
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    _special_ids(w, tokens, directory, config)

@@ -1,0 +1,88 @@
+"""SmolLM2 HF checkpoint -> GGUF: byte-identical tensors and the same metadata as llama.cpp
+requantizing the original file, and logits from llama.cpp equal on both files."""
+import numpy as np
+import pytest
+
+import gguf
+import llama_cpp
+
+from convkit.cli import main
+from realdata import smollm2_gguf
+from smollm2_fixture import smollm2_checkpoint
+
+FILE_TYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18}
+# descriptive keys convert_hf_to_gguf takes from the model card, which a checkpoint does not carry
+CARD_KEYS = {"general.name", "general.organization", "general.finetune", "general.basename",
+             "general.size_label", "general.license", "general.languages"}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smollm2")
+    ckpt = smollm2_checkpoint()
+    files = {}
+    for name, ftype in FILE_TYPES.items():
+        theirs = work / f"llama-{name}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True
+        params.nthread = 2
+        assert llama_cpp.llama_model_quantize(str(smollm2_gguf()).encode(), str(theirs).encode(), params) == 0
+        ours = work / f"ours-{name}.gguf"
+        with pytest.raises(SystemExit) as exit_:
+            main(["quantize", str(ckpt), "--type", name, "-o", str(ours), "--threads", "2", "--quiet"])
+        assert exit_.value.code == 0
+        files[name] = (ours, theirs)
+    return files
+
+
+def _fields(reader):
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("name", sorted(FILE_TYPES))
+def test_tensors_and_metadata_match_llama_cpp(outputs, name):
+    ours, theirs = (gguf.GGUFReader(p) for p in outputs[name])
+    mine = {t.name: t for t in ours.tensors}
+    assert sorted(mine) == sorted(t.name for t in theirs.tensors)
+    for t in theirs.tensors:
+        m = mine[t.name]
+        assert m.tensor_type == t.tensor_type, t.name
+        assert list(m.shape) == list(t.shape), t.name
+        assert np.asarray(m.data).tobytes() == np.asarray(t.data).tobytes(), t.name
+    a, b = _fields(ours), _fields(theirs)
+    for key, value in b.items():
+        if key in CARD_KEYS:
+            continue
+        assert key in a, key
+        assert a[key] == value, key
+    assert set(a) - set(b) <= {"general.name"}
+
+
+def _logits(path, tokens):
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=2, verbose=False, seed=0)
+    llm.eval(tokens)
+    out = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+@pytest.mark.parametrize("name", ["q4_k_m", "q8_0"])
+def test_llama_cpp_logits_equal(outputs, name):
+    ours, theirs = outputs[name]
+    tokens = [1, 504, 3458, 282, 4649, 314, 253, 2021, 30, 2]
+    a, b = _logits(ours, tokens), _logits(theirs, tokens)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+def test_requantize_gguf_input_matches_llama_cpp(outputs, tmp_path):
+    ours = tmp_path / "from-gguf.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", str(smollm2_gguf()), "--type", "q4_0", "-o", str(ours), "--quiet"])
+    assert exit_.value.code == 0
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(outputs["q4_0"][1])
+    theirs = {t.name: t for t in b.tensors}
+    for t in a.tensors:
+        assert np.asarray(t.data).tobytes() == np.asarray(theirs[t.name].data).tobytes(), t.name
+    assert _fields(a) == _fields(b)
