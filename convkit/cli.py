@@ -12,9 +12,12 @@ from convkit.errors import USER_ERRORS
 
 # command name -> "module:attribute" under convkit.commands
 COMMANDS = {
+    "convert": "convert:convert",
     "drift": "drift:drift",
+    "inspect": "inspect:inspect_cmd",
     "generate": "generate:generate",
     "perplexity": "perplexity:perplexity",
+    "quantize": "quantize:quantize",
     "tokenize": "tokenize:tokenize",
 }
 
