@@ -7,8 +7,12 @@ from convkit.output import emit
 
 
 def default_output(model: Path, label: str) -> Path:
-    stem = model.stem if model.is_file() and model.suffix == ".gguf" else (model if model.is_dir() else model.parent).name
-    return Path(f"{stem}-{label.upper()}.gguf")
+    """Beside the input: <dir>/<dir name>-Q4_K_M.gguf, or <stem>-Q4_K_M.gguf next to a GGUF."""
+    model = model.resolve()
+    if model.is_dir():
+        return model / f"{model.name}-{label.upper()}.gguf"
+    stem = model.stem if model.suffix == ".gguf" else model.parent.name
+    return model.parent / f"{stem}-{label.upper()}.gguf"
 
 
 def render_plan(summary) -> str:

@@ -1,0 +1,107 @@
+"""`convkit convert`, `convkit quantize --dry-run` and `convkit inspect` on real models.
+
+Oracles: llama.cpp's own F16/BF16 files made from SmolLM2 (llama_model_quantize), and
+the safetensors values of the checkpoints themselves (MiniLM read back by gguf-py).
+"""
+import json
+import shutil
+
+import gguf
+import llama_cpp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from convkit.cli import main
+from realdata import minilm_dir, smollm2_gguf
+from smollm2_fixture import smollm2_checkpoint
+
+CARD_KEYS = {"general.name", "general.organization", "general.finetune", "general.basename",
+             "general.size_label", "general.license", "general.languages"}
+OUTTYPES = {"f16": 1, "bf16": 32}  # convkit --outtype -> llama file type
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 0, captured.err
+    return captured.out
+
+
+def llama_quantize(out, ftype):
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True
+    params.nthread = 2
+    assert llama_cpp.llama_model_quantize(str(smollm2_gguf()).encode(), str(out).encode(), params) == 0
+
+
+def fields(reader):
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("outtype", sorted(OUTTYPES))
+def test_convert_matches_llama_cpp(tmp_path, capsys, outtype):
+    theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    llama_quantize(theirs, OUTTYPES[outtype])
+    run(capsys, "convert", smollm2_checkpoint(), "--outtype", outtype, "-o", ours, "--quiet", "--threads", "2")
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    mine = {t.name: t for t in a.tensors}
+    assert sorted(mine) == sorted(t.name for t in b.tensors)
+    for t in b.tensors:
+        assert mine[t.name].tensor_type == t.tensor_type, t.name
+        assert np.asarray(mine[t.name].data).tobytes() == np.asarray(t.data).tobytes(), t.name
+    fa, fb = fields(a), fields(b)
+    assert {k: v for k, v in fa.items() if k not in CARD_KEYS} == {k: v for k, v in fb.items() if k not in CARD_KEYS}
+
+
+def test_dry_run_plan_matches_llama_cpp_sizes(tmp_path, capsys):
+    theirs = tmp_path / "theirs.gguf"
+    llama_quantize(theirs, 15)  # Q4_K_M
+    plan = json.loads(run(capsys, "quantize", smollm2_checkpoint(), "--type", "q4_k_m", "--dry-run", "--json"))
+    b = gguf.GGUFReader(theirs)
+    assert {t["name"]: (t["type"], t["bytes"]) for t in plan["tensors"]} == \
+        {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in b.tensors}
+    assert plan["total_bytes"] == sum(int(t.n_bytes) for t in b.tensors)
+    assert not list(tmp_path.glob("*Q4_K_M*"))
+
+
+def test_default_output_is_beside_the_input(tmp_path, capsys):
+    ckpt = tmp_path / "SmolLM2-ckpt"
+    shutil.copytree(smollm2_checkpoint(), ckpt)
+    out = run(capsys, "quantize", ckpt, "--type", "q8_0", "--threads", "2", "--quiet")
+    target = ckpt / "SmolLM2-ckpt-Q8_0.gguf"
+    assert target.is_file() and str(target) in out
+    assert [p.name for p in ckpt.iterdir() if p.suffix == ".gguf"] == [target.name]
+    info = json.loads(run(capsys, "inspect", target, "--json"))
+    assert info["metadata"]["general.file_type"] == 7
+    assert info["types"]["Q8_0"] == 211 and info["types"]["F32"] == 61
+    assert info["total_bytes"] == sum(t["bytes"] for t in info["tensors"])
+
+
+def test_inspect_safetensors(capsys):
+    info = json.loads(run(capsys, "inspect", minilm_dir() / "model.safetensors", "--json"))
+    stored = load_file(minilm_dir() / "model.safetensors")
+    assert {t["name"]: tuple(t["shape"]) for t in info["tensors"]} == {k: v.shape for k, v in stored.items()}
+
+
+def test_minilm_reads_back_equal(tmp_path, capsys):
+    out = tmp_path / "minilm.gguf"
+    run(capsys, "convert", minilm_dir(), "--outtype", "f32", "-o", out, "--quiet")
+    reader = gguf.GGUFReader(out)
+    stored = {k: v.astype(np.float32) for k, v in load_file(minilm_dir() / "model.safetensors").items()}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, 6)
+    by_gguf = {}
+    for hf, value in stored.items():
+        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if name is not None:
+            by_gguf[name] = value
+    got = {t.name: np.asarray(t.data) for t in reader.tensors}
+    assert set(got) <= set(by_gguf) and len(got) >= 100
+    for name, data in got.items():
+        assert np.array_equal(data.reshape(by_gguf[name].shape), by_gguf[name]), name
+    meta = fields(reader)
+    assert meta["general.architecture"] == "bert"
+    assert meta["bert.block_count"] == 6
+    assert meta["tokenizer.ggml.model"] == "bert"
