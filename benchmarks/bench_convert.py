@@ -1,0 +1,112 @@
+"""Streaming conversion of a large synthetic checkpoint: wall time and peak RSS.
+
+Writes a >= 4 GB float32 Llama-shaped checkpoint (random values, SmolLM2's tokenizer
+files from the test fixture) into a temporary directory under /tmp, converts it to Q8_0
+with `convkit quantize` and, when it runs here, with llama.cpp's convert_hf_to_gguf.py
+(--outtype q8_0), each in a child process whose peak RSS is measured; everything is
+deleted afterwards. Usage: python benchmarks/bench_convert.py [--layers 20]
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+PEER = Path("/work/cache/lcp-src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py")
+
+
+def shapes(layers, hidden=2048, ff=5632, vocab=49152, n_head=32, n_kv=8):
+    hd = hidden // n_head
+    out = {"lm_head.weight": (vocab, hidden), "model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+                    p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (n_kv * hd, hidden),
+                    p + "self_attn.v_proj.weight": (n_kv * hd, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                    p + "mlp.gate_proj.weight": (ff, hidden), p + "mlp.up_proj.weight": (ff, hidden),
+                    p + "mlp.down_proj.weight": (hidden, ff)})
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+              "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": n_head,
+              "num_key_value_heads": n_kv, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+              "rope_theta": 10000.0, "vocab_size": vocab, "tie_word_embeddings": False, "torch_dtype": "float32",
+              "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}
+    return dict(sorted(out.items())), config
+
+
+def write_checkpoint(directory: Path, layers: int) -> int:
+    """Write model.safetensors chunk by chunk so the generator itself stays small."""
+    from smollm2_fixture import smollm2_checkpoint
+
+    tensors, config = shapes(layers)
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        n = int(np.prod(shape)) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(0)
+    with open(directory / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in tensors.items():
+            rows = shape[0] if len(shape) > 1 else 1
+            cols = int(np.prod(shape)) // rows
+            for start in range(0, rows, 4096):
+                n = min(4096, rows - start)
+                (rng.standard_normal((n, cols), dtype=np.float32) * 0.02).tofile(f)
+    (directory / "config.json").write_text(json.dumps(config))
+    src = smollm2_checkpoint()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(src / name, directory / name)
+    return (directory / "model.safetensors").stat().st_size
+
+
+def measure(cmd) -> tuple:
+    """Run cmd in a child; return (seconds, peak RSS in MiB of that child, exit code)."""
+    wrapper = ("import resource,subprocess,sys,time,json;t=time.perf_counter();"
+               "rc=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL).returncode;"
+               "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024,rc]))")
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True).stdout
+    return tuple(json.loads(out))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="bench-convert-") as tmp:
+        tmp = Path(tmp)
+        model = tmp / "model"
+        model.mkdir()
+        t = time.perf_counter()
+        size = write_checkpoint(model, args.layers)
+        print(f"checkpoint: {size / 2**30:.2f} GiB float32 ({args.layers} layers), written in {time.perf_counter() - t:.1f} s")
+        ours = measure([sys.executable, "-m", "convkit", "quantize", str(model), "--type", "q8_0",
+                        "-o", str(tmp / "ours.gguf"), "--quiet"])
+        print(f"ours : {ours[0]:.1f} s, peak RSS {ours[1]:.0f} MiB, exit {ours[2]}, "
+              f"output {(tmp / 'ours.gguf').stat().st_size / 2**30:.2f} GiB")
+        (tmp / "ours.gguf").unlink(missing_ok=True)
+        if PEER.exists():
+            peer = measure([sys.executable, str(PEER), str(model), "--outtype", "q8_0", "--outfile", str(tmp / "peer.gguf")])
+            if peer[2] == 0:
+                print(f"peer : {peer[0]:.1f} s, peak RSS {peer[1]:.0f} MiB (convert_hf_to_gguf.py --outtype q8_0)")
+                print(f"ratio: time {ours[0] / peer[0]:.2f}x, peak RSS {ours[1] / peer[1]:.2f}x (ours / peer)")
+            else:
+                print(f"peer : convert_hf_to_gguf.py failed here (exit {peer[2]}); no ratio")
+        else:
+            print("peer : convert_hf_to_gguf.py not found; no ratio")
+        print(f"RESULT bench_convert peak_rss_mib={ours[1]:.0f} seconds={ours[0]:.1f} input_gib={size / 2**30:.2f}")
+
+
+if __name__ == "__main__":
+    main()

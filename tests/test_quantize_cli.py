@@ -1,0 +1,79 @@
+"""`convkit quantize` / `convert` CLI behaviour: dry-run plan, --json, determinism, atomicity."""
+import json
+
+import gguf
+import numpy as np
+import pytest
+
+from convkit.cli import main
+from test_bad_checkpoints import _tiny_model
+
+
+@pytest.fixture
+def model(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    return _tiny_model(d)
+
+
+def _run(args):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    return exit_.value.code
+
+
+def test_dry_run_json_plan(model, tmp_path, capsys):
+    out = tmp_path / "o.gguf"
+    assert _run(["quantize", str(model), "--type", "q8_0", "--dry-run", "--json", "-o", str(out)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not out.exists()
+    by_name = {t["name"]: t for t in plan["tensors"]}
+    assert by_name["blk.0.attn_q.weight"] == {"name": "blk.0.attn_q.weight", "shape": [64, 64], "type": "Q8_0",
+                                              "bytes": 64 * 2 * 34}
+    assert by_name["output_norm.weight"]["type"] == "F32"
+    assert plan["total_bytes"] == sum(t["bytes"] for t in plan["tensors"])
+    n = sum(int(np.prod(t["shape"])) for t in plan["tensors"])
+    assert plan["bpw"] == round(plan["total_bytes"] * 8 / n, 4)
+
+
+def test_output_matches_plan_and_is_deterministic(model, tmp_path, capsys):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    assert _run(["quantize", str(model), "--type", "q4_0", "-o", str(a), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bytes"] == a.stat().st_size and result["tensors"] == 11
+    assert _run(["quantize", str(model), "--type", "q4_0", "-o", str(b), "--threads", "2", "--quiet"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    reader = gguf.GGUFReader(a)
+    assert reader.fields["general.file_type"].contents() == 2
+    assert reader.fields["general.quantization_version"].contents() == 2
+
+
+def test_overrides(model, tmp_path, capsys):
+    assert _run(["quantize", str(model), "--type", "q4_0", "--tensor-type", "ffn_down=q8_0",
+                 "--token-embedding-type", "f16", "--dry-run", "--json"]) == 0
+    plan = {t["name"]: t["type"] for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert plan["blk.0.ffn_down.weight"] == "Q8_0" and plan["token_embd.weight"] == "F16"
+
+
+def test_convert_outtypes(model, tmp_path):
+    from safetensors.numpy import load_file
+    out = tmp_path / "f16.gguf"
+    assert _run(["convert", str(model), "--outtype", "f16", "-o", str(out), "--quiet"]) == 0
+    reader = gguf.GGUFReader(out)
+    src = load_file(str(model / "model.safetensors"))
+    t = {t.name: t for t in reader.tensors}["blk.0.ffn_up.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.F16
+    np.testing.assert_array_equal(np.asarray(t.data).reshape(128, 64),
+                                  src["model.layers.0.mlp.up_proj.weight"].astype(np.float16))
+
+
+def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
+    from convkit import convert_pipeline
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_pipeline, "encode", boom)
+    out = tmp_path / "o.gguf"
+    assert _run(["quantize", str(model), "--type", "q8_0", "-o", str(out)]) == 130
+    assert list(tmp_path.iterdir()) == [model]
