@@ -29,7 +29,7 @@ def _tiny_model(directory):
     (directory / "config.json").write_text(json.dumps(CONFIG))
     vocab = {f"t{i}": i for i in range(v)}
     (directory / "tokenizer.json").write_text(json.dumps(
-        {"added_tokens": [], "pre_tokenizer": None, "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+        {"added_tokens": [], "pre_tokenizer": None, "model": {"type": "BPE", "vocab": vocab, "merges": [["t", "1"]]}}))
     return directory
 
 

@@ -77,3 +77,23 @@ def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
     out = tmp_path / "o.gguf"
     assert _run(["quantize", str(model), "--type", "q8_0", "-o", str(out)]) == 130
     assert list(tmp_path.iterdir()) == [model]
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"])
+def test_llama_cpp_loads_tiny_models(model, tmp_path, arch):
+    import llama_cpp
+    from safetensors.numpy import load_file, save_file
+    from test_bad_checkpoints import CONFIG
+
+    if arch == "Qwen2ForCausalLM":  # q/k/v biases
+        tensors = load_file(str(model / "model.safetensors"))
+        for proj, n in (("q", 64), ("k", 32), ("v", 32)):
+            tensors[f"model.layers.0.self_attn.{proj}_proj.bias"] = np.linspace(-1, 1, n, dtype=np.float32)
+        save_file(tensors, str(model / "model.safetensors"))
+    (model / "config.json").write_text(json.dumps({**CONFIG, "architectures": [arch], "rope_theta": 10000.0}))
+    out = tmp_path / "tiny.gguf"
+    assert _run(["quantize", str(model), "--type", "q8_0", "-o", str(out), "--quiet"]) == 0
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=16, logits_all=True, verbose=False)
+    llm.eval([1, 2, 3])
+    assert np.isfinite(np.asarray(llm.scores[:3])).all()
+    llm.close()
