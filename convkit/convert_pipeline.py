@@ -54,7 +54,7 @@ def _hf_source(path: Path) -> Source:
             raise ConvkitError(f"{entry.file}: tensor {hf_name!r} has shape {list(entry.shape)} but config.json "
                                f"implies {list(expected)}; the weights and config.json disagree")
         names[name] = hf_name
-        tensors.append((name, tuple(entry.shape), gguf.GGMLQuantizationType.F32))
+        tensors.append((name, arch.transformed_shape(name, entry.shape), gguf.GGMLQuantizationType.F32))
 
     def read(name):
         return arch.transform(name, ckpt.read(names[name]))

@@ -97,3 +97,33 @@ def test_llama_cpp_loads_tiny_models(model, tmp_path, arch):
     llm.eval([1, 2, 3])
     assert np.isfinite(np.asarray(llm.scores[:3])).all()
     llm.close()
+
+
+def test_llama_cpp_loads_tiny_gpt2(model, tmp_path):
+    """GPT-2's Conv1D weights are stored [in, out]: the converter transposes them."""
+    import llama_cpp
+    from safetensors.numpy import save_file
+
+    h, v, ff, ctx = 64, 32, 256, 128
+    rng = np.random.default_rng(0)
+
+    def f(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    tensors = {"wte.weight": f(v, h), "wpe.weight": f(ctx, h), "ln_f.weight": f(h), "ln_f.bias": f(h),
+               "h.0.ln_1.weight": f(h), "h.0.ln_1.bias": f(h), "h.0.attn.c_attn.weight": f(h, 3 * h),
+               "h.0.attn.c_attn.bias": f(3 * h), "h.0.attn.c_proj.weight": f(h, h), "h.0.attn.c_proj.bias": f(h),
+               "h.0.ln_2.weight": f(h), "h.0.ln_2.bias": f(h), "h.0.mlp.c_fc.weight": f(h, ff),
+               "h.0.mlp.c_fc.bias": f(ff), "h.0.mlp.c_proj.weight": f(ff, h), "h.0.mlp.c_proj.bias": f(h)}
+    save_file(tensors, str(model / "model.safetensors"))
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["GPT2LMHeadModel"], "n_ctx": ctx, "n_positions": ctx, "n_embd": h, "n_head": 4,
+        "n_layer": 1, "layer_norm_epsilon": 1e-5, "vocab_size": v}))
+    out = tmp_path / "gpt2.gguf"
+    assert _run(["convert", str(model), "--outtype", "f32", "-o", str(out), "--quiet"]) == 0
+    qkv = {t.name: t for t in gguf.GGUFReader(out).tensors}["blk.0.attn_qkv.weight"]
+    np.testing.assert_array_equal(np.asarray(qkv.data).reshape(3 * h, h), tensors["h.0.attn.c_attn.weight"].T)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=16, logits_all=True, verbose=False)
+    llm.eval([1, 2, 3])
+    assert np.isfinite(np.asarray(llm.scores[:3])).all()
+    llm.close()

@@ -50,6 +50,10 @@ class Architecture:
     def transform(self, gguf_name: str, weight: np.ndarray) -> np.ndarray:
         return weight
 
+    def transformed_shape(self, gguf_name: str, shape: tuple) -> tuple:
+        """The shape after transform (architectures that transpose override this)."""
+        return tuple(shape)
+
     def extra_tensors(self, gguf_names):
         """Tensors derived from the config (none by default)."""
         return []

@@ -16,6 +16,9 @@ class GPT2(Architecture):
     def transform(self, name, weight):
         return weight.T.copy() if name.endswith(self.transposed) else weight
 
+    def transformed_shape(self, name, shape):
+        return tuple(reversed(shape)) if name.endswith(self.transposed) else tuple(shape)
+
     def write_hparams(self, w):
         w.add_context_length(int(self.hp("n_ctx", "n_positions")))
         w.add_embedding_length(int(self.hp("n_embd")))
