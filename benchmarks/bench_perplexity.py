@@ -1,0 +1,95 @@
+"""Perplexity throughput (tokens/s at ctx 512) on SmolLM2-135M, side by side, 2 threads.
+
+ours: fp32, bf16 and ggml numerics (weights dequantized once), against llama_cpp.Llama on
+the same Q4_1 file and transformers in float32 on the same weights (HF fixture). Prints
+tokens/s, ratios to llama.cpp, and the share of the bf16 GEMM peak (REFERENCE.md 7).
+
+    python benchmarks/bench_perplexity.py [--chunks 2] [--peak-gflops 770]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def flops_per_token(config, n_ctx: int) -> float:
+    """2 * weights touched per token plus attention (QK and PV over half the context on average)."""
+    h, f, L = config.hidden_size, config.ffn_size, config.n_layers
+    kv = config.n_kv_heads * config.head_dim
+    per_layer = 2 * (h * h + 2 * h * kv + h * h + 3 * h * f) + 2 * 2 * config.n_heads * config.head_dim * n_ctx / 2
+    return L * per_layer + 2 * h * config.vocab_size
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunks", type=int, default=2)
+    ap.add_argument("--peak-gflops", type=float, default=770.0, help="bf16 GEMM peak of this machine")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    from realdata import python_docs_text, smollm2_gguf
+
+    from convkit.eval.perplexity import chunk_logits, perplexity_of_logits, plan_chunks, tokenize_for_perplexity
+    from convkit.runtime import ggml_numerics  # noqa: F401
+    from convkit.runtime import load_model
+    from convkit.runtime.tokenizer import load_tokenizer
+
+    path = smollm2_gguf()
+    tokens = tokenize_for_perplexity(load_tokenizer(path), python_docs_text())
+    plan = plan_chunks(len(tokens), 512, args.chunks)
+    n = plan.n_chunks * 512
+    results = {}
+
+    import llama_cpp  # first: torch's idle OpenMP threads slow llama.cpp's threads down
+
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False)
+    t = time.perf_counter()
+    ref = []
+    for i in range(plan.n_chunks):
+        llm.reset()
+        llm.eval(plan.chunk(tokens, i))
+        s = np.array(llm.scores[:512], dtype=np.float32)
+        ref.append((torch.from_numpy(s[256:511].copy()), torch.tensor(plan.targets(tokens, i))))
+    results["llama.cpp Q4_1"] = (n / (time.perf_counter() - t), perplexity_of_logits(ref).ppl)
+    del llm
+
+    for label, precision, numerics in (("ours fp32", "fp32", None), ("ours bf16", "bf16", None),
+                                       ("ours ggml", "fp32", "ggml")):
+        model = load_model(path, precision=precision, dequantize_all=True, numerics=numerics)
+        list(chunk_logits(model, tokens, plan_chunks(len(tokens), 512, 1)))  # warm-up
+        t = time.perf_counter()
+        acc = perplexity_of_logits(chunk_logits(model, tokens, plan))
+        results[label] = (n / (time.perf_counter() - t), acc.ppl)
+        config = model.config
+        del model
+
+    try:
+        from transformers import LlamaForCausalLM
+
+        from smollm2_fixture import smollm2_checkpoint
+    except ImportError as exc:
+        print(f"transformers row skipped: {exc}")
+    else:
+        hf = LlamaForCausalLM.from_pretrained(str(smollm2_checkpoint()), torch_dtype=torch.float32).eval()
+        t = time.perf_counter()
+        out = []
+        with torch.inference_mode():
+            for i in range(plan.n_chunks):
+                logits = hf(torch.tensor([plan.chunk(tokens, i)])).logits[0]
+                out.append((logits[256:511].float(), torch.tensor(plan.targets(tokens, i))))
+        results["transformers fp32"] = (n / (time.perf_counter() - t), perplexity_of_logits(out).ppl)
+
+    base = results["llama.cpp Q4_1"][0]
+    fpt = flops_per_token(config, 512)
+    print(f"{'case':20s} {'tokens/s':>9s} {'vs llama.cpp':>13s} {'PPL':>9s}  GFLOP/s (share of {args.peak_gflops:.0f})")
+    for label, (rate, ppl) in results.items():
+        gf = rate * fpt / 1e9
+        print(f"{label:20s} {rate:9.1f} {rate / base:12.2f}x {ppl:9.4f}  {gf:6.1f} ({100 * gf / args.peak_gflops:.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
