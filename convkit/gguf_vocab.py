@@ -60,8 +60,8 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict) -> None:
             raise ConvkitError(f"{tok_path}: tokenizer model {kind!r} is not supported (BPE, WordPiece)")
         return
     if (directory / "tokenizer.model").is_file():
-        raise ConvkitError(f"{directory / 'tokenizer.model'}: sentencepiece vocabularies are not supported yet; "
-                           "provide a tokenizer.json")
+        _write_sentencepiece(w, directory / "tokenizer.model", directory, config)
+        return
     raise ConvkitError(f"{directory}: no tokenizer.json or tokenizer.model beside the weights")
 
 
@@ -115,6 +115,9 @@ def _special_ids(w, tokens, directory, config):
 def _write_bpe(w, tokenizer, directory, config, tok_path):
     tokens, types = _tokens_and_types(tokenizer, int(config.get("vocab_size", 0)), tok_path)
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges") or []]
+    if not merges:
+        raise ConvkitError(f"{tok_path}: a BPE tokenizer without merges cannot be loaded by llama.cpp; "
+                           "use the model's complete tokenizer.json")
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
     w.add_bool(gguf.Keys.Tokenizer.ADD_PREFIX, bool(tcfg.get("add_prefix_space", False)))
@@ -142,3 +145,38 @@ def _write_wordpiece(w, tokenizer, directory, config, tok_path):
     w.add_token_list(tokens)
     w.add_token_types(types)
     _special_ids(w, tokens, directory, config)
+
+
+def _write_sentencepiece(w, model_path, directory, config):
+    """tokenizer.model -> model "llama": pieces, scores and types from sentencepiece itself."""
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(model_path))
+    except (OSError, RuntimeError) as exc:
+        raise ConvkitError(f"{model_path}: not a sentencepiece model ({exc})") from None
+    n = int(config.get("vocab_size") or sp.vocab_size())
+    tokens, scores, types = [f"[PAD{i}]" for i in range(n)], [-1000.0] * n, [UNUSED] * n
+    for i in range(min(n, sp.vocab_size())):
+        tokens[i], scores[i] = sp.IdToPiece(i), float(sp.GetScore(i))
+        types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else
+                    UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
+    tcfg_path = directory / "tokenizer_config.json"
+    tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
+    for key, entry in (tcfg.get("added_tokens_decoder") or {}).items():
+        i = int(key)
+        if i < n and isinstance(entry, dict):
+            tokens[i] = entry.get("content", tokens[i])
+            types[i] = CONTROL if entry.get("special") else USER_DEFINED
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    _special_ids(w, tokens, directory, config)
+    for flag, add in (("add_bos_token", w.add_add_bos_token), ("add_eos_token", w.add_add_eos_token)):
+        if flag in tcfg:
+            add(bool(tcfg[flag]))
+    if isinstance(tcfg.get("chat_template"), str):
+        w.add_chat_template(tcfg["chat_template"])

@@ -127,3 +127,31 @@ def test_llama_cpp_loads_tiny_gpt2(model, tmp_path):
     llm.eval([1, 2, 3])
     assert np.isfinite(np.asarray(llm.scores[:3])).all()
     llm.close()
+
+
+def test_sentencepiece_vocab_tokenizes_like_sentencepiece(model, tmp_path):
+    """tokenizer.model -> "llama" vocab: llama.cpp's tokenization equals sentencepiece's."""
+    import llama_cpp
+    import sentencepiece as spm
+    from safetensors.numpy import load_file, save_file
+    from realdata import python_docs_text
+    from test_bad_checkpoints import CONFIG
+
+    (model / "tokenizer.json").unlink()
+    text = python_docs_text()[:200000]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_prefix=str(model / "tokenizer"),
+                                   vocab_size=600, model_type="bpe", byte_fallback=True,
+                                   character_coverage=0.995, minloglevel=2, num_threads=1)
+    (model / "config.json").write_text(json.dumps({**CONFIG, "vocab_size": 600}))
+    tensors = load_file(str(model / "model.safetensors"))
+    tensors["model.embed_tokens.weight"] = np.zeros((600, 64), np.float32)
+    save_file(tensors, str(model / "model.safetensors"))
+    out = tmp_path / "sp.gguf"
+    assert _run(["quantize", str(model), "--type", "q8_0", "-o", str(out), "--quiet"]) == 0
+    sp = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=16, verbose=False, vocab_only=True)
+    # sentencepiece's default normalizer folds whitespace runs into one space; llama.cpp does not
+    # normalize, so the samples are given already folded
+    for sample in ("the function returns", "Return a new list with 3 items: é ∑", " ".join(text[5000:5400].split())):
+        assert llm.tokenize(sample.encode(), add_bos=False) == sp.encode(sample), sample
+    llm.close()
