@@ -98,3 +98,30 @@ def ggml_base_library() -> Path:
     if lib is None:
         raise FileNotFoundError(f"no libggml-base.so under {lib_dir}")
     return lib
+
+
+@functools.cache
+def llama_cpp_converter() -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py (with its conversion/ and gguf-py/), from the
+    llama-cpp-python 0.3.36 sdist: the peer that HF -> GGUF conversions are checked against."""
+    import tarfile
+
+    version = "0.3.36"
+    target = CACHE / f"llama-cpp-converter-{version}"
+    done = target / ".complete"
+    if not done.exists():
+        sdists = CACHE / "sdists"
+        sdists.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={version}", "-d", str(sdists)], check=True)
+        (sdist,) = sdists.glob(f"llama_cpp_python-{version}.tar.gz")
+        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as tf:
+            members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith(prefix) and (
+                m.name == prefix + "convert_hf_to_gguf.py" or m.name.startswith(
+                    (prefix + "conversion/", prefix + "gguf-py/gguf/")))]
+            for m in members:
+                m.name = m.name[len(prefix):]
+            tf.extractall(target, members=members, filter="data")
+        done.touch()
+    return target

@@ -1,0 +1,87 @@
+"""`convkit convert` against llama.cpp's own convert_hf_to_gguf.py on small random
+Qwen2 and Llama checkpoints (SmolLM2's tokenizer files): the same tensors, byte for byte,
+and the same value for every metadata key both write.
+
+The tokenizer.json rebuilt from SmolLM2's GGUF does not reproduce the hash the peer uses
+to name the pre-tokenizer, so the peer runs with that one lookup answered "smollm".
+"""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import gguf_lite
+from convkit.cli import main
+from realdata import llama_cpp_converter
+from smollm2_fixture import smollm2_checkpoint
+
+PEER = """
+import runpy, sys
+root = sys.argv.pop(1)
+sys.path[:0] = [root, root + "/gguf-py"]
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "smollm"
+sys.argv[0] = root + "/convert_hf_to_gguf.py"
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+H, FF, V, LAYERS, N_HEAD, N_KV = 64, 128, 49152, 2, 4, 2
+# keys only one side writes: the peer adds a size label and add_eos_token from its
+# tokenizer handling, and attention.key/value_length because transformers' LlamaConfig
+# fills in head_dim (SmolLM2's own GGUF, the other reference, has neither); convkit writes
+# rope.dimension_count/vocab_size for Qwen2 too, and the tokenizer's add_space_prefix
+KNOWN_EXTRA = {"general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix",
+               "qwen2.rope.dimension_count", "qwen2.vocab_size",
+               "llama.attention.key_length", "llama.attention.value_length"}
+
+
+def _checkpoint(directory, arch):
+    hd = H // N_HEAD
+    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                       p + "self_attn.q_proj.weight": (H, H), p + "self_attn.k_proj.weight": (N_KV * hd, H),
+                       p + "self_attn.v_proj.weight": (N_KV * hd, H), p + "self_attn.o_proj.weight": (H, H),
+                       p + "mlp.gate_proj.weight": (FF, H), p + "mlp.up_proj.weight": (FF, H),
+                       p + "mlp.down_proj.weight": (H, FF)})
+        if arch == "qwen2":
+            shapes.update({p + "self_attn.q_proj.bias": (H,), p + "self_attn.k_proj.bias": (N_KV * hd,),
+                           p + "self_attn.v_proj.bias": (N_KV * hd,)})
+    if arch == "llama":
+        shapes["lm_head.weight"] = (V, H)
+    rng = np.random.default_rng(1)
+    directory.mkdir()
+    save_file({k: (rng.standard_normal(s) * 0.05).astype(np.float32) for k, s in shapes.items()},
+              str(directory / "model.safetensors"))
+    config = {"architectures": ["Qwen2ForCausalLM" if arch == "qwen2" else "LlamaForCausalLM"], "model_type": arch,
+              "hidden_size": H, "intermediate_size": FF, "num_hidden_layers": LAYERS, "num_attention_heads": N_HEAD,
+              "num_key_value_heads": N_KV, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+              "rope_theta": 1000000.0, "vocab_size": V, "tie_word_embeddings": arch == "qwen2",
+              "torch_dtype": "float32", "hidden_act": "silu"}
+    (directory / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(smollm2_checkpoint() / name, directory / name)
+    return directory
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_convert_matches_convert_hf_to_gguf(tmp_path, capsys, arch):
+    model = _checkpoint(tmp_path / arch, arch)
+    theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    subprocess.run([sys.executable, "-c", PEER, str(llama_cpp_converter()), str(model), "--outtype", "f16",
+                    "--outfile", str(theirs)], check=True, capture_output=True)
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(model), "--outtype", "f16", "-o", str(ours), "--quiet"])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    (a, mine), (b, peer) = gguf_lite.read(ours), gguf_lite.read(theirs)
+    assert sorted(mine) == sorted(peer)
+    for name, (qtype, shape, data) in peer.items():
+        assert mine[name][:2] == (qtype, shape), name
+        assert np.array_equal(mine[name][2], data), name
+    assert (set(a) ^ set(b)) <= KNOWN_EXTRA, set(a) ^ set(b)
+    for key in set(a) & set(b) - {"general.name"}:
+        assert a[key] == b[key], key
