@@ -8,8 +8,6 @@ deleted afterwards. Usage: python benchmarks/bench_convert.py [--layers 20]
 """
 import argparse
 import json
-import os
-import resource
 import shutil
 import struct
 import subprocess
