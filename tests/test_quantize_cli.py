@@ -155,3 +155,30 @@ def test_sentencepiece_vocab_tokenizes_like_sentencepiece(model, tmp_path):
     for sample in ("the function returns", "Return a new list with 3 items: é ∑", " ".join(text[5000:5400].split())):
         assert llm.tokenize(sample.encode(), add_bos=False) == sp.encode(sample), sample
     llm.close()
+
+
+def test_sharded_bf16_f16_checkpoint(model, tmp_path):
+    """Two shards with an index, bf16 and f16 tensors: read lazily, widened exactly to f32."""
+    import torch
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    tensors = {k: torch.from_numpy(v) for k, v in load_file(str(model / "model.safetensors")).items()}
+    (model / "model.safetensors").unlink()
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for i, (file, part) in enumerate(halves.items()):
+        dtype = torch.bfloat16 if i == 0 else torch.float16
+        save_file({k: tensors[k].to(dtype) for k in part}, str(model / file))
+    (model / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, part in halves.items() for k in part}}))
+    out = tmp_path / "o.gguf"
+    assert _run(["convert", str(model), "--outtype", "f32", "-o", str(out), "--quiet"]) == 0
+    got = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(out).tensors}
+    for hf, file in (("model.layers.0.mlp.down_proj.weight", 0), ("model.norm.weight", 0),
+                     ("model.layers.0.mlp.gate_proj.weight", 1)):
+        dtype = torch.bfloat16 if hf in halves["model-00001-of-00002.safetensors"] else torch.float16
+        expected = tensors[hf].to(dtype).float().numpy()
+        name = {"model.layers.0.mlp.down_proj.weight": "blk.0.ffn_down.weight", "model.norm.weight": "output_norm.weight",
+                "model.layers.0.mlp.gate_proj.weight": "blk.0.ffn_gate.weight"}[hf]
+        np.testing.assert_array_equal(got[name].reshape(expected.shape), expected)
