@@ -53,6 +53,15 @@ def _checkpoint(directory, arch):
                            p + "self_attn.v_proj.bias": (N_KV * hd,)})
     if arch == "llama":
         shapes["lm_head.weight"] = (V, H)
+    if arch == "gpt2":
+        shapes = {"wte.weight": (V, H), "wpe.weight": (128, H), "ln_f.weight": (H,), "ln_f.bias": (H,)}
+        for i in range(LAYERS):  # Conv1D weights are stored [in, out]
+            p = f"h.{i}."
+            shapes.update({p + "ln_1.weight": (H,), p + "ln_1.bias": (H,), p + "ln_2.weight": (H,),
+                           p + "ln_2.bias": (H,), p + "attn.c_attn.weight": (H, 3 * H), p + "attn.c_attn.bias": (3 * H,),
+                           p + "attn.c_proj.weight": (H, H), p + "attn.c_proj.bias": (H,),
+                           p + "mlp.c_fc.weight": (H, 4 * H), p + "mlp.c_fc.bias": (4 * H,),
+                           p + "mlp.c_proj.weight": (4 * H, H), p + "mlp.c_proj.bias": (H,)})
     rng = np.random.default_rng(1)
     directory.mkdir()
     save_file({k: (rng.standard_normal(s) * 0.05).astype(np.float32) for k, s in shapes.items()},
@@ -62,13 +71,16 @@ def _checkpoint(directory, arch):
               "num_key_value_heads": N_KV, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
               "rope_theta": 1000000.0, "vocab_size": V, "tie_word_embeddings": arch == "qwen2",
               "torch_dtype": "float32", "hidden_act": "silu"}
+    if arch == "gpt2":
+        config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_ctx": 128, "n_positions": 128,
+                  "n_embd": H, "n_head": N_HEAD, "n_layer": LAYERS, "vocab_size": V, "layer_norm_epsilon": 1e-5}
     (directory / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(smollm2_checkpoint() / name, directory / name)
     return directory
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
 def test_convert_matches_convert_hf_to_gguf(tmp_path, capsys, arch):
     model = _checkpoint(tmp_path / arch, arch)
     theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"

@@ -9,6 +9,8 @@ import click
 
 from convkit.output import emit
 
+# convert_hf_to_gguf keeps these 2-D tensors in float32 whatever the out type
+ALWAYS_F32 = ("position_embd.weight", "token_types.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
 OUTTYPES = {"f32": (0, 0), "f16": (1, 1), "bf16": (30, 32), "q8_0": (8, 7)}  # ggml type, file type
 
 
@@ -29,7 +31,7 @@ def convert(model, outtype, output, threads, dry_run, as_json, quiet):
     source = cp.open_source(model)
     types = {}
     for name, shape, _ in source.tensors:
-        t = qtype if len(shape) > 1 and name.endswith(".weight") else 0
+        t = qtype if len(shape) > 1 and name.endswith(".weight") and not name.endswith(ALWAYS_F32) else 0
         if t == 8 and shape[-1] % 32:
             t = 1
         types[name] = t
