@@ -1,0 +1,68 @@
+"""convkit drift: types, cache reuse, table/markdown/json, and a clear error for --plot without matplotlib."""
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from convkit.errors import ConvkitError
+from convkit.eval import drift
+from realdata import python_docs_text, smollm2_gguf
+
+
+def test_types_are_checked():
+    assert drift.parse_types("Q4_K_M, q8_0,q4_k_m") == ["q4_k_m", "q8_0"]
+    with pytest.raises(ConvkitError, match="unknown type q9_x"):
+        drift.parse_types("q8_0,q9_x")
+
+
+def test_drift_report_from_cached_files(tmp_path):
+    """MODEL's 'quantized' file is already in the cache (a copy of MODEL itself), so the report
+    must show zero drift: KLD 0 up to the 16-bit base storage, same top token everywhere."""
+    from convkit.commands.drift import drift as drift_command
+
+    model = tmp_path / "smollm2.gguf"
+    shutil.copyfile(smollm2_gguf(), model)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = drift.quantized_path(cache, model, "q4_1")
+    shutil.copyfile(model, cached)
+    os.utime(cached, (model.stat().st_mtime + 10, model.stat().st_mtime + 10))
+    text = tmp_path / "t.txt"
+    text.write_text(python_docs_text()[:6000])
+    args = [str(model), "--types", "q4_1", "--text", str(text), "--ctx", "64", "--chunks", "2",
+            "--cache", str(cache), "--dequantize-all"]
+    res = CliRunner().invoke(drift_command, args + ["--json", "--quiet"], catch_exceptions=False)
+    doc = json.loads(res.output)
+    (row,) = doc["types"]
+    assert row["type"] == "q4_1" and row["size_bytes"] == model.stat().st_size
+    assert 4.5 < row["bpw"] < 6.5  # Q4_1 with a Q8_0 embedding
+    assert abs(row["kld"]) < 1e-5 and row["same_top"] == 1.0
+    assert row["ppl"] == pytest.approx(doc["base"]["ppl"], rel=1e-3)
+    assert doc["base"]["scored_tokens"] == 2 * (64 - 1 - 32)
+    assert len(list(cache.glob("base-*.logits"))) == 1
+    md = CliRunner().invoke(drift_command, args + ["--markdown"], catch_exceptions=False).output
+    assert "\n| type | size | bpw | PPL | ΔPPL | KLD | same top-1 |\n|---|" in md
+
+
+def test_plot_without_matplotlib_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from convkit.cli import main
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    text = tmp_path / "t.txt"
+    text.write_text("x " * 3000)
+    with pytest.raises(SystemExit) as exc:
+        main(["drift", str(smollm2_gguf()), "--text", str(text), "--plot", str(tmp_path / "d.png")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matplotlib" in err[0]
