@@ -136,15 +136,65 @@ def _write_bpe(w, tokenizer, directory, config, tok_path):
 
 def _write_wordpiece(w, tokenizer, directory, config, tok_path):
     tokens, types = _tokens_and_types(tokenizer, int(config.get("vocab_size", 0)), tok_path)
-    # llama.cpp's BERT vocab marks word-initial pieces with ▁ and strips the ## prefix
-    tokens = [t[2:] if t.startswith("##") else ("\u2581" + t if types[i] == NORMAL and not
-                                                   (t.startswith("[") and t.endswith("]")) else t)
+    # llama.cpp's BERT vocab ("phantom space"): every non-control piece that starts a word
+    # gets a leading ▁, continuation pieces lose their ## prefix
+    tokens = [t if types[i] == CONTROL else t[2:] if t.startswith("##") else "\u2581" + t
               for i, t in enumerate(tokens)]
+    lowercase = _normalizer_lowercase(tokenizer.get("normalizer"))
     w.add_tokenizer_model("bert")
-    w.add_tokenizer_pre("default")
+    # llama.cpp names the uncased BERT pre-tokenization "jina-v2-en" (same hash)
+    w.add_tokenizer_pre("jina-v2-en" if lowercase else "default")
     w.add_token_list(tokens)
     w.add_token_types(types)
+    w.add_token_type_count(int(config.get("type_vocab_size", 1)))
     _special_ids(w, tokens, directory, config)
+    _template_specials(w, tokenizer.get("post_processor"))
+    if lowercase is not None:
+        w.add_bool("tokenizer.ggml.normalizer.lowercase", lowercase)
+
+
+def _normalizer_lowercase(normalizer):
+    """True/False when the normalizer says whether it lowercases, else None."""
+    if not isinstance(normalizer, dict):
+        return None
+    kind = normalizer.get("type")
+    if kind == "Lowercase":
+        return True
+    if kind == "BertNormalizer" and isinstance(normalizer.get("lowercase"), bool):
+        return normalizer["lowercase"]
+    if kind == "Sequence":
+        found = [_normalizer_lowercase(n) for n in normalizer.get("normalizers") or []]
+        return True if True in found else False if False in found else None
+    return None
+
+
+def _template_specials(w, post):
+    """[CLS] $A [SEP] templates: the leading special token is BOS, the trailing one EOS,
+    both added; a separator is added only when the single template has no trailing one."""
+    if not isinstance(post, dict) or post.get("type") != "TemplateProcessing":
+        return
+    single, pair = post.get("single") or [], post.get("pair") or []
+    special_tokens = post.get("special_tokens") or {}
+
+    def special(item):
+        name = item.get("SpecialToken", {}).get("id") if isinstance(item, dict) else None
+        ids = (special_tokens.get(name) or {}).get("ids") if name else None
+        return ids[0] if ids else None
+
+    def written(key):
+        return any(key in kv for kv in w.kv_data)
+
+    first, last = (special(single[0]), special(single[-1])) if single else (None, None)
+    if first is not None:
+        if not written(gguf.Keys.Tokenizer.BOS_ID):
+            w.add_uint32(gguf.Keys.Tokenizer.BOS_ID, int(first))
+        w.add_add_bos_token(True)
+    if last is not None:
+        if not written(gguf.Keys.Tokenizer.EOS_ID):
+            w.add_uint32(gguf.Keys.Tokenizer.EOS_ID, int(last))
+        w.add_add_eos_token(True)
+    middle = [special(item) for item in pair[1:-1]] if pair else []
+    w.add_add_sep_token(last is None and any(m is not None for m in middle))
 
 
 def _write_sentencepiece(w, model_path, directory, config):

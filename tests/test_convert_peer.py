@@ -1,5 +1,5 @@
 """`convkit convert` against llama.cpp's own convert_hf_to_gguf.py on small random
-Qwen2 and Llama checkpoints (SmolLM2's tokenizer files): the same tensors, byte for byte,
+Qwen2, Llama and GPT-2 checkpoints (SmolLM2's tokenizer files) and on MiniLM: the same tensors, byte for byte,
 and the same value for every metadata key both write.
 
 The tokenizer.json rebuilt from SmolLM2's GGUF does not reproduce the hash the peer uses
@@ -10,21 +10,23 @@ import shutil
 import subprocess
 import sys
 
+import llama_cpp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 import gguf_lite
 from convkit.cli import main
-from realdata import llama_cpp_converter
+from realdata import llama_cpp_converter, minilm_dir
 from smollm2_fixture import smollm2_checkpoint
 
 PEER = """
 import runpy, sys
-root = sys.argv.pop(1)
+root, pre = sys.argv.pop(1), sys.argv.pop(1)
 sys.path[:0] = [root, root + "/gguf-py"]
 import conversion.base as base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "smollm"
+if pre != "-":
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
 sys.argv[0] = root + "/convert_hf_to_gguf.py"
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -84,7 +86,16 @@ def _checkpoint(directory, arch):
 def test_convert_matches_convert_hf_to_gguf(tmp_path, capsys, arch):
     model = _checkpoint(tmp_path / arch, arch)
     theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
-    subprocess.run([sys.executable, "-c", PEER, str(llama_cpp_converter()), str(model), "--outtype", "f16",
+    a, b = _convert_both(model, tmp_path, "smollm", capsys)
+    assert (set(a) ^ set(b)) <= KNOWN_EXTRA, set(a) ^ set(b)
+    for key in set(a) & set(b) - {"general.name"}:
+        assert a[key] == b[key], key
+
+
+def _convert_both(model, tmp_path, pre, capsys):
+    """Convert with the peer and with convkit (f16); assert equal tensors; return both metadata."""
+    theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    subprocess.run([sys.executable, "-c", PEER, str(llama_cpp_converter()), pre, str(model), "--outtype", "f16",
                     "--outfile", str(theirs)], check=True, capture_output=True)
     with pytest.raises(SystemExit) as exit_:
         main(["convert", str(model), "--outtype", "f16", "-o", str(ours), "--quiet"])
@@ -94,6 +105,21 @@ def test_convert_matches_convert_hf_to_gguf(tmp_path, capsys, arch):
     for name, (qtype, shape, data) in peer.items():
         assert mine[name][:2] == (qtype, shape), name
         assert np.array_equal(mine[name][2], data), name
-    assert (set(a) ^ set(b)) <= KNOWN_EXTRA, set(a) ^ set(b)
+    return a, b
+
+
+def test_minilm_matches_convert_hf_to_gguf(tmp_path, capsys):
+    """The real BERT tokenizer (phantom-space vocab, lowercase, [CLS]/[SEP]) and weights;
+    llama.cpp tokenizes the same text to the same ids with either file."""
+    a, b = _convert_both(minilm_dir(), tmp_path, "-", capsys)
+    card = {k for k in set(a) ^ set(b) if k.startswith("general.")}
+    assert set(a) ^ set(b) == card
     for key in set(a) & set(b) - {"general.name"}:
         assert a[key] == b[key], key
+    text = b"Converting MiniLM: llama.cpp's BERT tokenizer, unaffected!"
+    ids = []
+    for path in (tmp_path / "ours.gguf", tmp_path / "theirs.gguf"):
+        llm = llama_cpp.Llama(model_path=str(path), embedding=True, vocab_only=True, verbose=False)
+        ids.append(llm.tokenize(text, add_bos=True))
+        llm.close()
+    assert ids[0] == ids[1] and len(ids[0]) > 10
