@@ -16,6 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from report import result  # noqa: E402
+
 
 def flops_per_token(config, n_ctx: int) -> float:
     """2 * weights touched per token plus attention (QK and PV over half the context on average)."""
@@ -89,6 +91,10 @@ def main():
     for label, (rate, ppl) in results.items():
         gf = rate * fpt / 1e9
         print(f"{label:20s} {rate:9.1f} {rate / base:12.2f}x {ppl:9.4f}  {gf:6.1f} ({100 * gf / args.peak_gflops:.1f}%)")
+        if label.startswith("ours"):
+            for peer in ("llama.cpp Q4_1", "transformers fp32"):
+                if peer in results:
+                    result(f"{label} ctx 512", rate, peer, results[peer][0], "tokens/s")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from report import result  # noqa: E402
+
 STATED_BF16_PEAK = 770e9
 STATED_FP32_PEAK = 175e9
 CTX = 512
@@ -144,6 +146,9 @@ def throughput(args):
             entry.update(gflops=flops / 1e9, share_of_770=flops / STATED_BF16_PEAK, share_of_measured=flops / measured)
         print(line)
         report[name] = entry
+        if name in OUR_CASES:
+            for peer in ("llama.cpp", "transformers fp32"):
+                result(f"{name} ctx {CTX}", rate[name], peer, rate[peer], "tokens/s")
     if args.json:
         print(json.dumps(report, indent=2))
 
@@ -191,12 +196,16 @@ def memory(args):
     print(f"\nresident memory above the process baseline (torch imported), one {CTX}-token forward; "
           f"file {file_mib:.0f} MiB")
     for precision in ("fp32", "bf16"):
+        peaks = {}
         for mode in ("per-layer", "dequantize-all"):
             out = subprocess.run([sys.executable, __file__, "--memory-child", mode, precision],
                                  capture_output=True, text=True, check=True).stdout
             m = json.loads(out.strip().splitlines()[-1])
+            peaks[mode] = m["forward_peak"] - m["base"]
             print(f"  {precision} {mode:15s} loaded {m['loaded'] - m['base']:5.0f} MiB (peak while loading "
                   f"{m['load_peak'] - m['base']:4.0f}), peak in forward {m['forward_peak'] - m['base']:5.0f} MiB")
+        result(f"{precision} per-layer forward peak memory", peaks["per-layer"], "ours dequantize-all",
+               peaks["dequantize-all"], "MiB", higher_is_better=False)
     # what per-layer needs beyond the file: the largest dense matrix (the tied 49152x576 head),
     # one layer's matrices, activations and the float32 logits
     print(f"  reference sizes: largest dense matrix (output head, fp32) {49152 * 576 * 4 / 2 ** 20:.0f} MiB, "

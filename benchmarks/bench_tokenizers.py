@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from report import result as report_result  # noqa: E402
+
 
 def _status_kb(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -149,19 +151,24 @@ def main():
         print(json.dumps(result))
         return
 
-    def row(what, ours, peer, peer_name):
+    def row(what, ours, peer, peer_name, case):
         mbps = lambda r: r["bytes"] / r["seconds"] / 1e6  # noqa: E731
+        report_result(f"{case} speed", mbps(ours), peer_name, mbps(peer), "MB/s")
+        report_result(f"{case} peak memory", ours["peak_mb"], peer_name, peer["peak_mb"], "MB",
+                      higher_is_better=False)
         print(f"{what:<32} ours {mbps(ours):6.2f} MB/s {ours['seconds']:6.2f} s peak {ours['peak_mb']:4.0f} MB (+{ours['added_mb']:.0f}) | "
               f"{peer_name} {mbps(peer):6.2f} MB/s {peer['seconds']:6.2f} s peak {peer['peak_mb']:4.0f} MB (+{peer['added_mb']:.0f}) | "
               f"speed x{mbps(ours) / mbps(peer):.2f} peak memory x{ours['peak_mb'] / peer['peak_mb']:.2f}")
 
     ours, hf = run_case("train_ours", args.train_mb, args.vocab), run_case("train_hf", args.train_mb, args.vocab)
-    row(f"train vocab {args.vocab}, {ours['bytes'] / 1e6:.0f} MB", ours, hf, "HF tokenizers")
+    train = f"train vocab {args.vocab}, {ours['bytes'] / 1e6:.0f} MB"
+    row(train, ours, hf, "HF tokenizers", train)
     same = sum(a == b for a, b in zip(ours["merges"], hf["merges"]))
     print(f"  merges: {len(ours['merges'])} ours, {len(hf['merges'])} HF, same at the same rank {same}")
     ours, hf, tk = (run_case(c, 0, 0) for c in ("encode_ours", "encode_hf", "encode_tiktoken"))
-    row(f"encode SmolLM2 vocab, {ours['bytes'] / 1e6:.0f} MB", ours, tk, "tiktoken")
-    row("", ours, hf, "HF tokenizers")
+    encode = f"encode SmolLM2 vocab, {ours['bytes'] / 1e6:.0f} MB"
+    row(encode, ours, tk, "tiktoken", encode)
+    row("", ours, hf, "HF tokenizers", encode)
     print(f"  ids identical to HF: {ours['ids'] == hf['ids']} ({len(ours['ids'])} ids); "
           f"tiktoken's pattern differs slightly from HF's Digits+ByteLevel, its ids: {len(tk['ids'])}, "
           f"identical: {tk['ids'] == hf['ids']}")

@@ -24,6 +24,7 @@ from realdata import minilm_dir, python_docs_rst_text, python_docs_text  # noqa:
 from tokenizers_impl import WordPiece  # noqa: E402
 from tokenizers_impl.formats import load  # noqa: E402
 from tokenizers_impl.wordpiece import BERT_SPECIAL_TOKENS  # noqa: E402
+from report import result  # noqa: E402
 
 
 def best_of(fn, repeat):
@@ -37,6 +38,8 @@ def best_of(fn, repeat):
 
 def report(case, ours, peer, note=""):
     print(f"{case:<44} ours {ours:8.3f} s   hf {peer:8.3f} s   ratio {ours / peer:6.2f}  {note}", flush=True)
+    flag = " (IDS DIFFER)" if "IDS DIFFER" in note else ""
+    result(case + flag, ours, "HF tokenizers", peer, "s", higher_is_better=False)
 
 
 def main():

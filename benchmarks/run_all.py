@@ -18,6 +18,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = ["tokenizers", "tiktoken", "sentencepiece", "transformers", "llama_cpp"]
+# still runnable by hand, but not run here: another benchmark measures the same cases
+REDUNDANT = {"bench_kquants.py": "covered by bench_quant.py"}
 
 
 def machine() -> str:
@@ -63,7 +65,9 @@ def main():
     lines += ["Ratio: how many times better convkit is (above 1: ahead of the peer).", "",
               "| benchmark | case | convkit | peer | peer figure | unit | ratio |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
-    statuses = []
+    statuses = [f"- `{name}`: skipped, {why}" for name, why in REDUNDANT.items()
+                if any(s.name == name for s in scripts)]
+    scripts = [s for s in scripts if s.name not in REDUNDANT]
     for script in scripts:
         print(f"running {script.name} ...", file=sys.stderr, flush=True)
         rows, status, seconds = run(script, args.timeout)
