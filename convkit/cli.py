@@ -13,6 +13,7 @@ from convkit.errors import USER_ERRORS
 # command name -> "module:attribute" under convkit.commands
 COMMANDS = {
     "convert": "convert:convert",
+    "demo": "demo:demo",
     "drift": "drift:drift",
     "inspect": "inspect:inspect_cmd",
     "generate": "generate:generate",

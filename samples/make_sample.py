@@ -30,13 +30,14 @@ from pathlib import Path
 
 import torch
 
+from convkit.samples import SAMPLE_SPECIAL_TOKEN, SAMPLE_VOCAB_SIZE, split_pydoc_topics
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "samples" / "tiny-llama"
 
 SEED = 1234
-VOCAB_SIZE = 4096
-SPECIAL = "<|endoftext|>"  # id 0: BOS and EOS
-HELD_OUT_FRACTION = 0.10
+VOCAB_SIZE = SAMPLE_VOCAB_SIZE
+SPECIAL = SAMPLE_SPECIAL_TOKEN  # id 0: BOS and EOS
 SEQ_LEN = 256
 BATCH = 4
 STEPS = 90
@@ -49,16 +50,6 @@ PPL_CTX = 256
 MODEL_DIMS = dict(hidden_size=256, intermediate_size=768, num_attention_heads=4, head_dim=64,
                   num_key_value_heads=2, num_hidden_layers=4, max_position_embeddings=512,
                   rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
-
-
-def split_topics() -> tuple[str, str]:
-    """(training text, held-out text): topics sorted by key, the last 10% held out."""
-    from pydoc_data.topics import topics
-
-    keys = sorted(topics)
-    cut = len(keys) - max(1, int(len(keys) * HELD_OUT_FRACTION))
-    join = lambda ks: "".join(topics[k] + "\n\n" for k in ks)  # noqa: E731
-    return join(keys[:cut]), join(keys[cut:])
 
 
 def sha256(text: str) -> str:
@@ -161,7 +152,7 @@ def main(argv=None):
     torch.manual_seed(SEED)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train_text, held_text = split_topics()
+    train_text, held_text = split_pydoc_topics()
     t0 = time.perf_counter()
     tok = train_tokenizer(train_text, args.out)
     write_tokenizer_config(args.out)

@@ -30,7 +30,7 @@ def training_md():
 
 @pytest.fixture(scope="module")
 def held_out(script, training_md):
-    text = script.split_topics()[1]
+    text = script.split_pydoc_topics()[1]
     stated = re.search(r"sha256 `([0-9a-f]{64})`", training_md).group(1)
     assert hashlib.sha256(text.encode()).hexdigest() == stated, \
         "this Python's pydoc_data.topics differs from the one the sample was trained with"
