@@ -5,7 +5,8 @@ tokenizer.json (BPE -> "gpt2", WordPiece -> "bert") or tokenizer.model (sentence
 decides it by hashing the HF tokenization of a fixed text. convkit must not need HF
 tokenizers at run time, so it recognises known vocabularies by a fingerprint (sha256 of
 the tokens in id order, the first 1000 of them) from a small table, and otherwise
-derives the name from the pre-tokenizer's configuration ("default" when unsure).
+derives the name from the pre-tokenizer's configuration: our byte-level presets map to
+the llama.cpp names that run the same regex ("default" for anything else).
 """
 import hashlib
 import json
@@ -14,6 +15,8 @@ from pathlib import Path
 import gguf
 
 from convkit.errors import ConvkitError
+from tokenizers_impl.errors import TokenizerError
+from tokenizers_impl.formats import GGUF_PRE, bytelevel_preset
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -33,10 +36,12 @@ def _pre_name(tokenizer: dict, tokens) -> str:
     for known_fp, name in FINGERPRINTS.items():
         if fp == known_fp:
             return name
-    pre = json.dumps(tokenizer.get("pre_tokenizer"), sort_keys=True)
-    if '"Digits"' in pre and '"individual_digits": true' in pre and '"ByteLevel"' in pre:
-        return "smollm"  # digits split one by one ahead of byte-level (SmolLM / StarCoder family)
-    return "default"
+    try:
+        preset = bytelevel_preset(tokenizer.get("pre_tokenizer"), "tokenizer.json")
+    except TokenizerError:
+        preset = None  # byte-level with a pattern of its own: llama.cpp's generic split
+    # our presets are the regexes llama.cpp runs for these names (plain ByteLevel is GPT-2's)
+    return GGUF_PRE.get(preset, "default")
 
 
 # sha256 prefixes of known vocabularies (see vocab_fingerprint)

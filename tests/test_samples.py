@@ -96,3 +96,24 @@ def test_held_out_perplexity(held_out, training_md):
     assert ppl < vocab / 8, f"held-out PPL {ppl:.1f} not far below uniform {vocab}"
     stated = float(re.search(r"held-out perplexity \| \*\*([0-9.]+)\*\*", training_md).group(1))
     assert abs(ppl - stated) / stated < 0.01, (ppl, stated)
+
+
+def test_converted_sample_tokenizes_in_llama_cpp_as_ours(held_out, tmp_path, capsys):
+    """The GGUF of the sample names the pre-tokenizer llama.cpp must run (plain ByteLevel is
+    "gpt-2"), so llama.cpp's tokenizer gives our ids on the held-out text."""
+    import gguf
+    import llama_cpp
+
+    from convkit.cli import main
+    from tokenizers_impl import formats
+
+    out = tmp_path / "sample-f16.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(SAMPLE), "--outtype", "f16", "-o", str(out), "--quiet"])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    field = gguf.GGUFReader(out).fields["tokenizer.ggml.pre"]
+    assert bytes(field.parts[field.data[0]]).decode() == "gpt-2"
+
+    llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+    expected = formats.load(SAMPLE / "tokenizer.json").encode(held_out)
+    assert llm.tokenize(held_out.encode(), add_bos=False, special=False) == expected

@@ -280,7 +280,7 @@ def _type(node) -> str | None:
     return node.get("type") if isinstance(node, dict) else None
 
 
-def _bytelevel_preset(pre, name: str) -> str | None:
+def bytelevel_preset(pre, name: str) -> str | None:
     """Our preset for an HF byte-level pre-tokenizer, None if it is not byte-level."""
     def is_byte_level(node, use_regex):
         return (_type(node) == "ByteLevel" and not node.get("add_prefix_space", False)
@@ -330,7 +330,7 @@ def from_hf(doc: dict, name: str):
             raise TokenizerError(f"{name}: BPE with normalizer {_type(norm)!r} is not supported")
         vocab = _check_vocab(model["vocab"], name)
         merges = model.get("merges") or []
-        preset = _bytelevel_preset(pre, name)
+        preset = bytelevel_preset(pre, name)
         if preset is not None:
             return ByteLevelBPE(vocab, merges, preset, specials)
         if _type(pre) == "Whitespace":
