@@ -10,7 +10,6 @@ import argparse
 import json
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-PEER = Path("/work/cache/lcp-src/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from report import measure, result  # noqa: E402
+
+
+def peer_converter() -> Path | None:
+    """llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python sdist (fetched by the tests)."""
+    try:
+        from realdata import llama_cpp_converter
+        return llama_cpp_converter()
+    except Exception as exc:  # noqa: BLE001 - reported, not hidden
+        print(f"peer : convert_hf_to_gguf.py unavailable ({exc})")
+        return None
 
 
 def shapes(layers, hidden=2048, ff=5632, vocab=49152, n_head=32, n_kv=8):
@@ -69,15 +80,6 @@ def write_checkpoint(directory: Path, layers: int) -> int:
     return (directory / "model.safetensors").stat().st_size
 
 
-def measure(cmd) -> tuple:
-    """Run cmd in a child; return (seconds, peak RSS in MiB of that child, exit code)."""
-    wrapper = ("import resource,subprocess,sys,time,json;t=time.perf_counter();"
-               "rc=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL).returncode;"
-               "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024,rc]))")
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True).stdout
-    return tuple(json.loads(out))
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=20)
@@ -94,16 +96,20 @@ def main():
         print(f"ours : {ours[0]:.1f} s, peak RSS {ours[1]:.0f} MiB, exit {ours[2]}, "
               f"output {(tmp / 'ours.gguf').stat().st_size / 2**30:.2f} GiB")
         (tmp / "ours.gguf").unlink(missing_ok=True)
-        if PEER.exists():
-            peer = measure([sys.executable, str(PEER), str(model), "--outtype", "q8_0", "--outfile", str(tmp / "peer.gguf")])
+        peer = None
+        converter = peer_converter()
+        if converter is not None:
+            peer = measure([sys.executable, str(converter), str(model), "--outtype", "q8_0",
+                            "--outfile", str(tmp / "peer.gguf")])
             if peer[2] == 0:
                 print(f"peer : {peer[0]:.1f} s, peak RSS {peer[1]:.0f} MiB (convert_hf_to_gguf.py --outtype q8_0)")
-                print(f"ratio: time {ours[0] / peer[0]:.2f}x, peak RSS {ours[1] / peer[1]:.2f}x (ours / peer)")
             else:
                 print(f"peer : convert_hf_to_gguf.py failed here (exit {peer[2]}); no ratio")
-        else:
-            print("peer : convert_hf_to_gguf.py not found; no ratio")
-        print(f"RESULT bench_convert peak_rss_mib={ours[1]:.0f} seconds={ours[0]:.1f} input_gib={size / 2**30:.2f}")
+                peer = None
+        case = f"{size / 2**30:.2f} GiB f32 checkpoint -> Q8_0"
+        peer_name = "convert_hf_to_gguf.py"
+        result(f"{case}, wall time", ours[0], peer_name, peer and peer[0], "s", higher_is_better=False)
+        result(f"{case}, peak RSS", ours[1], peer_name, peer and peer[1], "MiB", higher_is_better=False)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ memory of per-layer dequantization against dequantize-all (one subprocess each).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time

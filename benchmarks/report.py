@@ -4,6 +4,8 @@ Every benchmark prints its own details; for each case it also calls `result`, wh
 prints a `RESULT {...}` JSON line that benchmarks/run_all.py gathers into RESULTS.md.
 """
 import json
+import subprocess
+import sys
 
 
 def result(case: str, ours: float, peer_name: str, peer: float | None, unit: str,
@@ -16,3 +18,12 @@ def result(case: str, ours: float, peer_name: str, peer: float | None, unit: str
     row = {"case": case, "ours": ours, "peer_name": peer_name, "peer": peer, "unit": unit,
            "higher_is_better": higher_is_better, "ratio": ratio}
     print("RESULT " + json.dumps(row, sort_keys=True), flush=True)
+
+
+def measure(cmd) -> tuple:
+    """Run cmd in a child; return (seconds, peak RSS in MiB of that child, exit code)."""
+    wrapper = ("import resource,subprocess,sys,time,json;t=time.perf_counter();"
+               "rc=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL).returncode;"
+               "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024,rc]))")
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True).stdout
+    return tuple(json.loads(out))

@@ -254,7 +254,7 @@ def _read_gguf(path, data) -> Imatrix:
         sums_name, counts_name = pairs[name]
         if sums_name is None or counts_name is None:
             raise QuantError(f"{path}: mismatched sums and counts for {name}; the file is damaged")
-        (sums, st), (counts, ct) = tensors[sums_name], tensors[counts_name]
+        (sums, _), (counts, _) = tensors[sums_name], tensors[counts_name]
         if sums is None or counts is None:
             raise QuantError(f"{path}: sums and counts for {name} must be F32; regenerate the imatrix")
         nmat = counts.size

@@ -85,7 +85,6 @@ def _checkpoint(directory, arch):
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
 def test_convert_matches_convert_hf_to_gguf(tmp_path, capsys, arch):
     model = _checkpoint(tmp_path / arch, arch)
-    theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
     a, b = _convert_both(model, tmp_path, "smollm", capsys)
     assert (set(a) ^ set(b)) <= KNOWN_EXTRA, set(a) ^ set(b)
     for key in set(a) & set(b) - {"general.name"}:

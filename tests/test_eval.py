@@ -5,12 +5,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from convkit.cli import cli
 from convkit.errors import ConvkitError
 from convkit.eval import kld
-from convkit.eval.perplexity import (ChunkPlan, PerplexityAccumulator, chunk_logits, plan_chunks,
+from convkit.eval.perplexity import (ChunkPlan, chunk_logits, plan_chunks,
                                      perplexity_of_logits, tokenize_for_perplexity, token_nll)
 from realdata import python_docs_text, smollm2_gguf
 

@@ -1,6 +1,5 @@
 """WordPiece and BERT normalization against HF tokenizers: MiniLM's real vocab, every
 code point, hypothesis text, and training against HF's WordPieceTrainer."""
-import hashlib
 import os
 import subprocess
 import sys

@@ -9,7 +9,6 @@ raises TokenizerError naming the file, byte offset and line.
 import codecs
 import os
 import sys
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import TokenizerError

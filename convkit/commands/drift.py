@@ -1,12 +1,10 @@
 """`convkit drift MODEL --types ... --text FILE`: quantize to each type and measure the drift."""
 import hashlib
-import sys
 from pathlib import Path
 
 import click
 
 from convkit.errors import ConvkitError
-from convkit.output import emit
 
 
 def _evaluate(model_path, tokens, plan, batch, device, numerics, dequantize_all, base_file=None,
@@ -59,7 +57,7 @@ def _evaluate(model_path, tokens, plan, batch, device, numerics, dequantize_all,
 def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, numerics, dequantize_all,
           plot_file, markdown, as_json, quiet):
     """Quantize MODEL to each type and compare each with MODEL: size, bpw, PPL, ΔPPL, KLD, same top-1."""
-    from convkit.commands.perplexity import check_context, read_text
+    from convkit.commands.perplexity import read_text
     from convkit.eval import drift as d
     from convkit.eval.kld import LogitsFile
     from convkit.eval.perplexity import plan_chunks, tokenize_for_perplexity

@@ -17,8 +17,6 @@ def _short(value):
 
 
 def _gguf(path):
-    import gguf
-
     from convkit import gguf_in
     reader = gguf_in.open_gguf(path)
     meta = {k: _short(f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}

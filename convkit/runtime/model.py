@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .linear import FloatNumerics, Numerics, QTensor, QuantEmbedding, QuantLinear, fused_linear
+from .linear import FloatNumerics, Numerics, QuantEmbedding, QuantLinear, fused_linear
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 
