@@ -93,7 +93,7 @@ def test_held_out_perplexity(held_out, training_md):
             count += targets.numel()
     ppl = math.exp(nll / count)
     vocab = model.config.vocab_size
-    assert ppl < vocab / 8, f"held-out PPL {ppl:.1f} not far below uniform {vocab}"
+    assert ppl < vocab / 20, f"held-out PPL {ppl:.1f} not far below uniform {vocab}"
     stated = float(re.search(r"held-out perplexity \| \*\*([0-9.]+)\*\*", training_md).group(1))
     assert abs(ppl - stated) / stated < 0.01, (ppl, stated)
 

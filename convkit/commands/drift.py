@@ -7,9 +7,12 @@ import click
 from convkit.errors import ConvkitError
 
 
-def _evaluate(model_path, tokens, plan, batch, device, numerics, dequantize_all, base_file=None,
-              writer_target=None, quiet=False, label=""):
-    """Run one model over the plan: PPL accumulator, and KLD against base_file or logits saved."""
+def _evaluate(model_path, tokens, plan, batch, device, numerics, dequantize_all, base=None,
+              base_target=None, quiet=False, label=""):
+    """Run one model over the plan: PPL accumulator, and KLD against `base` (a drift.BaseLogits),
+    or, with `base_target`, the model's logits and exact NLLs saved as the base."""
+    import torch
+
     from convkit.atomic import atomic_open
     from convkit.commands.perplexity import open_model
     from convkit.eval import kld as kldmod
@@ -19,17 +22,22 @@ def _evaluate(model_path, tokens, plan, batch, device, numerics, dequantize_all,
     net, _ = open_model(model_path, device, "fp32", numerics, dequantize_all)
     acc, kacc = PerplexityAccumulator(), kldmod.KLDAccumulator()
     bar = progress(total=plan.n_chunks, quiet=quiet, desc=label, unit="chunk")
-    if writer_target is not None:
-        with atomic_open(writer_target, "wb") as f:
+    if base_target is not None:
+        nlls = []
+        with atomic_open(base_target.logits, "wb") as f:
             writer = kldmod.LogitsWriter(f, plan.n_ctx, net.config.vocab_size, plan.n_chunks, tokens)
             for c in chunk_logits(net, tokens, plan, batch):
-                acc.add(token_nll(c.logits, c.targets))
+                nlls.append(token_nll(c.logits, c.targets))
+                acc.add(nlls[-1])
                 writer.add(c.logits)
                 bar.update(1)
+        with atomic_open(base_target.nll, "wb") as f:
+            f.write(torch.stack(nlls).numpy().astype("<f8").tobytes())
     else:
+        nll_base = base.nll_by_chunk()
         for c in chunk_logits(net, tokens, plan, batch):
             acc.add(token_nll(c.logits, c.targets))
-            kacc.add(c.logits, base_file.chunk(c.index), c.targets)
+            kacc.add(c.logits, base.file.chunk(c.index), c.targets, nll_base=torch.from_numpy(nll_base[c.index]))
             bar.update(1)
     bar.close()
     return acc, kacc
@@ -59,7 +67,6 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
     """Quantize MODEL to each type and compare each with MODEL: size, bpw, PPL, ΔPPL, KLD, same top-1."""
     from convkit.commands.perplexity import read_text
     from convkit.eval import drift as d
-    from convkit.eval.kld import LogitsFile
     from convkit.eval.perplexity import plan_chunks, tokenize_for_perplexity
     from convkit.runtime.load import check_model
     from convkit.runtime.tokenizer import load_tokenizer
@@ -82,19 +89,17 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
     cache = cache_dir or model.parent / f"{model.name}.drift"
     cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(("%d:%d:" % (n_ctx, plan.n_chunks)).encode() + text.encode()).hexdigest()[:16]
-    base_path = cache / f"base-{digest}.logits"
+    base = d.BaseLogits(cache, digest)
     quiet = quiet or as_json
-    if base_path.exists() and base_path.stat().st_mtime >= d._mtime(model):
-        base_file = LogitsFile(base_path)
-        base_acc = _base_ppl(base_file)
+    if base.fresh(model):
+        base_acc = base.accumulator()
     else:
         base_acc, _ = _evaluate(model, tokens, plan, batch, device, "fp", dequantize_all,
-                                writer_target=base_path, quiet=quiet, label="base")
-        base_file = LogitsFile(base_path)
+                                base_target=base, quiet=quiet, label="base")
     rows = []
     for qtype in qtypes:
         path = d.quantize_cached(model, qtype, cache, quiet)
-        acc, kacc = _evaluate(path, tokens, plan, batch, device, numerics, dequantize_all, base_file=base_file,
+        acc, kacc = _evaluate(path, tokens, plan, batch, device, numerics, dequantize_all, base=base,
                               quiet=quiet, label=qtype)
         rows.append(d.row_from_summary(qtype, path, kacc.summary()))
         if not quiet:
@@ -110,18 +115,3 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
     else:
         click.echo(d.text_table(rows, base_acc.ppl, base_acc.uncertainty))
 
-
-def _base_ppl(base_file):
-    """The base model's PPL recomputed from its stored log-probabilities (no model run)."""
-    import torch
-
-    from convkit.eval.perplexity import PerplexityAccumulator
-
-    tokens = base_file.tokens()
-    acc = PerplexityAccumulator()
-    for i in range(base_file.n_chunks):
-        lp = base_file.chunk(i)
-        start = i * base_file.n_ctx + base_file.first + 1
-        t = torch.tensor(tokens[start:start + base_file.rows], dtype=torch.long)
-        acc.add(-lp.gather(1, t.view(-1, 1)).squeeze(1).double())
-    return acc

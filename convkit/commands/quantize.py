@@ -43,6 +43,24 @@ def render_done(result) -> str:
 def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_embedding_type, threads,
              dry_run, as_json, quiet):
     """Quantize MODEL (HF directory, model.safetensors or GGUF) with llama.cpp's type mix."""
+    from quant.mixes import parse_file_type
+
+    from convkit import convert_pipeline as cp
+
+    source, plan, vectors = make_plan(model, ftype, imatrix, tensor_types, output_type, token_embedding_type)
+    if dry_run:
+        summary = cp.plan_summary(plan)
+        emit(summary, as_json=as_json, text=render_plan(summary))
+        return
+    file_type = parse_file_type(ftype)
+    target = output or default_output(model, file_type.name.replace("MOSTLY_", "").replace("ALL_", ""))
+    result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
+                    quiet=quiet or as_json)
+    emit(result, as_json=as_json, text=render_done(result))
+
+
+def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, token_embedding_type=None):
+    """(source, plan, importance vectors): MODEL opened, every tensor's type chosen by llama.cpp's mix rules."""
     from quant.mixes import parse_file_type, plan_types
 
     from convkit import convert_pipeline as cp
@@ -58,12 +76,14 @@ def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_emb
                        n_head_kv=source.hparams["n_head_kv"], tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
                        has_imatrix=vectors is not None)
-    plan = cp.make_plan(source, types)
-    if dry_run:
-        summary = cp.plan_summary(plan)
-        emit(summary, as_json=as_json, text=render_plan(summary))
-        return
-    target = output or default_output(model, file_type.name.replace("MOSTLY_", "").replace("ALL_", ""))
-    result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
-                    quiet=quiet or as_json)
-    emit(result, as_json=as_json, text=render_done(result))
+    return source, cp.make_plan(source, types), vectors
+
+
+def quantize_model(model, ftype, target, *, threads=1, quiet=False) -> dict:
+    """MODEL quantized to `ftype` (plain mix, no overrides) at `target`; the result summary."""
+    from quant.mixes import parse_file_type
+
+    from convkit import convert_pipeline as cp
+
+    source, plan, _ = make_plan(model, ftype)
+    return cp.run(source, plan, target, file_type=int(parse_file_type(ftype)), threads=threads, quiet=quiet)

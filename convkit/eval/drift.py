@@ -3,15 +3,23 @@
 For every requested type the model is quantized once (through `convkit quantize`, into a
 cache directory, reused while it is newer than the model) and evaluated on the same chunks
 of the same text as the original; the original's log-probabilities are computed once and
-kept in the cache as a base-logits file (kld.py). Each row of the table is llama.cpp's
+kept in the cache as a base-logits file (kld.py), with the exact NLL of each scored token
+beside it so that PPL(base) and ΔPPL are not biased by the file's 16-nat clipping. Each row of the table is llama.cpp's
 perplexity scoreboard for one type: file size, bits per weight, PPL, PPL - PPL(base),
 mean KL divergence and the same-top-token rate.
 """
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from convkit.errors import ConvkitError
+from convkit.eval.kld import LogitsFile
+from convkit.eval.perplexity import PerplexityAccumulator
 
 # llama-quantize's file-type names that `convkit quantize --type` takes
 KNOWN_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
@@ -36,24 +44,17 @@ def quantized_path(cache: Path, model: Path, qtype: str) -> Path:
 def quantize_cached(model: Path, qtype: str, cache: Path, quiet: bool) -> Path:
     """The model quantized to `qtype` in the cache; made with `convkit quantize` when missing or stale."""
     out = quantized_path(cache, model, qtype)
-    if out.exists() and out.stat().st_mtime >= _mtime(model):
+    if out.exists() and out.stat().st_mtime >= model_mtime(model):
         return out
-    try:
-        from convkit.commands.quantize import quantize as quantize_command
-    except ImportError:
-        raise ConvkitError("drift needs `convkit quantize`, which this installation lacks; reinstall convkit") from None
-    args = [str(model), "--type", qtype, "-o", str(out)] + (["--quiet"] if quiet and _has_option(quantize_command, "quiet") else [])
-    quantize_command.main(args=args, prog_name="convkit quantize", standalone_mode=False)
-    if not out.exists():
-        raise ConvkitError(f"{out}: convkit quantize --type {qtype} wrote no file")
+    from convkit.commands.quantize import quantize_model, render_done
+
+    result = quantize_model(model, qtype, out, threads=os.cpu_count() or 1, quiet=quiet)
+    if not quiet:
+        print(render_done(result), file=sys.stderr)
     return out
 
 
-def _has_option(command, name: str) -> bool:
-    return any(getattr(p, "name", None) == name for p in command.params)
-
-
-def _mtime(path: Path) -> float:
+def model_mtime(path: Path) -> float:
     if path.is_dir():
         return max((p.stat().st_mtime for p in path.iterdir() if p.is_file()), default=0.0)
     return path.stat().st_mtime
@@ -96,9 +97,14 @@ def row_from_summary(qtype: str, path: Path, s: dict) -> DriftRow:
 HEADER = ("type", "size", "bpw", "PPL", "ΔPPL", "KLD", "same top-1")
 
 
+def _fixed(x: float, digits: int, sign: str = "") -> str:
+    """x to `digits` decimals, with no "-0.0000" for a value that rounds to zero."""
+    return f"{round(x, digits) + 0.0:{sign}.{digits}f}"
+
+
 def _cells(r: DriftRow) -> tuple:
     return (r.type, f"{r.size_bytes / 2**20:.1f} MiB", f"{r.bpw:.2f}", f"{r.ppl:.4f} ± {r.ppl_err:.4f}",
-            f"{r.delta_ppl:+.4f} ± {r.delta_ppl_err:.4f}", f"{r.kld:.6f} ± {r.kld_err:.6f}",
+            f"{_fixed(r.delta_ppl, 4, '+')} ± {r.delta_ppl_err:.4f}", f"{_fixed(r.kld, 6)} ± {r.kld_err:.6f}",
             f"{100 * r.same_top:.2f} ± {100 * r.same_top_err:.2f} %")
 
 
@@ -150,3 +156,34 @@ def plot(rows: list[DriftRow], target, title: str) -> None:
 
 def as_json(rows: list[DriftRow], base: dict) -> str:
     return json.dumps({"base": base, "types": [r.__dict__ for r in rows]}, indent=2, sort_keys=True)
+
+
+class BaseLogits:
+    """The unquantized model's evaluation, cached: llama.cpp's base-logits file (for KLD)
+    and, beside it, the exact NLL of every scored token (float64), which the 16-bit file
+    clips for tokens far below the top one."""
+
+    def __init__(self, cache: Path, digest: str):
+        self.logits = cache / f"base-{digest}.logits"
+        self.nll = cache / f"base-{digest}.nll"
+
+    def fresh(self, model: Path) -> bool:
+        return all(p.exists() and p.stat().st_mtime >= model_mtime(model) for p in (self.logits, self.nll))
+
+    @property
+    def file(self):
+        return LogitsFile(self.logits)
+
+    def nll_by_chunk(self):
+        f = self.file
+        nll = np.fromfile(self.nll, dtype="<f8")
+        if nll.size != f.n_chunks * f.rows:
+            raise ConvkitError(f"{self.nll}: {nll.size} values where {f.n_chunks * f.rows} are expected; "
+                               f"delete it and run again")
+        return nll.reshape(f.n_chunks, f.rows)
+
+    def accumulator(self):
+        """The base model's PPL from the cached NLLs (no model run)."""
+        acc = PerplexityAccumulator()
+        acc.add(torch.from_numpy(self.nll_by_chunk().reshape(-1)))
+        return acc

@@ -140,17 +140,23 @@ class KLDAccumulator:
     p_diff_values: list = field(default_factory=list)
 
     def add(self, logits: torch.Tensor, base_log_probs: torch.Tensor, targets: torch.Tensor,
-            floor: float | None = LOG_PROB_FLOOR) -> None:
+            floor: float | None = LOG_PROB_FLOOR, nll_base: torch.Tensor | None = None) -> None:
         """One chunk: our logits [N, V], the base's log-probs [N, V], the correct tokens [N].
 
         `floor`: base log-probs at or below it are left out of the KLD sum (stored files
-        cannot represent them); None sums every entry."""
+        cannot represent them); None sums every entry. `nll_base`: the base's exact NLL of
+        the correct tokens [N] when the caller kept them; otherwise they are read from the
+        stored log-probs, which clip a correct token more than 16 nats below the top one
+        (llama.cpp does the same, so a weak base model's PPL(base) comes out low)."""
         x = logits.detach().float().cpu()
         base = base_log_probs.detach().float().cpu()
         t = targets.view(-1, 1).cpu()
         log_q = torch.log_softmax(x, dim=-1)
         nll = -log_q.gather(1, t).squeeze(1).double()
-        nll_base = -base.gather(1, t).squeeze(1).double()
+        if nll_base is None:
+            nll_base = -base.gather(1, t).squeeze(1).double()
+        else:
+            nll_base = nll_base.detach().double().cpu()
         terms = base.exp() * (base - log_q)
         if floor is not None:
             terms = torch.where(base > floor, terms, torch.zeros_like(terms))
