@@ -103,7 +103,7 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
                               quiet=quiet, label=qtype)
         rows.append(d.row_from_summary(qtype, path, kacc.summary()))
         if not quiet:
-            click.echo(f"{qtype}: PPL {rows[-1].ppl:.4f}, KLD {rows[-1].kld:.6f}", err=True)
+            click.echo(f"{qtype}: PPL {rows[-1].ppl:.4f}, KLD {max(rows[-1].kld, 0.0):.6f}", err=True)
     base = {"model": str(model), "ppl": base_acc.ppl, "ppl_err": base_acc.uncertainty, "n_ctx": n_ctx,
             "chunks": plan.n_chunks, "scored_tokens": base_acc.count, "numerics": numerics, "text": text_file}
     if plot_file:

@@ -134,17 +134,26 @@ def plot(rows: list[DriftRow], target, title: str) -> None:
 
     from convkit.atomic import atomic_path
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "kld", "mean KL divergence (nats)"),
-                           (axes[1], "delta_ppl", "PPL - PPL(base)")):
-        xs = [r.bpw for r in rows]
-        ys = [max(abs(getattr(r, key)), 1e-6) for r in rows]
-        ax.plot(xs, ys, "o-")
-        for r, x, y in zip(rows, xs, ys):
-            ax.annotate(r.type, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_yscale("log")
+    fig, (kld_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    # KLD spans decades: log scale; a type with no divergence at all (f16 of a bf16 model)
+    # cannot sit on it and is named in the axis title instead
+    shown = [r for r in rows if r.kld > 0]
+    lossless = [r.type for r in rows if r.kld <= 0]
+    kld_ax.errorbar([r.bpw for r in shown], [r.kld for r in shown], yerr=[r.kld_err for r in shown],
+                    fmt="o-", capsize=3)
+    kld_ax.set_yscale("log")
+    kld_ax.set_ylabel("mean KL divergence from the base (nats)")
+    if lossless:
+        kld_ax.set_title(f"KLD 0 (not shown): {', '.join(lossless)}", fontsize=9)
+    # ΔPPL can be of either sign and is noisy: linear, with its uncertainty
+    ppl_ax.errorbar([r.bpw for r in rows], [r.delta_ppl for r in rows], yerr=[r.delta_ppl_err for r in rows],
+                    fmt="o-", capsize=3)
+    ppl_ax.axhline(0.0, color="grey", linewidth=0.8)
+    ppl_ax.set_ylabel("PPL - PPL(base)")
+    for ax, points in ((kld_ax, [(r, r.kld) for r in shown]), (ppl_ax, [(r, r.delta_ppl) for r in rows])):
+        for r, y in points:
+            ax.annotate(r.type, (r.bpw, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel("bits per weight")
-        ax.set_ylabel(label + (" (absolute)" if key == "delta_ppl" else ""))
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
