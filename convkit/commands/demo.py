@@ -64,9 +64,15 @@ def demo(ctx, workdir, types, as_json, quiet):
 
     train_demo_tokenizer(train_text, workdir / "tokenizer.json", sample, quiet or as_json)
     plot_file = workdir / "drift.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plot_file = None
+        _say(quiet or as_json, "no plot: matplotlib is not installed (pip install 'convkit[plot]')")
     _say(quiet or as_json, f"[2/2] drift of {sample.name} on {held_out_file} ({len(held_out)} characters "
                            f"the model never saw), types {types}")
     ctx.invoke(drift, model=sample, types=types, text_file=str(held_out_file), n_ctx=DEMO_CTX,
-               cache_dir=workdir / "cache", dequantize_all=True, plot_file=str(plot_file),
+               cache_dir=workdir / "cache", dequantize_all=True, plot_file=plot_file and str(plot_file),
                markdown=not as_json, as_json=as_json, quiet=quiet)
-    _say(quiet or as_json, f"plot: {plot_file}")
+    if plot_file:
+        _say(quiet or as_json, f"plot: {plot_file}")
