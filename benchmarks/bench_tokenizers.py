@@ -1,5 +1,9 @@
-"""Byte-level BPE side by side with the peers: training (HF tokenizers) and encoding
-(tiktoken, HF tokenizers), on the Python documentation sources.
+"""Byte-level BPE side by side with the peers: training (HF tokenizers, sentencepiece) and
+encoding (tiktoken, HF tokenizers, sentencepiece), on the Python documentation sources.
+
+sentencepiece runs its own algorithm (BPE over whitespace-marked pieces, byte fallback,
+digits split like our smollm preset), so its figures compare throughput and memory at
+the same vocab size, not identical output.
 
 Each case runs in its own process. Memory is the peak resident size while the measured
 call runs (Linux VmHWM, reset after the input is loaded), so loading the corpus, which
@@ -81,6 +85,38 @@ def case_train_hf(mb, vocab):
     return result
 
 
+def _train_spm(lines, vocab):
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, model_type="bpe",
+                                   vocab_size=vocab, character_coverage=1.0, byte_fallback=True,
+                                   split_digits=True, num_threads=2, max_sentence_length=1 << 16,
+                                   minloglevel=2)
+    return model.getvalue()
+
+
+def case_train_spm(mb, vocab):
+    text, lines = _lines(mb)
+    t0 = _start_measure()
+    _train_spm(lines, vocab)
+    return _done(t0, bytes=len(text.encode()), merges=[])
+
+
+def case_encode_spm(_mb, vocab):
+    """sentencepiece encoding the docs with a BPE model of `vocab` pieces trained on them."""
+    import sentencepiece as spm
+    from realdata import python_docs_rst_text
+
+    text = python_docs_rst_text()
+    sp = spm.SentencePieceProcessor(model_proto=_train_spm(text.splitlines(keepends=True), vocab))
+    t0 = _start_measure()
+    ids = sp.encode(text)
+    return _done(t0, bytes=len(text.encode()), ids=ids)
+
+
 def _smollm2():
     from smollm2_fixture import smollm2_tokenizer_json
 
@@ -130,8 +166,8 @@ def case_encode_tiktoken(_mb, _vocab):
     return _done(t0, bytes=len(text.encode()), ids=ids)
 
 
-CASES = {f.__name__[5:]: f for f in (case_train_ours, case_train_hf, case_encode_ours, case_encode_hf,
-                                     case_encode_tiktoken)}
+CASES = {f.__name__[5:]: f for f in (case_train_ours, case_train_hf, case_train_spm, case_encode_ours,
+                                     case_encode_hf, case_encode_tiktoken, case_encode_spm)}
 
 
 def run_case(name, mb, vocab):
@@ -165,10 +201,14 @@ def main():
     row(train, ours, hf, "HF tokenizers", train)
     same = sum(a == b for a, b in zip(ours["merges"], hf["merges"]))
     print(f"  merges: {len(ours['merges'])} ours, {len(hf['merges'])} HF, same at the same rank {same}")
+    sp = run_case("train_spm", args.train_mb, args.vocab)
+    row("", ours, sp, "sentencepiece (BPE)", train)
     ours, hf, tk = (run_case(c, 0, 0) for c in ("encode_ours", "encode_hf", "encode_tiktoken"))
     encode = f"encode SmolLM2 vocab, {ours['bytes'] / 1e6:.0f} MB"
     row(encode, ours, tk, "tiktoken", encode)
     row("", ours, hf, "HF tokenizers", encode)
+    sp = run_case("encode_spm", 0, args.vocab)
+    row("", ours, sp, f"sentencepiece (BPE, {args.vocab} pieces)", encode)
     print(f"  ids identical to HF: {ours['ids'] == hf['ids']} ({len(ours['ids'])} ids); "
           f"tiktoken's pattern differs slightly from HF's Digits+ByteLevel, its ids: {len(tk['ids'])}, "
           f"identical: {tk['ids'] == hf['ids']}")
