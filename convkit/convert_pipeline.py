@@ -99,7 +99,7 @@ def _gguf_source(path: Path) -> Source:
     hp = {"n_layer": int(field(f"{arch_name}.block_count") or 0),
           "n_head": int(field(f"{arch_name}.attention.head_count") or 1),
           "n_head_kv": int(field(f"{arch_name}.attention.head_count_kv") or field(f"{arch_name}.attention.head_count") or 1)}
-    return Source(path, arch_name, tensors, lambda name: gguf_in.read_f32(by_name[name]), write_metadata, hp, (path,))
+    return Source(path, arch_name, tensors, lambda name: gguf_in.read_f32(path, by_name[name]), write_metadata, hp, (path,))
 
 
 def make_plan(source: Source, types: dict) -> list:

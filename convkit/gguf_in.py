@@ -36,13 +36,30 @@ def check_header(path: Path) -> None:
         raise ConvkitError(f"{path}: absurd metadata count {n_kv} for a {size}-byte file; the file is corrupt")
 
 
+class GGUFFileReader(gguf.GGUFReader):
+    """gguf-py's reader, three times faster on files with a large vocab: its `_get` slices
+    the memory map once per value, and every slice of an np.memmap pays for the memmap
+    subclass's bookkeeping (a 49k-token vocab is some 250k slices). Slicing a plain
+    ndarray view of the same map gives the same arrays without that cost."""
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        try:
+            plain = self._plain
+        except AttributeError:
+            plain = self._plain = self.data.view(np.ndarray)
+        dt = np.dtype(dtype)
+        count = int(count)
+        arr = plain[offset:offset + dt.itemsize * count].view(dt)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
 def open_gguf(path) -> gguf.GGUFReader:
     path = Path(path)
     if not path.is_file():
         raise ConvkitError(f"{path}: no such file")
     check_header(path)
     try:
-        return gguf.GGUFReader(str(path))
+        return GGUFFileReader(str(path))
     except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeDecodeError,
             MemoryError, AssertionError, TypeError) as exc:
         raise ConvkitError(f"{path}: malformed GGUF ({type(exc).__name__}: {exc}); the file is corrupt") from None
@@ -52,13 +69,17 @@ def numpy_shape(t) -> tuple:
     return tuple(int(d) for d in reversed([int(x) for x in t.shape]))
 
 
-def read_f32(t) -> np.ndarray:
-    """A reader tensor as float32 in numpy order (dequantized when needed)."""
+def read_f32(path, t) -> np.ndarray:
+    """A reader tensor as float32 in numpy order (dequantized when needed).
+
+    The bytes are read from `path` into memory of their own rather than through the
+    reader's map of the whole file, whose touched pages would stay resident: memory
+    follows the largest tensor, not the model."""
     shape = numpy_shape(t)
     qtype = int(t.tensor_type)
+    raw = np.fromfile(path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
     if qtype == gguf.GGMLQuantizationType.F32:
-        return np.asarray(t.data, dtype=np.float32).reshape(shape)
-    raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        return raw.view(np.float32).reshape(shape)
     try:
         values = quant.dequantize(raw.reshape(int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1, -1), qtype)
     except Exception:

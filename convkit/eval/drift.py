@@ -62,9 +62,9 @@ def model_mtime(path: Path) -> float:
 
 def gguf_size(path: Path) -> tuple[int, int]:
     """(file bytes, weights in the file) for bits per weight."""
-    from gguf import GGUFReader
+    from convkit.gguf_in import GGUFFileReader
 
-    reader = GGUFReader(path)
+    reader = GGUFFileReader(path)
     n = sum(int(t.n_elements) for t in reader.tensors)
     return path.stat().st_size, n
 

@@ -137,17 +137,17 @@ _INFO: dict = {}  # the last file read: (path, mtime, size) -> GGUFInfo
 
 
 def gguf_info(path: Path) -> GGUFInfo:
-    """The file's metadata and tensor directory, read with gguf.GGUFReader. The reader holds
+    """The file's metadata and tensor directory, read with gguf-py's reader. The reader holds
     the vocabulary as many small arrays (seconds to parse, ~150 MB for 49k tokens), so its
     values are copied out and the reader dropped; the copy of the last file is kept for the
     next caller (tokenizer and model read the same file)."""
-    import gguf
+    from convkit.gguf_in import GGUFFileReader
 
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key not in _INFO:
         try:
-            reader = gguf.GGUFReader(path)
+            reader = GGUFFileReader(path)
             fields = {name: field.contents() for name, field in reader.fields.items()}
             tensors = [GGUFTensor(t.name, GGMLQuantizationType(t.tensor_type), tuple(int(d) for d in t.shape),
                                   int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
