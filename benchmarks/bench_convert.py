@@ -24,11 +24,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from report import measure, result  # noqa: E402
 
 
-def peer_converter() -> Path | None:
-    """llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python sdist (fetched by the tests)."""
+def peer_command() -> list | None:
+    """llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python sdist (fetched as the tests
+    do), with the pre-tokenizer of SmolLM2's rebuilt tokenizer.json named for it."""
     try:
-        from realdata import llama_cpp_converter
-        return llama_cpp_converter()
+        from realdata import llama_cpp_converter_command
+        return llama_cpp_converter_command("smollm")
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         print(f"peer : convert_hf_to_gguf.py unavailable ({exc})")
         return None
@@ -97,10 +98,9 @@ def main():
               f"output {(tmp / 'ours.gguf').stat().st_size / 2**30:.2f} GiB")
         (tmp / "ours.gguf").unlink(missing_ok=True)
         peer = None
-        converter = peer_converter()
-        if converter is not None:
-            peer = measure([sys.executable, str(converter), str(model), "--outtype", "q8_0",
-                            "--outfile", str(tmp / "peer.gguf")])
+        command = peer_command()
+        if command is not None:
+            peer = measure(command + [str(model), "--outtype", "q8_0", "--outfile", str(tmp / "peer.gguf")])
             if peer[2] == 0:
                 print(f"peer : {peer[0]:.1f} s, peak RSS {peer[1]:.0f} MiB (convert_hf_to_gguf.py --outtype q8_0)")
             else:

@@ -125,3 +125,24 @@ def llama_cpp_converter() -> Path:
             tf.extractall(target, members=members, filter="data")
         done.touch()
     return target
+
+
+# Runs llama.cpp's convert_hf_to_gguf.py; argv: converter root, pre-tokenizer name or "-",
+# then the converter's own arguments. The converter names the pre-tokenizer by hashing HF
+# tokenizers' output on a fixed text; a tokenizer.json rebuilt from a GGUF does not give
+# the published hash, so the name can be answered here instead.
+_CONVERTER_RUNNER = """
+import runpy, sys
+root, pre = sys.argv.pop(1), sys.argv.pop(1)
+sys.path[:0] = [root, root + "/gguf-py"]
+import conversion.base as base
+if pre != "-":
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+sys.argv[0] = root + "/convert_hf_to_gguf.py"
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def llama_cpp_converter_command(pre: str = "-") -> list[str]:
+    """The command line that runs llama.cpp's converter (append its arguments)."""
+    return [sys.executable, "-c", _CONVERTER_RUNNER, str(llama_cpp_converter()), pre]

@@ -3,12 +3,12 @@ Qwen2, Llama and GPT-2 checkpoints (SmolLM2's tokenizer files) and on MiniLM: th
 and the same value for every metadata key both write.
 
 The tokenizer.json rebuilt from SmolLM2's GGUF does not reproduce the hash the peer uses
-to name the pre-tokenizer, so the peer runs with that one lookup answered "smollm".
+to name the pre-tokenizer, so the peer runs with that one lookup answered "smollm"
+(realdata.llama_cpp_converter_command).
 """
 import json
 import shutil
 import subprocess
-import sys
 
 import llama_cpp
 import numpy as np
@@ -17,19 +17,9 @@ from safetensors.numpy import save_file
 
 import gguf_lite
 from convkit.cli import main
-from realdata import llama_cpp_converter, minilm_dir
+from realdata import llama_cpp_converter_command, minilm_dir
 from smollm2_fixture import smollm2_checkpoint
 
-PEER = """
-import runpy, sys
-root, pre = sys.argv.pop(1), sys.argv.pop(1)
-sys.path[:0] = [root, root + "/gguf-py"]
-import conversion.base as base
-if pre != "-":
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
-sys.argv[0] = root + "/convert_hf_to_gguf.py"
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 H, FF, V, LAYERS, N_HEAD, N_KV = 64, 128, 49152, 2, 4, 2
 # keys only one side writes: the peer adds a size label and add_eos_token from its
 # tokenizer handling, and attention.key/value_length because transformers' LlamaConfig
@@ -94,8 +84,8 @@ def test_convert_matches_convert_hf_to_gguf(tmp_path, capsys, arch):
 def _convert_both(model, tmp_path, pre, capsys):
     """Convert with the peer and with convkit (f16); assert equal tensors; return both metadata."""
     theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
-    subprocess.run([sys.executable, "-c", PEER, str(llama_cpp_converter()), pre, str(model), "--outtype", "f16",
-                    "--outfile", str(theirs)], check=True, capture_output=True)
+    subprocess.run(llama_cpp_converter_command(pre) + [str(model), "--outtype", "f16", "--outfile", str(theirs)],
+                   check=True, capture_output=True)
     with pytest.raises(SystemExit) as exit_:
         main(["convert", str(model), "--outtype", "f16", "-o", str(ours), "--quiet"])
     assert exit_.value.code == 0, capsys.readouterr().err
