@@ -4,6 +4,7 @@ Each bench_*.py runs in its own process (so one's memory does not count against
 another's); the `RESULT` lines they print become one table: our figure, the peer's,
 the ratio (>1 means convkit is ahead), and the machine. A peer that is not installed
 is reported as missing, never skipped silently.
+Without --only it also copies RESULTS.md into the README's performance section.
 Run: python benchmarks/run_all.py [--only NAME ...]
 """
 import argparse
@@ -20,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 PEERS = ["tokenizers", "tiktoken", "sentencepiece", "transformers", "llama_cpp"]
 # still runnable by hand, but not run here: another benchmark measures the same cases
 REDUNDANT = {"bench_kquants.py": "covered by bench_quant.py"}
+README_START, README_END = "<!-- RESULTS.md -->", "<!-- /RESULTS.md -->"
 
 
 def machine() -> str:
@@ -78,6 +80,19 @@ def main():
     lines += ["", "Runs:", *statuses, ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
+    if not args.only:
+        update_readme("\n".join(lines[2:]).strip())
+
+
+def update_readme(results: str) -> None:
+    """The README's performance section is RESULTS.md (machine line, table, runs)."""
+    readme = HERE.parent / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        print(f"README.md has no {README_START} ... {README_END} section; not updated", file=sys.stderr)
+        return
+    readme.write_text(text[:start + len(README_START)] + "\n" + results + "\n" + text[end:], encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,26 @@ def test_atomic_output_gets_the_usual_file_mode(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_readme_performance_section_is_benchmarks_results():
+    """benchmarks/run_all.py writes RESULTS.md and copies it into the README; the two agree."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    results = (root / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8").split("\n", 2)[2].strip()
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- RESULTS.md -->", 1)[1].split("<!-- /RESULTS.md -->", 1)[0].strip()
+    assert "| benchmark | case | convkit | peer |" in section
+    assert section == results
+
+
+def test_readme_test_command_is_what_ci_runs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    ci = (root / ".ci" / "run").read_text()
+    readme = (root / "README.md").read_text()
+    command = ci.strip().splitlines()[-1]
+    assert command == "python -m pytest -q"
+    assert f"&& {command}\n```" in readme
