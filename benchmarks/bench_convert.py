@@ -36,15 +36,9 @@ def peer_command() -> list | None:
 
 
 def shapes(layers, hidden=2048, ff=5632, vocab=49152, n_head=32, n_kv=8):
-    hd = hidden // n_head
-    out = {"lm_head.weight": (vocab, hidden), "model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-                    p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (n_kv * hd, hidden),
-                    p + "self_attn.v_proj.weight": (n_kv * hd, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
-                    p + "mlp.gate_proj.weight": (ff, hidden), p + "mlp.up_proj.weight": (ff, hidden),
-                    p + "mlp.down_proj.weight": (hidden, ff)})
+    from synthetic import llama_shapes
+
+    out = llama_shapes(layers, hidden, ff, vocab, n_head, n_kv)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
               "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": n_head,
               "num_key_value_heads": n_kv, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,

@@ -9,6 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from convkit.cli import main
+from synthetic import llama_shapes
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -18,12 +19,7 @@ CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediat
 def _tiny_model(directory):
     rng = np.random.default_rng(0)
     h, ff, v = 64, 128, 32
-    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,),
-              "model.layers.0.input_layernorm.weight": (h,), "model.layers.0.post_attention_layernorm.weight": (h,),
-              "model.layers.0.self_attn.q_proj.weight": (h, h), "model.layers.0.self_attn.k_proj.weight": (32, h),
-              "model.layers.0.self_attn.v_proj.weight": (32, h), "model.layers.0.self_attn.o_proj.weight": (h, h),
-              "model.layers.0.mlp.gate_proj.weight": (ff, h), "model.layers.0.mlp.up_proj.weight": (ff, h),
-              "model.layers.0.mlp.down_proj.weight": (h, ff)}
+    shapes = llama_shapes(1, h, ff, v, n_head=4, n_kv=2, untied=False)
     save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()},
               str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(CONFIG))

@@ -19,6 +19,7 @@ import gguf_lite
 from convkit.cli import main
 from realdata import llama_cpp_converter_command, minilm_dir
 from smollm2_fixture import smollm2_checkpoint
+from synthetic import llama_shapes
 
 H, FF, V, LAYERS, N_HEAD, N_KV = 64, 128, 49152, 2, 4, 2
 # keys only one side writes: the peer adds a size label and add_eos_token from its
@@ -31,20 +32,7 @@ KNOWN_EXTRA = {"general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.
 
 
 def _checkpoint(directory, arch):
-    hd = H // N_HEAD
-    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-                       p + "self_attn.q_proj.weight": (H, H), p + "self_attn.k_proj.weight": (N_KV * hd, H),
-                       p + "self_attn.v_proj.weight": (N_KV * hd, H), p + "self_attn.o_proj.weight": (H, H),
-                       p + "mlp.gate_proj.weight": (FF, H), p + "mlp.up_proj.weight": (FF, H),
-                       p + "mlp.down_proj.weight": (H, FF)})
-        if arch == "qwen2":
-            shapes.update({p + "self_attn.q_proj.bias": (H,), p + "self_attn.k_proj.bias": (N_KV * hd,),
-                           p + "self_attn.v_proj.bias": (N_KV * hd,)})
-    if arch == "llama":
-        shapes["lm_head.weight"] = (V, H)
+    shapes = llama_shapes(LAYERS, H, FF, V, N_HEAD, N_KV, untied=arch == "llama", qkv_bias=arch == "qwen2")
     if arch == "gpt2":
         shapes = {"wte.weight": (V, H), "wpe.weight": (128, H), "ln_f.weight": (H,), "ln_f.bias": (H,)}
         for i in range(LAYERS):  # Conv1D weights are stored [in, out]
