@@ -1,4 +1,5 @@
-"""`--numerics ggml` against ggml itself: activation bytes, dot products, and llama.cpp's PPL."""
+"""`--numerics ggml` against ggml itself: activation bytes, dot products, llama.cpp's own
+first-layer tensors, and llama.cpp's PPL."""
 import ctypes
 import functools
 
@@ -131,9 +132,11 @@ def test_smollm2_q4_1_perplexity_matches_llama_cpp():
 
     A PPL is a chaotic function of rounding: a value on the other side of one Q8 rounding
     boundary moves later activations by a quantization step, which moves others across
-    theirs. Per chunk, our ggml-mode PPL and llama.cpp's differ by up to about 0.6% (float
-    mode too); over 8 chunks of this text llama.cpp gives 11.978, ggml mode 12.005 (+0.23%),
-    float32 11.938 (-0.33%). The bound here is what two chunks support."""
+    theirs (test_layer_zero_equals_llama_cpp_intermediates shows the first layer equal to
+    float32 rounding). Per chunk, our ggml-mode PPL and llama.cpp's differ by up to about
+    0.6% (float mode too), so agreement is statistical: over 8 chunks of this text llama.cpp
+    gives 11.978, ggml mode 12.005 (+0.23%), float32 11.938 (-0.33%); over 32 chunks
+    12.160, 12.155 (-0.04%) and 12.129 (-0.26%). The bound here is what two chunks support."""
     import llama_cpp
 
     from convkit.eval.perplexity import chunk_logits, perplexity_of_logits, plan_chunks, tokenize_for_perplexity
@@ -161,3 +164,58 @@ def test_smollm2_q4_1_perplexity_matches_llama_cpp():
     assert ggml == pytest.approx(llama, rel=0.01)
     # activation quantization raises SmolLM2's Q4_1 PPL by about half a percent (REFERENCE.md 5)
     assert 1.002 < ggml / fp < 1.012
+
+
+def _layer0_values(model, tokens):
+    """Our values of llama.cpp's layer-0 graph nodes (same names), [tokens, features]."""
+    c, b0, ours = model.config, model.blocks[0], {}
+
+    def keep(name, pick=lambda t: t):
+        def hook(_module, args, out=None):
+            value = args[0] if out is None else out
+            ours[name] = pick(value.detach().float().reshape(len(tokens), -1)).numpy()
+        return hook
+
+    kv = c.n_kv_heads * c.head_dim
+    handles = [b0.attn_norm.register_forward_hook(keep("attn_norm-0")),
+               b0.attn.qkv.register_forward_hook(keep("Vcur-0", lambda t: t[:, -kv:])),
+               b0.attn.out.register_forward_pre_hook(keep("kqv_out-0")),
+               b0.attn.out.register_forward_hook(keep("attn_out-0")),
+               b0.ffn_norm.register_forward_hook(keep("ffn_norm-0")),
+               b0.mlp.down.register_forward_pre_hook(keep("ffn_swiglu-0")),
+               b0.mlp.down.register_forward_hook(keep("ffn_out-0")),
+               b0.register_forward_hook(keep("l_out-0"))]
+    with torch.no_grad():
+        model(torch.tensor([tokens]))
+    for h in handles:
+        h.remove()
+    return ours
+
+
+def test_layer_zero_equals_llama_cpp_intermediates():
+    """Every node of llama.cpp's first layer, read from its own graph (cb_eval), against
+    ours in ggml numerics: equal to float32 rounding (a relative 2e-6 of the node's scale;
+    kqv_out, which passes through fp16, to one fp16 step of each value). The plain float
+    products miss by the activation quantization, far more. Deeper layers part ways: a
+    value one rounding away from a Q8 boundary lands on the other side, and the difference
+    of a quantization step then spreads (see the PPL test)."""
+    import llama_trace
+    from convkit.runtime import load_model
+
+    path = smollm2_gguf()
+    tokens = [1]  # BOS: no earlier position to attend to, nothing for rope to turn
+    theirs = llama_trace.intermediates(path, tokens)
+    model = load_model(path, dequantize_all=True, numerics="ggml")
+    ggml = _layer0_values(model, tokens)
+    model.set_numerics(FloatNumerics())
+    plain = _layer0_values(model, tokens)
+    assert set(ggml) <= set(theirs), set(ggml) - set(theirs)
+
+    def within(name, ours):
+        ref = theirs[name]
+        allowed = 2e-6 * np.abs(ref).max() + (np.abs(ref) * 2.0 ** -10 if name == "kqv_out-0" else 0)
+        return bool(np.all(np.abs(ours - ref) <= allowed))
+
+    for name in ggml:
+        assert within(name, ggml[name]), (name, float(np.abs(ggml[name] - theirs[name]).max()))
+    assert not within("ffn_out-0", plain["ffn_out-0"])

@@ -34,10 +34,10 @@ def _evaluate(model_path, tokens, plan, batch, device, numerics, dequantize_all,
         with atomic_open(base_target.nll, "wb") as f:
             f.write(torch.stack(nlls).numpy().astype("<f8").tobytes())
     else:
-        nll_base = base.nll_by_chunk()
+        base_file, nll_base = base.file, base.nll_by_chunk()
         for c in chunk_logits(net, tokens, plan, batch):
             acc.add(token_nll(c.logits, c.targets))
-            kacc.add(c.logits, base.file.chunk(c.index), c.targets, nll_base=torch.from_numpy(nll_base[c.index]))
+            kacc.add(c.logits, base_file.chunk(c.index), c.targets, nll_base=torch.from_numpy(nll_base[c.index]))
             bar.update(1)
     bar.close()
     return acc, kacc
@@ -104,12 +104,12 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
         rows.append(d.row_from_summary(qtype, path, kacc.summary()))
         if not quiet:
             click.echo(f"{qtype}: PPL {rows[-1].ppl:.4f}, KLD {max(rows[-1].kld, 0.0):.6f}", err=True)
-    base = {"model": str(model), "ppl": base_acc.ppl, "ppl_err": base_acc.uncertainty, "n_ctx": n_ctx,
+    summary = {"model": str(model), "ppl": base_acc.ppl, "ppl_err": base_acc.uncertainty, "n_ctx": n_ctx,
             "chunks": plan.n_chunks, "scored_tokens": base_acc.count, "numerics": numerics, "text": text_file}
     if plot_file:
         d.plot(rows, plot_file, f"{model.name}: drift by quantization type")
     if as_json:
-        click.echo(d.as_json(rows, base))
+        click.echo(d.as_json(rows, summary))
     elif markdown:
         click.echo(d.markdown_table(rows, base_acc.ppl, base_acc.uncertainty))
     else:
