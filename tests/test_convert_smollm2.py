@@ -95,3 +95,44 @@ def test_requantize_gguf_input_matches_llama_cpp(outputs, tmp_path):
     for t in a.tensors:
         assert np.asarray(t.data).tobytes() == np.asarray(theirs[t.name].data).tobytes(), t.name
     assert _fields(a) == _fields(b)
+
+
+def test_imatrix_quantize_matches_llama_cpp(tmp_path):
+    """`convkit quantize --imatrix F` on SmolLM2's GGUF: the same tensor bytes as
+    llama_model_quantize given the vectors of the same file (params.imatrix), for a K-quant
+    mix and a legacy type; the imatrix changes the bytes."""
+    import ctypes
+
+    from quant.imatrix import from_statistics, load_importance, write_imatrix
+
+    source = smollm2_gguf()
+    reader = gguf.GGUFReader(source)
+    rng = np.random.default_rng(11)
+    # plausible statistics: heavy-tailed per-column sums of squares over 20 chunks of 512
+    stats = {t.name: ((rng.gamma(0.5, 1.0, int(t.shape[0])) * 1e4).astype(np.float32), np.array([20 * 512]))
+             for t in reader.tensors if len(t.shape) == 2 and t.name != "token_embd.weight"}
+    del reader
+    imatrix = tmp_path / "imatrix.gguf"
+    write_imatrix(imatrix, from_statistics(stats, ["synthetic"], 20, 512))
+    vectors = load_importance(imatrix)
+    keep = [np.ascontiguousarray(v, np.float32) for v in vectors.values()]
+    entries = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()
+    for slot, name, values in zip(entries, vectors, keep):
+        slot.name, slot.size = name.encode(), values.size
+        slot.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    entries[len(keep)].name = None
+
+    for name in ("q4_k_m", "q4_0"):
+        theirs, ours, plain = (tmp_path / f"{who}-{name}.gguf" for who in ("llama", "ours", "plain"))
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = FILE_TYPES[name], True, 2
+        params.imatrix = entries
+        assert llama_cpp.llama_model_quantize(str(source).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+        for target, extra in ((ours, ["--imatrix", str(imatrix)]), (plain, [])):
+            with pytest.raises(SystemExit) as exit_:
+                main(["quantize", str(source), "--type", name, "-o", str(target), "--threads", "2", "--quiet", *extra])
+            assert exit_.value.code == 0
+        data = {p: {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(p).tensors}
+                for p in (theirs, ours, plain)}
+        assert data[ours] == data[theirs], name
+        assert data[plain] != data[theirs], name
