@@ -1,14 +1,14 @@
 """Forward throughput at ctx 512 on SmolLM2-135M: the runtime against transformers and llama.cpp.
 
-    python benchmarks/bench_runtime.py [--chunks 3] [--rounds 3] [--threads 2] [--memory]
+    python benchmarks/bench_runtime.py [--chunks 3] [--rounds 3] [--threads 2] [--no-memory]
 
 Each case evaluates chunks of 512 tokens of Python documentation from an empty cache,
 with logits for every position (what perplexity needs), on the same machine and thread
 count. Cases run interleaved for --rounds rounds and the best round counts, so load from
 other processes hurts every case alike. Printed per case: tokens/s, ratio to llama.cpp
 and to transformers, and for our cases the share of the bf16 GEMM peak (770 GFLOP/s on
-the reference machine, and the peak measured in this run). --memory adds peak resident
-memory of per-layer dequantization against dequantize-all (one subprocess each).
+the reference machine, and the peak measured in this run). Then peak resident memory of
+per-layer dequantization against dequantize-all (one subprocess each; --no-memory skips it).
 """
 import argparse
 import json
@@ -217,7 +217,7 @@ def main():
     parser.add_argument("--chunks", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--memory", action="store_true", help="also measure peak memory")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
@@ -226,7 +226,7 @@ def main():
         return _memory_child(*args.memory_child)
     if not args.no_throughput:
         throughput(args)
-    if args.memory:
+    if not args.no_memory:
         memory(args)
 
 
