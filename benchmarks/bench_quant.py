@@ -64,7 +64,9 @@ def main():
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    big = (rng.standard_normal((1024, args.cols)) * 0.02).astype(np.float32)
+    # enough rows that the fast types run for milliseconds, not microseconds (timer and
+    # thread start-up noise), while the slow ones stop at --seconds per call
+    big = (rng.standard_normal((8192, args.cols)) * 0.02).astype(np.float32)
     imatrix = (rng.gamma(0.7, 1.0, args.cols) + 1e-4).astype(np.float32)
     pool = ThreadPoolExecutor(2)
     print(f"{'type':7} {'imatrix':7} {'threads':>7} {'rows':>5} {'ours MB/s':>10} {'ggml MB/s':>10} "
