@@ -247,3 +247,19 @@ def test_bf16_tracks_fp32(family):
     bf16 = load_model(directory, precision="bf16", dequantize_all=True)(ids)
     assert bf16.dtype == torch.float32
     assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean().item() > 0.9
+
+
+@pytest.mark.parametrize("length", [1 + 2, 128, 300])
+def test_grouped_causal_attention_equals_sdpa(length):
+    """The CPU bfloat16 attention (query blocks against the keys they may see) computes
+    causal attention: equal to scaled_dot_product_attention in float64 on the same values,
+    for lengths below, at and across the block size, with grouped kv heads."""
+    from convkit.runtime.linear import grouped_causal_attention
+
+    g = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(2, h, length, 16, generator=g).bfloat16() for h in (6, 2, 2))
+    ours = grouped_causal_attention(q, k, v, 0.25).double()
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), is_causal=True, scale=0.25, enable_gqa=True)
+    assert ours.shape == want.shape
+    assert (ours - want).abs().max() < 0.03  # bfloat16 rounding of scores, probabilities, products

@@ -18,6 +18,8 @@ import torch
 
 from convkit.errors import ConvkitError
 
+LSE_ROWS = 16  # rows of logits per logsumexp in token_nll: 16 x 49k floats fit in cache
+
 
 @dataclass(frozen=True)
 class ChunkPlan:
@@ -116,7 +118,9 @@ def chunk_logits(model, tokens: list[int], plan: ChunkPlan, batch: int | None = 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-log softmax(logits)[target] per row, float64 (llama.cpp: max + log(sum exp) - logit)."""
     logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
+    lse = torch.empty(logits.shape[:-1], dtype=torch.float32, device=logits.device)
+    for start in range(0, logits.shape[0], LSE_ROWS):  # a few rows at a time stay in cache
+        lse[start:start + LSE_ROWS] = torch.logsumexp(logits[start:start + LSE_ROWS], dim=-1)
     picked = logits.gather(-1, targets.view(-1, 1).to(logits.device)).squeeze(-1)
     return (lse - picked).double().cpu()
 

@@ -138,33 +138,42 @@ class Numerics:
                                               scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
+QUERY_BLOCK = 128  # query positions per block in grouped_causal_attention
 _CAUSAL_BIAS: dict = {}
 
 
-def _causal_bias(rows_per_group: int, length: int, dtype, device) -> torch.Tensor:
-    """Additive mask [groups * T, T]: 0 where a query may look, -inf above the diagonal."""
-    key = (rows_per_group, length, dtype, device)
+def _causal_bias(length: int, dtype, device) -> torch.Tensor:
+    """Additive mask [T, T]: 0 where a query may look, -inf above the diagonal."""
+    key = (length, dtype, device)
     if key not in _CAUSAL_BIAS:
         upper = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-        bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(upper, float("-inf"))
         _CAUSAL_BIAS.clear()
-        _CAUSAL_BIAS[key] = bias.repeat(rows_per_group, 1)
+        _CAUSAL_BIAS[key] = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(upper, float("-inf"))
     return _CAUSAL_BIAS[key]
 
 
 def grouped_causal_attention(q, k, v, scale):
-    """Causal attention over a whole sequence as two batched GEMMs per key/value head: the
-    query heads sharing a kv head are stacked into one [groups * T, D] operand. On CPU in
-    bfloat16 this runs about twice as fast as scaled_dot_product_attention's kernel."""
+    """Causal attention over a whole sequence as batched GEMMs per key/value head: the
+    query heads sharing a kv head are stacked into one operand, and the queries go in
+    blocks of QUERY_BLOCK positions, each against the keys up to its last position, so
+    most of the masked half of the square is never computed. On CPU in bfloat16 this runs
+    two to three times as fast as scaled_dot_product_attention's kernel."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     g = H // Hkv
-    qg = q.reshape(B * Hkv, g * T, D)
-    bias = _causal_bias(g, T, q.dtype, q.device)
-    scores = torch.baddbmm(bias.expand(B * Hkv, g * T, T), qg, k.reshape(B * Hkv, T, D).transpose(1, 2),
-                           alpha=scale if scale is not None else D ** -0.5)
-    out = torch.bmm(scores.softmax(-1), v.reshape(B * Hkv, T, D))
-    return out.view(B, H, T, D)
+    out = q.new_empty(B, T, H, D)  # laid out so that the caller's transpose back is free
+    q_groups, out_groups = q.reshape(B, Hkv, g, T, D), out.view(B, T, Hkv, g, D)
+    k, v = k.reshape(B * Hkv, T, D), v.reshape(B * Hkv, T, D)
+    mask = _causal_bias(T, q.dtype, q.device)
+    alpha = scale if scale is not None else D ** -0.5
+    for s in range(0, T, QUERY_BLOCK):
+        e = min(s + QUERY_BLOCK, T)
+        qb = q_groups[:, :, :, s:e].reshape(B * Hkv, g * (e - s), D)
+        bias = mask[s:e, :e].repeat(g, 1).expand(B * Hkv, -1, -1)
+        scores = torch.baddbmm(bias, qb, k[:, :e].transpose(1, 2), alpha=alpha)
+        block = torch.bmm(scores.softmax(-1), v[:, :e])
+        out_groups[:, s:e] = block.view(B, Hkv, g, e - s, D).permute(0, 3, 1, 2, 4)
+    return out.transpose(1, 2)
 
 
 class FloatNumerics(Numerics):
