@@ -93,11 +93,23 @@ def check_model(path) -> ModelConfig:
     raise ConvkitError(f"{path}: neither a GGUF file nor a directory with config.json; give one of those")
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEEP_FREED = 256 << 20  # bytes of freed memory the allocator may keep for reuse
+
+
 def _return_freed_memory() -> None:
     """Hand memory freed while parsing (the GGUF reader's many small arrays) back to the
-    system, so resident memory after loading is the weights, not the allocator's leftovers."""
+    system, so resident memory after loading is the weights, not the allocator's leftovers.
+
+    Then keep what the forward pass frees: by default glibc maps every buffer over 32 MiB
+    (a chunk's logits are 50 MiB) afresh and unmaps it when freed, so each chunk pays a
+    page fault per 4 KiB again (about 15 ms per 50 MiB here); reusing freed memory instead
+    gives a few percent more tokens/s. The peak is unchanged."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED)
     except (OSError, AttributeError):  # not glibc
         pass
 
