@@ -9,6 +9,7 @@ moment of load from another tenant of this shared machine does not decide a rati
     python benchmarks/bench_perplexity.py [--chunks 2] [--repeats 3] [--peak-gflops 770]
 """
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,12 @@ def flops_per_token(config, n_ctx: int) -> float:
     kv = config.n_kv_heads * config.head_dim
     per_layer = 2 * (h * h + 2 * h * kv + h * h + 3 * h * f) + 2 * 2 * config.n_heads * config.head_dim * n_ctx / 2
     return L * per_layer + 2 * h * config.vocab_size
+
+
+def our_ppl(model, tokens, plan) -> float:
+    from convkit.eval.perplexity import chunk_logits, perplexity_of_logits
+
+    return perplexity_of_logits(chunk_logits(model, tokens, plan)).ppl
 
 
 def best_rate(evaluate, n_tokens: int, repeats: int) -> tuple[float, float]:
@@ -61,8 +68,7 @@ def main():
 
     import llama_cpp  # first: torch's idle OpenMP threads slow llama.cpp's threads down
 
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False)
-    def llama_cpp_ppl():
+    def llama_cpp_ppl(llm):
         ref = []
         for i in range(plan.n_chunks):
             llm.reset()
@@ -71,15 +77,15 @@ def main():
             ref.append((torch.from_numpy(s[256:511].copy()), torch.tensor(plan.targets(tokens, i))))
         return perplexity_of_logits(ref).ppl
 
-    results["llama.cpp Q4_1"] = best_rate(llama_cpp_ppl, n, args.repeats)
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False)
+    results["llama.cpp Q4_1"] = best_rate(functools.partial(llama_cpp_ppl, llm), n, args.repeats)
     del llm
 
     for label, precision, numerics in (("ours fp32", "fp32", None), ("ours bf16", "bf16", None),
                                        ("ours ggml", "fp32", "ggml")):
         model = load_model(path, precision=precision, dequantize_all=True, numerics=numerics)
         list(chunk_logits(model, tokens, plan_chunks(len(tokens), 512, 1)))  # warm-up
-        results[label] = best_rate(lambda: perplexity_of_logits(chunk_logits(model, tokens, plan)).ppl,
-                                   n, args.repeats)
+        results[label] = best_rate(functools.partial(our_ppl, model, tokens, plan), n, args.repeats)
         config = model.config
         del model
 
