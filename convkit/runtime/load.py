@@ -69,6 +69,7 @@ def load_model(path, device: str = "cpu", precision: str = "fp32", dequantize_al
         raise ConvkitError(f"{path}: tensor {exc.args[0]} is missing; the checkpoint is incomplete") from None
     model.source = path
     _return_freed_memory()
+    _keep_freed_buffers()
     if dequantize_all:
         model.dequantize_all()
     if numerics is not None:
@@ -99,15 +100,20 @@ KEEP_FREED = 256 << 20  # bytes of freed memory the allocator may keep for reuse
 
 def _return_freed_memory() -> None:
     """Hand memory freed while parsing (the GGUF reader's many small arrays) back to the
-    system, so resident memory after loading is the weights, not the allocator's leftovers.
+    system, so resident memory after loading is the weights, not the allocator's leftovers."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
-    Then keep what the forward pass frees: by default glibc maps every buffer over 32 MiB
-    (a chunk's logits are 50 MiB) afresh and unmaps it when freed, so each chunk pays a
-    page fault per 4 KiB again (about 15 ms per 50 MiB here); reusing freed memory instead
-    gives a few percent more tokens/s. The peak is unchanged."""
+
+def _keep_freed_buffers() -> None:
+    """Let the allocator reuse what the forward pass frees. By default glibc maps every
+    buffer over 32 MiB (a chunk's logits are 50 MiB) afresh and unmaps it when freed, so
+    each chunk pays a page fault per 4 KiB again (about 15 ms per 50 MiB here); reusing
+    freed memory gives a few percent more tokens/s, and the peak is no higher (measured)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
         libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED)
         libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED)
     except (OSError, AttributeError):  # not glibc
