@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -34,6 +33,13 @@ def our_ppl(model, tokens, plan) -> float:
     from convkit.eval.perplexity import chunk_logits, perplexity_of_logits
 
     return perplexity_of_logits(chunk_logits(model, tokens, plan)).ppl
+
+
+def llama_cpp_ppl(llm, tokens, plan) -> float:
+    from convkit.eval.perplexity import perplexity_of_logits
+    from llama_peer import scored_logits
+
+    return perplexity_of_logits(scored_logits(llm, tokens, plan)).ppl
 
 
 def best_rate(evaluate, n_tokens: int, repeats: int) -> tuple[float, float]:
@@ -68,17 +74,8 @@ def main():
 
     import llama_cpp  # first: torch's idle OpenMP threads slow llama.cpp's threads down
 
-    def llama_cpp_ppl(llm):
-        ref = []
-        for i in range(plan.n_chunks):
-            llm.reset()
-            llm.eval(plan.chunk(tokens, i))
-            s = np.array(llm.scores[:512], dtype=np.float32)
-            ref.append((torch.from_numpy(s[256:511].copy()), torch.tensor(plan.targets(tokens, i))))
-        return perplexity_of_logits(ref).ppl
-
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False)
-    results["llama.cpp Q4_1"] = best_rate(functools.partial(llama_cpp_ppl, llm), n, args.repeats)
+    results["llama.cpp Q4_1"] = best_rate(functools.partial(llama_cpp_ppl, llm, tokens, plan), n, args.repeats)
     del llm
 
     for label, precision, numerics in (("ours fp32", "fp32", None), ("ours bf16", "bf16", None),

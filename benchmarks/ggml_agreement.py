@@ -30,16 +30,10 @@ def llama_cpp_chunk_nll(path, tokens, plan) -> np.ndarray:
     import llama_cpp
 
     from convkit.eval.perplexity import token_nll
+    from llama_peer import scored_logits
 
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=plan.n_ctx, n_threads=2, verbose=False)
-    out = []
-    for i in range(plan.n_chunks):
-        llm.reset()
-        llm.eval(plan.chunk(tokens, i))
-        scores = np.array(llm.scores[:plan.n_ctx], dtype=np.float32)
-        logits = torch.from_numpy(scores[plan.first:plan.n_ctx - 1].copy())
-        out.append(float(token_nll(logits, torch.tensor(plan.targets(tokens, i))).mean()))
-    return np.array(out)
+    return np.array([float(token_nll(logits, targets).mean()) for logits, targets in scored_logits(llm, tokens, plan)])
 
 
 def our_chunk_nll(path, tokens, plan, numerics) -> np.ndarray:

@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType as T
 from convkit.runtime.ggml_numerics import (GgmlNumerics, activation_format, quantize_q8_0, quantize_q8_1,
                                            quantize_q8_k)
 from convkit.runtime.linear import FloatNumerics, QTensor, QuantLinear
+from llama_peer import scored_logits
 from oracle import ggml_quantize
 from realdata import ggml_base_library, python_docs_text, smollm2_gguf
 
@@ -150,12 +151,7 @@ def test_smollm2_q4_1_perplexity_matches_llama_cpp():
     plan = plan_chunks(len(tokens), 512, 2)
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False)
     assert llm.tokenize(text.encode(), add_bos=True, special=False) == tokens
-    ref = []
-    for i in range(plan.n_chunks):  # before torch runs: its idle threads slow llama.cpp's down
-        llm.reset()
-        llm.eval(plan.chunk(tokens, i))
-        scores = np.array(llm.scores[:512], dtype=np.float32)
-        ref.append((torch.from_numpy(scores[256:511].copy()), torch.tensor(plan.targets(tokens, i))))
+    ref = list(scored_logits(llm, tokens, plan))  # before torch runs: its idle threads slow llama.cpp's down
     del llm
     llama = perplexity_of_logits(ref).ppl
     model = load_model(path, dequantize_all=True, numerics="ggml")
