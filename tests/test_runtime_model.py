@@ -263,3 +263,20 @@ def test_grouped_causal_attention_equals_sdpa(length):
         q.double(), k.double(), v.double(), is_causal=True, scale=0.25, enable_gqa=True)
     assert ours.shape == want.shape
     assert (ours - want).abs().max() < 0.03  # bfloat16 rounding of scores, probabilities, products
+
+
+def test_bf16_kept_weights_give_the_unkept_products(family):
+    """--dequantize-all in bfloat16 keeps each weight (prepacked for oneDNN on CPU): the
+    logits are bit for bit those of dequantizing per layer, and the plain weight is still
+    there for any numerics that reads it."""
+    from convkit.runtime import linear
+
+    name, directory, model = family
+    ids = token_ids(seed=7)
+    per_layer = load_model(directory, precision="bf16")
+    kept = load_model(directory, precision="bf16", dequantize_all=True)
+    assert torch.equal(kept(ids), per_layer(ids))
+    layer = kept.blocks[0].mlp.down
+    assert layer._dense.is_mkldnn or linear._ONEDNN_LINEAR is None  # the packed path ran
+    plain = layer.dense_weight(torch.bfloat16)
+    assert not plain.is_mkldnn and torch.equal(plain, per_layer.blocks[0].mlp.down.dense_weight(torch.bfloat16))

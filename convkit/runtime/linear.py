@@ -101,11 +101,22 @@ def _onednn_linear():
 
 
 _ONEDNN_LINEAR = _onednn_linear()
+PACK_ROWS_HINT = 512  # activation rows oneDNN chooses the packed layout for (any count works)
+
+
+def prepacked(weight: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 CPU weight that stays for many products, reordered once into oneDNN's
+    blocked layout: the same results bit for bit, 5 to 10% faster at 512 rows and about
+    twice as fast for one row (decoding), because no product repacks it again. Other
+    weights are returned as they are."""
+    if _ONEDNN_LINEAR is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        return weight
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T + bias with the fastest kernel for the device."""
-    if _ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16:
+    """x @ weight.T + bias with the fastest kernel for the device (`weight` may be prepacked)."""
+    if weight.is_mkldnn or (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16):
         return _ONEDNN_LINEAR(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -118,7 +129,9 @@ class Numerics:
     row_chunk = 8192  # a larger weight (the output head) is dequantized this many rows at a time
 
     def linear(self, layer: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-        if layer._dense is not None or layer.out_features <= self.row_chunk:
+        if layer._dense is not None and layer._dense.dtype == x.dtype:
+            return dense_linear(x, layer._dense, layer.bias)  # kept, perhaps prepacked
+        if layer.out_features <= self.row_chunk:
             return dense_linear(x, layer.dense_weight(x.dtype), layer.bias)
         # per-layer mode, large weight: never hold all of it dense
         out = x.new_empty(*x.shape[:-1], layer.out_features)
@@ -139,38 +152,40 @@ class Numerics:
 
 
 QUERY_BLOCK = 128  # query positions per block in grouped_causal_attention
-_CAUSAL_BIAS: dict = {}
+_DIAGONAL_BIAS: dict = {}
 
 
-def _causal_bias(length: int, dtype, device) -> torch.Tensor:
-    """Additive mask [T, T]: 0 where a query may look, -inf above the diagonal."""
-    key = (length, dtype, device)
-    if key not in _CAUSAL_BIAS:
+def _diagonal_bias(length: int, groups: int, dtype, device) -> torch.Tensor:
+    """Additive mask of one block of queries against its own positions, repeated for the
+    `groups` query heads stacked in the block: 0 where a query may look, -inf above the
+    diagonal. [groups * length, length]"""
+    key = (length, groups, dtype, device)
+    if key not in _DIAGONAL_BIAS:
         upper = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-        _CAUSAL_BIAS.clear()
-        _CAUSAL_BIAS[key] = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(upper, float("-inf"))
-    return _CAUSAL_BIAS[key]
+        bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(upper, float("-inf"))
+        _DIAGONAL_BIAS[key] = bias.repeat(groups, 1)
+    return _DIAGONAL_BIAS[key]
 
 
 def grouped_causal_attention(q, k, v, scale):
     """Causal attention over a whole sequence as batched GEMMs per key/value head: the
     query heads sharing a kv head are stacked into one operand, and the queries go in
     blocks of QUERY_BLOCK positions, each against the keys up to its last position, so
-    most of the masked half of the square is never computed. On CPU in bfloat16 this runs
-    two to three times as fast as scaled_dot_product_attention's kernel."""
+    most of the masked half of the square is never computed; only the block's own keys
+    need the mask. On CPU in bfloat16 this runs two to three times as fast as
+    scaled_dot_product_attention's kernel."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     g = H // Hkv
     out = q.new_empty(B, T, H, D)  # laid out so that the caller's transpose back is free
     q_groups, out_groups = q.reshape(B, Hkv, g, T, D), out.view(B, T, Hkv, g, D)
     k, v = k.reshape(B * Hkv, T, D), v.reshape(B * Hkv, T, D)
-    mask = _causal_bias(T, q.dtype, q.device)
     alpha = scale if scale is not None else D ** -0.5
     for s in range(0, T, QUERY_BLOCK):
         e = min(s + QUERY_BLOCK, T)
         qb = q_groups[:, :, :, s:e].reshape(B * Hkv, g * (e - s), D)
-        bias = mask[s:e, :e].repeat(g, 1).expand(B * Hkv, -1, -1)
-        scores = torch.baddbmm(bias, qb, k[:, :e].transpose(1, 2), alpha=alpha)
+        scores = torch.baddbmm(qb.new_empty(()), qb, k[:, :e].transpose(1, 2), beta=0, alpha=alpha)
+        scores[:, :, s:e] += _diagonal_bias(e - s, g, q.dtype, q.device)
         block = torch.bmm(scores.softmax(-1), v[:, :e])
         out_groups[:, s:e] = block.view(B, Hkv, g, e - s, D).permute(0, 3, 1, 2, 4)
     return out.transpose(1, 2)
@@ -207,13 +222,14 @@ class QuantLinear(torch.nn.Module):
         return self.weight.shape[1]
 
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight dequantized to `dtype`, as a plain tensor."""
         if self._dense is not None and self._dense.dtype == dtype:
-            return self._dense
+            return self._dense.to_dense() if self._dense.is_mkldnn else self._dense
         return self.weight.dequantize(dtype)
 
     def keep_dense(self, dtype: torch.dtype) -> None:
         """Dequantize once and keep the result (faster, costs the dense weight's memory)."""
-        self._dense = self.weight.dequantize(dtype)
+        self._dense = prepacked(self.weight.dequantize(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.numerics.linear(self, x)
