@@ -39,16 +39,6 @@ def flops_per_token(config) -> float:
     return 2 * (weights + attention)
 
 
-def measured_gemm_peak(dtype) -> float:
-    import torch
-
-    a = torch.randn(2048, 2048, dtype=dtype)
-    b = torch.randn(2048, 2048, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    return 2 * 2048 ** 3 / best
-
-
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -124,11 +114,15 @@ def throughput(args):
             best[name] = min(best[name], sum(_timed(lambda: fn(c)) for c in chunks))
     tokens = CTX * len(chunks)
     rate = {n: tokens / t for n, t in best.items()}
-    bf16_peak, fp32_peak = measured_gemm_peak(torch.bfloat16), measured_gemm_peak(torch.float32)
+    from bf16_peak import gemm_peak, instruction_peak
+
+    bf16_peak, fp32_peak = gemm_peak(torch.bfloat16) * 1e9, gemm_peak(torch.float32) * 1e9
+    instructions = instruction_peak()
     print(f"SmolLM2-135M, ctx {CTX}, {len(chunks)} chunks, {args.threads} threads, best of {args.rounds} rounds "
           f"(load average {os.getloadavg()[0]:.2f})")
     print(f"GEMM peak measured now: bf16 {bf16_peak / 1e9:.0f} GFLOP/s, fp32 {fp32_peak / 1e9:.0f} GFLOP/s "
-          f"(stated: 770 / 175)")
+          f"(stated: 770 / 175); bf16 instruction peak "
+          + ("unavailable" if instructions is None else f"{instructions:.0f} GFLOP/s (bf16_peak.py)"))
     print(f"{'case':34s} {'tok/s':>8s} {'x llama.cpp':>12s} {'x transformers':>15s} {'GFLOP/s':>8s} "
           f"{'% of 770':>9s} {'% of measured':>14s}")
     report = {}

@@ -66,10 +66,10 @@ def instruction_peak(cores: int = 2, iterations: int = 100_000_000) -> float | N
     return sum(float(out.split()[0]) for out in outputs)
 
 
-def gemm_peak(size: int = 4096, repeats: int = 3) -> float:
-    """GFLOP/s of torch's bfloat16 square matrix product, best of `repeats`, at torch's
+def gemm_peak(dtype=torch.bfloat16, size: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of torch's square matrix product in `dtype`, best of `repeats`, at torch's
     current thread count."""
-    a, b = torch.randn(size, size).bfloat16(), torch.randn(size, size).bfloat16()
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
