@@ -3,9 +3,8 @@
 ours: fp32, bf16 and ggml numerics (weights dequantized once, `--batch 2048` as
 llama-perplexity's default -b: four chunks per pass; bf16 also one chunk per pass), against
 llama_cpp.Llama on the same Q4_1 file and transformers in float32 on the same weights (HF
-fixture). Prints
-tokens/s, ratios to llama.cpp, and the bf16 mode's share of the nominal bf16 GEMM peak
-(REFERENCE.md 7) and of the peaks measured in the same run (bf16_peak.py).
+fixture). Prints tokens/s, ratios to llama.cpp, and the bf16 mode's share of the nominal
+bf16 GEMM peak (REFERENCE.md 7) and of the peaks measured in the same run (bf16_peak.py).
 Each contender evaluates the same chunks `--repeats` times and keeps its best time, so a
 moment of load from another tenant of this shared machine does not decide a ratio.
 

@@ -152,19 +152,18 @@ class Numerics:
 
 
 QUERY_BLOCK = 128  # query positions per block in grouped_causal_attention
-_DIAGONAL_BIAS: dict = {}
+_BLOCK_MASK: dict = {}
 
 
-def _diagonal_bias(length: int, groups: int, dtype, device) -> torch.Tensor:
-    """Additive mask of one block of queries against its own positions, repeated for the
-    `groups` query heads stacked in the block: 0 where a query may look, -inf above the
-    diagonal. [groups * length, length]"""
-    key = (length, groups, dtype, device)
-    if key not in _DIAGONAL_BIAS:
-        upper = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-        bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(upper, float("-inf"))
-        _DIAGONAL_BIAS[key] = bias.repeat(groups, 1)
-    return _DIAGONAL_BIAS[key]
+def _block_mask(dtype, device) -> torch.Tensor:
+    """Additive mask of a block of queries against its own positions [QUERY_BLOCK, QUERY_BLOCK]:
+    0 where a query may look, -inf above the diagonal (a shorter block takes its top left)."""
+    key = (dtype, device)
+    if key not in _BLOCK_MASK:
+        upper = torch.ones(QUERY_BLOCK, QUERY_BLOCK, dtype=torch.bool, device=device).triu(1)
+        _BLOCK_MASK[key] = torch.zeros(QUERY_BLOCK, QUERY_BLOCK, dtype=dtype, device=device).masked_fill(
+            upper, float("-inf"))
+    return _BLOCK_MASK[key]
 
 
 def grouped_causal_attention(q, k, v, scale):
@@ -185,7 +184,8 @@ def grouped_causal_attention(q, k, v, scale):
         e = min(s + QUERY_BLOCK, T)
         qb = q_groups[:, :, :, s:e].reshape(B * Hkv, g * (e - s), D)
         scores = torch.baddbmm(qb.new_empty(()), qb, k[:, :e].transpose(1, 2), beta=0, alpha=alpha)
-        scores[:, :, s:e] += _diagonal_bias(e - s, g, q.dtype, q.device)
+        n = e - s
+        scores.view(B * Hkv, g, n, e)[..., s:e] += _block_mask(q.dtype, q.device)[:n, :n]
         block = torch.bmm(scores.softmax(-1), v[:, :e])
         out_groups[:, s:e] = block.view(B, Hkv, g, e - s, D).permute(0, 3, 1, 2, 4)
     return out.transpose(1, 2)
