@@ -21,15 +21,11 @@ def read_text(path: str) -> str:
 
 def open_model(path, device, precision, numerics, dequantize_all):
     """(model, tokenizer) after the checks that turn bad input into one-line errors."""
-    import torch
-
     from convkit.runtime import ggml_numerics  # noqa: F401  (registers --numerics ggml)
     from convkit.runtime import load_model
     from convkit.runtime.load import check_model, resolve_device
     from convkit.runtime.tokenizer import load_tokenizer
 
-    if device == "cpu":
-        torch.set_num_threads(min(torch.get_num_threads(), 2))
     resolve_device(device)
     if numerics == "ggml" and precision != "fp32":
         raise ConvkitError("--numerics ggml reproduces llama.cpp's float32 CPU arithmetic; use --precision fp32")
