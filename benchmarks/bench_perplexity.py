@@ -20,16 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_runtime import flops_per_token  # noqa: E402  (matrix-product FLOPs of a ctx-512 token)
 from bf16_peak import gemm_peak, instruction_peak  # noqa: E402
 from report import result  # noqa: E402
-
-
-def flops_per_token(config, n_ctx: int) -> float:
-    """2 * weights touched per token plus attention (QK and PV over half the context on average)."""
-    h, f, L = config.hidden_size, config.ffn_size, config.n_layers
-    kv = config.n_kv_heads * config.head_dim
-    per_layer = 2 * (h * h + 2 * h * kv + h * h + 3 * h * f) + 2 * 2 * config.n_heads * config.head_dim * n_ctx / 2
-    return L * per_layer + 2 * h * config.vocab_size
 
 
 def our_ppl(model, tokens, plan, batch) -> float:
@@ -113,7 +106,7 @@ def main():
         results["transformers fp32"] = best_rate(transformers_ppl, n, args.repeats)
 
     base = results["llama.cpp Q4_1"][0]
-    fpt = flops_per_token(config, 512)
+    fpt = flops_per_token(config)
     print(f"{'case':20s} {'tokens/s':>9s} {'vs llama.cpp':>13s} {'PPL':>9s}  GFLOP/s (share of {args.peak_gflops:.0f})")
     for label, (rate, ppl) in results.items():
         gf = rate * fpt / 1e9

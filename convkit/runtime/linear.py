@@ -130,8 +130,9 @@ class Numerics:
     row_chunk = 8192  # a larger weight (the output head) is dequantized this many rows at a time
 
     def linear(self, layer: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-        if layer._dense is not None and layer._dense.dtype == x.dtype:
-            return dense_linear(x, layer._dense, layer.bias)  # kept, perhaps prepacked
+        kept = layer.kept_weight(x.dtype)
+        if kept is not None:
+            return dense_linear(x, kept, layer.bias)
         if layer.out_features <= self.row_chunk:
             return dense_linear(x, layer.dense_weight(x.dtype), layer.bias)
         # per-layer mode, large weight: never hold all of it dense
@@ -183,12 +184,12 @@ def grouped_causal_attention(q, k, v, scale):
     alpha = scale if scale is not None else D ** -0.5
     for s in range(0, T, QUERY_BLOCK):
         e = min(s + QUERY_BLOCK, T)
-        qb = q_groups[:, :, :, s:e].reshape(B * Hkv, g * (e - s), D)
-        scores = torch.baddbmm(qb.new_empty(()), qb, k[:, :e].transpose(1, 2), beta=0, alpha=alpha)
         n = e - s
+        qb = q_groups[:, :, :, s:e].reshape(B * Hkv, g * n, D)
+        scores = torch.baddbmm(qb.new_empty(()), qb, k[:, :e].transpose(1, 2), beta=0, alpha=alpha)
         scores.view(B * Hkv, g, n, e)[..., s:e] += _block_mask(q.dtype, q.device)[:n, :n]
         block = torch.bmm(scores.softmax(-1), v[:, :e])
-        out_groups[:, s:e] = block.view(B, Hkv, g, e - s, D).permute(0, 3, 1, 2, 4)
+        out_groups[:, s:e] = block.view(B, Hkv, g, n, D).permute(0, 3, 1, 2, 4)
     return out.transpose(1, 2)
 
 
@@ -222,10 +223,15 @@ class QuantLinear(torch.nn.Module):
     def in_features(self) -> int:
         return self.weight.shape[1]
 
+    def kept_weight(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The weight kept by keep_dense in `dtype` (perhaps prepacked), or None."""
+        return self._dense if self._dense is not None and self._dense.dtype == dtype else None
+
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight dequantized to `dtype`, as a plain tensor."""
-        if self._dense is not None and self._dense.dtype == dtype:
-            return self._dense.to_dense() if self._dense.is_mkldnn else self._dense
+        kept = self.kept_weight(dtype)
+        if kept is not None:
+            return kept.to_dense() if kept.is_mkldnn else kept
         return self.weight.dequantize(dtype)
 
     def keep_dense(self, dtype: torch.dtype) -> None:
