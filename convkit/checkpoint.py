@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from convkit.errors import ConvkitError
+from convkit.hf_config import read_config_file
 
 # safetensors dtype -> (numpy dtype used to read it, bytes per element)
 DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
@@ -139,15 +140,7 @@ def open_checkpoint(path) -> Checkpoint:
         directory, files = path.parent, [path]
     else:
         directory, files = path, _shard_files(path)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise ConvkitError(f"{config_path}: missing; a Hugging Face checkpoint needs its config.json beside the weights")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConvkitError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ConvkitError(f"{config_path}: expected a JSON object")
+    config = read_config_file(directory / "config.json")
     ckpt = Checkpoint(directory, config)
     for file in files:
         for entry in read_safetensors_header(file):
@@ -159,8 +152,3 @@ def open_checkpoint(path) -> Checkpoint:
         files.index(ckpt.tensors[n].file), n))}
     return ckpt
 
-
-def require(config: dict, key: str, path="config.json"):
-    if key not in config:
-        raise ConvkitError(f"{path}: missing key {key!r}; add it (see the model card) and retry")
-    return config[key]

@@ -44,7 +44,10 @@ def open_source(path) -> Source:
 def _hf_source(path: Path) -> Source:
     ckpt = open_checkpoint(path)
     arch = architecture_for(ckpt.config, ckpt.directory / "config.json")
-    names, tensors = {}, []
+    names, tensors, derived = {}, [], {}
+    for name, values in arch.extra_tensors():
+        derived[name] = values
+        tensors.append((name, tuple(np.shape(values())), gguf.GGMLQuantizationType.F32))
     for hf_name, entry in ckpt.tensors.items():
         name = arch.gguf_name(hf_name)
         if name is None:
@@ -57,13 +60,15 @@ def _hf_source(path: Path) -> Source:
         tensors.append((name, arch.transformed_shape(name, entry.shape), gguf.GGMLQuantizationType.F32))
 
     def read(name):
+        if name in derived:
+            return derived[name]()
         return arch.transform(name, ckpt.read(names[name]))
 
     def write_metadata(w):
         w.add_type("model")
         w.add_name(_model_name(ckpt))
         arch.write_hparams(w)
-        write_vocab(w, ckpt.directory, ckpt.config)
+        write_vocab(w, ckpt.directory, ckpt.config, reads_prefix_space=arch.reads_prefix_space)
 
     hp = {"n_layer": arch.n_layer, "n_head": getattr(arch, "n_head", 1), "n_head_kv": getattr(arch, "n_head_kv", 1)}
     files = tuple({e.file for e in ckpt.tensors.values()})

@@ -50,7 +50,9 @@ FINGERPRINTS = {
 }
 
 
-def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict) -> None:
+def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_space: bool = False) -> None:
+    """The tokenizer's metadata. `reads_prefix_space`: write tokenizer_config.json's
+    add_prefix_space as add_space_prefix (llama.cpp's llama converter does; others do not)."""
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
     if tok_path.is_file():
@@ -58,7 +60,7 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict) -> None:
         model = tokenizer.get("model") or {}
         kind = model.get("type")
         if kind == "BPE":
-            _write_bpe(w, tokenizer, directory, config, tok_path)
+            _write_bpe(w, tokenizer, directory, config, tok_path, reads_prefix_space)
         elif kind == "WordPiece":
             _write_wordpiece(w, tokenizer, directory, config, tok_path)
         else:
@@ -117,7 +119,41 @@ def _special_ids(w, tokens, directory, config):
     return tcfg
 
 
-def _write_bpe(w, tokenizer, directory, config, tok_path):
+def _token_text(entry):
+    return entry.get("content") if isinstance(entry, dict) else entry
+
+
+def added_special_tokens(tokenizer: dict, tcfg: dict) -> dict:
+    """Whether encoding adds BOS / EOS / SEP, as llama.cpp's converter (gguf.SpecialVocab)
+    decides it: from tokenizer.json's post-processor first, tokenizer_config.json's
+    add_*_token flags where the post-processor says nothing."""
+    flags = {}
+    bos, eos = _token_text(tcfg.get("bos_token")) or _token_text(tcfg.get("cls_token")), \
+        _token_text(tcfg.get("eos_token")) or _token_text(tcfg.get("sep_token"))
+    post = tokenizer.get("post_processor") or {}
+    for processor in post.get("processors", [post]) if isinstance(post, dict) else []:
+        kind = processor.get("type") if isinstance(processor, dict) else None
+        if kind == "ByteLevel":
+            flags.setdefault("bos", False)
+            flags.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            flags.update(bos=True, eos=True, sep=True)
+        elif kind == "TemplateProcessing":
+            single = processor.get("single") or []
+            if len(single) > 1:
+                first = (single[0].get("SpecialToken") or {}).get("id")
+                last = (single[-1].get("SpecialToken") or {}).get("id")
+                if first:
+                    flags["bos"] = first == bos or not tcfg
+                if last:
+                    flags["eos"] = last == eos or not tcfg
+    for kind in ("bos", "eos"):
+        if isinstance(tcfg.get(f"add_{kind}_token"), bool):
+            flags.setdefault(kind, tcfg[f"add_{kind}_token"])
+    return flags
+
+
+def _write_bpe(w, tokenizer, directory, config, tok_path, reads_prefix_space=False):
     tokens, types = _tokens_and_types(tokenizer, int(config.get("vocab_size", 0)), tok_path)
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges") or []]
     if not merges:
@@ -125,10 +161,12 @@ def _write_bpe(w, tokenizer, directory, config, tok_path):
                            "use the model's complete tokenizer.json")
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
-    w.add_bool(gguf.Keys.Tokenizer.ADD_PREFIX, bool(tcfg.get("add_prefix_space", False)))
-    w.add_add_bos_token(bool(tcfg.get("add_bos_token", False)))
-    if "add_eos_token" in tcfg:
-        w.add_add_eos_token(bool(tcfg["add_eos_token"]))
+    if reads_prefix_space and isinstance(tcfg.get("add_prefix_space"), bool):
+        w.add_add_space_prefix(tcfg["add_prefix_space"])
+    flags = added_special_tokens(tokenizer, tcfg)
+    for kind, add in (("bos", w.add_add_bos_token), ("eos", w.add_add_eos_token), ("sep", w.add_add_sep_token)):
+        if kind in flags:
+            add(flags[kind])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(_pre_name(tokenizer, tokens))
     w.add_token_list(tokens)

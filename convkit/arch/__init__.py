@@ -7,8 +7,10 @@ from . import bert, gpt2, llama, qwen2  # noqa: F401  (each registers itself)
 
 def architecture_for(config: dict, path="config.json") -> Architecture:
     names = config.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConvkitError(f"{path}: architectures must be a list of class names, e.g. [\"LlamaForCausalLM\"]")
     for name in names:
         if name in REGISTRY:
-            return REGISTRY[name](config, path)
+            return REGISTRY[name](config, path, name)
     raise ConvkitError(f"{path}: architecture {', '.join(names) or '(none given)'} is not supported; "
                        f"supported: {', '.join(sorted(REGISTRY))}")

@@ -2,8 +2,8 @@
 import gguf
 import numpy as np
 
-from convkit.checkpoint import require
 from convkit.errors import ConvkitError
+from convkit.hf_config import ConfigFields
 
 REGISTRY = {}
 
@@ -18,19 +18,24 @@ def register(*hf_names):
 
 class Architecture:
     gguf_arch: gguf.MODEL_ARCH = None
+    reads_prefix_space = False  # llama.cpp's llama converter copies tokenizer_config's add_prefix_space
     skip_suffixes = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attn.bias", "position_ids")
 
-    def __init__(self, config: dict, path="config.json"):
+    def __init__(self, config: dict, path="config.json", hf_name=None):
+        """Read every hyperparameter from config.json (already merged with any text_config)."""
         self.config, self.path = config, path
+        self.hf_name = hf_name or type(self).__name__
         self.name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
-        self.n_layer = int(self.hp("num_hidden_layers", "n_layer"))
+        fields = ConfigFields(config, path)
+        self.n_layer = fields.int("num_hidden_layers", "n_layer")
+        self.read_hparams(fields)
+        self.bos_token_id = fields.token_id("bos_token_id")
+        self.eos_token_ids = fields.token_ids("eos_token_id")
         self.names = gguf.get_tensor_name_map(self.gguf_arch, self.n_layer)
 
-    def hp(self, *keys):
-        for key in keys:
-            if key in self.config:
-                return self.config[key]
-        return require(self.config, keys[0], self.path)
+    def read_hparams(self, fields: ConfigFields) -> None:
+        """Set the architecture's hyperparameters from config.json, checking each."""
+        raise NotImplementedError
 
     # --- tensors ---------------------------------------------------------------
     def gguf_name(self, hf_name: str):
@@ -54,8 +59,9 @@ class Architecture:
         """The shape after transform (architectures that transpose override this)."""
         return tuple(shape)
 
-    def extra_tensors(self, gguf_names):
-        """Tensors derived from the config (none by default)."""
+    def extra_tensors(self):
+        """Tensors derived from the config, as (gguf name, function giving float32 values);
+        written before the checkpoint's own, where llama.cpp's converter puts them."""
         return []
 
     # --- metadata --------------------------------------------------------------

@@ -1,6 +1,8 @@
 """BERT encoders (embedding models such as MiniLM): LayerNorm, absolute positions."""
 import gguf
 
+from convkit.hf_config import MAX_TOKENS
+
 from .base import Architecture, register
 
 
@@ -9,17 +11,26 @@ class Bert(Architecture):
     gguf_arch = gguf.MODEL_ARCH.BERT
     skip_suffixes = Architecture.skip_suffixes + ("pooler.dense.weight", "pooler.dense.bias")
 
+    def read_hparams(self, f):
+        self.hidden = f.int("hidden_size")
+        self.n_head = self.n_head_kv = f.int("num_attention_heads")
+        self.ff = f.int("intermediate_size")
+        self.context = f.int("max_position_embeddings", hi=MAX_TOKENS)
+        self.norm_eps = f.float("layer_norm_eps", hi=1.0)
+        f.require_neutral({"hidden_act": ("gelu",), "position_embedding_type": ("absolute",),
+                           "is_decoder": (False,)}, self.hf_name)
+
     def gguf_name(self, hf_name):
         if hf_name.startswith("pooler.") or hf_name == "embeddings.position_ids":
             return None
         return super().gguf_name(hf_name)
 
     def write_hparams(self, w):
-        w.add_context_length(int(self.hp("max_position_embeddings")))
-        w.add_embedding_length(int(self.hp("hidden_size")))
-        w.add_feed_forward_length(int(self.hp("intermediate_size")))
+        w.add_context_length(self.context)
+        w.add_embedding_length(self.hidden)
+        w.add_feed_forward_length(self.ff)
         w.add_block_count(self.n_layer)
-        w.add_head_count(int(self.hp("num_attention_heads")))
-        w.add_layer_norm_eps(float(self.hp("layer_norm_eps")))
+        w.add_head_count(self.n_head)
+        w.add_layer_norm_eps(self.norm_eps)
         w.add_causal_attention(False)
         w.add_pooling_type(gguf.PoolingType.MEAN)

@@ -8,6 +8,19 @@ from .llama import Llama
 @register("Qwen2ForCausalLM")
 class Qwen2(Llama):
     gguf_arch = gguf.MODEL_ARCH.QWEN2
+    permutes_qk = False
+    reads_prefix_space = False
+    writes_vocab_and_rope_dim = False
+    # llama.cpp's qwen2 has no rope_freqs tensor, so Llama 3's scaling cannot be written for it
+    rope_kinds = ("default", "linear", "yarn", "dynamic")
+
+    def read_sliding_window(self, f):
+        """Qwen2 slides only when use_sliding_window is set (then read as Mistral's)."""
+        if not f.bool("use_sliding_window", False):
+            return None
+        return super().read_sliding_window(f)
+
+    neutral_keys = {**Llama.neutral_keys, "use_sliding_window": (False, True)}
 
     def expected_shape(self, name):
         if name.endswith(".bias"):
@@ -15,6 +28,3 @@ class Qwen2(Llama):
             q, kv = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
             return {"attn_q": (q,), "attn_k": (kv,), "attn_v": (kv,)}.get(kind)
         return super().expected_shape(name)
-
-    def transform(self, name, weight):
-        return weight

@@ -82,9 +82,9 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
     config = check_model(model)
     tok = load_tokenizer(model)
     tokens = tokenize_for_perplexity(tok, text)
-    if n_ctx > config.max_positions:
-        raise ConvkitError(f"--ctx {n_ctx} is longer than {model}'s context of {config.max_positions}; "
-                           f"use --ctx {config.max_positions} or less")
+    if n_ctx > config.context_limit:
+        raise ConvkitError(f"--ctx {n_ctx} is longer than {model}'s context of {config.context_limit}; "
+                           f"use --ctx {config.context_limit} or less")
     plan = plan_chunks(len(tokens), n_ctx, n_chunks, tok.bos_id if tok.add_bos else None, source=text_file)
     cache = cache_dir or model.parent / f"{model.name}.drift"
     cache.mkdir(parents=True, exist_ok=True)

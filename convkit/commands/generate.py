@@ -42,9 +42,9 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
     ids = tok.encode(prompt, add_bos=False if no_bos else None)
     if not ids:
         raise ConvkitError("the prompt encodes to no tokens; give a non-empty --prompt")
-    if len(ids) >= net.config.max_positions:
+    if len(ids) >= net.config.context_limit:
         raise ConvkitError(f"the prompt has {len(ids)} tokens but the model's context is "
-                           f"{net.config.max_positions}; shorten --prompt")
+                           f"{net.config.context_limit}; shorten --prompt")
     params = SamplingParams(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
     loaded = time.perf_counter()

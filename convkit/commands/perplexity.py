@@ -37,9 +37,9 @@ def open_model(path, device, precision, numerics, dequantize_all):
 
 
 def check_context(model, n_ctx: int, path) -> None:
-    if n_ctx > model.config.max_positions:
-        raise ConvkitError(f"--ctx {n_ctx} is longer than {path}'s context of {model.config.max_positions}; "
-                           f"use --ctx {model.config.max_positions} or less")
+    if n_ctx > model.config.context_limit:
+        raise ConvkitError(f"--ctx {n_ctx} is longer than {path}'s context of {model.config.context_limit}; "
+                           f"use --ctx {model.config.context_limit} or less")
 
 
 @click.command()

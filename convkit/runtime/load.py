@@ -200,9 +200,11 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
     scaling_type = info.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type == "linear":
         scaling = {"rope_type": "linear", "factor": _f32_value(key("rope.scaling.factor"))}
+    elif scaling_type == "yarn":
+        scaling = gguf_yarn(info, arch, key, path)
     elif scaling_type != "none":
         raise ConvkitError(f"{path}: rope scaling {scaling_type!r} is not supported by the runtime; "
-                           f"supported: linear, and llama3 through rope_freqs")
+                           f"supported: linear, yarn, and llama3 through rope_freqs")
     shapes = {t.name: t.shape for t in info.tensors}
     if "token_embd.weight" not in shapes:
         raise ConvkitError(f"{path}: tensor token_embd.weight is missing; the file is incomplete")
@@ -224,6 +226,20 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
         bos_token_id=info.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=sorted({int(i) for i in eos if i is not None}),
     )
+
+
+def gguf_yarn(info: GGUFInfo, arch: str, key, path: Path) -> dict:
+    """YaRN as llama.cpp runs it: its defaults for the optional values, and the attention
+    scale always 0.1 ln(factor) + 1 (llama.cpp recomputes it and ignores the stored one)."""
+    ext = info.get(f"{arch}.rope.scaling.yarn_ext_factor", 1.0)
+    if _f32_value(ext) != 1.0 or info.get(f"{arch}.rope.scaling.yarn_log_multiplier") is not None \
+            or info.get(f"{arch}.rope.scaling.attn_factor") is not None:
+        raise ConvkitError(f"{path}: YaRN with an extrapolation factor, log multiplier or attention factor "
+                           f"is not supported by the runtime")
+    return {"rope_type": "yarn", "factor": _f32_value(key("rope.scaling.factor")),
+            "original_max_position_embeddings": int(key("rope.scaling.original_context_length")),
+            "beta_fast": _f32_value(info.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
+            "beta_slow": _f32_value(info.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0))}
 
 
 def _read_bytes(f, offset: int, size: int) -> torch.Tensor:
@@ -274,7 +290,6 @@ def _gguf_tensor(f, t: GGUFTensor, config, heads, dtype, device):
 
 
 # ------------------------------------------------------------------------ HF
-_HF_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "GPT2LMHeadModel": "gpt2"}
 _HF_LAYER = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
@@ -303,36 +318,22 @@ def gguf_name(hf_name: str) -> str | None:
 
 
 def hf_config(raw: dict, path: Path) -> ModelConfig:
-    archs = raw.get("architectures") or []
-    arch = next((_HF_ARCHS[a] for a in archs if a in _HF_ARCHS), None)
-    if arch is None:
-        raise ConvkitError(f"{path / 'config.json'}: architecture {', '.join(archs) or raw.get('model_type')!r} "
-                           f"is not supported by the runtime; supported: {', '.join(_HF_ARCHS)}")
-    eos = raw.get("eos_token_id")
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    if arch == "gpt2":
-        hidden, n_heads = raw["n_embd"], raw["n_head"]
-        return ModelConfig(
-            arch=arch, vocab_size=raw["vocab_size"], hidden_size=hidden, n_layers=raw["n_layer"],
-            n_heads=n_heads, n_kv_heads=n_heads, head_dim=hidden // n_heads,
-            ffn_size=raw.get("n_inner") or 4 * hidden, max_positions=raw["n_positions"],
-            norm_eps=raw.get("layer_norm_epsilon", 1e-5), tie_embeddings=raw.get("tie_word_embeddings", True),
-            bos_token_id=raw.get("bos_token_id"), eos_token_ids=eos)
-    hidden, n_heads = raw["hidden_size"], raw["num_attention_heads"]
-    rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
-    theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise ConvkitError(f"{path / 'config.json'}: rope scaling {kind!r} is not supported; "
-                           f"supported: linear, llama3")
+    """The runtime's config from config.json, read by the same architecture class the
+    converter uses (convkit/arch), so the two cannot read a checkpoint differently."""
+    from convkit.arch import architecture_for
+
+    arch = architecture_for(raw, path / "config.json")
+    if arch.name not in ARCHITECTURES:
+        raise ConvkitError(f"{path / 'config.json'}: architecture {arch.hf_name} converts to GGUF but the runtime "
+                           f"does not run it; the runtime runs {', '.join(ARCHITECTURES)}")
+    rope = getattr(arch, "rope", None)
     return ModelConfig(
-        arch=arch, vocab_size=raw["vocab_size"], hidden_size=hidden, n_layers=raw["num_hidden_layers"],
-        n_heads=n_heads, n_kv_heads=raw.get("num_key_value_heads") or n_heads,
-        head_dim=raw.get("head_dim") or hidden // n_heads, ffn_size=raw["intermediate_size"],
-        max_positions=raw.get("max_position_embeddings", 2048), norm_eps=raw.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), rope_scaling=rope if kind != "default" else None,
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        bos_token_id=raw.get("bos_token_id"), eos_token_ids=eos)
+        arch=arch.name, vocab_size=arch.vocab, hidden_size=arch.hidden, n_layers=arch.n_layer,
+        n_heads=arch.n_head, n_kv_heads=arch.n_head_kv, head_dim=arch.head_dim, ffn_size=arch.ff,
+        max_positions=arch.context, norm_eps=arch.norm_eps,
+        rope_theta=rope.theta if rope else 10000.0, rope_scaling=rope.as_hf() if rope else None,
+        tie_embeddings=arch.tie_embeddings, sliding_window=getattr(arch, "sliding_window", None),
+        bos_token_id=arch.bos_token_id, eos_token_ids=arch.eos_token_ids)
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -351,13 +352,12 @@ _FLOAT_QTYPES = {torch.float32: GGMLQuantizationType.F32, torch.float16: GGMLQua
 
 
 def _hf_config_file(path: Path) -> ModelConfig:
+    from convkit.hf_config import read_config_file
+
     config_file = path / "config.json"
     if not config_file.exists():
         raise ConvkitError(f"{path}: no config.json; give an HF checkpoint directory or a .gguf file")
-    try:
-        return hf_config(json.loads(config_file.read_text()), path)
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ConvkitError(f"{config_file}: malformed config ({exc!r}); re-download the checkpoint") from None
+    return hf_config(read_config_file(config_file), path)
 
 
 def read_hf(path: Path, dtype, device):

@@ -38,8 +38,14 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # HF form: {"rope_type": "linear"|"llama3", "factor": ...}
     tie_embeddings: bool = False
+    sliding_window: int | None = None  # attention sees this many positions (refused beyond)
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def context_limit(self) -> int:
+        """Positions the runtime evaluates exactly: the context, or the sliding window if shorter."""
+        return min(self.max_positions, self.sliding_window or self.max_positions)
 
     @property
     def uses_rope(self) -> bool:
@@ -47,7 +53,8 @@ class ModelConfig:
 
 
 def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotation frequencies per pair of dimensions (float32), with the config's scaling.
+    """Rotation frequencies per pair of dimensions (float32), with the config's scaling,
+    computed as transformers computes them.
 
     `freq_factors` is GGUF's `rope_freqs.weight`: per-frequency divisors that encode a
     scaling (llama3) the way ggml applies it."""
@@ -66,11 +73,42 @@ def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
         inv_freq = torch.where(medium, smoothed, scaled)
-    elif kind != "default":
+    elif kind == "yarn":
+        inv_freq = yarn_inv_freq(config, scaling)
+    elif kind not in ("default", "dynamic"):  # dynamic NTK changes nothing within the context length
         raise ValueError(f"unsupported rope scaling {kind!r}")
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.float().cpu()
     return inv_freq
+
+
+def yarn_inv_freq(config: ModelConfig, scaling: dict) -> torch.Tensor:
+    """YaRN: interpolated low frequencies, extrapolated high ones, a linear ramp between
+    (the correction range rounded outwards, as transformers and ggml round it)."""
+    dim, base, factor = config.head_dim, config.rope_theta, scaling["factor"]
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+    old_context = scaling["original_max_position_embeddings"]
+
+    def correction_dim(rotations):
+        return dim * math.log(old_context / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(math.floor(correction_dim(beta_fast)), 0), min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolate = (1 - ramp) * scaling.get("extrapolation_factor", 1.0)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    return (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
+
+
+def rope_attention_factor(config: ModelConfig) -> float:
+    """YaRN scales cos and sin (so both q and k) by this; 1 for every other kind."""
+    scaling = config.rope_scaling or {}
+    if scaling.get("rope_type") != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    return 0.1 * math.log(scaling["factor"]) + 1.0 if scaling["factor"] > 1 else 1.0
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -193,6 +231,7 @@ class Model(torch.nn.Module):
         head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]  # tied: same rows
         self.lm_head = QuantLinear(head, w.get("output.bias"))
         self.inv_freq = rope_inv_freq(config, w.get("rope_freqs.weight")) if config.uses_rope else None
+        self.rope_scale = rope_attention_factor(config)
 
     # ------------------------------------------------------------------ setup
     def set_numerics(self, numerics: Numerics) -> None:
@@ -213,7 +252,10 @@ class Model(torch.nn.Module):
     def rope(self, start: int, length: int):
         pos = torch.arange(start, start + length, dtype=torch.float32)
         angles = torch.outer(pos, self.inv_freq)[:, None, :]  # [T, 1, D/2]
-        return (angles.cos().to(self.device, self.dtype), angles.sin().to(self.device, self.dtype))
+        cos, sin = angles.cos(), angles.sin()
+        if self.rope_scale != 1.0:
+            cos, sin = cos * self.rope_scale, sin * self.rope_scale
+        return (cos.to(self.device, self.dtype), sin.to(self.device, self.dtype))
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
@@ -229,6 +271,9 @@ class Model(torch.nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_positions:
             raise ValueError(f"{start + T} positions exceed the model's context of {self.config.max_positions}")
+        if self.config.sliding_window is not None and start + T > self.config.sliding_window:
+            raise ValueError(f"{start + T} positions exceed the model's sliding attention window of "
+                             f"{self.config.sliding_window}, which the runtime does not implement")
         x = self.tok_embd(ids)
         if self.pos_embd is not None:
             x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))

@@ -72,10 +72,10 @@ def generate_tokens(model, prompt_ids: list[int], max_new_tokens: int, params: S
     """Yield new token ids one by one: the prompt in one forward pass, then one pass per token."""
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
-    total = min(len(prompt_ids) + max_new_tokens, model.config.max_positions)
+    total = min(len(prompt_ids) + max_new_tokens, model.config.context_limit)
     if len(prompt_ids) >= total:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
-                         f"{model.config.max_positions}")
+                         f"{model.config.context_limit}")
     cache = model.new_cache(max_len=total)
     sample = Sampler(params)
     history = list(prompt_ids)
