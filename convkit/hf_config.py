@@ -40,14 +40,17 @@ def read_config_file(path) -> dict:
 
 
 def merge_text_config(raw: dict, path="config.json") -> dict:
-    """The text model's keys over the top level's (the `architectures` list stays the outer one)."""
+    """The text model's keys over the top level's; the outer `architectures` first, then the
+    text model's own (as llama.cpp's converter looks a text model up)."""
     for key in TEXT_CONFIG_KEYS:
         nested = raw.get(key)
         if nested is None:
             continue
         if not isinstance(nested, dict):
             raise ConvkitError(f"{path}: {key} must be a JSON object, not {type(nested).__name__}")
-        return {**raw, **nested, "architectures": raw.get("architectures") or nested.get("architectures")}
+        names = [n for part in (raw.get("architectures"), nested.get("architectures"))
+                 for n in (part if isinstance(part, list) else [part] if part else [])]
+        return {**raw, **nested, "architectures": names}
     return raw
 
 

@@ -14,7 +14,11 @@ import numpy as np
 
 from realdata import CACHE, smollm2_gguf
 
-FIXTURE_VERSION = 1
+# Keys llama.cpp's converter writes today that SmolLM2's own GGUF (an older converter's
+# output) lacks, with the value we write; llama.cpp's default for the missing key is the same.
+NEWER_CONVERTER_KEYS = {"tokenizer.ggml.add_eos_token": False}
+
+FIXTURE_VERSION = 2  # 2: no head_dim in config.json, as in SmolLM2's own (transformers 4.42)
 
 # GGUF tensor name (without "blk.N.") -> HF name inside "model.layers.N."
 _LAYER_NAMES = {
@@ -111,7 +115,6 @@ def _config(reader) -> dict:
         "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
         "num_attention_heads": n_head,
         "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv")),
-        "head_dim": hidden // n_head,
         "max_position_embeddings": int(_field(reader, f"{arch}.context_length")),
         "rms_norm_eps": 1e-05,
         "rope_theta": float(_field(reader, f"{arch}.rope.freq_base")),

@@ -10,7 +10,7 @@ import llama_cpp
 
 from convkit.cli import main
 from realdata import smollm2_gguf
-from smollm2_fixture import smollm2_checkpoint
+from smollm2_fixture import NEWER_CONVERTER_KEYS, smollm2_checkpoint
 
 FILE_TYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18}
 # descriptive keys convert_hf_to_gguf takes from the model card, which a checkpoint does not carry
@@ -65,7 +65,12 @@ def test_tensors_and_metadata_match_llama_cpp(outputs, name):
             continue
         assert key in a, key
         assert a[key] == value, key
-    assert set(a) - set(b) <= {"general.name"}
+    assert set(a) - set(b) <= {"general.name"} | set(NEWER_CONVERTER_KEYS)
+    assert all(_field_value(ours, key) == value for key, value in NEWER_CONVERTER_KEYS.items())
+
+
+def _field_value(reader, key):
+    return reader.fields[key].contents()
 
 
 def _logits(path, tokens):
