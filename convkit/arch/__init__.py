@@ -5,12 +5,19 @@ from .base import REGISTRY, Architecture  # noqa: F401
 from . import bert, gpt2, llama, qwen2  # noqa: F401  (each registers itself)
 
 
-def architecture_for(config: dict, path="config.json") -> Architecture:
+def architecture_class(config: dict, path="config.json"):
+    """(HF name, class) of the first supported name in config.json's `architectures`."""
     names = config.get("architectures") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ConvkitError(f"{path}: architectures must be a list of class names, e.g. [\"LlamaForCausalLM\"]")
     for name in names:
         if name in REGISTRY:
-            return REGISTRY[name](config, path, name)
+            return name, REGISTRY[name]
     raise ConvkitError(f"{path}: architecture {', '.join(names) or '(none given)'} is not supported; "
                        f"supported: {', '.join(sorted(REGISTRY))}")
+
+
+def architecture_for(config: dict, path="config.json") -> Architecture:
+    """The architecture with every hyperparameter read and checked."""
+    name, cls = architecture_class(config, path)
+    return cls(config, path, name)

@@ -320,12 +320,16 @@ def gguf_name(hf_name: str) -> str | None:
 def hf_config(raw: dict, path: Path) -> ModelConfig:
     """The runtime's config from config.json, read by the same architecture class the
     converter uses (convkit/arch), so the two cannot read a checkpoint differently."""
-    from convkit.arch import architecture_for
+    import gguf
 
-    arch = architecture_for(raw, path / "config.json")
-    if arch.name not in ARCHITECTURES:
-        raise ConvkitError(f"{path / 'config.json'}: architecture {arch.hf_name} converts to GGUF but the runtime "
-                           f"does not run it; the runtime runs {', '.join(ARCHITECTURES)}")
+    from convkit.arch import REGISTRY, architecture_class
+
+    name, cls = architecture_class(raw, path / "config.json")
+    if gguf.MODEL_ARCH_NAMES[cls.gguf_arch] not in ARCHITECTURES:
+        runs = sorted(n for n, c in REGISTRY.items() if gguf.MODEL_ARCH_NAMES[c.gguf_arch] in ARCHITECTURES)
+        raise ConvkitError(f"{path / 'config.json'}: architecture {name} converts to GGUF but is not supported "
+                           f"by the runtime; supported: {', '.join(runs)}")
+    arch = cls(raw, path / "config.json", name)
     rope = getattr(arch, "rope", None)
     return ModelConfig(
         arch=arch.name, vocab_size=arch.vocab, hidden_size=arch.hidden, n_layers=arch.n_layer,
