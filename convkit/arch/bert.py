@@ -14,6 +14,12 @@ class Bert(Architecture):
             return None
         return super().gguf_name(hf_name)
 
+    def shape_hparams(self):
+        hidden, n_head = int(self.hp("hidden_size")), int(self.hp("num_attention_heads"))
+        return {"n_layer": self.n_layer, "hidden": hidden, "n_head": n_head, "n_head_kv": n_head,
+                "head_dim": hidden // max(n_head, 1), "ff": int(self.hp("intermediate_size")),
+                "vocab": int(self.hp("vocab_size")), "n_ctx": int(self.hp("max_position_embeddings"))}
+
     def write_hparams(self, w):
         w.add_context_length(int(self.hp("max_position_embeddings")))
         w.add_embedding_length(int(self.hp("hidden_size")))

@@ -19,6 +19,12 @@ class GPT2(Architecture):
     def transformed_shape(self, name, shape):
         return tuple(reversed(shape)) if name.endswith(self.transposed) else tuple(shape)
 
+    def shape_hparams(self):
+        hidden, n_head = int(self.hp("n_embd")), int(self.hp("n_head"))
+        return {"n_layer": self.n_layer, "hidden": hidden, "n_head": n_head, "n_head_kv": n_head,
+                "head_dim": hidden // max(n_head, 1), "ff": int(self.config.get("n_inner") or 4 * hidden),
+                "vocab": int(self.hp("vocab_size")), "n_ctx": int(self.hp("n_positions", "n_ctx"))}
+
     def write_hparams(self, w):
         w.add_context_length(int(self.hp("n_ctx", "n_positions")))
         w.add_embedding_length(int(self.hp("n_embd")))

@@ -9,12 +9,5 @@ from .llama import Llama
 class Qwen2(Llama):
     gguf_arch = gguf.MODEL_ARCH.QWEN2
 
-    def expected_shape(self, name):
-        if name.endswith(".bias"):
-            kind = name.split(".")[-2]
-            q, kv = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-            return {"attn_q": (q,), "attn_k": (kv,), "attn_v": (kv,)}.get(kind)
-        return super().expected_shape(name)
-
     def transform(self, name, weight):
         return weight
