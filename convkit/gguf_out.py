@@ -34,16 +34,18 @@ def encode(values: np.ndarray, qtype: int, imatrix=None, threads: int = 1) -> np
 
 def write_gguf(target, arch_name: str, write_metadata, plan, produce, *, inputs=(), on_tensor=None):
     """write_metadata(writer) adds the KV pairs; produce(planned) returns its uint8 bytes."""
+    # metadata and tensor table are built in memory first: an error in them (a damaged
+    # tokenizer file, say) stops the run before the output file is opened
+    w = gguf.GGUFWriter(None, arch_name)
+    write_metadata(w)
+    for t in plan:
+        qtype = gguf.GGMLQuantizationType(t.qtype)
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        shape = tuple(t.shape) or (1,)
+        byte_shape = shape[:-1] + (shape[-1] // block * size,)  # gguf-py wants bytes per row
+        w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=qtype)
     with atomic_path(target, inputs=inputs) as tmp:
-        w = gguf.GGUFWriter(str(tmp), arch_name)
-        write_metadata(w)
-        for t in plan:
-            qtype = gguf.GGMLQuantizationType(t.qtype)
-            block, size = gguf.GGML_QUANT_SIZES[qtype]
-            shape = tuple(t.shape) or (1,)
-            byte_shape = shape[:-1] + (shape[-1] // block * size,)  # gguf-py wants bytes per row
-            w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=qtype)
-        w.write_header_to_file()
+        w.write_header_to_file(path=tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for t in plan:

@@ -13,7 +13,8 @@ from synthetic import llama_shapes
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "vocab_size": 32}
+          "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "vocab_size": 32,
+          "tie_word_embeddings": True}  # no lm_head.weight below
 
 
 def _tiny_model(directory):
