@@ -115,6 +115,10 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
     def produce(t):
         bar.set_postfix_str(t.name, refresh=False)
         values = source.read(t.name)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            # llama.cpp's quantize rejects such rows too (ggml_validate_row_data)
+            raise ConvkitError(f"{source.path}: tensor {t.name} holds NaN or infinite values; the weights are "
+                               "corrupt, restore them from the model's source")
         weights = None
         if imatrix is not None and t.qtype != gguf.GGMLQuantizationType.F32:
             from quant.imatrix import importance_for
