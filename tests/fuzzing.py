@@ -639,7 +639,7 @@ def _alarm(signum, frame):
     raise _Runaway()
 
 
-def run_cli(args) -> tuple:
+def run_cli(args, max_seconds: int = MAX_RUN_SECONDS) -> tuple:
     """convkit's main in this process: (exit code or the exception, stderr, warnings)."""
     from convkit.cli import main
 
@@ -648,14 +648,14 @@ def run_cli(args) -> tuple:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(MAX_RUN_SECONDS)
+        signal.alarm(max_seconds)
         try:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 main(args)
         except SystemExit as exc:
             code = exc.code
         except _Runaway:
-            code = f"still running after {MAX_RUN_SECONDS} s"
+            code = f"still running after {max_seconds} s"
         except BaseException as exc:  # noqa: BLE001 - a traceback is what the fuzzer looks for
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             code = f"{type(exc).__name__}: {str(exc)[:200]} (at {Path(frame.filename).name}:{frame.lineno})"
@@ -705,6 +705,20 @@ def _digest(paths) -> dict:
     return out
 
 
+def output_is_valid(out: Path) -> list:
+    """What convkit writes, convkit must accept as input: a value out of range that slipped
+    through (a negative epsilon from config.json, say) shows up here."""
+    from convkit import gguf_model
+    from convkit.errors import ConvkitError
+    from convkit.gguf_check import read_layout
+
+    try:
+        gguf_model.check_model(read_layout(out), out)
+    except ConvkitError as exc:
+        return [f"the output is not a valid GGUF: {exc}"]
+    return []
+
+
 def compare_output(inputs: Inputs, mutation: Mutation, out: Path) -> list:
     """What differs between this output and the unmutated input's, outside what was touched."""
     if {"*all*", "*header*", "*padding*"} & mutation.touched:
@@ -734,7 +748,8 @@ def _compare(inputs, mutation, out, strict_tensors):
     return problems
 
 
-def run_mutation(inputs: Inputs, cls: str, seed: int, rundir: Path, commands=None) -> list:
+def run_mutation(inputs: Inputs, cls: str, seed: int, rundir: Path, commands=None,
+                 max_seconds: int = MAX_RUN_SECONDS) -> list:
     """Apply class `cls` with `seed`, run its commands; one Outcome per command."""
     rng = random.Random(f"{cls}:{seed}")
     mutation = CLASSES[cls](rng, inputs)
@@ -749,7 +764,7 @@ def run_mutation(inputs: Inputs, cls: str, seed: int, rundir: Path, commands=Non
         watched = [paths["dir"], paths["gguf"], paths["vocab"]]
         before = _digest(watched)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        code, stderr, warned = run_cli(command_args(command, mutation, paths, out, inputs.text))
+        code, stderr, warned = run_cli(command_args(command, mutation, paths, out, inputs.text), max_seconds)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
         problems = []
         if code not in (0, 2, None):
@@ -771,7 +786,8 @@ def run_mutation(inputs: Inputs, cls: str, seed: int, rundir: Path, commands=Non
             if not out.exists():
                 problems.append("exit 0 without an output file")
             else:
-                problems += compare_output(inputs, mutation, out)
+                invalid = output_is_valid(out)
+                problems += invalid or compare_output(inputs, mutation, out)
         if code in (0, None) and [n for n in left if n != "out.gguf"]:
             problems.append(f"temporary files left: {left}")
         outcomes.append(Outcome(cls, seed, command, code, stderr.strip()[:400], problems, mutation.note))

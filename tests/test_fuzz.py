@@ -19,7 +19,16 @@ PERPLEXITY_SEEDS = 1  # the slowest command: once per class
 
 # Classes that still fail here because config.json is not yet read through a typed schema
 # with per-field ranges (the converter and runtime read it with plain dict lookups).
-CONFIG_READER_IN_PROGRESS = {}
+CONFIG_READER_IN_PROGRESS = {
+    "config_layers": "num_hidden_layers of the wrong type raises TypeError/ValueError in arch/base.py; "
+                     "1e300 or 2**63 loops building the tensor name map",
+    "config_heads": "num_key_value_heads=NaN raises ValueError in arch/llama.py",
+    "config_sizes": "intermediate_size, vocab_size or max_position_embeddings of the wrong type raise in "
+                    "arch/llama.py",
+    "config_floats": "rope_theta={} raises TypeError; rms_norm_eps or rope_theta out of range (negative, 0, NaN, "
+                     "'4', true) give a GGUF that convkit itself rejects",
+    "config_rope_scaling": "rope_scaling {'type': 'linear'} without factor raises KeyError in arch/llama.py",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +47,17 @@ def _params():
 
 @pytest.mark.parametrize("cls", list(_params()))
 def test_mutations(inputs, tmp_path, cls):
+    pending = cls in CONFIG_READER_IN_PROGRESS  # expected to fail: stop at the first failure, cap runaways
     failures = []
     for seed in range(SEEDS):
         commands = None if seed < PERPLEXITY_SEEDS else ["inspect", "quantize", "encode"]
-        for outcome in fuzzing.run_mutation(inputs, cls, seed, tmp_path / f"run{seed}", commands):
+        for outcome in fuzzing.run_mutation(inputs, cls, seed, tmp_path / f"run{seed}", commands,
+                                            max_seconds=5 if pending else fuzzing.MAX_RUN_SECONDS):
             if outcome.problems:
                 failures.append(f"{cls} seed {seed} {outcome.command} ({outcome.note}): exit {outcome.code!r}: "
                                 f"{'; '.join(outcome.problems)} | {outcome.stderr[:200]}")
+        if failures and pending:
+            break
     assert not failures, "\n".join(failures)
 
 
