@@ -114,7 +114,8 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
 
     def produce(t):
         bar.set_postfix_str(t.name, refresh=False)
-        values = source.read(t.name)
+        with np.errstate(over="ignore", invalid="ignore"):  # damaged blocks: reported below, not warned
+            values = source.read(t.name)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             # llama.cpp's quantize rejects such rows too (ggml_validate_row_data)
             raise ConvkitError(f"{source.path}: tensor {t.name} holds NaN or infinite values; the weights are "
