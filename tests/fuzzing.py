@@ -117,6 +117,7 @@ class Mutation:
     commands: list                # "inspect" | "quantize" | "perplexity" | "encode"
     touched: set = field(default_factory=set)  # tensor names / metadata keys whose values may differ
     note: str = ""
+    reference: str = ""           # which unmutated input's output to compare with (default: by file kind)
 
 
 class Inputs:
@@ -137,6 +138,12 @@ class Inputs:
         self.files = {p.name: p.read_bytes() for p in self.model_dir.iterdir()}
         self.gguf = self.gguf_path.read_bytes()
         self.gguf_map = map_gguf(self.gguf)
+        self.gguf_q_path = base / "tiny-llama-q4_k_m.gguf"  # quantized blocks: scales, mins, packed bits
+        with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.suppress(SystemExit):
+                main(["quantize", str(self.gguf_path), "--type", "q4_k_m", "-o", str(self.gguf_q_path), "--quiet"])
+        self.gguf_q = self.gguf_q_path.read_bytes()
+        self.gguf_q_map = map_gguf(self.gguf_q)
         self.vocab_txt = VOCAB_TXT.encode()
         (base / "text.txt").write_text(TEXT)
         self.text = base / "text.txt"
@@ -145,7 +152,7 @@ class Inputs:
         self.st_header = json.loads(st[8:8 + n])
         self.st_data_start = 8 + n
         self.reference = {}
-        for kind, src in (("hf", self.model_dir), ("gguf", self.gguf_path)):
+        for kind, src in (("hf", self.model_dir), ("gguf", self.gguf_path), ("gguf_q", self.gguf_q_path)):
             out = base / f"ref-{kind}.gguf"
             with contextlib.redirect_stdout(io.StringIO()):
                 with contextlib.suppress(SystemExit):
@@ -343,6 +350,22 @@ def gguf_data_flips(rng, inputs):
         data[at] ^= 1 << rng.randrange(8)
         touched |= _what_is_at(inputs.gguf_map, at)
     return _gguf(inputs, data, "gguf_data_flips", touched, commands=("quantize",), note=str(sorted(touched)))
+
+
+def gguf_q_flips(rng, inputs):
+    """Flips in a Q4_K_M file, header or blocks (an f16 scale of inf or NaN, say)."""
+    data = bytearray(inputs.gguf_q)
+    m = inputs.gguf_q_map
+    touched = set()
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(m.data_start) if rng.random() < 0.3 else rng.randrange(m.data_start, len(data))
+        if at < m.data_start:
+            data[at] = rng.randrange(256)
+        else:
+            data[at] ^= 1 << rng.randrange(8)
+        touched |= _what_is_at(m, at)
+    return Mutation("gguf_q_flips", {"model.gguf": bytes(data)}, ["inspect", "quantize", "perplexity"], touched,
+                    note=str(sorted(touched)[:3]), reference="gguf_q")
 
 
 # ---- safetensors
@@ -611,7 +634,7 @@ def vocab_txt(rng, inputs):
 CLASSES = {f.__name__: f for f in [
     gguf_header_flips, gguf_not_utf8, gguf_zero_dim, gguf_swap_dims, gguf_bad_dims, gguf_offsets, gguf_types,
     gguf_hparams, gguf_float_hparams, gguf_token_ids, gguf_lengths, gguf_truncate, gguf_block_count,
-    gguf_data_flips,
+    gguf_data_flips, gguf_q_flips,
     st_header_json, st_header_length, st_header_bytes, st_truncate, st_data_flips, st_data_nonfinite,
     config_layers, config_heads, config_sizes, config_floats, config_token_ids, config_rope_scaling,
     config_structure,
@@ -727,7 +750,7 @@ def compare_output(inputs: Inputs, mutation: Mutation, out: Path) -> list:
 
 
 def _compare(inputs, mutation, out, strict_tensors):
-    ref = inputs.reference["gguf" if "model.gguf" in mutation.files else "hf"]
+    ref = inputs.reference[mutation.reference or ("gguf" if "model.gguf" in mutation.files else "hf")]
     got = read_output(out)
     problems = []
     touched = mutation.touched
