@@ -2,7 +2,7 @@
 
     python benchmarks/fuzz_campaign.py --runs 2000               # seeds spread over all classes
     python benchmarks/fuzz_campaign.py --class gguf_offsets --seed 17   # replay one run
-    python benchmarks/fuzz_campaign.py --runs 500 --start 10000 --no-perplexity --json
+    python benchmarks/fuzz_campaign.py --runs 500 --start 10000 --no-perplexity --exclude config_ --json
 
 Each run applies one seeded mutation (tests/fuzzing.py) to the sample model, a GGUF made
 from it, its tokenizer or a vocab.txt, and runs the commands that read that input in this
@@ -29,12 +29,14 @@ def main(argv=None) -> int:
     parser.add_argument("--start", type=int, default=1000, help="first seed (CI uses 0..9)")
     parser.add_argument("--class", dest="classes", action="append", choices=sorted(fuzzing.CLASSES),
                         help="only this class (repeatable)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PREFIX",
+                        help="leave out classes whose name starts with PREFIX (repeatable), e.g. config_")
     parser.add_argument("--seed", type=int, help="replay this one seed")
     parser.add_argument("--no-perplexity", action="store_true", help="skip the slowest command")
     parser.add_argument("--json", action="store_true", help="one JSON summary on stdout")
     args = parser.parse_args(argv)
 
-    classes = args.classes or sorted(fuzzing.CLASSES)
+    classes = [c for c in args.classes or sorted(fuzzing.CLASSES) if not c.startswith(tuple(args.exclude))]
     if args.seed is not None:
         plan = [(cls, args.seed) for cls in classes]
     else:
