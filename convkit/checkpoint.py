@@ -146,8 +146,11 @@ def _shard_files(directory: Path) -> list:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ConvkitError(f"{index}: not a valid safetensors index (needs a weight_map)") from None
+            if not all(isinstance(f, str) and f and Path(f).name == f for f in files):
+                raise ValueError("shard names must be plain file names")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise ConvkitError(f"{index}: not a valid safetensors index (needs a weight_map of tensor names to "
+                               "shard file names beside it)") from None
         for name in files:
             if not (directory / name).is_file():
                 raise ConvkitError(f"{index}: shard {name} is missing; download it beside the index")

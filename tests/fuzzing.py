@@ -464,6 +464,25 @@ def st_data_nonfinite(rng, inputs):
     return _st(inputs, bytes(st), "st_data_nonfinite", {_gguf_name(name)}, commands=("quantize",), note=name)
 
 
+def st_index(rng, inputs):
+    """A sharded checkpoint's index beside the one file: valid, or pointing nowhere."""
+    names = sorted(n for n in inputs.st_header if n != "__metadata__")
+    weight_map = {n: "model.safetensors" for n in names}
+    kind = rng.randrange(6)
+    if kind == 1:
+        weight_map[names[0]] = "model-00002-of-00002.safetensors"
+    elif kind == 2:
+        weight_map[names[0]] = rng.choice([5, None, ["x"], {}])
+    elif kind == 3:
+        weight_map[names[0]] = rng.choice(["../tiny-llama/model.safetensors", "/etc/passwd", ""])
+    doc = {"metadata": {}, "weight_map": weight_map}
+    if kind == 4:
+        doc = rng.choice([[], {"weight_map": []}, {"metadata": {}}])
+    data = json.dumps(doc).encode() if kind != 5 else b"\xff\xfe{"
+    return Mutation("st_index", {"model.safetensors.index.json": data}, ["quantize", "perplexity"],
+                    set(), note=f"kind {kind}")
+
+
 def _gguf_name(hf_name: str) -> str:
     from convkit.runtime.load import gguf_name
     return gguf_name(hf_name)
@@ -635,7 +654,7 @@ CLASSES = {f.__name__: f for f in [
     gguf_header_flips, gguf_not_utf8, gguf_zero_dim, gguf_swap_dims, gguf_bad_dims, gguf_offsets, gguf_types,
     gguf_hparams, gguf_float_hparams, gguf_token_ids, gguf_lengths, gguf_truncate, gguf_block_count,
     gguf_data_flips, gguf_q_flips,
-    st_header_json, st_header_length, st_header_bytes, st_truncate, st_data_flips, st_data_nonfinite,
+    st_header_json, st_header_length, st_header_bytes, st_truncate, st_data_flips, st_data_nonfinite, st_index,
     config_layers, config_heads, config_sizes, config_floats, config_token_ids, config_rope_scaling,
     config_structure,
     tokenizer_values, tokenizer_structure, tokenizer_config, vocab_txt,
@@ -698,6 +717,9 @@ def materialize(inputs: Inputs, mutation: Mutation, rundir: Path) -> dict:
             target.symlink_to(inputs.model_dir / name)  # 10 MB not copied for runs that do not change it
         else:
             target.write_bytes(mutation.files.get(name, data))
+    for name, data in mutation.files.items():  # files the sample does not have (a shard index)
+        if name not in inputs.files and name not in ("model.gguf", "vocab.txt"):
+            (model_dir / name).write_bytes(data)
     gguf_path = rundir / "model.gguf"
     gguf_path.write_bytes(mutation.files.get("model.gguf", inputs.gguf))
     vocab = rundir / "vocab.txt"
