@@ -9,6 +9,7 @@ any work, never a torch size mismatch (or a wrong file) later. Shapes are in num
 `hp` keys: n_layer, hidden, n_head, n_head_kv, head_dim, ff, vocab; gpt2 and bert add
 n_ctx (rows of the learned positions); `tied` says whether output.weight may be absent.
 """
+from convkit.errors import ConvkitError
 
 
 def _llama(hp: dict, biases_required: bool) -> dict:
@@ -83,8 +84,6 @@ def check_tensors(arch: str, hp: dict, shapes: dict, where) -> None:
 
     `shapes`: GGUF name -> numpy shape. `where(name)` gives the file or tensor to name in
     the message. Raises ConvkitError."""
-    from convkit.errors import ConvkitError
-
     table = expected_tensors(arch, hp)
     if table is None:
         return

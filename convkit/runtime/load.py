@@ -4,8 +4,8 @@ Both paths produce the same thing: a ModelConfig and a mapping from GGUF tensor 
 to weights (matrices as `QTensor`, kept exactly as stored; norms and biases as float
 tensors in the compute dtype), on the target device.
 
-- GGUF: metadata through convkit.gguf_check (checked completely first); each tensor's raw blocks are copied once
-  (memory = the file's size). For architecture `llama` the converter permuted the rows
+- GGUF: metadata through convkit.gguf_check (checked completely first); each tensor's
+  raw blocks are copied once (memory = the file's size). For architecture `llama` the converter permuted the rows
   of attn_q/attn_k so that ggml's interleaved rotary applies; rows are independent in
   every block type, so those rows are put back in HF order here, on the raw bytes, and
   the model uses one rotary layout for every source.
