@@ -90,8 +90,13 @@ def _tokens_and_types(tokenizer, vocab_size, tok_path):
         by_id[entry["id"]] = entry["content"]
         added[entry["id"]] = entry
     # ids are inside the file's own count (check_hf_document); vocab_size is config.json's,
-    # which the converter has checked against the embedding's rows
-    size = max(vocab_size, max(by_id, default=-1) + 1)
+    # which the converter has checked against the embedding's rows: one token per row
+    top = max(by_id, default=-1)
+    if vocab_size and top >= vocab_size:
+        raise ConvkitError(f"{tok_path}: token id {top} ({by_id[top]!r}) is beyond the model's vocabulary of "
+                           f"{vocab_size} (config.json vocab_size, the embedding's rows); the tokenizer belongs "
+                           "to another model")
+    size = max(vocab_size, top + 1)
     tokens, types = [], []
     for i in range(size):
         if i not in by_id:
