@@ -342,6 +342,53 @@ def gguf_block_count(rng, inputs):
                  note=str(value))
 
 
+def gguf_names(rng, inputs):
+    """Tensor and key names: a duplicate, a layer that does not exist, a name ggml cannot hold."""
+    data = bytearray(inputs.gguf)
+    m = inputs.gguf_map
+    kind = rng.randrange(4)
+    if kind == 0:  # blk.0.X -> blk.1.X: two tensors of one name
+        name = _pick_tensor(rng, inputs, "blk.0.")
+        s, _ = m.ti[name]["name"]
+        data[s + 8 + 4] = ord("1")
+        touched = {name, name.replace("blk.0.", "blk.1.")}
+    elif kind == 1:  # blk.3.X -> blk.7.X: a layer beyond block_count
+        name = _pick_tensor(rng, inputs, "blk.3.")
+        s, _ = m.ti[name]["name"]
+        data[s + 8 + 4] = ord("7")
+        touched = {name}
+    elif kind == 2:  # a metadata key renamed to the key before it
+        keys = list(m.kv)
+        i = rng.randrange(1, len(keys))
+        a, b = keys[i - 1], keys[i]
+        if len(a) == len(b):
+            s = m.kv[b][1] - 4 - len(b.encode())
+            data[s:s + len(a)] = a.encode()
+        touched = {a, b}
+    else:  # the tensor name's length past the end of the name
+        name = _pick_tensor(rng, inputs)
+        s, _ = m.ti[name]["name"]
+        _put(data, s, "<Q", rng.choice([64, 200, 2**40]))
+        touched = {name}
+    return _gguf(inputs, data, "gguf_names", touched, commands=("inspect", "quantize", "perplexity"),
+                 note=f"kind {kind} {sorted(touched)[:2]}")
+
+
+def gguf_alignment(rng, inputs):
+    """general.alignment added in place of general.name's value: 0, not a power of two, huge."""
+    data = bytearray(inputs.gguf)
+    key = "general.name" if "general.name" in inputs.gguf_map.kv else sorted(inputs.gguf_map.kv)[0]
+    _, s, e = inputs.gguf_map.kv[key]
+    key_at = s - 4 - len(key.encode())
+    new_key = b"general.alignment"
+    if len(key.encode()) == len(new_key):
+        data[key_at:key_at + len(new_key)] = new_key
+    _put(data, s - 4, "<I", 4)  # uint32
+    _put(data, s, "<I", rng.choice([0, 3, 48, 64, 1 << 20]))
+    # the rest of the old string value stays as junk: the parser must notice
+    return _gguf(inputs, data, "gguf_alignment", {"*all*"}, note=key)
+
+
 def gguf_data_flips(rng, inputs):
     data = bytearray(inputs.gguf)
     touched = set()
@@ -653,7 +700,7 @@ def vocab_txt(rng, inputs):
 CLASSES = {f.__name__: f for f in [
     gguf_header_flips, gguf_not_utf8, gguf_zero_dim, gguf_swap_dims, gguf_bad_dims, gguf_offsets, gguf_types,
     gguf_hparams, gguf_float_hparams, gguf_token_ids, gguf_lengths, gguf_truncate, gguf_block_count,
-    gguf_data_flips, gguf_q_flips,
+    gguf_data_flips, gguf_q_flips, gguf_names, gguf_alignment,
     st_header_json, st_header_length, st_header_bytes, st_truncate, st_data_flips, st_data_nonfinite, st_index,
     config_layers, config_heads, config_sizes, config_floats, config_token_ids, config_rope_scaling,
     config_structure,
