@@ -48,6 +48,15 @@ class Checkpoint:
             values = (values.astype(np.uint32) << 16).view(np.float32)
         return np.asarray(values, dtype=np.float32).reshape(entry.shape)
 
+    def read_raw(self, name: str) -> np.ndarray:
+        """The tensor as stored (BF16 as uint16), in memory of its own rather than pages of a map."""
+        entry = self.tensors[name]
+        np_dtype, size = DTYPES[entry.dtype]
+        raw = np.fromfile(entry.file, dtype=np.uint8, count=entry.nbytes, offset=entry.start)
+        if raw.size != entry.nbytes:
+            raise ConvkitError(f"{entry.file}: the file ends inside tensor {name!r}; it changed while being read")
+        return raw.view(np_dtype).reshape(entry.shape)
+
     def json_file(self, name: str):
         path = self.directory / name
         if not path.is_file():
@@ -82,16 +91,18 @@ def read_safetensors_header(path: Path) -> list:
     entries = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict):
+                raise ConvkitError(f"{path}: the safetensors __metadata__ is not a JSON object; the file is corrupt")
             continue
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise ConvkitError(f"{path}: tensor {name!r} lacks dtype/shape/data_offsets; the file is corrupt")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
-            raise ConvkitError(f"{path}: tensor {name!r} has dtype {dtype!r}, which convkit does not know "
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ConvkitError(f"{path}: tensor {name!r} has dtype {str(dtype)[:40]!r}, which convkit does not know "
                                f"(known: {', '.join(DTYPES)})")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape)
+        if (not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < 2**40 for d in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and o >= 0 for o in offsets)):
+                or not all(_is_int(o) and o >= 0 for o in offsets)):
             raise ConvkitError(f"{path}: tensor {name!r} has a malformed shape or data_offsets; the file is corrupt")
         begin, end = offsets
         count = int(np.prod(shape, dtype=object)) if shape else 1
@@ -102,11 +113,32 @@ def read_safetensors_header(path: Path) -> list:
             raise ConvkitError(f"{path}: tensor {name!r}: shape {shape} needs {count * DTYPES[dtype][1]} bytes "
                                f"but its offsets span {end - begin}; the file is corrupt")
         entries.append(TensorEntry(name, dtype, tuple(shape), path, data_start + begin, end - begin))
-    by_offset = sorted(entries, key=lambda e: (e.start, e.start + e.nbytes))
-    for a, b in zip(by_offset, by_offset[1:]):
-        if b.start < a.start + a.nbytes:
-            raise ConvkitError(f"{path}: tensors {a.name!r} and {b.name!r} overlap; the file is corrupt")
+    _check_coverage(entries, data_start, data_len, path)
     return entries
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_coverage(entries: list, data_start: int, data_len: int, path: Path) -> None:
+    """The tensors tile the data section exactly, as the safetensors format requires: a hole
+    or a byte left over means the header and the data disagree (a header length one byte
+    off shifts every tensor by a byte and still "fits")."""
+    end = 0
+    for entry in sorted(entries, key=lambda e: (e.start, e.nbytes)):
+        begin = entry.start - data_start
+        if begin < end:
+            other = next(e.name for e in entries if e is not entry and e.start - data_start < end
+                         and e.start + e.nbytes > entry.start)
+            raise ConvkitError(f"{path}: tensors {other!r} and {entry.name!r} overlap; the file is corrupt")
+        if begin > end:
+            raise ConvkitError(f"{path}: bytes {end}..{begin} of the data section belong to no tensor "
+                               f"(before {entry.name!r}); the header and the data disagree, the file is corrupt")
+        end = begin + entry.nbytes
+    if end != data_len:
+        raise ConvkitError(f"{path}: the tensors cover {end} bytes of a {data_len}-byte data section; "
+                           "the header and the data disagree, the file is corrupt")
 
 
 def _shard_files(directory: Path) -> list:
@@ -115,8 +147,11 @@ def _shard_files(directory: Path) -> list:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ConvkitError(f"{index}: not a valid safetensors index (needs a weight_map)") from None
+            if not all(isinstance(f, str) and f and Path(f).name == f for f in files):
+                raise ValueError("shard names must be plain file names")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise ConvkitError(f"{index}: not a valid safetensors index (needs a weight_map of tensor names to "
+                               "shard file names beside it)") from None
         for name in files:
             if not (directory / name).is_file():
                 raise ConvkitError(f"{index}: shard {name} is missing; download it beside the index")

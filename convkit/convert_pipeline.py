@@ -11,7 +11,7 @@ from typing import Callable
 import gguf
 import numpy as np
 
-from convkit import gguf_in
+from convkit import gguf_in, gguf_model
 from convkit.arch import architecture_for
 from convkit.checkpoint import open_checkpoint
 from convkit.errors import ConvkitError
@@ -44,20 +44,11 @@ def open_source(path) -> Source:
 def _hf_source(path: Path) -> Source:
     ckpt = open_checkpoint(path)
     arch = architecture_for(ckpt.config, ckpt.directory / "config.json")
-    names, tensors, derived = {}, [], {}
-    for name, values in arch.extra_tensors():
-        derived[name] = values
-        tensors.append((name, tuple(np.shape(values())), gguf.GGMLQuantizationType.F32))
-    for hf_name, entry in ckpt.tensors.items():
-        name = arch.gguf_name(hf_name)
-        if name is None:
-            continue
-        expected = arch.expected_shape(name)
-        if expected is not None and tuple(expected) != tuple(entry.shape):
-            raise ConvkitError(f"{entry.file}: tensor {hf_name!r} has shape {list(entry.shape)} but config.json "
-                               f"implies {list(expected)}; the weights and config.json disagree")
-        names[name] = hf_name
-        tensors.append((name, arch.transformed_shape(name, entry.shape), gguf.GGMLQuantizationType.F32))
+    derived = dict(arch.extra_tensors())  # derived from config.json, written first as llama.cpp does
+    names = arch.map_checkpoint(ckpt)  # checked against the architecture before any work
+    tensors = [(name, tuple(np.shape(values())), gguf.GGMLQuantizationType.F32) for name, values in derived.items()]
+    tensors += [(name, arch.transformed_shape(name, ckpt.tensors[hf].shape), gguf.GGMLQuantizationType.F32)
+                for name, hf in names.items()]
 
     def read(name):
         if name in derived:
@@ -82,16 +73,9 @@ def _model_name(ckpt) -> str:
 
 def _gguf_source(path: Path) -> Source:
     reader = gguf_in.open_gguf(path)
-    arch_field = reader.fields.get("general.architecture")
-    if arch_field is None:
-        raise ConvkitError(f"{path}: GGUF without general.architecture; the file is incomplete")
-    arch_name = arch_field.contents()
+    arch_name = reader.layout.fields["general.architecture"]  # checked by open_gguf
     by_name = {t.name: t for t in reader.tensors}
     tensors = [(t.name, gguf_in.numpy_shape(t), int(t.tensor_type)) for t in reader.tensors]
-
-    def field(key):
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
 
     def write_metadata(w):
         for key, f in reader.fields.items():
@@ -101,9 +85,10 @@ def _gguf_source(path: Path) -> Source:
             sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
             w.add_key_value(key, f.contents(), vtype, sub_type=sub)
 
-    hp = {"n_layer": int(field(f"{arch_name}.block_count") or 0),
-          "n_head": int(field(f"{arch_name}.attention.head_count") or 1),
-          "n_head_kv": int(field(f"{arch_name}.attention.head_count_kv") or field(f"{arch_name}.attention.head_count") or 1)}
+    meta = gguf_model.Meta(reader.layout, path)
+    n_head = meta.int(f"{arch_name}.attention.head_count", 1)
+    hp = {"n_layer": meta.int(f"{arch_name}.block_count", 0, low=0), "n_head": n_head,
+          "n_head_kv": meta.int(f"{arch_name}.attention.head_count_kv", n_head)}
     return Source(path, arch_name, tensors, lambda name: gguf_in.read_f32(path, by_name[name]), write_metadata, hp, (path,))
 
 
@@ -133,7 +118,12 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
 
     def produce(t):
         bar.set_postfix_str(t.name, refresh=False)
-        values = source.read(t.name)
+        with np.errstate(over="ignore", invalid="ignore"):  # damaged blocks: reported below, not warned
+            values = source.read(t.name)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            # llama.cpp's quantize rejects such rows too (ggml_validate_row_data)
+            raise ConvkitError(f"{source.path}: tensor {t.name} holds NaN or infinite values; the weights are "
+                               "corrupt, restore them from the model's source")
         weights = None
         if imatrix is not None and t.qtype != gguf.GGMLQuantizationType.F32:
             from quant.imatrix import importance_for

@@ -1,4 +1,5 @@
-"""GGUF input (re-quantization and `inspect`), its header checked before gguf-py parses it."""
+"""GGUF input (re-quantization and `inspect`), checked completely (gguf_check, gguf_model) before
+gguf-py parses it."""
 import struct
 from pathlib import Path
 
@@ -6,10 +7,9 @@ import gguf
 import numpy as np
 
 import quant
+from convkit import gguf_model
 from convkit.errors import ConvkitError
-
-MAX_TENSORS = 1 << 20
-MAX_KV = 1 << 20
+from convkit.gguf_check import read_layout
 
 
 def is_gguf(path) -> bool:
@@ -18,22 +18,6 @@ def is_gguf(path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(4) == b"GGUF" or path.suffix.lower() == ".gguf"
-
-
-def check_header(path: Path) -> None:
-    size = path.stat().st_size
-    if size < 24:
-        raise ConvkitError(f"{path}: truncated GGUF file ({size} bytes); download it again")
-    with open(path, "rb") as f:
-        magic, version, n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
-    if magic != b"GGUF":
-        raise ConvkitError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    if version not in (2, 3):
-        raise ConvkitError(f"{path}: GGUF version {version} is not supported (2 or 3)")
-    if n_tensors > MAX_TENSORS or n_tensors * 24 > size:
-        raise ConvkitError(f"{path}: absurd tensor count {n_tensors} for a {size}-byte file; the file is corrupt")
-    if n_kv > MAX_KV or n_kv * 9 > size:
-        raise ConvkitError(f"{path}: absurd metadata count {n_kv} for a {size}-byte file; the file is corrupt")
 
 
 class GGUFFileReader(gguf.GGUFReader):
@@ -53,16 +37,20 @@ class GGUFFileReader(gguf.GGUFReader):
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
 
-def open_gguf(path) -> gguf.GGUFReader:
+def open_gguf(path, *, check_model: bool = True) -> gguf.GGUFReader:
+    """gguf-py's reader on a file whose layout (and, unless `check_model` is false, whose
+    metadata against its tensors) has been checked completely first."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvkitError(f"{path}: no such file")
-    check_header(path)
+    layout = read_layout(path)
+    if check_model:
+        gguf_model.check_model(layout, path)
     try:
-        return GGUFFileReader(str(path))
+        reader = GGUFFileReader(str(path))
     except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeDecodeError,
             MemoryError, AssertionError, TypeError) as exc:
         raise ConvkitError(f"{path}: malformed GGUF ({type(exc).__name__}: {exc}); the file is corrupt") from None
+    reader.layout = layout
+    return reader
 
 
 def numpy_shape(t) -> tuple:

@@ -16,7 +16,7 @@ import gguf
 
 from convkit.errors import ConvkitError
 from tokenizers_impl.errors import TokenizerError
-from tokenizers_impl.formats import GGUF_PRE, bytelevel_preset
+from tokenizers_impl.formats import GGUF_PRE, bytelevel_preset, check_hf_document
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -24,11 +24,23 @@ def vocab_fingerprint(tokens) -> str:
     return hashlib.sha256("\n".join(tokens[:1000]).encode("utf-8")).hexdigest()[:16]
 
 
-def _load_json(path: Path):
+def _load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConvkitError(f"{path}: not valid JSON ({exc}); restore it from the model's source") from None
+    if not isinstance(doc, dict):
+        raise ConvkitError(f"{path}: expected a JSON object, found {type(doc).__name__}; restore it from the "
+                           "model's source")
+    return doc
+
+
+def _token_id(value, n_tokens: int, source) -> int:
+    """A token id from a tokenizer or config file, inside the vocabulary."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_tokens:
+        raise ConvkitError(f"{source}: token id {str(value)[:40]} is outside the vocabulary of {n_tokens} tokens; "
+                           "restore the file from the model's source")
+    return value
 
 
 def _pre_name(tokenizer: dict, tokens) -> str:
@@ -57,8 +69,8 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_
     tok_path = directory / "tokenizer.json"
     if tok_path.is_file():
         tokenizer = _load_json(tok_path)
-        model = tokenizer.get("model") or {}
-        kind = model.get("type")
+        model, _, _, _ = check_hf_document(tokenizer, str(tok_path))  # types and id ranges
+        kind = model["type"]
         if kind == "BPE":
             _write_bpe(w, tokenizer, directory, config, tok_path, reads_prefix_space)
         elif kind == "WordPiece":
@@ -73,15 +85,20 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_
 
 
 def _tokens_and_types(tokenizer, vocab_size, tok_path):
-    vocab = tokenizer["model"].get("vocab")
-    if not isinstance(vocab, dict):
-        raise ConvkitError(f"{tok_path}: model.vocab is not a mapping")
+    _, vocab, _, _ = check_hf_document(tokenizer, str(tok_path))
     by_id = {i: t for t, i in vocab.items()}
     added = {}
     for entry in tokenizer.get("added_tokens") or []:
         by_id[entry["id"]] = entry["content"]
         added[entry["id"]] = entry
-    size = max(vocab_size, max(by_id, default=-1) + 1)
+    # ids are inside the file's own count (check_hf_document); vocab_size is config.json's,
+    # which the converter has checked against the embedding's rows: one token per row
+    top = max(by_id, default=-1)
+    if vocab_size and top >= vocab_size:
+        raise ConvkitError(f"{tok_path}: token id {top} ({by_id[top]!r}) is beyond the model's vocabulary of "
+                           f"{vocab_size} (config.json vocab_size, the embedding's rows); the tokenizer belongs "
+                           "to another model")
+    size = max(vocab_size, top + 1)
     tokens, types = [], []
     for i in range(size):
         if i not in by_id:
@@ -108,7 +125,9 @@ def _special_ids(w, tokens, directory, config):
         if isinstance(value, str) and value in index:
             return index[value]
         cid = config.get(f"{key}_token_id")
-        return cid if isinstance(cid, int) else None
+        if isinstance(cid, int) and not isinstance(cid, bool):
+            return _token_id(cid, len(tokens), directory / "config.json")
+        return None
 
     K = gguf.Keys.Tokenizer
     for key, gguf_key in (("bos", K.BOS_ID), ("eos", K.EOS_ID), ("unk", K.UNK_ID), ("sep", K.SEP_ID),
@@ -191,7 +210,7 @@ def _write_wordpiece(w, tokenizer, directory, config, tok_path):
     w.add_token_types(types)
     w.add_token_type_count(int(config.get("type_vocab_size", 1)))
     _special_ids(w, tokens, directory, config)
-    _template_specials(w, tokenizer.get("post_processor"))
+    _template_specials(w, tokenizer.get("post_processor"), len(tokens), tok_path)
     if lowercase is not None:
         w.add_bool("tokenizer.ggml.normalizer.lowercase", lowercase)
 
@@ -211,18 +230,22 @@ def _normalizer_lowercase(normalizer):
     return None
 
 
-def _template_specials(w, post):
+def _template_specials(w, post, n_tokens: int, source):
     """[CLS] $A [SEP] templates: the leading special token is BOS, the trailing one EOS,
     both added; a separator is added only when the single template has no trailing one."""
     if not isinstance(post, dict) or post.get("type") != "TemplateProcessing":
         return
     single, pair = post.get("single") or [], post.get("pair") or []
+    if not isinstance(single, list) or not isinstance(pair, list):
+        raise ConvkitError(f"{source}: post_processor templates must be lists; restore the file")
     special_tokens = post.get("special_tokens") or {}
 
     def special(item):
-        name = item.get("SpecialToken", {}).get("id") if isinstance(item, dict) else None
-        ids = (special_tokens.get(name) or {}).get("ids") if name else None
-        return ids[0] if ids else None
+        ref = item.get("SpecialToken") if isinstance(item, dict) else None
+        name = ref.get("id") if isinstance(ref, dict) else None
+        entry = special_tokens.get(name) if isinstance(special_tokens, dict) and isinstance(name, str) else None
+        ids = entry.get("ids") if isinstance(entry, dict) else None
+        return _token_id(ids[0], n_tokens, source) if isinstance(ids, list) and ids else None
 
     def written(key):
         return any(key in kv for kv in w.kv_data)
@@ -257,9 +280,10 @@ def _write_sentencepiece(w, model_path, directory, config):
                     UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
-    for key, entry in (tcfg.get("added_tokens_decoder") or {}).items():
-        i = int(key)
-        if i < n and isinstance(entry, dict):
+    decoder = tcfg.get("added_tokens_decoder") or {}
+    for key, entry in (decoder.items() if isinstance(decoder, dict) else ()):
+        i = int(key) if key.isdigit() else n
+        if i < n and isinstance(entry, dict) and isinstance(entry.get("content", ""), str):
             tokens[i] = entry.get("content", tokens[i])
             types[i] = CONTROL if entry.get("special") else USER_DEFINED
     w.add_tokenizer_model("llama")

@@ -183,10 +183,10 @@ _ROPE_COMMON = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
 def read_rope(f: ConfigFields, *, supported=("default", "linear", "llama3", "yarn", "dynamic"),
               arch_name="this architecture") -> Rope:
     """RoPE from transformers 5's rope_parameters or transformers 4's rope_theta + rope_scaling."""
-    params = f.raw.get("rope_parameters")
-    key = "rope_parameters"
-    if params is None:
-        params, key = f.raw.get("rope_scaling"), "rope_scaling"
+    # transformers 5 takes a non-empty legacy rope_scaling over rope_parameters
+    params, key = f.raw.get("rope_scaling"), "rope_scaling"
+    if not params:
+        params, key = f.raw.get("rope_parameters"), "rope_parameters"
     if params is None:
         params = {}
     if not isinstance(params, dict):

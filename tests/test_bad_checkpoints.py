@@ -13,7 +13,8 @@ from synthetic import llama_shapes
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "vocab_size": 32}
+          "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "vocab_size": 32,
+          "tie_word_embeddings": True}  # no lm_head.weight below
 
 
 def _tiny_model(directory):
@@ -172,3 +173,20 @@ def test_fuzz_mutated_headers(model, tmp_path, capsys):
             assert err.startswith("convkit: error:") and "\n" not in err, err
             assert not out.exists()
         out.unlink(missing_ok=True)
+
+
+def test_untied_config_without_lm_head(model, tmp_path, capsys):
+    """A config that does not tie embeddings needs lm_head.weight: without it llama.cpp would
+    silently use token_embd as the output (a different model), so converting it is an error."""
+    (model / "config.json").write_text(json.dumps({**CONFIG, "tie_word_embeddings": False}))
+    _fails_cleanly(capsys, ["quantize", str(model), "--type", "q8_0", "-o", str(tmp_path / "o.gguf")],
+                   tmp_path / "o.gguf", "output.weight")
+
+
+def test_unexpected_tensor_is_not_dropped(model, tmp_path, capsys):
+    f = model / "model.safetensors"
+    header, body = _header(f)
+    header["model.layers.0.self_attn.q_norm.weight"] = header.pop("model.norm.weight")
+    _write(f, header, body)
+    _fails_cleanly(capsys, ["quantize", str(model), "--type", "q8_0", "-o", str(tmp_path / "o.gguf")],
+                   tmp_path / "o.gguf", "q_norm")

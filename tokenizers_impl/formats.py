@@ -248,12 +248,78 @@ def from_document(doc, name: str = "<tokenizer>"):
                          f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
 
 
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_vocab(vocab, name):
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError(f"{name}: the vocab is missing or empty; write the tokenizer again")
-    if not all(isinstance(t, str) and isinstance(i, int) for t, i in vocab.items()):
-        raise TokenizerError(f"{name}: the vocab must map token strings to integer ids")
+    if not all(isinstance(t, str) and _is_id(i) for t, i in vocab.items()):
+        bad = next((t, i) for t, i in vocab.items() if not (isinstance(t, str) and _is_id(i)))
+        raise TokenizerError(f"{name}: the vocab must map token strings to integer ids >= 0 (found {bad[0]!r}: "
+                             f"{str(bad[1])[:40]!r}); write the tokenizer again")
     return vocab
+
+
+def check_ids(vocab: dict, specials: dict, name: str) -> None:
+    """Ids inside the vocabulary: no id beyond the number of tokens the file defines, so
+    that no id (say 10**9) makes a reader allocate or loop beyond what the file holds."""
+    count = len(set(vocab.values()) | set(specials.values()))
+    for table in (vocab, specials):
+        for token, i in table.items():
+            if not _is_id(i) or i >= count:
+                raise TokenizerError(f"{name}: token {token[:40]!r} has id {str(i)[:40]}, outside 0..{count - 1} "
+                                     f"(the file defines {count} ids); write the tokenizer again")
+
+
+def _added_specials(added, name: str) -> dict:
+    """HF's added_tokens list as {content: id}, each entry checked."""
+    if added is None:
+        return {}
+    if not isinstance(added, list):
+        raise TokenizerError(f"{name}: added_tokens must be a list of objects, not {type(added).__name__}")
+    specials = {}
+    for entry in added:
+        if not (isinstance(entry, dict) and isinstance(entry.get("content"), str) and entry["content"]
+                and _is_id(entry.get("id"))):
+            raise TokenizerError(f"{name}: added token {str(entry)[:60]} needs a non-empty 'content' and an "
+                                 f"'id' >= 0; write the tokenizer again")
+        specials[entry["content"]] = entry["id"]
+    return specials
+
+
+def _check_merges(merges, name: str) -> list:
+    if merges is None:
+        return []
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{name}: merges must be a list, not {type(merges).__name__}")
+    for m in merges:
+        ok = (isinstance(m, str) and m.find(" ", 1) > 0) or (
+            isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) and x for x in m))
+        if not ok:
+            raise TokenizerError(f"{name}: merge {str(m)[:60]} is not two tokens (\"a b\" or [\"a\", \"b\"]); "
+                                 f"write the tokenizer again")
+    return merges
+
+
+def check_hf_document(doc, name: str) -> tuple:
+    """A tokenizer.json's model, vocab, added tokens and merges, checked for type and range.
+
+    Returns (model, vocab, specials, merges); raises TokenizerError naming the file."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
+        raise TokenizerError(f"{name}: JSON but not a tokenizer.json ('model' must be an object)")
+    model = doc["model"]
+    if not isinstance(model.get("type"), str):
+        raise TokenizerError(f"{name}: model.type must be a string such as \"BPE\" or \"WordPiece\"")
+    if model["type"] not in ("BPE", "WordPiece"):
+        raise TokenizerError(f"{name}: tokenizer model {model['type']!r} is not supported: convkit reads BPE, "
+                             f"byte-level BPE and WordPiece")
+    vocab = _check_vocab(model.get("vocab"), name)
+    specials = _added_specials(doc.get("added_tokens"), name)
+    check_ids(vocab, specials, name)
+    merges = _check_merges(model.get("merges"), name) if model["type"] == "BPE" else []
+    return model, vocab, specials, merges
 
 
 def from_convkit(doc: dict, name: str):
@@ -266,6 +332,8 @@ def from_convkit(doc: dict, name: str):
         raise TokenizerError(f"{name}: unknown tokenizer type {kind!r}: expected one of {', '.join(KINDS)}")
     vocab = _check_vocab(doc["vocab"], name)
     specials = dict(doc.get("special_tokens") or {})
+    check_ids(vocab, specials, name)
+    _check_merges(doc.get("merges"), name)
     if kind == "bytelevel":
         return ByteLevelBPE(vocab, doc["merges"], doc["pretokenizer"], specials)
     if kind == "bpe":
@@ -304,10 +372,9 @@ def bytelevel_preset(pre, name: str) -> str | None:
 
 
 def from_hf(doc: dict, name: str):
-    model = doc["model"]
-    mtype = model.get("type")
     # HF cuts every added token out of the text before anything else, as we do with specials
-    specials = {t["content"]: t["id"] for t in doc.get("added_tokens") or []}
+    model, vocab, specials, merges = check_hf_document(doc, name)
+    mtype = model["type"]
     pre, norm = doc.get("pre_tokenizer"), doc.get("normalizer")
     if mtype == "WordPiece":
         if norm is not None and _type(norm) != "BertNormalizer":
@@ -315,7 +382,6 @@ def from_hf(doc: dict, name: str):
         if _type(pre) != "BertPreTokenizer":
             raise TokenizerError(f"{name}: WordPiece pre-tokenizer {_type(pre)!r} is not supported "
                                  f"(only BertPreTokenizer)")
-        vocab = _check_vocab(model["vocab"], name)
         return WordPiece(vocab, model.get("unk_token", "[UNK]"), specials,
                          BertNormalizer.from_dict(norm) if norm is not None else None,
                          model.get("continuing_subword_prefix", "##"),
@@ -328,8 +394,6 @@ def from_hf(doc: dict, name: str):
                                  f"(it would encode differently)")
         if norm is not None:
             raise TokenizerError(f"{name}: BPE with normalizer {_type(norm)!r} is not supported")
-        vocab = _check_vocab(model["vocab"], name)
-        merges = model.get("merges") or []
         preset = bytelevel_preset(pre, name)
         if preset is not None:
             return ByteLevelBPE(vocab, merges, preset, specials)

@@ -1,11 +1,16 @@
 """What every architecture shares: HF -> GGUF tensor names and hyperparameter keys."""
+import functools
+import re
+
 import gguf
 import numpy as np
 
+from convkit import tensor_shapes
 from convkit.errors import ConvkitError
 from convkit.hf_config import ConfigFields
 
 REGISTRY = {}
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|layer)\.(\d+)\.")  # HF names of per-layer tensors
 
 
 def register(*hf_names):
@@ -31,7 +36,11 @@ class Architecture:
         self.read_hparams(fields)
         self.bos_token_id = fields.token_id("bos_token_id")
         self.eos_token_ids = fields.token_ids("eos_token_id")
-        self.names = gguf.get_tensor_name_map(self.gguf_arch, self.n_layer)
+
+    @functools.cached_property
+    def names(self) -> gguf.TensorNameMap:
+        """HF -> GGUF names; built once the layer count is known to fit the checkpoint."""
+        return gguf.get_tensor_name_map(self.gguf_arch, self.n_layer)
 
     def read_hparams(self, fields: ConfigFields) -> None:
         """Set the architecture's hyperparameters from config.json, checking each."""
@@ -48,16 +57,57 @@ class Architecture:
                                "the checkpoint does not match its config's architecture")
         return name
 
+    def shape_hparams(self) -> dict | None:
+        """What convkit.tensor_shapes needs (n_layer, hidden, n_head, n_head_kv, head_dim, ff,
+        vocab, n_ctx, tied), or None for an architecture whose tensors are not checked."""
+        return None
+
     def expected_shape(self, gguf_name: str):
         """The numpy shape config.json implies, or None when not checked."""
-        return None
+        table = self._table()
+        return None if table is None or gguf_name not in table else table[gguf_name][0]
+
+    def required_tensors(self) -> list:
+        """GGUF names of the tensors a checkpoint of this architecture must hold."""
+        return [name for name, (_, required) in (self._table() or {}).items() if required]
+
+    def _table(self):
+        hp = self.shape_hparams()
+        return None if hp is None else tensor_shapes.expected_tensors(self.name, hp)
+
+    def map_checkpoint(self, ckpt) -> dict:
+        """GGUF name -> HF name for every tensor of `ckpt` the converter keeps, after checking
+        the checkpoint against the architecture: each required tensor present with the shape
+        config.json implies, nothing unknown, no two tensors under one name."""
+        layers = {int(m.group(1)) for n in ckpt.tensors if (m := LAYER_INDEX.search(n))}
+        if self.n_layer > len(layers):
+            raise ConvkitError(f"{self.path}: {self.n_layer} layers, but the checkpoint holds tensors of "
+                               f"{len(layers)}; config.json and the weights disagree")
+        names, shapes, files = {}, {}, {}
+        for hf_name, entry in ckpt.tensors.items():
+            name = self.gguf_name(hf_name)
+            if name is None:
+                continue
+            if name in names:
+                raise ConvkitError(f"{entry.file}: tensors {names[name]!r} and {hf_name!r} both become {name}; "
+                                   "the checkpoint does not match its config's architecture")
+            names[name], files[name] = hf_name, entry.file
+            shapes[name] = self.transformed_shape(name, entry.shape)
+        hp = self.shape_hparams()
+        if hp is not None:
+            tensor_shapes.check_tensors(self.name, hp, shapes, lambda n: files.get(n, ckpt.directory))
+        return names
 
     def transform(self, gguf_name: str, weight: np.ndarray) -> np.ndarray:
         return weight
 
+    def transposes(self, gguf_name: str) -> bool:
+        """Whether the checkpoint stores this matrix transposed (gpt2's Conv1D)."""
+        return False
+
     def transformed_shape(self, gguf_name: str, shape: tuple) -> tuple:
-        """The shape after transform (architectures that transpose override this)."""
-        return tuple(shape)
+        """The shape after transform."""
+        return tuple(reversed(shape)) if self.transposes(gguf_name) else tuple(shape)
 
     def extra_tensors(self):
         """Tensors derived from the config, as (gguf name, function giving float32 values);

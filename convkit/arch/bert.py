@@ -15,6 +15,7 @@ class Bert(Architecture):
         self.hidden = f.int("hidden_size")
         self.n_head = self.n_head_kv = f.int("num_attention_heads")
         self.ff = f.int("intermediate_size")
+        self.vocab = f.int("vocab_size", hi=MAX_TOKENS)
         self.context = f.int("max_position_embeddings", hi=MAX_TOKENS)
         self.norm_eps = f.float("layer_norm_eps", hi=1.0)
         f.require_neutral({"hidden_act": ("gelu",), "position_embedding_type": ("absolute",),
@@ -24,6 +25,10 @@ class Bert(Architecture):
         if hf_name.startswith("pooler.") or hf_name == "embeddings.position_ids":
             return None
         return super().gguf_name(hf_name)
+
+    def shape_hparams(self):
+        return {"n_layer": self.n_layer, "hidden": self.hidden, "n_head": self.n_head, "n_head_kv": self.n_head,
+                "head_dim": self.hidden // self.n_head, "ff": self.ff, "vocab": self.vocab, "n_ctx": self.context}
 
     def write_hparams(self, w):
         w.add_context_length(self.context)

@@ -34,11 +34,16 @@ class GPT2(Architecture):
         return super().gguf_name(hf_name if hf_name.startswith("transformer.") or hf_name.startswith("lm_head")
                                  else "transformer." + hf_name)
 
-    def transform(self, name, weight):
-        return weight.T.copy() if name.endswith(self.transposed) else weight
+    def transposes(self, name):
+        return name.endswith(self.transposed)
 
-    def transformed_shape(self, name, shape):
-        return tuple(reversed(shape)) if name.endswith(self.transposed) else tuple(shape)
+    def transform(self, name, weight):
+        return weight.T.copy() if self.transposes(name) else weight
+
+    def shape_hparams(self):
+        return {"n_layer": self.n_layer, "hidden": self.hidden, "n_head": self.n_head, "n_head_kv": self.n_head,
+                "head_dim": self.head_dim, "ff": self.ff, "vocab": self.vocab, "n_ctx": self.context,
+                "tied": self.tie_embeddings}
 
     def write_hparams(self, w):
         w.add_block_count(self.n_layer)

@@ -91,13 +91,10 @@ class Llama(Architecture):
             return None
         return f.int("sliding_window", hi=MAX_TOKENS, default=-1) if f.has("sliding_window") else None
 
-    def expected_shape(self, name):
-        kind = name.split(".")[-2] if name.startswith("blk.") else name.rsplit(".", 1)[0]
-        h, q, kv = self.hidden, self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        return {"token_embd": (self.vocab, h), "output": (self.vocab, h), "output_norm": (h,),
-                "attn_norm": (h,), "ffn_norm": (h,), "attn_q": (q, h), "attn_k": (kv, h),
-                "attn_v": (kv, h), "attn_output": (h, q), "ffn_gate": (self.ff, h),
-                "ffn_up": (self.ff, h), "ffn_down": (h, self.ff)}.get(kind) if name.endswith(".weight") else None
+    def shape_hparams(self):
+        return {"n_layer": self.n_layer, "hidden": self.hidden, "n_head": self.n_head, "n_head_kv": self.n_head_kv,
+                "head_dim": self.head_dim, "ff": self.ff, "vocab": self.vocab,
+                "tied": self.tie_embeddings, "attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias}
 
     def transform(self, name, weight):
         if not self.permutes_qk:

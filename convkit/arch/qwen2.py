@@ -22,9 +22,3 @@ class Qwen2(Llama):
 
     neutral_keys = {**Llama.neutral_keys, "use_sliding_window": (False, True)}
 
-    def expected_shape(self, name):
-        if name.endswith(".bias"):
-            kind = name.split(".")[-2]
-            q, kv = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-            return {"attn_q": (q,), "attn_k": (kv,), "attn_v": (kv,)}.get(kind)
-        return super().expected_shape(name)

@@ -80,7 +80,7 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
                                "or drop --plot") from None
     text = read_text(text_file)
     config = check_model(model)
-    tok = load_tokenizer(model)
+    tok = load_tokenizer(model, config.vocab_size)
     tokens = tokenize_for_perplexity(tok, text)
     if n_ctx > config.context_limit:
         raise ConvkitError(f"--ctx {n_ctx} is longer than {model}'s context of {config.context_limit}; "

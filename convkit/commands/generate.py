@@ -36,8 +36,8 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
 
     started = time.perf_counter()
     resolve_device(device)
-    check_model(model)  # an unsupported architecture or type is named before tokenizer problems
-    tok = load_tokenizer(model)  # before the model: its loader releases the parsed GGUF metadata
+    config = check_model(model)  # an unsupported architecture or type is named before tokenizer problems
+    tok = load_tokenizer(model, config.vocab_size)  # before the model: its loader releases the parsed GGUF metadata
     net = load_model(model, device=device, precision=precision, dequantize_all=dequantize_all)
     ids = tok.encode(prompt, add_bos=False if no_bos else None)
     if not ids:

@@ -18,7 +18,7 @@ def _short(value):
 
 def _gguf(path):
     from convkit import gguf_in
-    reader = gguf_in.open_gguf(path)
+    reader = gguf_in.open_gguf(path, check_model=False)  # shows a file as it is
     meta = {k: _short(f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     tensors = [{"name": t.name, "shape": list(gguf_in.numpy_shape(t)), "type": t.tensor_type.name,
                 "bytes": int(t.n_bytes)} for t in reader.tensors]

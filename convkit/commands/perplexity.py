@@ -29,8 +29,8 @@ def open_model(path, device, precision, numerics, dequantize_all):
     resolve_device(device)
     if numerics == "ggml" and precision != "fp32":
         raise ConvkitError("--numerics ggml reproduces llama.cpp's float32 CPU arithmetic; use --precision fp32")
-    check_model(path)
-    tok = load_tokenizer(path)
+    config = check_model(path)
+    tok = load_tokenizer(path, config.vocab_size)
     model = load_model(path, device=device, precision=precision, dequantize_all=dequantize_all,
                        numerics="ggml" if numerics == "ggml" else None)
     return model, tok

@@ -4,8 +4,8 @@ Both paths produce the same thing: a ModelConfig and a mapping from GGUF tensor 
 to weights (matrices as `QTensor`, kept exactly as stored; norms and biases as float
 tensors in the compute dtype), on the target device.
 
-- GGUF: metadata through `gguf.GGUFReader`; each tensor's raw blocks are copied once
-  (memory = the file's size). For architecture `llama` the converter permuted the rows
+- GGUF: metadata through convkit.gguf_check (checked completely first); each tensor's
+  raw blocks are copied once (memory = the file's size). For architecture `llama` the converter permuted the rows
   of attn_q/attn_k so that ggml's interleaved rotary applies; rows are independent in
   every block type, so those rows are put back in HF order here, on the raw bytes, and
   the model uses one rotary layout for every source.
@@ -155,25 +155,22 @@ _INFO: dict = {}  # the last file read: (path, mtime, size) -> GGUFInfo
 
 
 def gguf_info(path: Path) -> GGUFInfo:
-    """The file's metadata and tensor directory, read with gguf-py's reader. The reader holds
-    the vocabulary as many small arrays (seconds to parse, ~150 MB for 49k tokens), so its
-    values are copied out and the reader dropped; the copy of the last file is kept for the
-    next caller (tokenizer and model read the same file)."""
-    from convkit.gguf_in import GGUFFileReader
+    """The file's metadata and tensor directory as plain Python values, after the checks of
+    gguf_check (layout) and gguf_model (metadata against tensors): nothing later reads a
+    byte the header did not account for. The copy of the last file is kept for the next
+    caller (tokenizer and model read the same file)."""
+    from convkit import gguf_model
+    from convkit.gguf_check import read_layout
 
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key not in _INFO:
-        try:
-            reader = GGUFFileReader(path)
-            fields = {name: field.contents() for name, field in reader.fields.items()}
-            tensors = [GGUFTensor(t.name, GGMLQuantizationType(t.tensor_type), tuple(int(d) for d in t.shape),
-                                  int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
-        except Exception as exc:  # gguf raises ValueError/struct errors on damaged files
-            raise ConvkitError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
-        del reader
+        layout = read_layout(path)
+        gguf_model.check_model(layout, path)
+        tensors = [GGUFTensor(t.name, GGMLQuantizationType(t.qtype), t.shape, t.offset, t.nbytes)
+                   for t in layout.tensors]
         _INFO.clear()
-        _INFO[key] = GGUFInfo(fields, tensors)
+        _INFO[key] = GGUFInfo(layout.fields, tensors)
     return _INFO[key]
 
 
@@ -290,33 +287,6 @@ def _gguf_tensor(f, t: GGUFTensor, config, heads, dtype, device):
 
 
 # ------------------------------------------------------------------------ HF
-_HF_LAYER = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    # gpt2
-    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
-    "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
-}
-_HF_GLOBAL = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
-              "wte": "token_embd", "wpe": "position_embd", "ln_f": "output_norm"}
-_GPT2_CONV1D = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """HF tensor name -> GGUF name, or None for buffers that are not weights."""
-    parts = hf_name.split(".")
-    if parts[0] in ("model", "transformer"):
-        parts = parts[1:]
-    suffix = parts[-1]
-    if parts[0] in ("layers", "h"):
-        kind = _HF_LAYER.get(".".join(parts[2:-1]))
-        return f"blk.{parts[1]}.{kind}.{suffix}" if kind else None
-    kind = _HF_GLOBAL.get(".".join(parts[:-1]))
-    return f"{kind}.{suffix}" if kind else None
-
-
 def hf_config(raw: dict, path: Path) -> ModelConfig:
     """The runtime's config from config.json, read by the same architecture class the
     converter uses (convkit/arch), so the two cannot read a checkpoint differently."""
@@ -340,17 +310,6 @@ def hf_config(raw: dict, path: Path) -> ModelConfig:
         bos_token_id=arch.bos_token_id, eos_token_ids=arch.eos_token_ids)
 
 
-def _safetensors_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / s for s in shards]
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ConvkitError(f"{path}: no *.safetensors file; the runtime reads safetensors checkpoints only")
-    return files
-
-
 _FLOAT_QTYPES = {torch.float32: GGMLQuantizationType.F32, torch.float16: GGMLQuantizationType.F16,
                  torch.bfloat16: GGMLQuantizationType.BF16}
 
@@ -364,27 +323,31 @@ def _hf_config_file(path: Path) -> ModelConfig:
     return hf_config(read_config_file(config_file), path)
 
 
+_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 def read_hf(path: Path, dtype, device):
-    from safetensors import safe_open
+    """The checkpoint through convkit.checkpoint's reader (headers checked as for every other
+    command) and checked against its architecture before any tensor is read."""
+    from convkit.arch import architecture_for
+    from convkit.checkpoint import open_checkpoint
 
     config = _hf_config_file(path)
+    ckpt = open_checkpoint(path)
+    arch = architecture_for(ckpt.config, ckpt.directory / "config.json")
     weights = {}
-    for file in _safetensors_files(path):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                target = gguf_name(name)
-                if target is None:
-                    continue
-                tensor = f.get_tensor(name)
-                if config.arch == "gpt2" and target.split(".")[-2] in _GPT2_CONV1D and tensor.dim() == 2:
-                    tensor = tensor.t().contiguous()
-                if tensor.dim() == 2:
-                    if tensor.dtype not in _FLOAT_QTYPES:
-                        raise ConvkitError(f"{file}: tensor {name} has dtype {tensor.dtype}; "
-                                           f"the runtime reads float32, float16 and bfloat16 checkpoints")
-                    weights[target] = _matrix(tensor, _FLOAT_QTYPES[tensor.dtype], device)
-                else:
-                    weights[target] = tensor.to(device, dtype)
+    for target, name in arch.map_checkpoint(ckpt).items():  # the converter's names, checked
+        entry = ckpt.tensors[name]
+        if entry.dtype not in _TORCH_DTYPES:
+            raise ConvkitError(f"{entry.file}: tensor {name} has dtype {entry.dtype}; "
+                               f"the runtime reads float32, float16 and bfloat16 checkpoints")
+        tensor = torch.from_numpy(ckpt.read_raw(name)).view(_TORCH_DTYPES[entry.dtype])
+        if arch.transposes(target):  # gpt2's Conv1D
+            tensor = tensor.t().contiguous()
+        if tensor.dim() == 2:
+            weights[target] = _matrix(tensor, _FLOAT_QTYPES[tensor.dtype], device)
+        else:
+            weights[target] = tensor.to(device, dtype)
     if "output.weight" in weights and config.tie_embeddings:
         config.tie_embeddings = False  # a stored head wins
     if "output.weight" not in weights and not config.tie_embeddings:

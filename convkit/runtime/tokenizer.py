@@ -76,6 +76,8 @@ def gguf_tokenizer(path: Path) -> Tokenizer:
         raise ConvkitError(f"{path}: pre-tokenizer {pre!r} is not supported by the runtime; "
                            f"supported: {', '.join(sorted(GGUF_PRETOKENIZERS))}")
     tokens = field("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ConvkitError(f"{path}: tokenizer.ggml.tokens is missing or empty; convert the file again")
     types = field("tokenizer.ggml.token_type") or [1] * len(tokens)
     specials = {t: i for i, (t, k) in enumerate(zip(tokens, types)) if k in (_CONTROL, _USER_DEFINED)}
     vocab = {t: i for i, t in enumerate(tokens) if t not in specials}
@@ -89,14 +91,37 @@ def gguf_tokenizer(path: Path) -> Tokenizer:
 def _hf_bos(doc: dict, config: dict) -> tuple[int | None, bool]:
     """BOS id and whether encoding adds it: from the post-processor template, else the config."""
     post = doc.get("post_processor") or {}
+    if not isinstance(post, dict):
+        return None, bool(config.get("add_bos_token", False))
     steps = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
-    for step in steps:
-        if step.get("type") == "TemplateProcessing":
+    for step in steps if isinstance(steps, list) else []:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
             first = (step.get("single") or [{}])[0]
-            if "SpecialToken" in first:
-                name = first["SpecialToken"]["id"]
-                return step["special_tokens"][name]["ids"][0], True
+            if isinstance(first, dict) and isinstance(first.get("SpecialToken"), dict):
+                name = first["SpecialToken"].get("id")
+                entry = (step.get("special_tokens") or {}).get(name) if isinstance(name, str) else None
+                ids = entry.get("ids") if isinstance(entry, dict) else None
+                return (ids[0] if isinstance(ids, list) and ids else "missing"), True
     return None, bool(config.get("add_bos_token", False))
+
+
+def _json_object(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConvkitError(f"{path}: not valid JSON ({str(exc)[:80]}); restore it from the model's source") from None
+    if not isinstance(doc, dict):
+        raise ConvkitError(f"{path}: expected a JSON object; restore it from the model's source")
+    return doc
+
+
+def _checked_id(value, n_vocab: int, source) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_vocab:
+        raise ConvkitError(f"{source}: token id {str(value)[:40]} is not an id of the {n_vocab}-token vocabulary; "
+                           "restore the file from the model's source")
+    return value
 
 
 def hf_tokenizer(path: Path) -> Tokenizer:
@@ -108,28 +133,38 @@ def hf_tokenizer(path: Path) -> Tokenizer:
     bpe = formats.load(file)
     if not hasattr(bpe, "decode_bytes"):
         raise ConvkitError(f"{file}: not a byte-level BPE tokenizer; the runtime supports byte-level BPE only")
-    doc = json.loads(file.read_text(encoding="utf-8"))
-    tok_config = path / "tokenizer_config.json"
-    tok_config = json.loads(tok_config.read_text(encoding="utf-8")) if tok_config.exists() else {}
-    model_config = path / "config.json"
-    model_config = json.loads(model_config.read_text(encoding="utf-8")) if model_config.exists() else {}
+    doc = json.loads(file.read_text(encoding="utf-8"))  # formats.load has parsed it already
+    tok_config = _json_object(path / "tokenizer_config.json")
+    model_config = _json_object(path / "config.json")
+    n_vocab = bpe.vocab_size
     bos_id, add_bos = _hf_bos(doc, tok_config)
-    if bos_id is None:
-        bos_id = model_config.get("bos_token_id")
+    source = file
+    if bos_id is None and model_config.get("bos_token_id") is not None:
+        bos_id, source = model_config["bos_token_id"], path / "config.json"
+    if bos_id is not None:
+        bos_id = _checked_id(bos_id, n_vocab, source)
     eos = model_config.get("eos_token_id")
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    eos = [eos] if not isinstance(eos, list) and eos is not None else list(eos or [])
+    eos = [_checked_id(i, n_vocab, path / "config.json") for i in eos]
     if not eos and isinstance(tok_config.get("eos_token"), str):
         eos = [i for i in [bpe.token_to_id(tok_config["eos_token"])] if i is not None]
     return Tokenizer(bpe, bos_id, eos, add_bos)
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """The tokenizer of a model: a .gguf file's metadata or an HF directory's tokenizer.json."""
+def load_tokenizer(path, n_vocab: int | None = None) -> Tokenizer:
+    """The tokenizer of a model: a .gguf file's metadata or an HF directory's tokenizer.json.
+    With `n_vocab` (the model's vocabulary), every id it can produce is checked to fit."""
     from .load import is_gguf
 
     path = Path(path)
     if is_gguf(path):
-        return gguf_tokenizer(path)
-    if path.is_dir():
-        return hf_tokenizer(path)
-    raise ConvkitError(f"{path}: neither a GGUF file nor an HF checkpoint directory; give one of those")
+        tok = gguf_tokenizer(path)
+    elif path.is_dir():
+        tok = hf_tokenizer(path)
+    else:
+        raise ConvkitError(f"{path}: neither a GGUF file nor an HF checkpoint directory; give one of those")
+    top = max([*tok.bpe._id_to_token, *tok.eos_ids, tok.bos_id or 0], default=0)
+    if n_vocab is not None and top >= n_vocab:
+        raise ConvkitError(f"{path}: the tokenizer has ids up to {top} but the model's vocabulary holds {n_vocab} "
+                           "tokens; the tokenizer belongs to another model")
+    return tok

@@ -1,0 +1,113 @@
+"""The tensors each architecture needs, with the shapes its hyperparameters imply.
+
+One table for both directions: the converter checks an HF checkpoint against it (after
+renaming to GGUF names) and the GGUF readers check a file's tensor directory against it,
+so a tensor that is missing, unexpected or of the wrong shape is one clear error before
+any work, never a torch size mismatch (or a wrong file) later. Shapes are in numpy order
+(row length last); None in a shape accepts any size on that axis.
+
+`hp` keys: n_layer, hidden, n_head, n_head_kv, head_dim, ff, vocab; gpt2 and bert add
+n_ctx (rows of the learned positions); `tied` says whether output.weight may be absent.
+"""
+from convkit.errors import ConvkitError
+
+
+def _llama(hp: dict, biases_required: bool) -> dict:
+    h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
+    q, kv = hp["n_head"] * hp["head_dim"], hp["n_head_kv"] * hp["head_dim"]
+    out = {"token_embd.weight": ((vocab, h), True), "output_norm.weight": ((h,), True),
+           "output.weight": ((vocab, h), not hp.get("tied", True)),
+           "rope_freqs.weight": ((hp["head_dim"] // 2,), False)}
+    for i in range(hp["n_layer"]):
+        p = f"blk.{i}."
+        out.update({
+            p + "attn_norm.weight": ((h,), True), p + "ffn_norm.weight": ((h,), True),
+            p + "attn_q.weight": ((q, h), True), p + "attn_k.weight": ((kv, h), True),
+            p + "attn_v.weight": ((kv, h), True), p + "attn_output.weight": ((h, q), True),
+            p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
+            p + "ffn_down.weight": ((h, ff), True),
+            p + "attn_q.bias": ((q,), biases_required), p + "attn_k.bias": ((kv,), biases_required),
+            p + "attn_v.bias": ((kv,), biases_required)})
+        # llama's attention_bias / mlp_bias: required when config.json sets them, refused
+        # when it says false, allowed when unknown (a GGUF states neither)
+        extra = {"attention_bias": {p + "attn_output.bias": (h,)},
+                 "mlp_bias": {p + "ffn_gate.bias": (ff,), p + "ffn_up.bias": (ff,), p + "ffn_down.bias": (h,)}}
+        if hp.get("attention_bias"):
+            for kind in ("attn_q", "attn_k", "attn_v"):
+                out[f"{p}{kind}.bias"] = (out[f"{p}{kind}.bias"][0], True)
+        for flag, tensors in extra.items():
+            if hp.get(flag) is not False:
+                out.update({name: (shape, bool(hp.get(flag))) for name, shape in tensors.items()})
+    return out
+
+
+def _gpt2(hp: dict) -> dict:
+    h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
+    out = {"token_embd.weight": ((vocab, h), True), "position_embd.weight": ((hp["n_ctx"], h), True),
+           "output_norm.weight": ((h,), True), "output_norm.bias": ((h,), True),
+           "output.weight": ((vocab, h), not hp.get("tied", True))}
+    for i in range(hp["n_layer"]):
+        p = f"blk.{i}."
+        out.update({
+            p + "attn_norm.weight": ((h,), True), p + "attn_norm.bias": ((h,), True),
+            p + "attn_qkv.weight": ((3 * h, h), True), p + "attn_qkv.bias": ((3 * h,), True),
+            p + "attn_output.weight": ((h, h), True), p + "attn_output.bias": ((h,), True),
+            p + "ffn_norm.weight": ((h,), True), p + "ffn_norm.bias": ((h,), True),
+            p + "ffn_up.weight": ((ff, h), True), p + "ffn_up.bias": ((ff,), True),
+            p + "ffn_down.weight": ((h, ff), True), p + "ffn_down.bias": ((h,), True)})
+    return out
+
+
+def _bert(hp: dict) -> dict:
+    h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
+    out = {"token_embd.weight": ((vocab, h), True), "position_embd.weight": ((hp["n_ctx"], h), True),
+           "token_types.weight": ((None, h), True),
+           "token_embd_norm.weight": ((h,), True), "token_embd_norm.bias": ((h,), True)}
+    for i in range(hp["n_layer"]):
+        p = f"blk.{i}."
+        for kind in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            out[p + kind + ".weight"] = ((h, h), True)
+            out[p + kind + ".bias"] = ((h,), True)
+        for norm in ("attn_output_norm", "layer_output_norm"):
+            out[p + norm + ".weight"] = ((h,), True)
+            out[p + norm + ".bias"] = ((h,), True)
+        out.update({p + "ffn_up.weight": ((ff, h), True), p + "ffn_up.bias": ((ff,), True),
+                    p + "ffn_down.weight": ((h, ff), True), p + "ffn_down.bias": ((h,), True)})
+    return out
+
+
+TABLES = {"llama": lambda hp: _llama(hp, False), "qwen2": lambda hp: _llama(hp, True), "gpt2": _gpt2, "bert": _bert}
+
+
+def expected_tensors(arch: str, hp: dict) -> dict | None:
+    """GGUF name -> (numpy shape, required), or None for an architecture without a table."""
+    table = TABLES.get(arch)
+    return None if table is None else table(hp)
+
+
+def shape_matches(expected: tuple, actual: tuple) -> bool:
+    return len(expected) == len(actual) and all(e is None or e == a for e, a in zip(expected, actual))
+
+
+def check_tensors(arch: str, hp: dict, shapes: dict, where) -> None:
+    """Every required tensor present, nothing unknown, every shape as `hp` implies.
+
+    `shapes`: GGUF name -> numpy shape. `where(name)` gives the file or tensor to name in
+    the message. Raises ConvkitError."""
+    table = expected_tensors(arch, hp)
+    if table is None:
+        return
+    for name, shape in shapes.items():
+        if name not in table:
+            raise ConvkitError(f"{where(name)}: tensor {name} is not part of a {hp['n_layer']}-layer {arch} model; "
+                               f"the weights and the hyperparameters disagree")
+        expected = table[name][0]
+        if not shape_matches(expected, tuple(shape)):
+            shown = [("any" if e is None else e) for e in expected]
+            raise ConvkitError(f"{where(name)}: tensor {name} has shape {list(shape)} but the hyperparameters "
+                               f"imply {shown}; the weights and the hyperparameters disagree")
+    missing = [name for name, (_, required) in table.items() if required and name not in shapes]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ConvkitError(f"{where(missing[0])}: tensor {missing[0]}{more} missing for a {hp['n_layer']}-layer "
+                           f"{arch} model; the checkpoint is incomplete")
