@@ -18,11 +18,16 @@ HELPERS = {
     "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL) and f16/bf16 conversion",
     "tokenizers_impl._bpe": "BPE training, pre-tokenization and byte-level encoding",
 }
+# What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
+# 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level
+# BPE training on the pydoc text 7x, encoding 300 KB of it 65x.
+MISSING_COST = {
+    "quant._kquants": "quantizing 5-20x slower",
+    "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
+}
 # The helpers are plain C built without -march, so they need only the baseline instruction
 # set (SSE2 on x86-64); the vector features below matter to torch and numpy.
 HELPERS_ISA = "plain C for the baseline instruction set, no -march"
-# What the numpy paths cost, measured on the sample model and the pydoc text (README).
-MISSING_COST = "quantizing about 10x slower, tokenizer training and encoding about 20x slower"
 
 PACKAGES = ("numpy", "torch", "gguf", "safetensors", "sentencepiece", "click", "matplotlib")
 
@@ -52,8 +57,9 @@ def missing_helpers_note() -> str | None:
     missing = [name for name, built in compiled_helpers().items() if not built]
     if not missing:
         return None
-    return (f"convkit: note: compiled helpers missing ({', '.join(missing)}): the numpy paths give "
-            f"the same results but {MISSING_COST}; reinstall with a C compiler (`convkit env` lists them)")
+    costs = ", ".join(f"{name} ({MISSING_COST[name]})" for name in missing)
+    return (f"convkit: note: compiled helpers missing: {costs}; the numpy paths give the same "
+            f"results. Reinstall with a C compiler to build them (`convkit env` lists them).")
 
 
 def package_versions() -> dict:
@@ -145,8 +151,8 @@ def system_info() -> dict:
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable": sys.executable, "platform": platform.platform()},
         "packages": package_versions(),
-        "helpers": {"built": compiled_helpers(), "isa": HELPERS_ISA, "missing_cost": MISSING_COST,
-                    "speeds_up": dict(HELPERS)},
+        "helpers": {"built": compiled_helpers(), "isa": HELPERS_ISA, "speeds_up": dict(HELPERS),
+                    "cost_if_missing": dict(MISSING_COST)},
         "cpu": cpu_info(),
         "torch": torch_info(),
     }

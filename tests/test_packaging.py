@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -42,6 +43,7 @@ def built(tmp_path_factory):
     (as `python -m build` does it, minus the isolated environment)."""
     tmp = tmp_path_factory.mktemp("pkg")
     src = tmp / "src"
+    src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "build", "*.egg-info")
     for name in BUILD_INPUTS:
         if (ROOT / name).is_dir():
@@ -63,17 +65,25 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def installed(built):
-    """The wheel alone in a directory of its own, run from another one."""
-    site = built["tmp"] / "site"
+    """The wheel installed alone, run from another directory by a venv of its own. That venv
+    takes the dependencies (numpy, torch, ...) from this environment through a .pth line, but
+    not this environment's convkit: an editable install's import hook would hand out the
+    source tree's compiled helpers and sample."""
+    tmp = built["tmp"]
+    target = tmp / "site"
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-          "--target", str(site), str(built["wheel"])])
-    elsewhere = built["tmp"] / "elsewhere"
+          "--target", str(target), str(built["wheel"])])
+    _run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")])
+    python = str(tmp / "venv" / "bin" / "python")
+    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    (purelib / "deps.pth").write_text("\n".join([str(target), *site.getsitepackages()]) + "\n")
+    elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run(*args):
-        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=elsewhere, env=env)
-    return {"site": site, "run": run, "elsewhere": elsewhere}
+        return subprocess.run([python, *args], capture_output=True, text=True, cwd=elsewhere, env=env)
+    return {"site": target, "run": run}
 
 
 def test_sdist_holds_what_a_build_needs(built):

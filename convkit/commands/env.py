@@ -12,7 +12,8 @@ def _yes(flag) -> str:
 def format_env(info: dict) -> str:
     py, cpu, tch, helpers = info["python"], info["cpu"], info["torch"], info["helpers"]
     packages = ", ".join(f"{name} {version or '-'}" for name, version in info["packages"].items())
-    built = ", ".join(f"{name} {'built' if ok else 'MISSING'}" for name, ok in helpers["built"].items())
+    built = ", ".join(f"{name} {'built' if ok else 'MISSING (' + helpers['cost_if_missing'][name] + ')'}"
+                      for name, ok in helpers["built"].items())
     lines = [
         f"convkit {info['convkit']}",
         f"python: {py['version']} ({py['implementation']}) {py['executable']}",
@@ -20,8 +21,6 @@ def format_env(info: dict) -> str:
         f"packages: {packages}",
         f"compiled helpers: {built} ({helpers['isa']})",
     ]
-    if not all(helpers["built"].values()):
-        lines.append(f"  without them: {helpers['missing_cost']}; results are the same")
     lines.append(f"cpu: {cpu['model'] or 'unknown'} ({cpu['machine']}, {cpu['usable_cores']} of "
                  f"{cpu['logical_cores']} cores usable)")
     if cpu["features"] is None:
