@@ -93,6 +93,7 @@ def test_sdist_holds_what_a_build_needs(built):
               *(f"samples/tiny-llama/{p.name}" for p in SAMPLE.iterdir())}
     assert needed <= names, sorted(needed - names)
     assert not any(n.endswith((".so", ".pyc")) for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
 
 def test_wheel_without_compiler_carries_the_sample_and_no_tests(built):
