@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from convkit import __version__
 from convkit.errors import USER_ERRORS
 
 # command name -> "module:attribute" under convkit.commands
@@ -15,6 +16,7 @@ COMMANDS = {
     "convert": "convert:convert",
     "demo": "demo:demo",
     "drift": "drift:drift",
+    "env": "env:env",
     "inspect": "inspect:inspect_cmd",
     "generate": "generate:generate",
     "perplexity": "perplexity:perplexity",
@@ -35,9 +37,16 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.version_option(package_name="convkit")
-def cli():
+@click.version_option(__version__, prog_name="convkit")
+@click.pass_context
+def cli(ctx):
     """Train tokenizers, convert and quantize checkpoints to GGUF, measure drift."""
+    if ctx.invoked_subcommand != "env":  # env reports the helpers itself
+        from convkit.sysinfo import missing_helpers_note
+
+        note = missing_helpers_note()  # once per run, on stderr, before any work
+        if note:
+            click.echo(note, err=True)
 
 
 def main(argv=None):
