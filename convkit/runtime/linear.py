@@ -11,7 +11,7 @@ The numerics hook
 A numerics object decides how the product is computed; the model never knows which one
 it runs with. The default, `FloatNumerics`, dequantizes the weight to the activation
 dtype (float32 or bfloat16) and computes one dense product (`F.linear` in float32, the
-GEMM transformers uses; oneDNN's linear for bfloat16 on CPU); a weight of more than
+GEMM transformers uses; for bfloat16 on CPU the kernel `cpu_paths` chose for this CPU); a weight of more than
 `row_chunk` rows (the output head) is dequantized a slice of rows at a time unless
 it is kept dense. Another strategy — such as llama.cpp's
 CPU numerics, where activations are quantized to Q8_0/Q8_1/Q8_K before each product
@@ -32,13 +32,13 @@ Fused projections: q/k/v (and gate/up) rows of the same type are concatenated in
 QuantLinear at load time — rows are independent, so this changes no result of any
 numerics — and kept as a `ConcatLinear` of separate layers when their types differ.
 """
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 
+from . import cpu_paths
 from .dequant_torch import FLOAT_TYPES, dequantize, row_length
 
 
@@ -86,39 +86,41 @@ class QTensor:
         return QTensor(torch.cat([p.data for p in parts]), parts[0].qtype)
 
 
-def _onednn_linear():
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """oneDNN's linear (what torch's CPU graph compiler emits): on 2 cores it runs these
-    bfloat16 shapes faster than F.linear. float32 stays on F.linear, the GEMM transformers
-    uses, so the reference precision reproduces its logits to the last bits."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available() or os.environ.get("CONVKIT_NO_ONEDNN"):
-        return None
-    try:
-        op(torch.ones(1, 2), torch.ones(3, 2), None, "none", [], "")
-    except RuntimeError:
-        return None
-    return lambda x, w, b: op(x, w, b, "none", [], "")
+    bfloat16 shapes faster than F.linear, and it takes a prepacked weight."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-_ONEDNN_LINEAR = _onednn_linear()
+def _fp32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """bfloat16 operands upcast (exactly), one float32 GEMM, the result rounded once to
+    bfloat16: what oneDNN's bfloat16 kernels compute, on CPUs that have none."""
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
+# how a bfloat16 product on CPU is computed, by cpu_paths' path name
+BF16_PRODUCTS = {"prepacked": _onednn_product, "bf16": F.linear, "fp32": _fp32_product}
 PACK_ROWS_HINT = 512  # activation rows oneDNN chooses the packed layout for (any count works)
 
 
 def prepacked(weight: torch.Tensor) -> torch.Tensor:
     """A bfloat16 CPU weight that stays for many products, reordered once into oneDNN's
-    blocked layout: the same results bit for bit, 5 to 10% faster at 512 rows and about
-    twice as fast for one row (decoding), because no product repacks it again. Other
-    weights are returned as they are."""
-    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONEDNN_LINEAR else None
-    if reorder is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+    blocked layout when the CPU's path is "prepacked": the same results bit for bit, 5 to
+    10% faster at 512 rows and about twice as fast for one row (decoding), because no
+    product repacks it again. Other weights, and every weight on other paths, are returned
+    as they are."""
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or cpu_paths.current().name != "prepacked":
         return weight
-    return reorder(weight, PACK_ROWS_HINT)
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T + bias with the fastest kernel for the device (`weight` may be prepacked)."""
-    if weight.is_mkldnn or (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16):
-        return _ONEDNN_LINEAR(x, weight, bias)
+    """x @ weight.T + bias with the kernel the device supports (`weight` may be prepacked).
+    float32 and GPU products are F.linear; bfloat16 on CPU follows cpu_paths."""
+    if weight.is_mkldnn:  # packed under the prepacked path: only oneDNN reads this layout
+        return _onednn_product(x, weight, bias)
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return BF16_PRODUCTS[cpu_paths.current().name](x, weight, bias)
     return F.linear(x, weight, bias)
 
 
