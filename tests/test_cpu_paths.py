@@ -15,13 +15,16 @@ Tolerances (u16 = 2^-8, the unit roundoff of bfloat16; u32 = 2^-24, of float32):
   gamma(k+1) * S of the exact sum, S = sum|x_i w_i| + |b|, gamma(n) = n u32 / (1 - n u32)
   (Higham, Accuracy and Stability, 3.1), in any order; the final rounding to bfloat16
   adds u16 of the result. So |y - exact| <= gamma S + u16 (|exact| + gamma S) for every path.
-- whole model, path against path: every path rounds the same values to bfloat16 at the
-  same places (weights, activations, each product's output); they differ only in the order
-  of the float32 sums inside a product, which changes an output only where its sum sits on a
-  bfloat16 rounding boundary, and then by one step. Those events are a subset of the
-  roundings that separate bfloat16 from float32 as a whole, so the largest logit difference
-  between two paths must not exceed the largest difference between bfloat16 (the portable
-  fp32 path) and float32 logits, measured in the same test on the same machine.
+- whole model, each path against float32: every path rounds the same weights and
+  activations to bfloat16 at the same places; the paths differ only in the order of the
+  float32 sums inside a product (an output moves only where its sum sits on a bfloat16
+  rounding boundary, by one step) and in attention (the fp32 path keeps scores and
+  probabilities in float32, the others round them to bfloat16). So every path's logits are
+  as far from float32 logits as the portable fp32 path's are, measured in the same test on
+  the same machine; twice that distance is allowed for which roundings happen to flip. A path
+  with an error of its own (a bfloat16 accumulator, a dropped bias, a stale packed weight)
+  lands several times further away. (Two paths need not agree to better than one bfloat16
+  step of a logit: the final rounding of one can go up where the other's goes down.)
 - fp32 precision and --numerics ggml never take a bfloat16 path: bit-identical whatever
   is forced.
 """
@@ -38,7 +41,7 @@ import torch
 from convkit.errors import ConvkitError
 from convkit.runtime import cpu_paths, ggml_numerics, load_model  # noqa: F401 (registers --numerics ggml)
 from convkit.runtime.cpu_paths import ENV, PATHS, Capabilities, decide
-from convkit.runtime.linear import dense_linear, prepacked
+from convkit.runtime.linear import dense_linear, kept_form
 from test_runtime_model import FAMILIES, TOL, make_family, reference_logits, token_ids, write_gguf
 
 U16, U32 = 2.0 ** -8, 2.0 ** -24
@@ -116,8 +119,8 @@ def test_product_is_within_the_bfloat16_bound(forced, rows, bias):
     exact = x.double() @ w.double().t() + (b.double() if bias else 0)
     size = (x.double().abs() @ w.double().abs().t()) + (b.double().abs() if bias else 0)
     bound = gamma(k + 1) * size + U16 * (exact.abs() + gamma(k + 1) * size)
-    for weight in (w, prepacked(w)):  # plain, and as --dequantize-all keeps it on this path
-        assert weight.is_mkldnn == (weight is not w)
+    for weight in (w, kept_form(w)):  # plain, and as --dequantize-all keeps it on this path
+        assert weight.is_mkldnn == (forced == "prepacked") or weight is w
         y = dense_linear(x, weight, b)
         assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
         assert bool(((y.double() - exact).abs() <= bound).all()), float(((y.double() - exact).abs() - bound).max())
@@ -143,7 +146,7 @@ def test_fp32_and_ggml_do_not_depend_on_the_path(family, forced, tmp_path, monke
 
 def test_bf16_on_each_path(family, forced, monkeypatch):
     """bfloat16 per layer, with --dequantize-all, and a batch of two, on the forced path,
-    against the portable fp32 path and against float32 (bound in the module doc)."""
+    against float32, with the portable fp32 path's distance as the scale (module doc)."""
     name, directory, model = family
     ids = torch.cat([token_ids(seed=13), token_ids(seed=14)])
     fp32 = load_model(directory)(ids)
@@ -151,15 +154,16 @@ def test_bf16_on_each_path(family, forced, monkeypatch):
     kept = load_model(directory, precision="bf16", dequantize_all=True)
     ours, ours_kept, ours_row = per_layer(ids), kept(ids), per_layer(ids[1:])
     assert torch.equal(ours_kept, ours)  # kept weights go through the same kernel as per-layer ones
-    assert kept.blocks[0].mlp.down._dense.is_mkldnn == (forced == "prepacked")
+    down = kept.blocks[0].mlp.down
+    assert down._dense.is_mkldnn == (forced == "prepacked")
+    assert down._dense.dtype == (torch.float32 if forced == "fp32" else torch.bfloat16)  # kept upcast on fp32
     monkeypatch.setenv(ENV, "fp32")
     portable_net = load_model(directory, precision="bf16")
     portable, portable_row = portable_net(ids), portable_net(ids[1:])
-    budget = (portable - fp32).abs().max().item()  # everything bfloat16 changes, on this machine
-    assert 0 < budget < 1
-    assert (ours - portable).abs().max().item() <= budget
-    assert (ours[1:] - ours_row).abs().max().item() <= budget  # a batch's rows are independent
-    assert (portable[1:] - portable_row).abs().max().item() <= budget
+    scale = (portable - fp32).abs().max().item()  # bfloat16's whole effect here (module doc)
+    assert 0 < scale < 1
+    for logits, want in ((ours, fp32), (ours_row, fp32[1:]), (portable_row, fp32[1:])):  # batch rows too
+        assert (logits - want).abs().max().item() <= 2 * scale
     assert (ours.argmax(-1) == fp32.argmax(-1)).float().mean().item() > 0.9
 
 

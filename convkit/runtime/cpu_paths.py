@@ -12,7 +12,9 @@ CPU must support:
                Runs on every CPU.
     fp32       float32 products on bfloat16-stored weights: operands upcast per product
                (exactly: every bfloat16 value is a float32 value), one float32 GEMM, the
-               result rounded to bfloat16. Runs on every CPU with the float32 GEMM's speed.
+               result rounded to bfloat16. Runs on every CPU with the float32 GEMM's speed;
+               --dequantize-all keeps the upcast weights (float32's memory, no conversion
+               per product).
 
 The automatic choice asks torch the question it asks itself before calling oneDNN's
 bfloat16 kernels (`torch.ops.mkldnn._is_mkldnn_bf16_supported`, which also honours

@@ -114,6 +114,16 @@ def prepacked(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
 
 
+def kept_form(weight: torch.Tensor) -> torch.Tensor:
+    """How --dequantize-all keeps a weight: on the CPU's "prepacked" path a bfloat16 weight is
+    prepacked; on the "fp32" path it is upcast once to float32 (the same values, so the same
+    products bit for bit, without converting it in every product: the speed of float32 for
+    the memory of float32, which is what the option trades); otherwise as it is."""
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and cpu_paths.current().name == "fp32":
+        return weight.float()
+    return prepacked(weight)
+
+
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias with the kernel the device supports (`weight` may be prepacked).
     float32 and GPU products are F.linear; bfloat16 on CPU follows cpu_paths."""
@@ -148,8 +158,11 @@ class Numerics:
     def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
         """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. `mask` (bool, True = attend)
         is given when the query positions do not start at key position 0."""
+        # grouped_causal_attention's bfloat16 GEMMs are fast where oneDNN has bfloat16 kernels;
+        # on the fp32 path (none) torch's portable bfloat16 bmm is about 20x slower than SDPA's
+        # own kernel, which keeps scores and probabilities in float32
         if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and causal and mask is None
-                and q.shape[2] == k.shape[2] > 1):
+                and q.shape[2] == k.shape[2] > 1 and cpu_paths.current().name != "fp32"):
             return grouped_causal_attention(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                               scale=scale, enable_gqa=q.shape[1] != k.shape[1])
@@ -216,6 +229,7 @@ class QuantLinear(torch.nn.Module):
         self.bias = bias
         self.numerics: Numerics = FloatNumerics()
         self._dense: torch.Tensor | None = None  # set by keep_dense (dequantize-all mode)
+        self._kept_for: torch.dtype | None = None  # the activation dtype _dense was kept for
 
     @property
     def out_features(self) -> int:
@@ -226,19 +240,20 @@ class QuantLinear(torch.nn.Module):
         return self.weight.shape[1]
 
     def kept_weight(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """The weight kept by keep_dense in `dtype` (perhaps prepacked), or None."""
-        return self._dense if self._dense is not None and self._dense.dtype == dtype else None
+        """The weight kept by keep_dense for `dtype` activations (perhaps prepacked, or bfloat16
+        values upcast to float32; see kept_form), or None."""
+        return self._dense if self._dense is not None and self._kept_for == dtype else None
 
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight dequantized to `dtype`, as a plain tensor."""
         kept = self.kept_weight(dtype)
         if kept is not None:
-            return kept.to_dense() if kept.is_mkldnn else kept
+            return (kept.to_dense() if kept.is_mkldnn else kept).to(dtype)  # an upcast bf16 weight goes back exactly
         return self.weight.dequantize(dtype)
 
     def keep_dense(self, dtype: torch.dtype) -> None:
         """Dequantize once and keep the result (faster, costs the dense weight's memory)."""
-        self._dense = prepacked(self.weight.dequantize(dtype))
+        self._dense, self._kept_for = kept_form(self.weight.dequantize(dtype)), dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.numerics.linear(self, x)
