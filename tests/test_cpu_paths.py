@@ -246,3 +246,21 @@ def test_bf16_on_a_gpu_without_bfloat16_is_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", str(sample_model()), "-p", "hi", "--device", "cuda", "--precision", "bf16"])
     assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "Tesla T4", "--precision fp32")
+
+
+def test_generate_reports_its_path(capsys, monkeypatch):
+    """`generate --json` names the path (here a forced one); `--verbose` says it once on stderr."""
+    from convkit.cli import main
+    from convkit.samples import sample_model
+
+    monkeypatch.setenv(ENV, "fp32")
+    args = ["generate", str(sample_model()), "-p", "The", "-n", "2", "--greedy", "--precision", "bf16"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--json"])
+    assert exit_info.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cpu_path"]["path"] == "fp32" and doc["cpu_path"]["forced"] and doc["n_tokens"] >= 1
+    with pytest.raises(SystemExit):
+        main(args + ["--verbose", "-q"])
+    err = capsys.readouterr().err
+    assert err.count("bfloat16 products on CPU: fp32") == 1 and f"forced by {ENV}" in err
