@@ -95,6 +95,14 @@ def test_forcing_and_its_errors():
         decide(ZEN5, "avx512")
 
 
+def test_description_of_a_bad_setting_does_not_raise(monkeypatch):
+    monkeypatch.setenv(ENV, "avx512")
+    d = cpu_paths.describe_cpu_path()
+    assert d["path"] is None and f"{ENV}=avx512" in d["reason"]
+    with pytest.raises(ConvkitError):
+        cpu_paths.current()
+
+
 def test_this_machine_asks_torch():
     """The automatic choice reads torch's own gate for oneDNN's bfloat16 kernels, and the
     description names the path, the CPU and its flags."""

@@ -68,7 +68,7 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class CpuPath:
-    name: str  # one of PATHS
+    name: str | None  # one of PATHS
     forced: bool
     reason: str
 
@@ -148,13 +148,17 @@ def _cpuinfo() -> str:
 
 
 def describe_cpu_path() -> dict:
-    """The bfloat16 product path and what it was chosen from, as plain JSON values.
-    Raises ConvkitError when CONVKIT_CPU_PATH asks for something this machine cannot run."""
-    path, caps = current(), capabilities()
-    flags = cpu_flags()
+    """The bfloat16 product path and what it was chosen from, as plain JSON values. Never
+    raises: a CONVKIT_CPU_PATH this machine cannot run gives path None and its message as
+    the reason (loading a bf16 model is what refuses it)."""
+    caps, flags = capabilities(), cpu_flags()
+    try:
+        path = current()
+    except ConvkitError as exc:
+        path = CpuPath(None, True, str(exc))
     return {
         "path": path.name,
-        "description": DESCRIPTIONS[path.name],
+        "description": DESCRIPTIONS.get(path.name, "none: the forced path cannot run here"),
         "forced": path.forced,
         "reason": path.reason,
         "cpu": cpu_model(),
