@@ -11,9 +11,9 @@ The numerics hook
 A numerics object decides how the product is computed; the model never knows which one
 it runs with. The default, `FloatNumerics`, dequantizes the weight to the activation
 dtype (float32 or bfloat16) and computes one dense product (`F.linear` in float32, the
-GEMM transformers uses; for bfloat16 on CPU the kernel `cpu_paths` chose for this CPU); a weight of more than
-`row_chunk` rows (the output head) is dequantized a slice of rows at a time unless
-it is kept dense. Another strategy — such as llama.cpp's
+GEMM transformers uses; for bfloat16 on CPU the kernel `cpu_paths` chose for this CPU);
+a weight of more than `row_chunk` rows (the output head) is dequantized a slice of rows
+at a time unless it is kept dense. Another strategy — such as llama.cpp's
 CPU numerics, where activations are quantized to Q8_0/Q8_1/Q8_K before each product
 with a quantized weight — subclasses `Numerics` and reads what it needs from the layer:
 
