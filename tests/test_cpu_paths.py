@@ -146,7 +146,8 @@ def test_fp32_and_ggml_do_not_depend_on_the_path(family, forced, tmp_path, monke
         if env is None:
             monkeypatch.delenv(ENV)
         runs[env] = (load_model(directory)(ids), load_model(directory, dequantize_all=True)(ids),
-                     load_model(path, numerics="ggml")(ids), load_model(path, numerics="ggml", dequantize_all=True)(ids))
+                     load_model(path, numerics="ggml")(ids),
+                     load_model(path, numerics="ggml", dequantize_all=True)(ids))
     for ours, auto in zip(runs[forced], runs[None]):
         assert torch.equal(ours, auto)
     assert (runs[forced][0] - reference_logits(model, ids)).abs().max().item() < TOL

@@ -248,7 +248,8 @@ class QuantLinear(torch.nn.Module):
         """The weight dequantized to `dtype`, as a plain tensor."""
         kept = self.kept_weight(dtype)
         if kept is not None:
-            return (kept.to_dense() if kept.is_mkldnn else kept).to(dtype)  # an upcast bf16 weight goes back exactly
+            plain = kept.to_dense() if kept.is_mkldnn else kept
+            return plain.to(dtype)  # a bfloat16 weight kept upcast goes back exactly
         return self.weight.dequantize(dtype)
 
     def keep_dense(self, dtype: torch.dtype) -> None:
