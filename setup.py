@@ -41,9 +41,14 @@ class SampleOnlyBuildPy(build_py):
         return modules
 
 
+# Built for the baseline instruction set of the target (never -march=native: a wheel runs on
+# other CPUs); the K-quant lane loops carry AVX2/AVX-512 clones picked at load time
+# (target_clones, quant/_kquants_k.h). -ffp-contract=off: no fused multiply-add in any
+# clone or compiler (clang contracts by default, and FMA is baseline on aarch64), because
+# a*b+c fused rounds differently from ggml.
 extensions = [
     Extension(name, [source], depends=sorted(str(h) for h in Path(source).parent.glob("*.h")),
-              extra_compile_args=["-O3", "-std=c11"])
+              extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"])
     for name, source in HELPERS.items()
     if Path(source).exists()
 ]

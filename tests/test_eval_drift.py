@@ -1,5 +1,6 @@
 """convkit drift: types, cache reuse, table/markdown/json, and a clear error for --plot without matplotlib."""
 import json
+import math
 import os
 import shutil
 
@@ -19,7 +20,16 @@ def test_types_are_checked():
 
 def test_drift_report_from_cached_files(tmp_path):
     """MODEL's 'quantized' file is already in the cache (a copy of MODEL itself), so the report
-    must show zero drift: KLD 0 up to the 16-bit base storage, same top token everywhere."""
+    must show zero drift: KLD 0 up to the 16-bit base storage, same top token everywhere.
+
+    The bound on |KLD| comes from that storage, not from one CPU's run: each stored log-prob
+    is a code of step scale = range/65535 <= 16/65535 nats, so it is off by at most half a
+    step (0.52 with the float32 rounding of the code's computation) plus a few float32
+    roundings of values below 32 in magnitude (each <= 2^-19; ten allowed: 2e-5). With every
+    log p_i off by at most eps, the per-token KLD sum_i p_i (log p_i - log q_i) is at most
+    eps * sum_i p_i <= eps * e^eps in magnitude, and so is its mean. (The stored values are
+    not renormalized, so this first-order term does not vanish; which sign it takes depends
+    on the last bits of the logits, hence on the CPU: 1.9e-5 on a Zen 3, less on a Zen 5.)"""
     from convkit.commands.drift import drift as drift_command
 
     model = tmp_path / "smollm2.gguf"
@@ -38,7 +48,8 @@ def test_drift_report_from_cached_files(tmp_path):
     (row,) = doc["types"]
     assert row["type"] == "q4_1" and row["size_bytes"] == model.stat().st_size
     assert 4.5 < row["bpw"] < 6.5  # Q4_1 with a Q8_0 embedding
-    assert abs(row["kld"]) < 1e-5 and row["same_top"] == 1.0
+    eps = 0.52 * 16 / 65535 + 2e-5
+    assert abs(row["kld"]) <= eps * math.exp(eps) and row["same_top"] == 1.0
     assert row["ppl"] == pytest.approx(doc["base"]["ppl"], rel=1e-3)
     assert doc["base"]["scored_tokens"] == 2 * (64 - 1 - 32)
     assert len(list(cache.glob("base-*.logits"))) == 1

@@ -266,10 +266,10 @@ def test_grouped_causal_attention_equals_sdpa(length):
 
 
 def test_bf16_kept_weights_give_the_unkept_products(family):
-    """--dequantize-all in bfloat16 keeps each weight (prepacked for oneDNN on CPU): the
+    """--dequantize-all in bfloat16 keeps each weight (prepacked for oneDNN on the prepacked path): the
     logits are bit for bit those of dequantizing per layer, and the plain weight is still
     there for any numerics that reads it."""
-    from convkit.runtime import linear
+    from convkit.runtime import cpu_paths
 
     name, directory, model = family
     ids = token_ids(seed=7)
@@ -277,6 +277,6 @@ def test_bf16_kept_weights_give_the_unkept_products(family):
     kept = load_model(directory, precision="bf16", dequantize_all=True)
     assert torch.equal(kept(ids), per_layer(ids))
     layer = kept.blocks[0].mlp.down
-    assert layer._dense.is_mkldnn or linear._ONEDNN_LINEAR is None  # the packed path ran
+    assert layer._dense.is_mkldnn == (cpu_paths.current().name == "prepacked")  # packed exactly on that path
     plain = layer.dense_weight(torch.bfloat16)
     assert not plain.is_mkldnn and torch.equal(plain, per_layer.blocks[0].mlp.down.dense_weight(torch.bfloat16))

@@ -26,10 +26,13 @@ from convkit.output import emit
 @click.option("--no-bos", is_flag=True, help="Never put BOS before the prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end instead of streaming.")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Say which kernel path this CPU takes for bf16 products.")
 def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repeat_penalty, repeat_last_n,
-             seed, device, precision, dequantize_all, no_bos, as_json, quiet):
+             seed, device, precision, dequantize_all, no_bos, as_json, quiet, verbose):
     """Generate text from MODEL (a .gguf file or an HF checkpoint directory)."""
+    from convkit.commands.perplexity import say_cpu_path
     from convkit.runtime import load_model
+    from convkit.runtime.cpu_paths import describe_cpu_path
     from convkit.runtime.load import check_model, resolve_device
     from convkit.runtime.sampling import SamplingParams, generate_tokens
     from convkit.runtime.tokenizer import load_tokenizer
@@ -39,6 +42,7 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
     config = check_model(model)  # an unsupported architecture or type is named before tokenizer problems
     tok = load_tokenizer(model, config.vocab_size)  # before the model: its loader releases the parsed GGUF metadata
     net = load_model(model, device=device, precision=precision, dequantize_all=dequantize_all)
+    say_cpu_path(device, verbose)
     ids = tok.encode(prompt, add_bos=False if no_bos else None)
     if not ids:
         raise ConvkitError("the prompt encodes to no tokens; give a non-empty --prompt")
@@ -64,7 +68,8 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
         emit({"model": str(model), "prompt": prompt, "prompt_tokens": len(ids), "text": tok.decode(out),
               "tokens": out, "n_tokens": len(out), "stop": stop, "seed": seed,
               "load_seconds": round(loaded - started, 3), "seconds": round(seconds, 3),
-              "tokens_per_second": round(rate, 2)}, as_json=True)
+              "tokens_per_second": round(rate, 2),
+              **({"cpu_path": describe_cpu_path()} if device == "cpu" else {})}, as_json=True)
         return
     sys.stdout.write(stream.flush() + "\n")
     if not quiet:

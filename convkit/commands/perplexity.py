@@ -36,6 +36,14 @@ def open_model(path, device, precision, numerics, dequantize_all):
     return model, tok
 
 
+def say_cpu_path(device: str, verbose: bool) -> None:
+    """--verbose: one line on stderr naming the CPU's bfloat16 product path."""
+    if verbose and device == "cpu":
+        from convkit.runtime.cpu_paths import summary_line
+
+        click.echo(summary_line(), err=True)
+
+
 def check_context(model, n_ctx: int, path) -> None:
     if n_ctx > model.config.context_limit:
         raise ConvkitError(f"--ctx {n_ctx} is longer than {path}'s context of {model.config.context_limit}; "
@@ -64,8 +72,9 @@ def check_context(model, n_ctx: int, path) -> None:
               help="Compare with this base model, evaluated on the same chunks (fp32 unless --precision).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or running PPL.")
+@click.option("-v", "--verbose", is_flag=True, help="Say which kernel path this CPU takes for bf16 products.")
 def perplexity(model, text_file, n_ctx, n_chunks, batch, device, precision, numerics, dequantize_all,
-               save_logits, base_logits, base_model, as_json, quiet):
+               save_logits, base_logits, base_model, as_json, quiet, verbose):
     """Perplexity of MODEL (a .gguf file or an HF directory) on a text, as llama-perplexity computes it."""
     from convkit.atomic import atomic_open
     from convkit.eval import kld as kldmod
@@ -83,6 +92,7 @@ def perplexity(model, text_file, n_ctx, n_chunks, batch, device, precision, nume
     text = read_text(text_file) if text_file and base_file is None else None
     started = time.perf_counter()
     net, tok = open_model(model, device, precision, numerics, dequantize_all)
+    say_cpu_path(device, verbose)
     if base_file is not None:
         if n_ctx not in (512, base_file.n_ctx):
             raise ConvkitError(f"{base_logits}: written with --ctx {base_file.n_ctx}, not {n_ctx}; drop --ctx")
@@ -145,6 +155,10 @@ def perplexity(model, text_file, n_ctx, n_chunks, batch, device, precision, nume
         "device": device, "seconds": round(seconds, 3), "load_seconds": round(loaded - started, 3),
         "tokens_per_second": round(n_tokens / seconds, 2) if seconds > 0 else None,
     }
+    if device == "cpu":
+        from convkit.runtime.cpu_paths import describe_cpu_path
+
+        result["cpu_path"] = describe_cpu_path()
     if save_logits:
         result["saved_logits"] = save_logits
     lines = [f"Final estimate: PPL = {acc.ppl:.4f} +/- {acc.uncertainty:.5f}",

@@ -11,9 +11,9 @@ The numerics hook
 A numerics object decides how the product is computed; the model never knows which one
 it runs with. The default, `FloatNumerics`, dequantizes the weight to the activation
 dtype (float32 or bfloat16) and computes one dense product (`F.linear` in float32, the
-GEMM transformers uses; oneDNN's linear for bfloat16 on CPU); a weight of more than
-`row_chunk` rows (the output head) is dequantized a slice of rows at a time unless
-it is kept dense. Another strategy — such as llama.cpp's
+GEMM transformers uses; for bfloat16 on CPU the kernel `cpu_paths` chose for this CPU);
+a weight of more than `row_chunk` rows (the output head) is dequantized a slice of rows
+at a time unless it is kept dense. Another strategy — such as llama.cpp's
 CPU numerics, where activations are quantized to Q8_0/Q8_1/Q8_K before each product
 with a quantized weight — subclasses `Numerics` and reads what it needs from the layer:
 
@@ -32,13 +32,13 @@ Fused projections: q/k/v (and gate/up) rows of the same type are concatenated in
 QuantLinear at load time — rows are independent, so this changes no result of any
 numerics — and kept as a `ConcatLinear` of separate layers when their types differ.
 """
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 
+from . import cpu_paths
 from .dequant_torch import FLOAT_TYPES, dequantize, row_length
 
 
@@ -86,39 +86,51 @@ class QTensor:
         return QTensor(torch.cat([p.data for p in parts]), parts[0].qtype)
 
 
-def _onednn_linear():
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """oneDNN's linear (what torch's CPU graph compiler emits): on 2 cores it runs these
-    bfloat16 shapes faster than F.linear. float32 stays on F.linear, the GEMM transformers
-    uses, so the reference precision reproduces its logits to the last bits."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available() or os.environ.get("CONVKIT_NO_ONEDNN"):
-        return None
-    try:
-        op(torch.ones(1, 2), torch.ones(3, 2), None, "none", [], "")
-    except RuntimeError:
-        return None
-    return lambda x, w, b: op(x, w, b, "none", [], "")
+    bfloat16 shapes faster than F.linear, and it takes a prepacked weight."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-_ONEDNN_LINEAR = _onednn_linear()
+def _fp32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """bfloat16 operands upcast (exactly), one float32 GEMM, the result rounded once to
+    bfloat16: what oneDNN's bfloat16 kernels compute, on CPUs that have none."""
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
+# how a bfloat16 product on CPU is computed, by cpu_paths' path name
+BF16_PRODUCTS = {"prepacked": _onednn_product, "bf16": F.linear, "fp32": _fp32_product}
 PACK_ROWS_HINT = 512  # activation rows oneDNN chooses the packed layout for (any count works)
 
 
 def prepacked(weight: torch.Tensor) -> torch.Tensor:
     """A bfloat16 CPU weight that stays for many products, reordered once into oneDNN's
-    blocked layout: the same results bit for bit, 5 to 10% faster at 512 rows and about
-    twice as fast for one row (decoding), because no product repacks it again. Other
-    weights are returned as they are."""
-    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONEDNN_LINEAR else None
-    if reorder is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+    blocked layout when the CPU's path is "prepacked": the same results bit for bit, 5 to
+    10% faster at 512 rows and about twice as fast for one row (decoding), because no
+    product repacks it again. Other weights, and every weight on other paths, are returned
+    as they are."""
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or cpu_paths.current().name != "prepacked":
         return weight
-    return reorder(weight, PACK_ROWS_HINT)
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
+
+
+def kept_form(weight: torch.Tensor) -> torch.Tensor:
+    """How --dequantize-all keeps a weight: on the CPU's "prepacked" path a bfloat16 weight is
+    prepacked; on the "fp32" path it is upcast once to float32 (the same values, so the same
+    products bit for bit, without converting it in every product: the speed of float32 for
+    the memory of float32, which is what the option trades); otherwise as it is."""
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and cpu_paths.current().name == "fp32":
+        return weight.float()
+    return prepacked(weight)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T + bias with the fastest kernel for the device (`weight` may be prepacked)."""
-    if weight.is_mkldnn or (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.bfloat16):
-        return _ONEDNN_LINEAR(x, weight, bias)
+    """x @ weight.T + bias with the kernel the device supports (`weight` may be prepacked).
+    float32 and GPU products are F.linear; bfloat16 on CPU follows cpu_paths."""
+    if weight.is_mkldnn:  # packed under the prepacked path: only oneDNN reads this layout
+        return _onednn_product(x, weight, bias)
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return BF16_PRODUCTS[cpu_paths.current().name](x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -146,8 +158,11 @@ class Numerics:
     def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
         """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. `mask` (bool, True = attend)
         is given when the query positions do not start at key position 0."""
+        # grouped_causal_attention's bfloat16 GEMMs are fast where oneDNN has bfloat16 kernels;
+        # on the fp32 path (none) torch's portable bfloat16 bmm is about 20x slower than SDPA's
+        # own kernel, which keeps scores and probabilities in float32
         if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and causal and mask is None
-                and q.shape[2] == k.shape[2] > 1):
+                and q.shape[2] == k.shape[2] > 1 and cpu_paths.current().name != "fp32"):
             return grouped_causal_attention(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                               scale=scale, enable_gqa=q.shape[1] != k.shape[1])
@@ -214,6 +229,7 @@ class QuantLinear(torch.nn.Module):
         self.bias = bias
         self.numerics: Numerics = FloatNumerics()
         self._dense: torch.Tensor | None = None  # set by keep_dense (dequantize-all mode)
+        self._kept_for: torch.dtype | None = None  # the activation dtype _dense was kept for
 
     @property
     def out_features(self) -> int:
@@ -224,19 +240,21 @@ class QuantLinear(torch.nn.Module):
         return self.weight.shape[1]
 
     def kept_weight(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """The weight kept by keep_dense in `dtype` (perhaps prepacked), or None."""
-        return self._dense if self._dense is not None and self._dense.dtype == dtype else None
+        """The weight kept by keep_dense for `dtype` activations (perhaps prepacked, or bfloat16
+        values upcast to float32; see kept_form), or None."""
+        return self._dense if self._dense is not None and self._kept_for == dtype else None
 
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight dequantized to `dtype`, as a plain tensor."""
         kept = self.kept_weight(dtype)
         if kept is not None:
-            return kept.to_dense() if kept.is_mkldnn else kept
+            plain = kept.to_dense() if kept.is_mkldnn else kept
+            return plain.to(dtype)  # a bfloat16 weight kept upcast goes back exactly
         return self.weight.dequantize(dtype)
 
     def keep_dense(self, dtype: torch.dtype) -> None:
         """Dequantize once and keep the result (faster, costs the dense weight's memory)."""
-        self._dense = prepacked(self.weight.dequantize(dtype))
+        self._dense, self._kept_for = kept_form(self.weight.dequantize(dtype)), dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.numerics.linear(self, x)

@@ -23,6 +23,7 @@ from gguf import GGMLQuantizationType
 
 from convkit.errors import ConvkitError
 
+from . import cpu_paths
 from .dequant_torch import FLOAT_TYPES, SUPPORTED
 from .linear import NUMERICS, Numerics, QTensor
 from .model import ARCHITECTURES, Model, ModelConfig
@@ -41,6 +42,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_bf16(device: torch.device) -> None:
+    """bfloat16 where the device cannot compute it is one line, not a traceback mid-run.
+    On CPU every path runs somewhere (cpu_paths picks it); this only rejects a forced path
+    the CPU lacks."""
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ConvkitError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                               f"use --precision fp32")
+    else:
+        cpu_paths.current()
+
+
 def is_gguf(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -55,6 +68,8 @@ def load_model(path, device: str = "cpu", precision: str = "fp32", dequantize_al
     if precision not in PRECISIONS:
         raise ConvkitError(f"--precision {precision}: unknown; use one of {', '.join(PRECISIONS)}")
     dev, dtype = resolve_device(device), PRECISIONS[precision]
+    if dtype == torch.bfloat16:
+        check_bf16(dev)
     if not path.exists():
         raise ConvkitError(f"{path}: no such file or directory; give a .gguf file or an HF checkpoint directory")
     if is_gguf(path):
