@@ -4,6 +4,7 @@
 of line at start). Each part is its own small function and its own key, so another part of
 convkit can read one part, or add a key, without the rest.
 """
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -25,9 +26,9 @@ MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
 }
-# The helpers are plain C built without -march, so they need only the baseline instruction
-# set (SSE2 on x86-64); the vector features below matter to torch and numpy.
-HELPERS_ISA = "plain C for the baseline instruction set, no -march"
+# The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
+# the K-quant loops carry AVX2 and AVX-512 clones that the loader picks for the running CPU.
+HELPERS_ISA = "baseline instruction set, no -march; K-quant loops with AVX2/AVX-512 clones chosen at load time"
 
 PACKAGES = ("numpy", "torch", "gguf", "safetensors", "sentencepiece", "click", "matplotlib")
 
@@ -97,8 +98,9 @@ def _sysctl(name: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def cpu_info() -> dict:
-    """CPU model and which vector features it has, read now (not at build time)."""
+@functools.cache
+def cpu_model_and_flags() -> tuple[str | None, frozenset]:
+    """The CPU's model name and its feature flags as the OS names them, read once."""
     model, flags = None, set()
     if sys.platform.startswith("linux") and os.path.exists("/proc/cpuinfo"):
         model, flags = _linux_cpu()
@@ -111,6 +113,12 @@ def cpu_info() -> dict:
         else:
             for key in ("machdep.cpu.features", "machdep.cpu.leaf7_features"):
                 flags |= set((_sysctl(key) or "").lower().replace(".", "_").split())
+    return model, frozenset(flags)
+
+
+def cpu_info() -> dict:
+    """CPU model and which vector features it has, read now (not at build time)."""
+    model, flags = cpu_model_and_flags()
     known = ARM_FEATURES if platform.machine().lower() in ("arm64", "aarch64") else X86_FEATURES
     return {
         "model": model or platform.processor() or None,
@@ -155,4 +163,14 @@ def system_info() -> dict:
                     "cost_if_missing": dict(MISSING_COST)},
         "cpu": cpu_info(),
         "torch": torch_info(),
+        "cpu_path": _cpu_path(),
     }
+
+
+def _cpu_path() -> dict | None:
+    """Which kernel the runtime's bfloat16 products take on this CPU (convkit.runtime.cpu_paths)."""
+    try:
+        from convkit.runtime.cpu_paths import describe_cpu_path
+    except ImportError:  # no torch
+        return None
+    return describe_cpu_path()

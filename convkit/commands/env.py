@@ -38,6 +38,9 @@ def format_env(info: dict) -> str:
         lines.append(f"cuda: {devices or 'no device'}"
                      + (f" (torch built for CUDA {tch['cuda_version']})" if tch["cuda_version"] else "")
                      + (", mps available" if tch["mps"] else ""))
+    path = info.get("cpu_path")
+    if path:
+        lines.append(f"bfloat16 products on CPU: {path['path']} ({path['description']}; {path['reason']})")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from convkit import sysinfo
 from convkit.errors import ConvkitError
 
 ENV = "CONVKIT_CPU_PATH"
@@ -124,27 +125,12 @@ def current() -> CpuPath:
 
 
 def cpu_model() -> str:
-    for line in _cpuinfo().splitlines():
-        if line.split(":")[0].strip() in ("model name", "Hardware", "Model"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return sysinfo.cpu_model_and_flags()[0] or platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (an empty set where there is none, e.g. macOS)."""
-    for line in _cpuinfo().splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-@functools.cache
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (empty where the OS does not say, e.g. some containers)."""
+    return sysinfo.cpu_model_and_flags()[1]
 
 
 def describe_cpu_path() -> dict:
