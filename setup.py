@@ -11,7 +11,12 @@ from setuptools.command.build_ext import build_ext
 HELPERS = {
     "tokenizers_impl._bpe": "tokenizers_impl/_bpe.c",
     "quant._kquants": "quant/_kquants.c",
+    "quant._qdot": "quant/_qdot.c",
 }
+# Baseline instruction set only (no -march=native: the wheel runs on any x86-64 or ARM CPU);
+# wider vectors are chosen at run time inside the helpers. No fused multiply-add contraction:
+# the float arithmetic must be the same on every path and every CPU.
+COMPILE_ARGS = ["-O3", "-std=c11", "-ffp-contract=off"]
 
 
 class OptionalBuildExt(build_ext):
@@ -26,7 +31,7 @@ class OptionalBuildExt(build_ext):
 
 extensions = [
     Extension(name, [source], depends=sorted(str(h) for h in Path(source).parent.glob("*.h")),
-              extra_compile_args=["-O3", "-std=c11"])
+              extra_compile_args=COMPILE_ARGS)
     for name, source in HELPERS.items()
     if Path(source).exists()
 ]
