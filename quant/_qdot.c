@@ -542,44 +542,67 @@ static dot_fn pick(const kernel *k) { return isa_level == ISA_AVX2 && k->avx2 ? 
 
 /* ------------------------------------------------------------------ thread pool */
 
+/* A product's rows are cut into chunks that the calling thread and the pool's threads claim
+ * one at a time. The caller never waits for a helper to start: on a busy machine a helper
+ * that is not scheduled simply claims nothing, and the caller waits only for chunks a
+ * helper has already taken. A claim is (generation << 32 | next chunk) in one atomic, so a
+ * helper that wakes late can never take a chunk of a later product. */
+
 typedef struct {
     dot_fn dot;
     const uint8_t *w;
-    Py_ssize_t row_bytes, rows, tokens;
-    int nb;
+    Py_ssize_t row_bytes, rows, tokens, chunk_rows;
+    int nb, chunks;
     const qact *acts;
     float *out;  /* [tokens, rows] */
-    int parts;
 } job;
 
-static void run_part(const job *jb, int part) {
-    const Py_ssize_t r0 = jb->rows * part / jb->parts, r1 = jb->rows * (part + 1) / jb->parts;
+#define MAX_THREADS 64
+#define SPIN 4000       /* polls (about 10-50 us) before a waiting thread sleeps or yields */
+#define NOT_READY 0xFFFFFFFFu
+
+static struct {
+    job current;                 /* written only while the claim says NOT_READY */
+    _Atomic uint64_t claim;      /* generation << 32 | next chunk */
+    atomic_int done;             /* chunks finished in the current generation */
+    atomic_int sleepers;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    int workers;                 /* threads besides the caller */
+    pid_t pid;
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static void run_chunk(const job *jb, int c) {
+    const Py_ssize_t r0 = jb->chunk_rows * c;
+    const Py_ssize_t r1 = r0 + jb->chunk_rows < jb->rows ? r0 + jb->chunk_rows : jb->rows;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const uint8_t *wr = jb->w + r * jb->row_bytes;
         for (Py_ssize_t t = 0; t < jb->tokens; t++) jb->out[t * jb->rows + r] = jb->dot(wr, &jb->acts[t], jb->nb);
     }
 }
 
-#define MAX_THREADS 64
-#define SPIN 20000  /* polls before a waiting thread sleeps: decoding calls come back-to-back */
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t wake;
-    atomic_uint generation;
-    atomic_int remaining;
-    const job *current;
-    int workers;  /* threads besides the caller */
-    pid_t pid;
-    unsigned start_gen[MAX_THREADS];  /* the generation a new thread has already seen */
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL, 0, 0, {0}};
+/* Claim and run chunks of generation `gen` until none is left. */
+static void work(uint32_t gen) {
+    uint64_t cl = atomic_load(&pool.claim);
+    for (;;) {
+        const uint32_t g = (uint32_t)(cl >> 32), c = (uint32_t)cl;
+        if (g != gen || c == NOT_READY) return;
+        const int chunks = pool.current.chunks;  /* stable while the claim is unchanged */
+        if ((int)c >= chunks) return;
+        if (atomic_compare_exchange_weak(&pool.claim, &cl, cl + 1)) {
+            run_chunk(&pool.current, (int)c);
+            atomic_fetch_add(&pool.done, 1);
+            cl = atomic_load(&pool.claim);
+        }
+    }
+}
 
 static void *worker_main(void *arg) {
-    const int index = (int)(intptr_t)arg;  /* part index, 1.. */
-    unsigned seen = pool.start_gen[index];  /* read by the creator: no job can be missed */
+    uint32_t seen = (uint32_t)(uintptr_t)arg;  /* the generation current when the thread was made */
     for (;;) {
         int spins = 0;
-        while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen) {
+        uint32_t g;
+        while ((g = (uint32_t)(atomic_load(&pool.claim) >> 32)) == seen) {
             if (++spins < SPIN) {
 #ifdef QD_X86
                 _mm_pause();
@@ -587,18 +610,19 @@ static void *worker_main(void *arg) {
                 continue;
             }
             pthread_mutex_lock(&pool.mu);
-            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while ((uint32_t)(atomic_load(&pool.claim) >> 32) == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+            atomic_fetch_sub(&pool.sleepers, 1);
             pthread_mutex_unlock(&pool.mu);
+            spins = 0;
         }
-        seen = atomic_load(&pool.generation);
-        const job *jb = pool.current;
-        if (index < jb->parts) run_part(jb, index);
-        atomic_fetch_sub_explicit(&pool.remaining, 1, memory_order_release);
+        seen = g;
+        work(g);
     }
     return NULL;
 }
 
-static int ensure_workers(int wanted) {
+static void ensure_workers(int wanted) {
     if (pool.pid != getpid()) {  /* threads do not survive fork */
         pool.workers = 0;
         pool.pid = getpid();
@@ -608,37 +632,37 @@ static int ensure_workers(int wanted) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pool.start_gen[pool.workers + 1] = atomic_load(&pool.generation);
-        const int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.workers + 1));
+        const uint32_t gen = (uint32_t)(atomic_load(&pool.claim) >> 32);
+        const int rc = pthread_create(&th, &attr, worker_main, (void *)(uintptr_t)gen);
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
         pool.workers++;
     }
-    return pool.workers;
 }
 
 static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;  /* one product at a time uses the pool */
 
-static void run_job(job *jb, int threads) {
+static void run_job(const job *jb, int threads) {
     pthread_mutex_lock(&call_mu);
-    const int helpers = threads > 1 ? ensure_workers(threads - 1) : 0;
-    jb->parts = helpers + 1 < threads ? helpers + 1 : threads;
-    if (jb->parts < 1) jb->parts = 1;
-    if (jb->parts == 1 || jb->rows < 2) {
-        jb->parts = 1;
-        run_part(jb, 0);
+    if (threads > 1) ensure_workers(threads - 1);
+    if (threads <= 1 || pool.workers == 0 || jb->chunks < 2) {
+        for (int c = 0; c < jb->chunks; c++) run_chunk(jb, c);
         pthread_mutex_unlock(&call_mu);
         return;
     }
-    pool.current = jb;
-    atomic_store(&pool.remaining, pool.workers);
-    pthread_mutex_lock(&pool.mu);
-    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.mu);
-    run_part(jb, 0);
+    const uint32_t gen = (uint32_t)(atomic_load(&pool.claim) >> 32) + 1;
+    atomic_store(&pool.claim, ((uint64_t)gen << 32) | NOT_READY);  /* late helpers of the last product stop here */
+    pool.current = *jb;
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.claim, (uint64_t)gen << 32);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    work(gen);
     int spins = 0;
-    while (atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0)
+    while (atomic_load(&pool.done) < jb->chunks)  /* only chunks a helper is running remain */
         if (++spins > SPIN) sched_yield();
 #ifdef QD_X86
         else _mm_pause();
@@ -686,9 +710,13 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
                 if (k->act == ACT_Q8_K) quantize_q8_k_row(x + t * n, (int)n, a);
                 else quantize_q8_0_row(x + t * n, (int)n, a, k->act == ACT_Q8_1);
             }
+            threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+            /* a few chunks per thread, so that a late helper leaves little for the caller */
+            Py_ssize_t chunk_rows = rows / (4 * threads);
+            if (chunk_rows < 16) chunk_rows = 16;
             job jb = {pick(k), (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
-                      nb, acts, (float *)ob.buf, 1};
-            run_job(&jb, threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads));
+                      chunk_rows, nb, (int)((rows + chunk_rows - 1) / chunk_rows), acts, (float *)ob.buf};
+            run_job(&jb, threads);
             Py_END_ALLOW_THREADS
         }
     }

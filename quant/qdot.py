@@ -38,8 +38,14 @@ def supported(qtype) -> bool:
     return qtype in ACTIVATION
 
 
+COMPILED_TYPES = frozenset(T(t) for t in _compiled.types()) if _compiled is not None else frozenset()
+# compiled_matmul(type_id, w, rows, x, tokens, n, out, threads): no checks beyond the helper's own
+compiled_matmul = _compiled.matmul if _compiled is not None else None
+
+
 def compiled_types() -> frozenset:
-    return frozenset(T(t) for t in _compiled.types()) if _compiled is not None else frozenset()
+    """The types the compiled helper has a product for (empty when it is not built)."""
+    return COMPILED_TYPES
 
 
 def isa() -> str:
@@ -208,7 +214,7 @@ def matmul(qtype, w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None,
     x = np.ascontiguousarray(x, F32)
     if x.ndim == 1:
         x = x[None]
-    if _compiled is None or qtype not in compiled_types():
+    if qtype not in COMPILED_TYPES:
         y = matmul_reference(qtype, w, x)
         if out is not None:
             out[...] = y

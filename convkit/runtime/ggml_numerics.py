@@ -29,6 +29,7 @@ float32 in ggml too, which is what the runtime does in fp32.
 import torch
 from gguf import GGMLQuantizationType as T
 
+from . import quantized_products
 from .linear import Numerics, dense_linear
 
 Q8_0, Q8_1, Q8_K = "q8_0", "q8_1", "q8_k"
@@ -123,10 +124,17 @@ class GgmlNumerics(Numerics):
 
     name = "ggml"
 
+    def forward_context(self, rows: int, device):
+        if rows <= quantized_products.MAX_ROWS and torch.device(device).type == "cpu":
+            return quantized_products.few_rows()
+        return super().forward_context(rows, device)
+
     def linear(self, layer, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise ValueError("ggml numerics computes in float32; load the model with precision fp32")
         fmt = activation_format(layer.weight.qtype)
+        if quantized_products.usable(layer, x):  # few rows (decoding): ggml's own block products
+            return quantized_products.block_product(layer, x)
         if x.shape[-2:-1] == (0,) or x.numel() == 0:
             return dense_linear(x, layer.dense_weight(torch.float32), layer.bias)
         if fmt == Q8_1:
