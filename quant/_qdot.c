@@ -586,7 +586,11 @@ static void work(uint32_t gen) {
     uint64_t cl = atomic_load(&pool.claim);
     for (;;) {
         const uint32_t g = (uint32_t)(cl >> 32), c = (uint32_t)cl;
-        if (g != gen || c == NOT_READY) return;
+        if (g != gen) return;
+        if (c == NOT_READY) {  /* the caller is publishing this product: ready within nanoseconds */
+            cl = atomic_load(&pool.claim);
+            continue;
+        }
         const int chunks = pool.current.chunks;  /* stable while the claim is unchanged */
         if ((int)c >= chunks) return;
         if (atomic_compare_exchange_weak(&pool.claim, &cl, cl + 1)) {
