@@ -16,6 +16,7 @@ from setuptools.command.build_py import build_py
 HELPERS = {
     "tokenizers_impl._bpe": "tokenizers_impl/_bpe.c",
     "quant._kquants": "quant/_kquants.c",
+    "quant._qdot": "quant/_qdot.c",
 }
 SAMPLES_PACKAGE = "convkit_samples"
 

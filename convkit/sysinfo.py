@@ -18,6 +18,7 @@ import convkit
 HELPERS = {
     "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL) and f16/bf16 conversion",
     "tokenizers_impl._bpe": "BPE training, pre-tokenization and byte-level encoding",
+    "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",
 }
 # What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
 # 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level
@@ -25,6 +26,7 @@ HELPERS = {
 MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
+    "quant._qdot": "generate decodes through dequantized weights instead, several times slower",
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
 # the K-quant loops carry AVX2 and AVX-512 clones that the loader picks for the running CPU.

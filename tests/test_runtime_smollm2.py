@@ -108,7 +108,9 @@ def test_generate_command_greedy_json(hf_model, capsys):
 
     prompt = "The Python language"
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", str(smollm2_gguf()), "-p", prompt, "-n", "6", "--greedy", "--json", "--dequantize-all"])
+        # float numerics: transformers' arithmetic (the default follows llama.cpp's, test_qdot.py)
+        main(["generate", str(smollm2_gguf()), "-p", prompt, "-n", "6", "--greedy", "--json", "--dequantize-all",
+              "--numerics", "float"])
     out = capsys.readouterr()
     assert exit_info.value.code == 0, out.err
     doc = json.loads(out.out)

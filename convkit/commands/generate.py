@@ -22,13 +22,18 @@ from convkit.output import emit
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same text.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--dequantize-all", is_flag=True, help="Dequantize every weight once at load (faster, more memory).")
+@click.option("--dequantize-all", is_flag=True, help="Dequantize every weight once at load (more memory; faster "
+              "only for products that run on dense weights).")
+@click.option("--numerics", type=click.Choice(["auto", "float", "ggml"]), default="auto", show_default=True,
+              help="float: weights dequantized, float products. ggml: llama.cpp's CPU arithmetic (activations "
+                   "quantized to Q8, block products read the quantized weights). auto: ggml on CPU in fp32 when "
+                   "the weights have compiled block products (fastest, least memory), else float.")
 @click.option("--no-bos", is_flag=True, help="Never put BOS before the prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end instead of streaming.")
 @click.option("-q", "--quiet", is_flag=True, help="No statistics on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which kernel path this CPU takes for bf16 products.")
 def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repeat_penalty, repeat_last_n,
-             seed, device, precision, dequantize_all, no_bos, as_json, quiet, verbose):
+             seed, device, precision, dequantize_all, numerics, no_bos, as_json, quiet, verbose):
     """Generate text from MODEL (a .gguf file or an HF checkpoint directory)."""
     from convkit.commands.perplexity import say_cpu_path
     from convkit.runtime import load_model
@@ -41,7 +46,10 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
     resolve_device(device)
     config = check_model(model)  # an unsupported architecture or type is named before tokenizer problems
     tok = load_tokenizer(model, config.vocab_size)  # before the model: its loader releases the parsed GGUF metadata
+    if numerics == "ggml" and precision != "fp32":
+        raise ConvkitError("--numerics ggml reproduces llama.cpp's float32 CPU arithmetic; use --precision fp32")
     net = load_model(model, device=device, precision=precision, dequantize_all=dequantize_all)
+    numerics = choose_numerics(net, numerics, device, precision)
     say_cpu_path(device, verbose)
     ids = tok.encode(prompt, add_bos=False if no_bos else None)
     if not ids:
@@ -66,7 +74,7 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
     rate = len(out) / seconds if seconds > 0 else 0.0
     if as_json:
         emit({"model": str(model), "prompt": prompt, "prompt_tokens": len(ids), "text": tok.decode(out),
-              "tokens": out, "n_tokens": len(out), "stop": stop, "seed": seed,
+              "tokens": out, "n_tokens": len(out), "stop": stop, "seed": seed, "numerics": numerics,
               "load_seconds": round(loaded - started, 3), "seconds": round(seconds, 3),
               "tokens_per_second": round(rate, 2),
               **({"cpu_path": describe_cpu_path()} if device == "cpu" else {})}, as_json=True)
@@ -74,4 +82,23 @@ def generate(model, prompt, max_tokens, temperature, greedy, top_k, top_p, repea
     sys.stdout.write(stream.flush() + "\n")
     if not quiet:
         click.echo(f"[{len(ids)} prompt tokens, {len(out)} generated ({stop}), {rate:.1f} tokens/s, "
-                   f"load {loaded - started:.1f} s]", err=True)
+                   f"load {loaded - started:.1f} s, numerics {numerics}]", err=True)
+
+
+def choose_numerics(net, numerics: str, device: str, precision: str) -> str:
+    """Install the numerics asked for; `auto` is ggml's when the block products can run
+    (CPU, float32, a weight type the compiled helper has), else float. Returns its name,
+    with the block products' instruction set when they are used."""
+    from quant import qdot
+
+    from convkit.runtime.ggml_numerics import GgmlNumerics
+    from convkit.runtime.quantized_products import has_block_products
+
+    if numerics == "auto":
+        fast = device == "cpu" and precision == "fp32" and has_block_products(net)
+        numerics = "ggml" if fast else "float"
+    if numerics == "ggml":
+        net.set_numerics(GgmlNumerics())
+        if device == "cpu" and has_block_products(net):
+            return f"ggml (block products: {qdot.isa()})"
+    return numerics

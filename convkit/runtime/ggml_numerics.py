@@ -20,6 +20,13 @@ from ggml, far below what a PPL can see. The one term that is not a plain produc
 Q8_1's min term: ggml multiplies the weight's block min by the activation block's stored
 fp16 s, not by d * sum(q); a small [T, blocks] x [blocks, N] product adds that difference.
 
+For few activation rows (a decoding step: up to quantized_products.MAX_ROWS rows) and the
+types quant.qdot compiles (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), the product is not
+emulated but computed as ggml computes it: activations quantized, integer sums per block,
+read from the quantized weight in place, with ggml's generic order of float additions.
+That is both llama.cpp's arithmetic and the fast way to decode on a CPU (see
+quantized_products.py); many rows (a prompt, a perplexity chunk) take the GEMM above.
+
 Attention (llama.cpp without flash attention, as llama_cpp.Llama runs by default): the K
 and V caches hold fp16, the K.Q product converts Q to fp16 (vec_dot_type of F16), the
 softmax runs in float32 and its probabilities are converted to fp16 before the product
@@ -29,6 +36,7 @@ float32 in ggml too, which is what the runtime does in fp32.
 import torch
 from gguf import GGMLQuantizationType as T
 
+from . import quantized_products
 from .linear import Numerics, dense_linear
 
 Q8_0, Q8_1, Q8_K = "q8_0", "q8_1", "q8_k"
@@ -123,10 +131,17 @@ class GgmlNumerics(Numerics):
 
     name = "ggml"
 
+    def forward_context(self, rows: int, device):
+        if rows <= quantized_products.MAX_ROWS and torch.device(device).type == "cpu":
+            return quantized_products.few_rows()
+        return super().forward_context(rows, device)
+
     def linear(self, layer, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise ValueError("ggml numerics computes in float32; load the model with precision fp32")
         fmt = activation_format(layer.weight.qtype)
+        if quantized_products.usable(layer, x):  # few rows (decoding): ggml's own block products
+            return quantized_products.block_product(layer, x)
         if x.shape[-2:-1] == (0,) or x.numel() == 0:
             return dense_linear(x, layer.dense_weight(torch.float32), layer.bias)
         if fmt == Q8_1:

@@ -32,6 +32,7 @@ Fused projections: q/k/v (and gate/up) rows of the same type are concatenated in
 QuantLinear at load time — rows are independent, so this changes no result of any
 numerics — and kept as a `ConcatLinear` of separate layers when their types differ.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +141,10 @@ class Numerics:
     name = "float"
 
     row_chunk = 8192  # a larger weight (the output head) is dequantized this many rows at a time
+
+    def forward_context(self, rows: int, device):
+        """A context the model's forward pass of `rows` activation rows runs in (none by default)."""
+        return contextlib.nullcontext()
 
     def linear(self, layer: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
         kept = layer.kept_weight(x.dtype)

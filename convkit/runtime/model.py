@@ -274,14 +274,15 @@ class Model(torch.nn.Module):
         if self.config.sliding_window is not None and start + T > self.config.sliding_window:
             raise ValueError(f"{start + T} positions exceed the model's sliding attention window of "
                              f"{self.config.sliding_window}, which the runtime does not implement")
-        x = self.tok_embd(ids)
-        if self.pos_embd is not None:
-            x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
-        rope = self.rope(start, T) if self.inv_freq is not None else None
-        for block in self.blocks:
-            x = block(x, rope, cache, start)
-        if cache is not None:
-            cache.length = start + T
-        if logits_for is not None:
-            x = x[:, logits_for]
-        return self.lm_head(self.norm(x)).float()
+        with self.lm_head.numerics.forward_context(B * T, self.device):
+            x = self.tok_embd(ids)
+            if self.pos_embd is not None:
+                x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
+            rope = self.rope(start, T) if self.inv_freq is not None else None
+            for block in self.blocks:
+                x = block(x, rope, cache, start)
+            if cache is not None:
+                cache.length = start + T
+            if logits_for is not None:
+                x = x[:, logits_for]
+            return self.lm_head(self.norm(x)).float()
