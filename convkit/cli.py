@@ -17,6 +17,7 @@ COMMANDS = {
     "drift": "drift:drift",
     "inspect": "inspect:inspect_cmd",
     "generate": "generate:generate",
+    "imatrix": "imatrix:imatrix",
     "perplexity": "perplexity:perplexity",
     "quantize": "quantize:quantize",
     "tokenize": "tokenize:tokenize",
