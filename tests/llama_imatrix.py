@@ -61,11 +61,13 @@ def sequential_sum_squares(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def llama_imatrix(path, tokens: list[int], plan, *, process_output: bool = False, threads: int = 2,
-                  flash_attn: bool = False, collect: bool = True, exact: bool = True) -> dict:
+                  flash_attn: bool | None = False, collect: bool = True, exact: bool = True) -> dict:
     """{weight name: (float32 sums [ne0], count)} as llama-imatrix collects them over `plan`'s
     chunks of `tokens` (convkit.eval.perplexity.ChunkPlan). `collect=False` runs the same
     decodes without the callback (a lower bound on llama-imatrix's time); `exact=False` sums
-    each product's squares with one numpy reduction (faster, for timing only)."""
+    each product's squares with one numpy reduction (faster, for timing only). `flash_attn`
+    None keeps llama.cpp's default (auto, as llama-imatrix runs); False is what
+    `--numerics ggml` reproduces."""
     llama_cpp = _quiet()
     mul_mat = _op_mul_mat()
     stats: dict[str, list] = {}
@@ -100,8 +102,9 @@ def llama_imatrix(path, tokens: list[int], plan, *, process_output: bool = False
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = params.n_batch = params.n_ubatch = plan.n_ctx
     params.n_threads = params.n_threads_batch = threads
-    params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                              else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    if flash_attn is not None:
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     if collect:
         params.cb_eval = callback
     ctx = llama_cpp.llama_init_from_model(model, params)
