@@ -8,7 +8,9 @@ The same chunks (ctx 512) of the same text, the same Q4_1 file, the same threads
 - llama.cpp evaluating the same chunks without the callback: a lower bound on
   llama-imatrix's time (the graph is not split at every product);
 - ours (`convkit imatrix`'s collect) in fp32, bf16 and ggml numerics, weights dequantized once.
-Each contender runs `--repeats` times and keeps its best time (the machine is shared).
+Each contender runs `--repeats` times, in turn with the others, and keeps its best time
+(the machine is shared). llama.cpp's times include loading the file (mmap, a few ms) and
+creating its context.
 
     python benchmarks/bench_imatrix.py [--chunks 4] [--repeats 2] [--threads 2]
 """
@@ -34,15 +36,6 @@ def cpu_model() -> str:
     return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, {' '.join(simd)}"
 
 
-def best_rate(run, n_tokens: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t)
-    return n_tokens / best
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--chunks", type=int, default=4)
@@ -65,20 +58,24 @@ def main():
     plan = plan_chunks(len(tokens), 512, args.chunks, tok.bos_id if tok.add_bos else None)
     n = plan.n_chunks * plan.n_ctx
     print(f"CPU: {cpu_model()}; {args.threads} threads; {plan.n_chunks} chunks of {plan.n_ctx} tokens; {path.name}")
-    rates = {}
-    # llama.cpp first: torch's idle OpenMP threads slow llama.cpp's down
-    rates["llama.cpp imatrix (callback)"] = best_rate(
-        functools.partial(llama_imatrix, path, tokens, plan, threads=args.threads, flash_attn=None, exact=False),
-        n, args.repeats)
-    rates["llama.cpp eval only"] = best_rate(
-        functools.partial(llama_imatrix, path, tokens, plan, threads=args.threads, flash_attn=None, collect=False),
-        n, args.repeats)
+    runs = {
+        "llama.cpp imatrix (callback)": functools.partial(llama_imatrix, path, tokens, plan, threads=args.threads,
+                                                          flash_attn=None, exact=False),
+        "llama.cpp eval only": functools.partial(llama_imatrix, path, tokens, plan, threads=args.threads,
+                                                 flash_attn=None, collect=False),
+    }
     for precision, numerics in (("fp32", None), ("bf16", None), ("fp32", "ggml")):
         model = load_model(path, precision=precision, dequantize_all=True, numerics=numerics)
-        collect(model, tokens, plan_chunks(len(tokens), 512, 1))  # warm-up
-        rates[f"ours {numerics or precision}"] = best_rate(functools.partial(collect, model, tokens, plan),
-                                                           n, args.repeats)
-        del model
+        runs[f"ours {numerics or precision}"] = functools.partial(collect, model, tokens, plan)
+    # round robin, best time of each: a burst of load from another tenant of this shared
+    # machine then slows one run of each contender, not all runs of one
+    best = {label: float("inf") for label in runs}
+    for _ in range(args.repeats):
+        for label, run in runs.items():
+            t = time.perf_counter()
+            run()
+            best[label] = min(best[label], time.perf_counter() - t)
+    rates = {label: n / seconds for label, seconds in best.items()}
     peer, bound = rates["llama.cpp imatrix (callback)"], rates["llama.cpp eval only"]
     print(f"{'case':30s} {'tokens/s':>9s} {'vs imatrix':>11s} {'vs eval only':>13s}")
     for label, rate in rates.items():
