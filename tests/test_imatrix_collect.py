@@ -136,6 +136,14 @@ def test_cli_writes_gguf_and_dat(capsys, tmp_path, text_file):
     a, b = load_importance(out), load_importance(dat)
     assert set(a) == set(b) and all(np.allclose(a[n], b[n], rtol=1e-6) for n in a)
 
+    # what `convkit quantize --imatrix` takes: the matrix changes the bytes
+    q = {}
+    for label, extra in (("with", ["--imatrix", str(out)]), ("without", [])):
+        q[label] = tmp_path / f"{label}.gguf"
+        code, _, err = run(capsys, "quantize", str(SAMPLE), "--type", "q4_0", "-o", str(q[label]), "--quiet", *extra)
+        assert code == 0, err
+    assert q["with"].read_bytes() != q["without"].read_bytes()
+
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, text_file):
     out = tmp_path / "m.gguf"
