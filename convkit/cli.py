@@ -19,6 +19,7 @@ COMMANDS = {
     "env": "env:env",
     "inspect": "inspect:inspect_cmd",
     "generate": "generate:generate",
+    "imatrix": "imatrix:imatrix",
     "perplexity": "perplexity:perplexity",
     "quantize": "quantize:quantize",
     "tokenize": "tokenize:tokenize",
