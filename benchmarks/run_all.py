@@ -25,13 +25,14 @@ README_START, README_END = "<!-- RESULTS.md -->", "<!-- /RESULTS.md -->"
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    """The CPU with the vector features our paths and the peers' can use (from /proc/cpuinfo)."""
+    from convkit.sysinfo import cpu_info
+
+    cpu = cpu_info()
+    features = " ".join(name for name, has in (cpu["features"] or {}).items() if has) or "features unknown"
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Python {platform.python_version()}"
+    return (f"{cpu['model'] or 'unknown CPU'} ({features}), {os.cpu_count()} cores, {mem_gib:.0f} GiB, "
+            f"Python {platform.python_version()}")
 
 
 def run(script: Path, timeout: int) -> tuple[list[dict], str, float]:
