@@ -9,12 +9,12 @@ derives the name from the pre-tokenizer's configuration: our byte-level presets 
 the llama.cpp names that run the same regex ("default" for anything else).
 """
 import hashlib
-import json
 from pathlib import Path
 
 import gguf
 
 from convkit.errors import ConvkitError
+from convkit.json_files import checked_token_id, read_json_object
 from tokenizers_impl.errors import TokenizerError
 from tokenizers_impl.formats import GGUF_PRE, bytelevel_preset, check_hf_document
 
@@ -22,25 +22,6 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 def vocab_fingerprint(tokens) -> str:
     return hashlib.sha256("\n".join(tokens[:1000]).encode("utf-8")).hexdigest()[:16]
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConvkitError(f"{path}: not valid JSON ({exc}); restore it from the model's source") from None
-    if not isinstance(doc, dict):
-        raise ConvkitError(f"{path}: expected a JSON object, found {type(doc).__name__}; restore it from the "
-                           "model's source")
-    return doc
-
-
-def _token_id(value, n_tokens: int, source) -> int:
-    """A token id from a tokenizer or config file, inside the vocabulary."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_tokens:
-        raise ConvkitError(f"{source}: token id {str(value)[:40]} is outside the vocabulary of {n_tokens} tokens; "
-                           "restore the file from the model's source")
-    return value
 
 
 def _pre_name(tokenizer: dict, tokens) -> str:
@@ -68,7 +49,7 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
     if tok_path.is_file():
-        tokenizer = _load_json(tok_path)
+        tokenizer = read_json_object(tok_path)
         model, _, _, _ = check_hf_document(tokenizer, str(tok_path))  # types and id ranges
         kind = model["type"]
         if kind == "BPE":
@@ -115,7 +96,7 @@ def _tokens_and_types(tokenizer, vocab_size, tok_path):
 
 def _special_ids(w, tokens, directory, config):
     cfg_path = directory / "tokenizer_config.json"
-    tcfg = _load_json(cfg_path) if cfg_path.is_file() else {}
+    tcfg = read_json_object(cfg_path) if cfg_path.is_file() else {}
     index = {t: i for i, t in enumerate(tokens)}
 
     def token_id(key):
@@ -126,7 +107,7 @@ def _special_ids(w, tokens, directory, config):
             return index[value]
         cid = config.get(f"{key}_token_id")
         if isinstance(cid, int) and not isinstance(cid, bool):
-            return _token_id(cid, len(tokens), directory / "config.json")
+            return checked_token_id(cid, len(tokens), directory / "config.json")
         return None
 
     K = gguf.Keys.Tokenizer
@@ -179,7 +160,7 @@ def _write_bpe(w, tokenizer, directory, config, tok_path, reads_prefix_space=Fal
         raise ConvkitError(f"{tok_path}: a BPE tokenizer without merges cannot be loaded by llama.cpp; "
                            "use the model's complete tokenizer.json")
     tcfg_path = directory / "tokenizer_config.json"
-    tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
+    tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     if reads_prefix_space and isinstance(tcfg.get("add_prefix_space"), bool):
         w.add_add_space_prefix(tcfg["add_prefix_space"])
     flags = added_special_tokens(tokenizer, tcfg)
@@ -245,7 +226,7 @@ def _template_specials(w, post, n_tokens: int, source):
         name = ref.get("id") if isinstance(ref, dict) else None
         entry = special_tokens.get(name) if isinstance(special_tokens, dict) and isinstance(name, str) else None
         ids = entry.get("ids") if isinstance(entry, dict) else None
-        return _token_id(ids[0], n_tokens, source) if isinstance(ids, list) and ids else None
+        return checked_token_id(ids[0], n_tokens, source) if isinstance(ids, list) and ids else None
 
     def written(key):
         return any(key in kv for kv in w.kv_data)
@@ -279,7 +260,7 @@ def _write_sentencepiece(w, model_path, directory, config):
         types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else
                     UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
     tcfg_path = directory / "tokenizer_config.json"
-    tcfg = _load_json(tcfg_path) if tcfg_path.is_file() else {}
+    tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     decoder = tcfg.get("added_tokens_decoder") or {}
     for key, entry in (decoder.items() if isinstance(decoder, dict) else ()):
         i = int(key) if key.isdigit() else n

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convkit.errors import ConvkitError
+from convkit.json_files import read_json_object
 
 # Keys under which other checkpoints nest their text model's config (as llama.cpp's converter reads them).
 TEXT_CONFIG_KEYS = ("text_config", "llm_config", "lm_config", "language_config")
@@ -30,13 +31,7 @@ def read_config_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConvkitError(f"{path}: missing; a Hugging Face checkpoint needs its config.json beside the weights")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConvkitError(f"{path}: not valid JSON ({exc}); restore the file from the model's source") from None
-    if not isinstance(raw, dict):
-        raise ConvkitError(f"{path}: expected a JSON object")
-    return merge_text_config(raw, path)
+    return merge_text_config(read_json_object(path), path)
 
 
 def merge_text_config(raw: dict, path="config.json") -> dict:

@@ -132,7 +132,7 @@ CASES = {
         {"id": 10**9, "content": "<x>", "special": True}])), ["encode", "quantize", "perplexity"], "outside 0.."),
     "tok-post-processor-bos-beyond-vocab": (lambda i: _tokenizer(i, lambda d: d.update(post_processor={
         "type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "x"}}],
-        "special_tokens": {"x": {"ids": [10**9]}}})), ["perplexity"], "not an id of"),
+        "special_tokens": {"x": {"ids": [10**9]}}})), ["perplexity"], "outside the vocabulary"),
     "tok-added-token-beyond-embedding": (lambda i: _tokenizer(i, lambda d: d.update(added_tokens=[
         {"id": 4096, "content": "<x>", "special": True}])), ["quantize"], "beyond the model's vocabulary"),
     "vocab-txt-binary": (lambda i: {"vocab.txt": bytes(range(256))}, ["encode"], "binary"),

@@ -20,23 +20,9 @@ from convkit.runtime.linear import FloatNumerics
 from convkit.runtime.tokenizer import load_tokenizer
 from quant.imatrix import from_statistics, load_importance, read_imatrix, write_imatrix
 from realdata import python_docs_text, smollm2_gguf
+from test_runtime_cli import assert_one_line_error, run
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "tiny-llama"
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convkit: error:"), err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ tensors in the compute dtype), on the target device.
   GGUF names and gpt2's Conv1D matrices ([in, out]) transposed.
 """
 import ctypes
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from convkit.errors import ConvkitError
+from convkit.json_files import checked_token_id, read_json_object
 
 # tokenizer.ggml.pre -> our pre-tokenizer preset
 GGUF_PRETOKENIZERS = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "gpt2",
@@ -106,22 +107,7 @@ def _hf_bos(doc: dict, config: dict) -> tuple[int | None, bool]:
 
 
 def _json_object(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConvkitError(f"{path}: not valid JSON ({str(exc)[:80]}); restore it from the model's source") from None
-    if not isinstance(doc, dict):
-        raise ConvkitError(f"{path}: expected a JSON object; restore it from the model's source")
-    return doc
-
-
-def _checked_id(value, n_vocab: int, source) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_vocab:
-        raise ConvkitError(f"{source}: token id {str(value)[:40]} is not an id of the {n_vocab}-token vocabulary; "
-                           "restore the file from the model's source")
-    return value
+    return read_json_object(path) if path.exists() else {}
 
 
 def hf_tokenizer(path: Path) -> Tokenizer:
@@ -142,10 +128,10 @@ def hf_tokenizer(path: Path) -> Tokenizer:
     if bos_id is None and model_config.get("bos_token_id") is not None:
         bos_id, source = model_config["bos_token_id"], path / "config.json"
     if bos_id is not None:
-        bos_id = _checked_id(bos_id, n_vocab, source)
+        bos_id = checked_token_id(bos_id, n_vocab, source)
     eos = model_config.get("eos_token_id")
     eos = [eos] if not isinstance(eos, list) and eos is not None else list(eos or [])
-    eos = [_checked_id(i, n_vocab, path / "config.json") for i in eos]
+    eos = [checked_token_id(i, n_vocab, path / "config.json") for i in eos]
     if not eos and isinstance(tok_config.get("eos_token"), str):
         eos = [i for i in [bpe.token_to_id(tok_config["eos_token"])] if i is not None]
     return Tokenizer(bpe, bos_id, eos, add_bos)
