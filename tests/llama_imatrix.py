@@ -13,18 +13,12 @@ from llama_trace import _Tensor
 
 GGML_TYPE_F32 = 0
 MIN_ROWS = 16
-_LOG = None  # llama.cpp's log callback, kept alive
-
-
 def _quiet():
-    """llama.cpp's model-loading log goes nowhere."""
-    global _LOG
-    import llama_cpp
+    """llama.cpp's log goes to the one callback the tests share (test_mixes collects a dry
+    run's lines through it; a second callback would take its place for the whole process)."""
+    from test_mixes import _quiet_llama
 
-    if _LOG is None:
-        _LOG = llama_cpp.llama_log_callback(lambda level, text, user: None)
-        llama_cpp.llama_log_set(_LOG, ctypes.c_void_p())
-    return llama_cpp
+    return _quiet_llama()
 
 
 def _op_mul_mat() -> int:
