@@ -26,6 +26,11 @@ MAX_DIM = 1 << 20        # hidden sizes, head counts, layer counts: far above an
 MAX_TOKENS = (1 << 31) - 1  # GGUF stores vocab sizes and context lengths as uint32; ids as int32
 
 
+def shown(value) -> str:
+    """A config value as it appears in the file, cut short for a one-line message."""
+    return json.dumps(value)[:60]
+
+
 def read_config_file(path) -> dict:
     """config.json as a dict, with a nested text config folded into the top level."""
     path = Path(path)
@@ -66,7 +71,7 @@ class ConfigFields:
         return ConvkitError(f"{self.path}: missing key {names}; add it (see the model card) and retry")
 
     def _bad(self, key, value, expected):
-        return ConvkitError(f"{self.path}: {key} = {json.dumps(value)[:60]} is not {expected}; "
+        return ConvkitError(f"{self.path}: {key} = {shown(value)} is not {expected}; "
                             f"fix the value (see the model card)")
 
     def has(self, key) -> bool:
@@ -130,7 +135,7 @@ class ConfigFields:
         for key, accepted in neutral.items():
             value = self.raw.get(key)
             if value is not None and value not in accepted:
-                raise ConvkitError(f"{self.path}: {key} = {json.dumps(value)[:60]} changes the computation "
+                raise ConvkitError(f"{self.path}: {key} = {shown(value)} changes the computation "
                                    f"in a way convkit does not implement for {why}")
 
 

@@ -62,19 +62,6 @@ class Architecture:
         vocab, n_ctx, tied), or None for an architecture whose tensors are not checked."""
         return None
 
-    def expected_shape(self, gguf_name: str):
-        """The numpy shape config.json implies, or None when not checked."""
-        table = self._table()
-        return None if table is None or gguf_name not in table else table[gguf_name][0]
-
-    def required_tensors(self) -> list:
-        """GGUF names of the tensors a checkpoint of this architecture must hold."""
-        return [name for name, (_, required) in (self._table() or {}).items() if required]
-
-    def _table(self):
-        hp = self.shape_hparams()
-        return None if hp is None else tensor_shapes.expected_tensors(self.name, hp)
-
     def map_checkpoint(self, ckpt) -> dict:
         """GGUF name -> HF name for every tensor of `ckpt` the converter keeps, after checking
         the checkpoint against the architecture: each required tensor present with the shape

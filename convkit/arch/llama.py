@@ -5,7 +5,7 @@ import gguf
 import numpy as np
 
 from convkit.errors import ConvkitError
-from convkit.hf_config import MAX_TOKENS, ConfigFields, read_rope
+from convkit.hf_config import MAX_TOKENS, ConfigFields, read_rope, shown
 
 from .base import Architecture, register
 
@@ -85,11 +85,11 @@ class Llama(Architecture):
         layer_types = f.raw.get("layer_types")
         if layer_types is not None and (not isinstance(layer_types, list) or any(
                 t not in ("full_attention", "sliding_attention") for t in layer_types)):
-            raise ConvkitError(f"{self.path}: layer_types {json_short(layer_types)} is not understood; "
+            raise ConvkitError(f"{self.path}: layer_types {shown(layer_types)} is not understood; "
                                "expected a list of full_attention / sliding_attention")
         if layer_types is not None and "sliding_attention" not in layer_types:
             return None
-        return f.int("sliding_window", hi=MAX_TOKENS, default=-1) if f.has("sliding_window") else None
+        return f.int("sliding_window", hi=MAX_TOKENS) if f.has("sliding_window") else None
 
     def shape_hparams(self):
         return {"n_layer": self.n_layer, "hidden": self.hidden, "n_head": self.n_head, "n_head_kv": self.n_head_kv,
@@ -146,7 +146,3 @@ def write_rope(w: gguf.GGUFWriter, rope) -> None:
             w.add_rope_scaling_yarn_beta_slow(rope.beta_slow)
     w.add_rope_freq_base(rope.theta)
 
-
-def json_short(value) -> str:
-    import json
-    return json.dumps(value)[:60]

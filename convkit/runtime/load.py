@@ -304,6 +304,12 @@ def _gguf_tensor(f, t: GGUFTensor, config, heads, dtype, device):
 def hf_config(raw: dict, path: Path) -> ModelConfig:
     """The runtime's config from config.json, read by the same architecture class the
     converter uses (convkit/arch), so the two cannot read a checkpoint differently."""
+    return _model_config(_runtime_architecture(raw, path))
+
+
+def _runtime_architecture(raw: dict, path: Path):
+    """The checkpoint's architecture, once the runtime is known to run it (named before any
+    hyperparameter is read)."""
     import gguf
 
     from convkit.arch import REGISTRY, architecture_class
@@ -313,7 +319,10 @@ def hf_config(raw: dict, path: Path) -> ModelConfig:
         runs = sorted(n for n, c in REGISTRY.items() if gguf.MODEL_ARCH_NAMES[c.gguf_arch] in ARCHITECTURES)
         raise ConvkitError(f"{path / 'config.json'}: architecture {name} converts to GGUF but is not supported "
                            f"by the runtime; supported: {', '.join(runs)}")
-    arch = cls(raw, path / "config.json", name)
+    return cls(raw, path / "config.json", name)
+
+
+def _model_config(arch) -> ModelConfig:
     rope = getattr(arch, "rope", None)
     return ModelConfig(
         arch=arch.name, vocab_size=arch.vocab, hidden_size=arch.hidden, n_layers=arch.n_layer,
@@ -328,13 +337,17 @@ _FLOAT_QTYPES = {torch.float32: GGMLQuantizationType.F32, torch.float16: GGMLQua
                  torch.bfloat16: GGMLQuantizationType.BF16}
 
 
-def _hf_config_file(path: Path) -> ModelConfig:
+def _hf_architecture(path: Path):
     from convkit.hf_config import read_config_file
 
     config_file = path / "config.json"
     if not config_file.exists():
         raise ConvkitError(f"{path}: no config.json; give an HF checkpoint directory or a .gguf file")
-    return hf_config(read_config_file(config_file), path)
+    return _runtime_architecture(read_config_file(config_file), path)
+
+
+def _hf_config_file(path: Path) -> ModelConfig:
+    return _model_config(_hf_architecture(path))
 
 
 _TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -343,12 +356,11 @@ _TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloa
 def read_hf(path: Path, dtype, device):
     """The checkpoint through convkit.checkpoint's reader (headers checked as for every other
     command) and checked against its architecture before any tensor is read."""
-    from convkit.arch import architecture_for
     from convkit.checkpoint import open_checkpoint
 
-    config = _hf_config_file(path)
+    arch = _hf_architecture(path)  # config.json first: its errors come before the weights'
+    config = _model_config(arch)
     ckpt = open_checkpoint(path)
-    arch = architecture_for(ckpt.config, ckpt.directory / "config.json")
     weights = {}
     for target, name in arch.map_checkpoint(ckpt).items():  # the converter's names, checked
         entry = ckpt.tensors[name]
