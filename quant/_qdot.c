@@ -331,7 +331,7 @@ static float dot_q6_k_scalar(const uint8_t *w, const qact *a, int nb) { return d
 
 /* ------------------------------------------------------------------ AVX2 integer parts */
 #ifdef QD_X86
-#define AVX2 __attribute__((target("avx2")))
+#define AVX2 __attribute__((target("avx2,f16c")))
 
 /* 8 vectors of 8 int32 -> one vector of their 8 horizontal sums (integer, exact) */
 AVX2 static inline __m256i hsum8x8(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
@@ -425,6 +425,96 @@ AVX2_DOT(dot_q4_1_avx2, isums_q4_1_avx2, combine_q4_1)
 AVX2_DOT(dot_q5_0_avx2, isums_q5_0_avx2, combine_q5_0)
 AVX2_DOT(dot_q8_0_avx2, isums_q8_0_avx2, combine_q8_0)
 
+/* A tile of weight rows x activation rows at once. The float part of a dot product is one
+ * running sum over the blocks (ggml's order), a chain of dependent additions whose latency,
+ * not the integer work, bounds a single product; a tile runs up to TILE such chains side by
+ * side, each in its own order. Each group of 8 weight blocks is decoded into registers once
+ * for all of the tile's activation rows. Same integer sums, same float order per product. */
+#define TILE 8
+#define DECODE_Q4_0(blk) nibbles32((blk) + 2)
+#define DECODE_Q4_1(blk) nibbles32((blk) + 4)
+#define DECODE_Q5_0(blk) _mm256_or_si256(nibbles32((blk) + 6), bits32_x16((blk) + 2))
+#define DECODE_Q8_0(blk) _mm256_loadu_si256((const __m256i *)((blk) + 2))
+#define DOTX_U(x, q) dot_u8_i8((x), (q))
+#define DOTX_S(x, q) _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8((x), (x)),                 \
+                         _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q)), (x))), _mm256_set1_epi16(1))
+
+/* one block's term of the running sum, as combine_* adds it: scalar, and for 8 blocks at
+ * once (the same float operations in the same order, lane by lane). dw/mw: the blocks' fp16
+ * scale/min, da/sa: the activation blocks' d/s, is: the integer sums. */
+#define TERM_Q4_0(blk, a, is, b) ((float)(is) * f16(blk) * (a)->d[b])
+#define TERM_Q4_1(blk, a, is, b) ((f16(blk) * (a)->d[b]) * (float)(is) + f16((blk) + 2) * (a)->s[b])
+#define TERM_Q5_0(blk, a, is, b) ((f16(blk) * (a)->d[b]) * (float)(is))
+#define TERM_Q8_0(blk, a, is, b) ((float)(is) * (f16(blk) * (a)->d[b]))
+#define TERMS_Q4_0(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(is), dw), da)
+#define TERMS_Q4_1(dw, mw, da, sa, is) _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(is)), \
+                                                     _mm256_mul_ps(mw, sa))
+#define TERMS_Q5_0(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(is))
+#define TERMS_Q8_0(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, da))
+
+/* the fp16 at byte `at` of 8 consecutive blocks, widened exactly */
+AVX2 static inline __m256 f16x8(const uint8_t *blk, int bytes, int at) {
+    uint16_t h[8];
+    for (int k = 0; k < 8; k++) memcpy(&h[k], blk + bytes * k + at, 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* nr weight rows (row_bytes apart) x tt activation rows, nr * tt <= TILE: out[t * stride + r].
+ * The terms of each product are computed 8 blocks at a time into term[], then the running
+ * sums add them up block by block, all of the tile's sums side by side. */
+#define AVX2_TILE(name, bytes, DECODE, DOTX, off, TERM, TERMS, has_min)                              \
+    AVX2 static void name(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt,     \
+                          int nb, float *out, Py_ssize_t stride) {                                   \
+        float term[TILE][CHUNK];                                                                     \
+        float total[TILE] = {0};                                                                     \
+        for (int b0 = 0; b0 < nb; b0 += CHUNK) {                                                     \
+            const int m = nb - b0 < CHUNK ? nb - b0 : CHUNK;                                         \
+            for (int r = 0; r < nr; r++) {                                                           \
+                const uint8_t *wr = w + r * row_bytes + (bytes) * b0;                                \
+                float (*tr)[CHUNK] = term + r * tt;                                                  \
+                int i = 0;                                                                           \
+                for (; i + 8 <= m; i += 8) {                                                         \
+                    const uint8_t *blk = wr + (bytes) * i;                                           \
+                    const __m256i x0 = DECODE(blk), x1 = DECODE(blk + (bytes)),                      \
+                                  x2 = DECODE(blk + 2 * (bytes)), x3 = DECODE(blk + 3 * (bytes)),    \
+                                  x4 = DECODE(blk + 4 * (bytes)), x5 = DECODE(blk + 5 * (bytes)),    \
+                                  x6 = DECODE(blk + 6 * (bytes)), x7 = DECODE(blk + 7 * (bytes));    \
+                    const __m256 dw = f16x8(blk, (bytes), 0);                                        \
+                    const __m256 mw = has_min ? f16x8(blk, (bytes), 2) : dw; (void)mw;                        \
+                    for (int t = 0; t < tt; t++) {                                                   \
+                        const int8_t *q = at[t].q + QK * (b0 + i);                                   \
+                        __m256i s = hsum8x8(DOTX(x0, q), DOTX(x1, q + 32), DOTX(x2, q + 64),         \
+                                            DOTX(x3, q + 96), DOTX(x4, q + 128), DOTX(x5, q + 160),  \
+                                            DOTX(x6, q + 192), DOTX(x7, q + 224));                   \
+                        if (off) s = _mm256_sub_epi32(s, _mm256_mullo_epi32(_mm256_set1_epi32(off),  \
+                                         _mm256_loadu_si256((const __m256i *)(at[t].qsum + b0 + i)))); \
+                        const __m256 da = _mm256_loadu_ps(at[t].d + b0 + i);                         \
+                        const __m256 sa = has_min ? _mm256_loadu_ps(at[t].s + b0 + i) : da; (void)sa;        \
+                        _mm256_storeu_ps(tr[t] + i, TERMS(dw, mw, da, sa, s));                       \
+                    }                                                                                \
+                }                                                                                    \
+                for (; i < m; i++) {                                                                 \
+                    const uint8_t *blk = wr + (bytes) * i;                                           \
+                    const __m256i x = DECODE(blk);                                                   \
+                    for (int t = 0; t < tt; t++) {                                                   \
+                        const int32_t is = hsum8(DOTX(x, at[t].q + QK * (b0 + i))) - (off) * at[t].qsum[b0 + i]; \
+                        tr[t][i] = TERM(blk, &at[t], is, b0 + i);                                    \
+                    }                                                                                \
+                }                                                                                    \
+            }                                                                                        \
+            const int chains = nr * tt;                                                              \
+            for (int i = 0; i < m; i++)                                                              \
+                for (int c = 0; c < chains; c++) total[c] += term[c][i];                             \
+        }                                                                                            \
+        for (int r = 0; r < nr; r++)                                                                 \
+            for (int t = 0; t < tt; t++) out[t * stride + r] = total[r * tt + t];                    \
+    }
+
+AVX2_TILE(tile_q4_0_avx2, 18, DECODE_Q4_0, DOTX_U, 8, TERM_Q4_0, TERMS_Q4_0, 0)
+AVX2_TILE(tile_q4_1_avx2, 20, DECODE_Q4_1, DOTX_U, 0, TERM_Q4_1, TERMS_Q4_1, 1)
+AVX2_TILE(tile_q5_0_avx2, 22, DECODE_Q5_0, DOTX_U, 16, TERM_Q5_0, TERMS_Q5_0, 0)
+AVX2_TILE(tile_q8_0_avx2, 34, DECODE_Q8_0, DOTX_S, 0, TERM_Q8_0, TERMS_Q8_0, 0)
+
 /* 16 int16 products of two sub-blocks' halves -> 8 int32 lanes l: sa * (p[l] + p[l+8]) of
  * sub-block a plus sb * (...) of sub-block b. pa/pb hold 16 products each. */
 AVX2 static inline __m256i scaled_lanes(__m256i pa, __m256i pb, int sa, int sb) {
@@ -497,10 +587,13 @@ AVX2 static float dot_q6_k_avx2(const uint8_t *w, const qact *a, int nb) { retur
 /* ------------------------------------------------------------------ dispatch */
 
 typedef float (*dot_fn)(const uint8_t *, const qact *, int);
+/* a tile of weight rows x activation rows (see AVX2_TILE) */
+typedef void (*tile_fn)(const uint8_t *, Py_ssize_t, int, const qact *, int, int, float *, Py_ssize_t);
 
 typedef struct {
     int type, act, block_values, block_bytes;
     dot_fn scalar, avx2;
+    tile_fn avx2_tile;  /* NULL: the row's dot product once per activation row */
 } kernel;
 
 #ifdef QD_X86
@@ -510,12 +603,12 @@ typedef struct {
 #endif
 
 static const kernel KERNELS[] = {
-    {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2)},
-    {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2)},
-    {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2)},
-    {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2)},
-    {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2)},
-    {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2)},
+    {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2), V(tile_q4_0_avx2)},
+    {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2), V(tile_q4_1_avx2)},
+    {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2)},
+    {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2)},
+    {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), NULL},
+    {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), NULL},
 };
 
 static const kernel *find_kernel(int type) {
@@ -532,13 +625,14 @@ static void choose_isa(void) {
     isa_level = ISA_SCALAR;
 #ifdef QD_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) isa_level = ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) isa_level = ISA_AVX2;
 #endif
     const char *forced = getenv("CONVKIT_QDOT_ISA");
     if (forced && strcmp(forced, "scalar") == 0) isa_level = ISA_SCALAR;
 }
 
 static dot_fn pick(const kernel *k) { return isa_level == ISA_AVX2 && k->avx2 ? k->avx2 : k->scalar; }
+static tile_fn pick_tile(const kernel *k) { return isa_level == ISA_AVX2 ? k->avx2_tile : NULL; }
 
 /* ------------------------------------------------------------------ thread pool */
 
@@ -550,6 +644,7 @@ static dot_fn pick(const kernel *k) { return isa_level == ISA_AVX2 && k->avx2 ? 
 
 typedef struct {
     dot_fn dot;
+    tile_fn tile;  /* NULL or the same products for several activation rows at once */
     const uint8_t *w;
     Py_ssize_t row_bytes, rows, tokens, chunk_rows;
     int nb, chunks;
@@ -575,6 +670,20 @@ static struct {
 static void run_chunk(const job *jb, int c) {
     const Py_ssize_t r0 = jb->chunk_rows * c;
     const Py_ssize_t r1 = r0 + jb->chunk_rows < jb->rows ? r0 + jb->chunk_rows : jb->rows;
+    if (jb->tile) {
+        /* TILE products at once: TILE / tokens weight rows per tile when the tokens are few */
+        const int tt = jb->tokens < TILE ? (int)jb->tokens : TILE;
+        const int nr = TILE / tt;
+        for (Py_ssize_t r = r0; r < r1; r += nr) {
+            const int rows_here = r1 - r < nr ? (int)(r1 - r) : nr;
+            for (Py_ssize_t t0 = 0; t0 < jb->tokens; t0 += tt) {
+                const int tokens_here = jb->tokens - t0 < tt ? (int)(jb->tokens - t0) : tt;
+                jb->tile(jb->w + r * jb->row_bytes, jb->row_bytes, rows_here, jb->acts + t0, tokens_here, jb->nb,
+                         jb->out + t0 * jb->rows + r, jb->rows);
+            }
+        }
+        return;
+    }
     for (Py_ssize_t r = r0; r < r1; r++) {
         const uint8_t *wr = jb->w + r * jb->row_bytes;
         for (Py_ssize_t t = 0; t < jb->tokens; t++) jb->out[t * jb->rows + r] = jb->dot(wr, &jb->acts[t], jb->nb);
@@ -718,7 +827,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
             /* a few chunks per thread, so that a late helper leaves little for the caller */
             Py_ssize_t chunk_rows = rows / (4 * threads);
             if (chunk_rows < 16) chunk_rows = 16;
-            job jb = {pick(k), (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
+            job jb = {pick(k), pick_tile(k), (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
                       chunk_rows, nb, (int)((rows + chunk_rows - 1) / chunk_rows), acts, (float *)ob.buf};
             run_job(&jb, threads);
             Py_END_ALLOW_THREADS
@@ -752,7 +861,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args) {
         choose_isa();
         if (isa_level == ISA_SCALAR) {
 #ifdef QD_X86
-            if (__builtin_cpu_supports("avx2")) isa_level = ISA_AVX2;
+            if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) isa_level = ISA_AVX2;
 #endif
         }
     } else {
@@ -771,12 +880,31 @@ static PyObject *py_types(PyObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *py_tiled_types(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out && i < sizeof KERNELS / sizeof KERNELS[0]; i++) {
+        if (!pick_tile(&KERNELS[i])) continue;
+        PyObject *id = PyLong_FromLong(KERNELS[i].type);
+        if (!id || PyList_Append(out, id) < 0) {
+            Py_XDECREF(id);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(id);
+    }
+    return out;
+}
+
 static PyMethodDef qdot_methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(type_id, w, rows, x, tokens, n, out, threads): out[t, r] = ggml dot of weight row r and x[t]."},
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the products use ('scalar' or 'avx2')."},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa('scalar' | 'best'): choose the path (for tests)."},
     {"types", py_types, METH_NOARGS, "types(): the ggml type ids with a quantized product."},
+    {"tiled_types", py_tiled_types, METH_NOARGS,
+     "tiled_types(): the type ids whose product on the current path does several activation rows at once."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -48,6 +48,18 @@ def compiled_types() -> frozenset:
     return COMPILED_TYPES
 
 
+_tiled: frozenset | None = None  # cache of tiled_types(), reset by set_isa
+
+
+def tiled_types() -> frozenset:
+    """The types whose compiled product on the current path computes several activation rows
+    per pass over a weight row (fast for a prompt's rows too, not only for decoding)."""
+    global _tiled
+    if _tiled is None:
+        _tiled = frozenset(T(t) for t in _compiled.tiled_types()) if _compiled is not None else frozenset()
+    return _tiled
+
+
 def isa() -> str:
     """The instruction set the compiled products use ('scalar', 'avx2'), or 'numpy'."""
     return _compiled.isa() if _compiled is not None else "numpy"
@@ -230,6 +242,8 @@ def matmul(qtype, w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None,
 
 def set_isa(name: str) -> str:
     """'scalar' or 'best' (for tests that compare the compiled paths); returns the one in use."""
+    global _tiled
     if _compiled is None:
         return "numpy"
+    _tiled = None
     return _compiled.set_isa(name)

@@ -54,11 +54,12 @@ def _both_paths(qtype, w, x):
 def _emulated(qtype, w, x):
     """The runtime's torch emulation of ggml (dequantized weight, one float32 GEMM)."""
     layer = QuantLinear(QTensor(torch.from_numpy(np.ascontiguousarray(w)), qtype))
-    saved, quantized_products.MAX_ROWS = quantized_products.MAX_ROWS, 0
+    saved = quantized_products.MAX_ROWS, quantized_products.MAX_TILED_ROWS
+    quantized_products.MAX_ROWS = quantized_products.MAX_TILED_ROWS = 0
     try:
         return GgmlNumerics().linear(layer, torch.from_numpy(x)).numpy(), layer.dense_weight(torch.float32).numpy()
     finally:
-        quantized_products.MAX_ROWS = saved
+        quantized_products.MAX_ROWS, quantized_products.MAX_TILED_ROWS = saved
 
 
 def _order_bound(dense, x):
@@ -88,7 +89,7 @@ def test_twin_quantizes_activations_as_ggml_numerics():
 
 @compiled
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("tokens", [1, 5, 8, 19])
 def test_compiled_paths_equal_the_twin_bit_for_bit(qtype, tokens):
     n = _width(qtype)
     w = _weights(qtype, 67, n, int(qtype))
@@ -217,6 +218,7 @@ def test_generate_default_uses_block_products_and_tracks_llama_cpp(monkeypatch):
     blocks = _teacher_forced(model, prompt, tokens)
     assert list(blocks.argmax(1)) == tokens  # the CLI's greedy choices are these logits'
     monkeypatch.setattr(quantized_products, "MAX_ROWS", 0)  # the torch emulation of the same arithmetic
+    monkeypatch.setattr(quantized_products, "MAX_TILED_ROWS", 0)
     emulated = _teacher_forced(model, prompt, tokens)
     # Quantizing activations to Q8 makes the logits jump when a value crosses a rounding
     # boundary, so two orders of float additions already differ visibly; the emulation's
@@ -227,3 +229,28 @@ def test_generate_default_uses_block_products_and_tracks_llama_cpp(monkeypatch):
     clear = top2[:, 1] - top2[:, 0] > 2 * yardstick  # steps where llama.cpp's choice is not a near tie
     assert clear.sum() >= 3
     assert np.array_equal(blocks.argmax(1)[clear], peer.argmax(1)[clear])
+
+
+@compiled
+def test_prompt_rows_use_tiled_products_and_dense_products_get_threads_back():
+    n, rows = 576, 40
+    x = torch.from_numpy(_activations(rows, n, 5))
+    tiled = QuantLinear(QTensor(torch.from_numpy(_weights(T.Q4_1, 24, n, 6)), T.Q4_1))
+    untiled = QuantLinear(QTensor(torch.from_numpy(_weights(T.Q4_K, 24, 512, 7)), T.Q4_K))
+    assert T.Q4_1 in qdot.tiled_types() or qdot.isa() == "scalar"
+    assert quantized_products.usable(tiled, x) == (T.Q4_1 in qdot.tiled_types())
+    assert not quantized_products.usable(untiled, torch.from_numpy(_activations(rows, 512, 8)))
+    if T.Q4_1 in qdot.tiled_types():  # a prompt's rows: the block products, bit for bit
+        want = qdot.matmul_reference(T.Q4_1, tiled.weight.data.numpy(), x.numpy())
+        got = GgmlNumerics().linear(tiled, x).numpy()
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with quantized_products.few_rows():
+            assert torch.get_num_threads() == 1
+            with quantized_products.all_threads():
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

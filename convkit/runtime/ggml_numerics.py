@@ -20,8 +20,9 @@ from ggml, far below what a PPL can see. The one term that is not a plain produc
 Q8_1's min term: ggml multiplies the weight's block min by the activation block's stored
 fp16 s, not by d * sum(q); a small [T, blocks] x [blocks, N] product adds that difference.
 
-For few activation rows (a decoding step: up to quantized_products.MAX_ROWS rows) and the
-types quant.qdot compiles (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), the product is not
+For few activation rows (a decoding step or a short prompt: up to quantized_products.MAX_ROWS
+rows, MAX_TILED_ROWS for the types with a tiled product) and the types quant.qdot compiles
+(Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), the product is not
 emulated but computed as ggml computes it: activations quantized, integer sums per block,
 read from the quantized weight in place, with ggml's generic order of float additions.
 That is both llama.cpp's arithmetic and the fast way to decode on a CPU (see
@@ -132,7 +133,7 @@ class GgmlNumerics(Numerics):
     name = "ggml"
 
     def forward_context(self, rows: int, device):
-        if rows <= quantized_products.MAX_ROWS and torch.device(device).type == "cpu":
+        if rows <= quantized_products.few_rows_limit() and torch.device(device).type == "cpu":
             return quantized_products.few_rows()
         return super().forward_context(rows, device)
 
@@ -142,6 +143,10 @@ class GgmlNumerics(Numerics):
         fmt = activation_format(layer.weight.qtype)
         if quantized_products.usable(layer, x):  # few rows (decoding): ggml's own block products
             return quantized_products.block_product(layer, x)
+        with quantized_products.all_threads():
+            return self._emulated_linear(layer, x, fmt)
+
+    def _emulated_linear(self, layer, x: torch.Tensor, fmt) -> torch.Tensor:
         if x.shape[-2:-1] == (0,) or x.numel() == 0:
             return dense_linear(x, layer.dense_weight(torch.float32), layer.bias)
         if fmt == Q8_1:
