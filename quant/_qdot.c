@@ -6,7 +6,9 @@
  * blocks in float32 in the order of ggml's generic `ggml_vec_dot_*` (ggml-cpu/quants.c).
  * Integer sums are exact, so the vector paths give the scalar path's results bit for bit:
  * they only compute the integer parts faster and keep the float operations and their order.
- * quant/qdot.py holds the numpy twin that is the readable reference.
+ * quant/qdot.py holds the numpy twin that is the readable reference. The AVX2 path also has
+ * tiles (several weight rows x several activation rows per pass) for a prompt's rows and,
+ * for the 32-value types, for a decoding step's single row (see AVX2_TILE).
  *
  * Built for the baseline instruction set; AVX2 functions are compiled with a target
  * attribute and chosen at run time (`__builtin_cpu_supports`). CONVKIT_QDOT_ISA=scalar
@@ -102,7 +104,18 @@ typedef struct {
     float *s;         /* Q8_1 */
     int16_t *bsums;   /* Q8_K */
     int32_t *qsum;    /* Q8_0 / Q8_1: sum of q per 32-value block */
+    int8_t *qp;       /* Q8_K for the K-quant tiles: q with each 16 values in lane-pair order (pair_lanes) */
 } qact;
+
+/* Each 16 values reordered 0, 8, 1, 9, ..., 7, 15: a byte-pair product (maddubs) then sums two
+ * values of the same lane (value index mod 8), the lanes of ggml's generic K-quant dot products. */
+static void pair_lanes(const int8_t *q, int8_t *out, int n) {
+    for (int g = 0; g < n; g += 16)
+        for (int k = 0; k < 8; k++) {
+            out[g + 2 * k] = q[g + k];
+            out[g + 2 * k + 1] = q[g + k + 8];
+        }
+}
 
 /* ggml-cpu x86 quantize_row_q8_0 / _q8_1: q = round_half_even(x * (127 / amax)), d = fp16(amax / 127) */
 static void quantize_q8_0_row(const float *x, int n, qact *a, int with_s) {
@@ -580,6 +593,133 @@ AVX2 static void lanes_q6_k_avx2(const uint8_t *blk, const int8_t *q8, int32_t *
     _mm256_storeu_si256((__m256i *)aux32, acc);
 }
 
+/* K-quant tiles. ggml's generic K-quant products keep 8 integer lanes (value index mod 8).
+ * Here weights and activations are both in lane-pair order (pair_lanes), so one byte-pair
+ * product (maddubs) adds two values of the same lane, and the integer lanes come out equal
+ * to dot_q4_k_with's / dot_q6_k_with's; the float parts are theirs, per row, in their order.
+ * Each weight block is unpacked once for all of the tile's activation rows. The running
+ * sums are one step per 256 values, so rows are simply taken one after the other. */
+AVX2 static inline __m256i pair_order(__m256i x) {
+    const __m256i order = _mm256_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0,
+                                          15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    return _mm256_shuffle_epi8(x, order);
+}
+
+/* 16 lane-pair sums (int16) of one sub-block's 32 unsigned weights x activations -> folded to 8 by scaled_lanes */
+AVX2 static inline __m256i pair_sums_u(__m256i w, const int8_t *qp) {
+    return _mm256_maddubs_epi16(w, _mm256_loadu_si256((const __m256i *)qp));
+}
+
+AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                float *out, Py_ssize_t stride) {
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *wr = w + r * row_bytes;
+        __m256 sums[TILE];
+        float sumf[TILE];
+        for (int t = 0; t < tt; t++) {
+            sums[t] = _mm256_setzero_ps();
+            sumf[t] = 0.0f;
+        }
+        for (int i = 0; i < nb; i++) {
+            const uint8_t *blk = wr + 144 * i, *q4 = blk + 16;
+            uint8_t scales[8], mins[8];
+            q4k_scales(blk + 4, scales, mins);
+            __m256i acc[TILE];
+            for (int t = 0; t < tt; t++) acc[t] = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
+                const __m256i lo = pair_order(_mm256_and_si256(bytes, m));                       /* sub-block 2j */
+                const __m256i hi = pair_order(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), m)); /* 2j + 1 */
+                for (int t = 0; t < tt; t++) {
+                    const int8_t *y = at[t].qp + QKK * i + 64 * j;
+                    acc[t] = _mm256_add_epi32(acc[t], scaled_lanes(pair_sums_u(lo, y), pair_sums_u(hi, y + 32),
+                                                                   scales[2 * j], scales[2 * j + 1]));
+                }
+            }
+            for (int t = 0; t < tt; t++) {
+                const qact *a = &at[t];
+                int sumi = 0;
+                for (int j = 0; j < 16; j++) sumi += a->bsums[16 * i + j] * mins[j / 2];
+                const float d = f16(blk) * a->d[i];
+                sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc[t])));
+                const float dmin = f16(blk + 2) * a->d[i];
+                sumf[t] -= dmin * (float)sumi;
+            }
+        }
+        for (int t = 0; t < tt; t++) {
+            float lanes[8];
+            _mm256_storeu_ps(lanes, sums[t]);
+            for (int l = 0; l < 8; l++) sumf[t] += lanes[l];
+            out[t * stride + r] = sumf[t];
+        }
+    }
+}
+
+/* Q6_K: 16-value sub-blocks, each one maddubs half: 8 lane sums; two sub-blocks' lanes
+ * interleaved and scaled in one madd. Signed weights: |w| times q with w's sign. */
+AVX2 static inline __m256i q6_pair_lanes(__m256i wab, __m256i abs_ab, const int8_t *ya, const int8_t *yb, int sa, int sb) {
+    const __m256i y = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)yb), _mm_loadu_si128((const __m128i *)ya));
+    const __m256i p = _mm256_maddubs_epi16(abs_ab, _mm256_sign_epi8(y, wab));  /* low: lanes of a, high: of b */
+    const __m128i pa = _mm256_castsi256_si128(p), pb = _mm256_extracti128_si256(p, 1);
+    const __m256i ab = _mm256_set_m128i(_mm_unpackhi_epi16(pa, pb), _mm_unpacklo_epi16(pa, pb));
+    return _mm256_madd_epi16(ab, _mm256_set1_epi32((int)(((uint32_t)(uint16_t)sb << 16) | (uint16_t)sa)));
+}
+
+AVX2 static void tile_q6_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                float *out, Py_ssize_t stride) {
+    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *wr = w + r * row_bytes;
+        __m256 sums[TILE];
+        for (int t = 0; t < tt; t++) sums[t] = _mm256_setzero_ps();
+        for (int i = 0; i < nb; i++) {
+            const uint8_t *blk = wr + 210 * i, *ql = blk, *qh = blk + 128;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            __m256i acc[TILE];
+            for (int t = 0; t < tt; t++) acc[t] = _mm256_setzero_si256();
+            for (int half = 0; half < 2; half++) {
+                for (int part = 0; part < 2; part++) {
+                    const int o = 16 * part;
+                    const __m128i l0 = _mm_loadu_si128((const __m128i *)(ql + o));
+                    const __m128i l1 = _mm_loadu_si128((const __m128i *)(ql + 32 + o));
+                    const __m128i h = _mm_loadu_si128((const __m128i *)(qh + o));
+                    __m128i v[4];  /* value index within the 128: 32 * k + o + (0..15); its sub-block: 2k + part */
+                    v[0] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(l0, m4), _mm_slli_epi16(_mm_and_si128(h, m2), 4)), k32);
+                    v[1] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(l1, m4),
+                                                     _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), m2), 4)), k32);
+                    v[2] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(l0, 4), m4),
+                                                     _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), m2), 4)), k32);
+                    v[3] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(l1, 4), m4),
+                                                     _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m2), 4)), k32);
+                    const __m256i w01 = pair_order(_mm256_set_m128i(v[1], v[0]));
+                    const __m256i w23 = pair_order(_mm256_set_m128i(v[3], v[2]));
+                    const __m256i a01 = _mm256_sign_epi8(w01, w01), a23 = _mm256_sign_epi8(w23, w23);
+                    const int s0 = sc[8 * half + 2 * 0 + part], s1 = sc[8 * half + 2 * 1 + part];
+                    const int s2 = sc[8 * half + 2 * 2 + part], s3 = sc[8 * half + 2 * 3 + part];
+                    for (int t = 0; t < tt; t++) {
+                        const int8_t *y = at[t].qp + QKK * i + 128 * half + o;
+                        acc[t] = _mm256_add_epi32(acc[t], q6_pair_lanes(w01, a01, y, y + 32, s0, s1));
+                        acc[t] = _mm256_add_epi32(acc[t], q6_pair_lanes(w23, a23, y + 64, y + 96, s2, s3));
+                    }
+                }
+                ql += 64;
+                qh += 32;
+            }
+            for (int t = 0; t < tt; t++) {
+                const float d = f16(blk + 208) * at[t].d[i];
+                sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc[t])));
+            }
+        }
+        for (int t = 0; t < tt; t++) {
+            float lanes[8], sumf = 0.0f;
+            _mm256_storeu_ps(lanes, sums[t]);
+            for (int l = 0; l < 8; l++) sumf += lanes[l];
+            out[t * stride + r] = sumf;
+        }
+    }
+}
+
 AVX2 static float dot_q4_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, lanes_q4_k_avx2); }
 AVX2 static float dot_q6_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, lanes_q6_k_avx2); }
 #endif
@@ -594,6 +734,8 @@ typedef struct {
     int type, act, block_values, block_bytes;
     dot_fn scalar, avx2;
     tile_fn avx2_tile;  /* NULL: the row's dot product once per activation row */
+    int tile_one;       /* whether a single activation row also takes the tile (the legacy types' tiles
+                           run several rows' sums side by side; the K-quant tiles are slower for one) */
 } kernel;
 
 #ifdef QD_X86
@@ -603,12 +745,12 @@ typedef struct {
 #endif
 
 static const kernel KERNELS[] = {
-    {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2), V(tile_q4_0_avx2)},
-    {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2), V(tile_q4_1_avx2)},
-    {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2)},
-    {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2)},
-    {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), NULL},
-    {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), NULL},
+    {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2), V(tile_q4_0_avx2), 1},
+    {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2), V(tile_q4_1_avx2), 1},
+    {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2), 1},
+    {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2), 1},
+    {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), V(tile_q4_k_avx2), 0},
+    {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), V(tile_q6_k_avx2), 0},
 };
 
 static const kernel *find_kernel(int type) {
@@ -645,6 +787,7 @@ static tile_fn pick_tile(const kernel *k) { return isa_level == ISA_AVX2 ? k->av
 typedef struct {
     dot_fn dot;
     tile_fn tile;  /* NULL or the same products for several activation rows at once */
+    int tile_one;
     const uint8_t *w;
     Py_ssize_t row_bytes, rows, tokens, chunk_rows;
     int nb, chunks;
@@ -670,8 +813,8 @@ static struct {
 static void run_chunk(const job *jb, int c) {
     const Py_ssize_t r0 = jb->chunk_rows * c;
     const Py_ssize_t r1 = r0 + jb->chunk_rows < jb->rows ? r0 + jb->chunk_rows : jb->rows;
-    if (jb->tile) {
-        /* TILE products at once: TILE / tokens weight rows per tile when the tokens are few */
+    if (jb->tile && (jb->tokens > 1 || jb->tile_one)) {
+        /* up to TILE products at once: TILE / tokens weight rows per tile when the tokens are few */
         const int tt = jb->tokens < TILE ? (int)jb->tokens : TILE;
         const int nr = TILE / tt;
         for (Py_ssize_t r = r0; r < r1; r += nr) {
@@ -805,7 +948,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     void *mem = NULL;
     if (!err && tokens > 0 && rows > 0) {
         const int nb = (int)(n / k->block_values);
-        const size_t per = (size_t)n + nb * (2 * sizeof(float) + sizeof(int32_t)) + (size_t)nb * 16 * sizeof(int16_t) + 64;
+        const size_t per = 2 * (size_t)n + nb * (2 * sizeof(float) + sizeof(int32_t)) + (size_t)nb * 16 * sizeof(int16_t) + 64;
         acts = calloc((size_t)tokens, sizeof(qact));
         mem = malloc(per * (size_t)tokens);
         if (!acts || !mem) err = "out of memory";
@@ -820,14 +963,19 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
                 a->qsum = (int32_t *)(a->s + nb);
                 a->bsums = (int16_t *)(a->qsum + nb);
                 a->q = (int8_t *)(a->bsums + (size_t)nb * 16);
-                if (k->act == ACT_Q8_K) quantize_q8_k_row(x + t * n, (int)n, a);
-                else quantize_q8_0_row(x + t * n, (int)n, a, k->act == ACT_Q8_1);
+                a->qp = a->q + n;
+                if (k->act == ACT_Q8_K) {
+                    quantize_q8_k_row(x + t * n, (int)n, a);
+                    if (pick_tile(k)) pair_lanes(a->q, a->qp, (int)n);
+                } else {
+                    quantize_q8_0_row(x + t * n, (int)n, a, k->act == ACT_Q8_1);
+                }
             }
             threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
             /* a few chunks per thread, so that a late helper leaves little for the caller */
             Py_ssize_t chunk_rows = rows / (4 * threads);
             if (chunk_rows < 16) chunk_rows = 16;
-            job jb = {pick(k), pick_tile(k), (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
+            job jb = {pick(k), pick_tile(k), k->tile_one, (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
                       chunk_rows, nb, (int)((rows + chunk_rows - 1) / chunk_rows), acts, (float *)ob.buf};
             run_job(&jb, threads);
             Py_END_ALLOW_THREADS

@@ -232,17 +232,17 @@ def test_generate_default_uses_block_products_and_tracks_llama_cpp(monkeypatch):
 
 
 @compiled
-def test_prompt_rows_use_tiled_products_and_dense_products_get_threads_back():
-    n, rows = 576, 40
-    x = torch.from_numpy(_activations(rows, n, 5))
-    tiled = QuantLinear(QTensor(torch.from_numpy(_weights(T.Q4_1, 24, n, 6)), T.Q4_1))
-    untiled = QuantLinear(QTensor(torch.from_numpy(_weights(T.Q4_K, 24, 512, 7)), T.Q4_K))
-    assert T.Q4_1 in qdot.tiled_types() or qdot.isa() == "scalar"
-    assert quantized_products.usable(tiled, x) == (T.Q4_1 in qdot.tiled_types())
-    assert not quantized_products.usable(untiled, torch.from_numpy(_activations(rows, 512, 8)))
-    if T.Q4_1 in qdot.tiled_types():  # a prompt's rows: the block products, bit for bit
-        want = qdot.matmul_reference(T.Q4_1, tiled.weight.data.numpy(), x.numpy())
-        got = GgmlNumerics().linear(tiled, x).numpy()
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_prompt_rows_use_tiled_products_and_dense_products_get_threads_back(qtype):
+    n = _width(qtype)
+    layer = QuantLinear(QTensor(torch.from_numpy(_weights(qtype, 24, n, 6)), qtype))
+    prompt = torch.from_numpy(_activations(40, n, 5))
+    assert (qtype in qdot.tiled_types()) == (qdot.isa() != "scalar")
+    assert quantized_products.usable(layer, prompt) == (qtype in qdot.tiled_types())
+    assert not quantized_products.usable(layer, torch.from_numpy(_activations(100, n, 5)))
+    if qtype in qdot.tiled_types():  # a prompt's rows: the block products, bit for bit
+        want = qdot.matmul_reference(qtype, layer.weight.data.numpy(), prompt.numpy())
+        got = GgmlNumerics().linear(layer, prompt).numpy()
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -22,7 +22,7 @@ import torch
 from quant import qdot
 
 MAX_ROWS = 16  # activation rows (batch x positions) up to which the block products are used
-MAX_TILED_ROWS = 128  # the same for the types with a tiled product
+MAX_TILED_ROWS = 64  # the same for the types with a tiled product
 _NONE = ()
 _threads: int | None = None  # the block products' thread count while torch runs on one (see few_rows)
 
