@@ -10,9 +10,9 @@
  * tiles (several weight rows x several activation rows per pass) for a prompt's rows and,
  * for the 32-value types, for a decoding step's single row (see AVX2_TILE).
  *
- * Built for the baseline instruction set; AVX2 functions are compiled with a target
- * attribute and chosen at run time (`__builtin_cpu_supports`). CONVKIT_QDOT_ISA=scalar
- * forces the plain C path. Rows are split over a small pool of threads that persists
+ * Built for the baseline instruction set; AVX2 and AVX-512 VNNI functions are compiled with
+ * a target attribute and chosen at run time (`__builtin_cpu_supports`); CONVKIT_QDOT_ISA=avx2
+ * or =scalar forces a lower path (the scalar one is plain C). Rows are split over a small pool of threads that persists
  * between calls (starting threads per product would cost more than a decoding step's
  * products on a small model).
  */
@@ -104,8 +104,26 @@ typedef struct {
     float *s;         /* Q8_1 */
     int16_t *bsums;   /* Q8_K */
     int32_t *qsum;    /* Q8_0 / Q8_1: sum of q per 32-value block */
-    int8_t *qp;       /* Q8_K for the K-quant tiles: q with each 16 values in lane-pair order (pair_lanes) */
+    int8_t *qp;       /* Q8_K for the K-quant tiles: q in lane-pair or lane-quad order (pair_lanes, quad_lanes) */
+    int16_t *q16;     /* Q8_K for the Q6_K tiles: q widened, in lane-pair order */
 } qact;
+
+/* Each 32 values reordered so that bytes 4l..4l+3 hold values l, l+8, l+16, l+24: one
+ * 4-byte dot product (vpdpbusd) then sums the values of one lane of a 32-value sub-block. */
+static void quad_lanes(const int8_t *q, int8_t *out, int n) {
+    for (int g = 0; g < n; g += 32)
+        for (int l = 0; l < 8; l++)
+            for (int k = 0; k < 4; k++) out[g + 4 * l + k] = q[g + l + 8 * k];
+}
+
+/* pair_lanes widened to int16 (for products with int16 weights) */
+static void pair_lanes16(const int8_t *q, int16_t *out, int n) {
+    for (int g = 0; g < n; g += 16)
+        for (int k = 0; k < 8; k++) {
+            out[g + 2 * k] = q[g + k];
+            out[g + 2 * k + 1] = q[g + k + 8];
+        }
+}
 
 /* Each 16 values reordered 0, 8, 1, 9, ..., 7, 15: a byte-pair product (maddubs) then sums two
  * values of the same lane (value index mod 8), the lanes of ggml's generic K-quant dot products. */
@@ -610,6 +628,12 @@ AVX2 static inline __m256i pair_sums_u(__m256i w, const int8_t *qp) {
     return _mm256_maddubs_epi16(w, _mm256_loadu_si256((const __m256i *)qp));
 }
 
+/* Q4_K's 8 mins as 16 int16, each twice: paired with the 16 Q8_K sums of 16 values */
+AVX2 static inline __m256i mins_x16(const uint8_t mins[8]) {
+    const __m128i m = _mm_loadl_epi64((const __m128i *)mins);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+}
+
 AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
                                 float *out, Py_ssize_t stride) {
     const __m256i m = _mm256_set1_epi8(0x0F);
@@ -625,6 +649,7 @@ AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
             const uint8_t *blk = wr + 144 * i, *q4 = blk + 16;
             uint8_t scales[8], mins[8];
             q4k_scales(blk + 4, scales, mins);
+            const __m256i mins16 = mins_x16(mins);
             __m256i acc[TILE];
             for (int t = 0; t < tt; t++) acc[t] = _mm256_setzero_si256();
             for (int j = 0; j < 4; j++) {
@@ -639,8 +664,7 @@ AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
             }
             for (int t = 0; t < tt; t++) {
                 const qact *a = &at[t];
-                int sumi = 0;
-                for (int j = 0; j < 16; j++) sumi += a->bsums[16 * i + j] * mins[j / 2];
+                const int sumi = hsum8(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->bsums + 16 * i)), mins16));
                 const float d = f16(blk) * a->d[i];
                 sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc[t])));
                 const float dmin = f16(blk + 2) * a->d[i];
@@ -656,66 +680,126 @@ AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
     }
 }
 
-/* Q6_K: 16-value sub-blocks, each one maddubs half: 8 lane sums; two sub-blocks' lanes
- * interleaved and scaled in one madd. Signed weights: |w| times q with w's sign. */
-AVX2 static inline __m256i q6_pair_lanes(__m256i wab, __m256i abs_ab, const int8_t *ya, const int8_t *yb, int sa, int sb) {
-    const __m256i y = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)yb), _mm_loadu_si128((const __m128i *)ya));
-    const __m256i p = _mm256_maddubs_epi16(abs_ab, _mm256_sign_epi8(y, wab));  /* low: lanes of a, high: of b */
-    const __m128i pa = _mm256_castsi256_si128(p), pb = _mm256_extracti128_si256(p, 1);
-    const __m256i ab = _mm256_set_m128i(_mm_unpackhi_epi16(pa, pb), _mm_unpacklo_epi16(pa, pb));
-    return _mm256_madd_epi16(ab, _mm256_set1_epi32((int)(((uint32_t)(uint16_t)sb << 16) | (uint16_t)sa)));
+/* Q6_K: 16-value sub-blocks with int8 scales. Each sub-block's weights are widened to int16
+ * in lane-pair order and multiplied by its scale (|w * scale| <= 32 * 128 fits int16), once
+ * for all of the tile's activation rows; then one pairwise int16 product per 16 values
+ * (vpmaddwd, or vpdpwssd with AVX-512 VNNI) adds two values of one lane, scaled. */
+AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) {
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+    const __m128i order = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    for (int half = 0; half < 2; half++) {
+        for (int part = 0; part < 2; part++) {
+            const int o = 16 * part;
+            const __m128i l0 = _mm_loadu_si128((const __m128i *)(ql + o));
+            const __m128i l1 = _mm_loadu_si128((const __m128i *)(ql + 32 + o));
+            const __m128i h = _mm_loadu_si128((const __m128i *)(qh + o));
+            __m128i v[4];  /* value index within the 128: 32 * k + o + (0..15); its sub-block: 2k + part */
+            v[0] = _mm_or_si128(_mm_and_si128(l0, m4), _mm_slli_epi16(_mm_and_si128(h, m2), 4));
+            v[1] = _mm_or_si128(_mm_and_si128(l1, m4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), m2), 4));
+            v[2] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(l0, 4), m4),
+                                _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), m2), 4));
+            v[3] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(l1, 4), m4),
+                                _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                const int sub = 8 * half + 2 * k + part;
+                const __m256i w16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_sub_epi8(v[k], k32), order));
+                ws[sub] = _mm256_mullo_epi16(w16, _mm256_set1_epi16(sc[sub]));
+            }
+        }
+        ql += 64;
+        qh += 32;
+    }
 }
 
-AVX2 static void tile_q6_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+#define Q6_K_TILE(name, TARGET, PAIR_ADD)                                                              \
+    TARGET static void name(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb, \
+                            float *out, Py_ssize_t stride) {                                          \
+        for (int r = 0; r < nr; r++) {                                                                \
+            const uint8_t *wr = w + r * row_bytes;                                                    \
+            __m256 sums[TILE];                                                                        \
+            for (int t = 0; t < tt; t++) sums[t] = _mm256_setzero_ps();                               \
+            for (int i = 0; i < nb; i++) {                                                            \
+                const uint8_t *blk = wr + 210 * i;                                                    \
+                __m256i ws[16];                                                                       \
+                q6_k_scaled_weights(blk, ws);                                                         \
+                for (int t = 0; t < tt; t++) {                                                        \
+                    const int16_t *y = at[t].q16 + QKK * i;                                           \
+                    __m256i acc = _mm256_setzero_si256();                                             \
+                    for (int k = 0; k < 16; k++)                                                      \
+                        acc = PAIR_ADD(acc, ws[k], _mm256_loadu_si256((const __m256i *)(y + 16 * k))); \
+                    const float d = f16(blk + 208) * at[t].d[i];                                      \
+                    sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc))); \
+                }                                                                                     \
+            }                                                                                         \
+            for (int t = 0; t < tt; t++) {                                                            \
+                float lanes[8], sumf = 0.0f;                                                          \
+                _mm256_storeu_ps(lanes, sums[t]);                                                     \
+                for (int l = 0; l < 8; l++) sumf += lanes[l];                                         \
+                out[t * stride + r] = sumf;                                                           \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+#define MADD_ADD(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+Q6_K_TILE(tile_q6_k_avx2, AVX2, MADD_ADD)
+
+/* AVX-512 VNNI (256-bit vectors, AVX512VL): Q4_K's 32-value sub-blocks in lane-quad order
+ * (quad_lanes); one vpdpbusd gives the 8 integer lanes of a sub-block, scaled in int32. */
+#define VNNI __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+Q6_K_TILE(tile_q6_k_vnni, VNNI, _mm256_dpwssd_epi32)
+
+VNNI static inline __m256i quad_order(__m256i x) {  /* natural order -> lane-quad order */
+    const __m256i pairs = _mm256_shuffle_epi8(x, _mm256_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0,
+                                                                15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0));
+    const __m256i words = _mm256_set_epi16(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    return _mm256_permutexvar_epi16(words, pairs);
+}
+
+VNNI static void tile_q4_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
                                 float *out, Py_ssize_t stride) {
-    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+    const __m256i m = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
     for (int r = 0; r < nr; r++) {
         const uint8_t *wr = w + r * row_bytes;
         __m256 sums[TILE];
-        for (int t = 0; t < tt; t++) sums[t] = _mm256_setzero_ps();
+        float sumf[TILE];
+        for (int t = 0; t < tt; t++) {
+            sums[t] = _mm256_setzero_ps();
+            sumf[t] = 0.0f;
+        }
         for (int i = 0; i < nb; i++) {
-            const uint8_t *blk = wr + 210 * i, *ql = blk, *qh = blk + 128;
-            const int8_t *sc = (const int8_t *)(blk + 192);
-            __m256i acc[TILE];
-            for (int t = 0; t < tt; t++) acc[t] = _mm256_setzero_si256();
-            for (int half = 0; half < 2; half++) {
-                for (int part = 0; part < 2; part++) {
-                    const int o = 16 * part;
-                    const __m128i l0 = _mm_loadu_si128((const __m128i *)(ql + o));
-                    const __m128i l1 = _mm_loadu_si128((const __m128i *)(ql + 32 + o));
-                    const __m128i h = _mm_loadu_si128((const __m128i *)(qh + o));
-                    __m128i v[4];  /* value index within the 128: 32 * k + o + (0..15); its sub-block: 2k + part */
-                    v[0] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(l0, m4), _mm_slli_epi16(_mm_and_si128(h, m2), 4)), k32);
-                    v[1] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(l1, m4),
-                                                     _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 2), m2), 4)), k32);
-                    v[2] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(l0, 4), m4),
-                                                     _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 4), m2), 4)), k32);
-                    v[3] = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(l1, 4), m4),
-                                                     _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m2), 4)), k32);
-                    const __m256i w01 = pair_order(_mm256_set_m128i(v[1], v[0]));
-                    const __m256i w23 = pair_order(_mm256_set_m128i(v[3], v[2]));
-                    const __m256i a01 = _mm256_sign_epi8(w01, w01), a23 = _mm256_sign_epi8(w23, w23);
-                    const int s0 = sc[8 * half + 2 * 0 + part], s1 = sc[8 * half + 2 * 1 + part];
-                    const int s2 = sc[8 * half + 2 * 2 + part], s3 = sc[8 * half + 2 * 3 + part];
-                    for (int t = 0; t < tt; t++) {
-                        const int8_t *y = at[t].qp + QKK * i + 128 * half + o;
-                        acc[t] = _mm256_add_epi32(acc[t], q6_pair_lanes(w01, a01, y, y + 32, s0, s1));
-                        acc[t] = _mm256_add_epi32(acc[t], q6_pair_lanes(w23, a23, y + 64, y + 96, s2, s3));
-                    }
-                }
-                ql += 64;
-                qh += 32;
+            const uint8_t *blk = wr + 144 * i, *q4 = blk + 16;
+            uint8_t scales[8], mins[8];
+            q4k_scales(blk + 4, scales, mins);
+            const __m256i mins16 = mins_x16(mins);
+            __m256i wq[8];
+            for (int j = 0; j < 4; j++) {
+                const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
+                wq[2 * j] = quad_order(_mm256_and_si256(bytes, m));
+                wq[2 * j + 1] = quad_order(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), m));
             }
             for (int t = 0; t < tt; t++) {
-                const float d = f16(blk + 208) * at[t].d[i];
-                sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc[t])));
+                const qact *a = &at[t];
+                const int8_t *y = a->qp + QKK * i;
+                __m256i acc = zero;
+                for (int k = 0; k < 8; k++) {
+                    const __m256i lanes = _mm256_dpbusd_epi32(zero, wq[k], _mm256_loadu_si256((const __m256i *)(y + 32 * k)));
+                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(lanes, _mm256_set1_epi32(scales[k])));
+                }
+                const int sumi = hsum8(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->bsums + 16 * i)), mins16));
+                const float d = f16(blk) * a->d[i];
+                sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc)));
+                const float dmin = f16(blk + 2) * a->d[i];
+                sumf[t] -= dmin * (float)sumi;
             }
         }
         for (int t = 0; t < tt; t++) {
-            float lanes[8], sumf = 0.0f;
+            float lanes[8];
             _mm256_storeu_ps(lanes, sums[t]);
-            for (int l = 0; l < 8; l++) sumf += lanes[l];
-            out[t * stride + r] = sumf;
+            for (int l = 0; l < 8; l++) sumf[t] += lanes[l];
+            out[t * stride + r] = sumf[t];
         }
     }
 }
@@ -734,8 +818,10 @@ typedef struct {
     int type, act, block_values, block_bytes;
     dot_fn scalar, avx2;
     tile_fn avx2_tile;  /* NULL: the row's dot product once per activation row */
-    int tile_one;       /* whether a single activation row also takes the tile (the legacy types' tiles
-                           run several rows' sums side by side; the K-quant tiles are slower for one) */
+    tile_fn vnni_tile;  /* NULL: the AVX2 tile also on AVX-512 VNNI machines */
+    int tile_one;       /* whether a single activation row also takes the AVX2 tile (the legacy types'
+                           tiles run several rows' sums side by side; the K-quant ones are slower for
+                           one row than the dot product; the VNNI tiles are not) */
 } kernel;
 
 #ifdef QD_X86
@@ -745,12 +831,12 @@ typedef struct {
 #endif
 
 static const kernel KERNELS[] = {
-    {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2), V(tile_q4_0_avx2), 1},
-    {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2), V(tile_q4_1_avx2), 1},
-    {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2), 1},
-    {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2), 1},
-    {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), V(tile_q4_k_avx2), 0},
-    {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), V(tile_q6_k_avx2), 0},
+    {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2), V(tile_q4_0_avx2), NULL, 1},
+    {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2), V(tile_q4_1_avx2), NULL, 1},
+    {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2), NULL, 1},
+    {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2), NULL, 1},
+    {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), V(tile_q4_k_avx2), V(tile_q4_k_vnni), 0},
+    {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), V(tile_q6_k_avx2), V(tile_q6_k_vnni), 0},
 };
 
 static const kernel *find_kernel(int type) {
@@ -759,22 +845,42 @@ static const kernel *find_kernel(int type) {
     return NULL;
 }
 
-enum { ISA_SCALAR, ISA_AVX2 };
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512VNNI };
 static int isa_level = ISA_SCALAR;
-static const char *ISA_NAMES[] = {"scalar", "avx2"};
+static const char *ISA_NAMES[] = {"scalar", "avx2", "avx512vnni"};
 
-static void choose_isa(void) {
-    isa_level = ISA_SCALAR;
+static int detected_isa(void) {
 #ifdef QD_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) isa_level = ISA_AVX2;
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) return ISA_SCALAR;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512vnni"))
+        return ISA_AVX512VNNI;
+    return ISA_AVX2;
+#else
+    return ISA_SCALAR;
 #endif
-    const char *forced = getenv("CONVKIT_QDOT_ISA");
-    if (forced && strcmp(forced, "scalar") == 0) isa_level = ISA_SCALAR;
 }
 
-static dot_fn pick(const kernel *k) { return isa_level == ISA_AVX2 && k->avx2 ? k->avx2 : k->scalar; }
-static tile_fn pick_tile(const kernel *k) { return isa_level == ISA_AVX2 ? k->avx2_tile : NULL; }
+static int isa_by_name(const char *name) {
+    for (int i = 0; i < (int)(sizeof ISA_NAMES / sizeof ISA_NAMES[0]); i++)
+        if (strcmp(name, ISA_NAMES[i]) == 0) return i;
+    return -1;
+}
+
+/* the best path this CPU has, or a lower one that CONVKIT_QDOT_ISA names (scalar, avx2) */
+static void choose_isa(void) {
+    isa_level = detected_isa();
+    const char *forced = getenv("CONVKIT_QDOT_ISA");
+    const int level = forced ? isa_by_name(forced) : -1;
+    if (level >= 0 && level < isa_level) isa_level = level;
+}
+
+static dot_fn pick(const kernel *k) { return isa_level >= ISA_AVX2 && k->avx2 ? k->avx2 : k->scalar; }
+static tile_fn pick_tile(const kernel *k) {
+    if (isa_level >= ISA_AVX512VNNI && k->vnni_tile) return k->vnni_tile;
+    return isa_level >= ISA_AVX2 ? k->avx2_tile : NULL;
+}
 
 /* ------------------------------------------------------------------ thread pool */
 
@@ -948,7 +1054,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     void *mem = NULL;
     if (!err && tokens > 0 && rows > 0) {
         const int nb = (int)(n / k->block_values);
-        const size_t per = 2 * (size_t)n + nb * (2 * sizeof(float) + sizeof(int32_t)) + (size_t)nb * 16 * sizeof(int16_t) + 64;
+        const size_t per = 4 * (size_t)n + nb * (2 * sizeof(float) + sizeof(int32_t)) + (size_t)nb * 16 * sizeof(int16_t) + 64;
         acts = calloc((size_t)tokens, sizeof(qact));
         mem = malloc(per * (size_t)tokens);
         if (!acts || !mem) err = "out of memory";
@@ -964,9 +1070,12 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
                 a->bsums = (int16_t *)(a->qsum + nb);
                 a->q = (int8_t *)(a->bsums + (size_t)nb * 16);
                 a->qp = a->q + n;
+                a->q16 = (int16_t *)(a->qp + n);  /* 2n bytes; n is a multiple of 32, so aligned */
                 if (k->act == ACT_Q8_K) {
                     quantize_q8_k_row(x + t * n, (int)n, a);
-                    if (pick_tile(k)) pair_lanes(a->q, a->qp, (int)n);
+                    if (k->type == T_Q6_K && pick_tile(k)) pair_lanes16(a->q, a->q16, (int)n);
+                    else if (pick_tile(k) && pick_tile(k) == k->vnni_tile) quad_lanes(a->q, a->qp, (int)n);
+                    else if (pick_tile(k)) pair_lanes(a->q, a->qp, (int)n);
                 } else {
                     quantize_q8_0_row(x + t * n, (int)n, a, k->act == ACT_Q8_1);
                 }
@@ -975,7 +1084,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
             /* a few chunks per thread, so that a late helper leaves little for the caller */
             Py_ssize_t chunk_rows = rows / (4 * threads);
             if (chunk_rows < 16) chunk_rows = 16;
-            job jb = {pick(k), pick_tile(k), k->tile_one, (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
+            job jb = {pick(k), pick_tile(k), k->tile_one || (k->vnni_tile && pick_tile(k) == k->vnni_tile), (const uint8_t *)wb.buf, n / k->block_values * k->block_bytes, rows, tokens,
                       chunk_rows, nb, (int)((rows + chunk_rows - 1) / chunk_rows), acts, (float *)ob.buf};
             run_job(&jb, threads);
             Py_END_ALLOW_THREADS
@@ -999,23 +1108,18 @@ static PyObject *py_isa(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(ISA_NAMES[isa_level]);
 }
 
-/* set_isa("scalar" | "best"): for tests, which compare the paths in one process */
+/* set_isa(name): "scalar", "avx2", "avx512vnni" (each only if this CPU has it) or "best";
+ * for tests, which compare the paths in one process */
 static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     const char *name;
     (void)self;
     if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    if (strcmp(name, "scalar") == 0) isa_level = ISA_SCALAR;
-    else if (strcmp(name, "best") == 0) {
-        choose_isa();
-        if (isa_level == ISA_SCALAR) {
-#ifdef QD_X86
-            if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) isa_level = ISA_AVX2;
-#endif
-        }
-    } else {
-        PyErr_SetString(PyExc_ValueError, "isa must be 'scalar' or 'best'");
+    const int level = strcmp(name, "best") == 0 ? detected_isa() : isa_by_name(name);
+    if (level < 0 || level > detected_isa()) {
+        PyErr_Format(PyExc_ValueError, "isa %s is not one this CPU has (best: %s)", name, ISA_NAMES[detected_isa()]);
         return NULL;
     }
+    isa_level = level;
     return PyUnicode_FromString(ISA_NAMES[isa_level]);
 }
 
@@ -1048,8 +1152,9 @@ static PyObject *py_tiled_types(PyObject *self, PyObject *args) {
 static PyMethodDef qdot_methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(type_id, w, rows, x, tokens, n, out, threads): out[t, r] = ggml dot of weight row r and x[t]."},
-    {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the products use ('scalar' or 'avx2')."},
-    {"set_isa", py_set_isa, METH_VARARGS, "set_isa('scalar' | 'best'): choose the path (for tests)."},
+    {"isa", py_isa, METH_NOARGS, "isa(): the instruction set the products use ('scalar', 'avx2', 'avx512vnni')."},
+    {"set_isa", py_set_isa, METH_VARARGS,
+     "set_isa('scalar' | 'avx2' | 'avx512vnni' | 'best'): choose the path (for tests)."},
     {"types", py_types, METH_NOARGS, "types(): the ggml type ids with a quantized product."},
     {"tiled_types", py_tiled_types, METH_NOARGS,
      "tiled_types(): the type ids whose product on the current path does several activation rows at once."},

@@ -14,7 +14,8 @@ blocks (uint8 [rows, bytes_per_row]) and float32 activations x [tokens, n]:
 The functions below are the readable reference, vectorized over rows and tokens with
 numpy and looping over blocks in ggml's order. The compiled helper quant._qdot computes
 the same numbers bit for bit (its vector paths only do the integer parts faster) and is
-used when it is built; CONVKIT_QDOT_ISA=scalar makes it use its plain C path.
+used when it is built. It takes the best path the CPU has (avx512vnni, avx2, scalar);
+CONVKIT_QDOT_ISA=avx2 or =scalar makes it use a lower one.
 """
 import os
 
@@ -61,7 +62,7 @@ def tiled_types() -> frozenset:
 
 
 def isa() -> str:
-    """The instruction set the compiled products use ('scalar', 'avx2'), or 'numpy'."""
+    """The instruction set the compiled products use ('scalar', 'avx2', 'avx512vnni'), or 'numpy'."""
     return _compiled.isa() if _compiled is not None else "numpy"
 
 
@@ -241,7 +242,8 @@ def matmul(qtype, w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None,
 
 
 def set_isa(name: str) -> str:
-    """'scalar' or 'best' (for tests that compare the compiled paths); returns the one in use."""
+    """'scalar', 'avx2', 'avx512vnni' (ValueError where the CPU lacks it) or 'best', for tests
+    that compare the compiled paths; returns the one in use."""
     global _tiled
     if _compiled is None:
         return "numpy"

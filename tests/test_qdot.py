@@ -42,13 +42,19 @@ def _width(qtype):  # 18 blocks of 32 (not a multiple of 8: the vector paths' ta
     return 512 if qtype in (T.Q4_K, T.Q6_K) else 576
 
 
-def _both_paths(qtype, w, x):
+def _every_path(qtype, w, x):
+    """{path: result} for every compiled path this CPU can run (the best one last)."""
+    results = {}
     try:
-        assert qdot.set_isa("scalar") == "scalar"
-        scalar = qdot.matmul(qtype, w, x, threads=2)
+        for isa in ("scalar", "avx2", "avx512vnni"):
+            try:
+                assert qdot.set_isa(isa) == isa
+            except ValueError:  # not on this CPU
+                continue
+            results[isa] = qdot.matmul(qtype, w, x, threads=2)
     finally:
-        best = qdot.set_isa("best")
-    return scalar, qdot.matmul(qtype, w, x, threads=2), best
+        qdot.set_isa("best")
+    return results
 
 
 def _emulated(qtype, w, x):
@@ -95,9 +101,10 @@ def test_compiled_paths_equal_the_twin_bit_for_bit(qtype, tokens):
     w = _weights(qtype, 67, n, int(qtype))
     x = _activations(tokens, n, tokens)
     twin = qdot.matmul_reference(qtype, w, x)
-    scalar, best, isa = _both_paths(qtype, w, x)
-    assert np.array_equal(scalar.view(np.uint32), twin.view(np.uint32)), "scalar path"
-    assert np.array_equal(best.view(np.uint32), twin.view(np.uint32)), f"{isa} path"
+    paths = _every_path(qtype, w, x)
+    assert "scalar" in paths
+    for isa, got in paths.items():
+        assert np.array_equal(got.view(np.uint32), twin.view(np.uint32)), f"{isa} path"
     assert np.array_equal(qdot.matmul(qtype, w, x, threads=1).view(np.uint32), twin.view(np.uint32))
 
 
@@ -107,22 +114,24 @@ def test_long_rows_keep_one_running_sum():
     w = _weights(T.Q8_0, 5, n, 1)
     x = _activations(2, n, 2)
     twin = qdot.matmul_reference(T.Q8_0, w, x)
-    scalar, best, _ = _both_paths(T.Q8_0, w, x)
-    assert np.array_equal(scalar, twin) and np.array_equal(best, twin)
+    assert all(np.array_equal(got, twin) for got in _every_path(T.Q8_0, w, x).values())
 
 
 @compiled
-def test_forced_scalar_path_by_environment_gives_the_same_bits(tmp_path):
+@pytest.mark.parametrize("forced", ["scalar", "avx2"])
+def test_forced_path_by_environment_gives_the_same_bits(tmp_path, forced):
+    levels = ["scalar", "avx2", "avx512vnni"]
+    expected = levels[min(levels.index(forced), levels.index(qdot.isa()))]
     qtype, n = T.Q4_K, 512
     w, x = _weights(qtype, 40, n, 3), _activations(3, n, 4)
     np.save(tmp_path / "w.npy", w)
     np.save(tmp_path / "x.npy", x)
     script = ("import sys, numpy as np; from quant import qdot; d = sys.argv[1]; "
               "print(qdot.isa()); np.save(d + '/y.npy', qdot.matmul(12, np.load(d + '/w.npy'), np.load(d + '/x.npy')))")
-    env = dict(os.environ, CONVKIT_QDOT_ISA="scalar")
+    env = dict(os.environ, CONVKIT_QDOT_ISA=forced)
     run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
                          check=True)
-    assert run.stdout.strip() == "scalar"
+    assert run.stdout.strip() == expected
     assert np.array_equal(np.load(tmp_path / "y.npy"), qdot.matmul(qtype, w, x))
 
 
@@ -178,8 +187,9 @@ def test_real_smollm2_rows():
         n = quant.type_info(qtype).block_size * w.shape[1] // quant.type_info(qtype).type_size
         x = (g.standard_normal((2, n)) * np.linspace(0.1, 3, n)).astype(np.float32)
         twin = qdot.matmul_reference(qtype, w, x)
-        scalar, best, _ = _both_paths(qtype, w, x)
-        assert np.array_equal(scalar, twin) and np.array_equal(best, twin), name
+        paths = _every_path(qtype, w, x)
+        assert all(np.array_equal(got, twin) for got in paths.values()), name
+        best = paths[qdot.isa()]
         emulated, dense = _emulated(qtype, w, x)
         assert np.all(np.abs(best - emulated) <= _order_bound(dense, x)), name
 
