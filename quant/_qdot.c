@@ -35,7 +35,7 @@
 #endif
 
 /* ggml type ids */
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 enum { ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 
 #define QK 32
@@ -302,6 +302,24 @@ static void lanes_q4_k_scalar(const uint8_t *blk, const int8_t *q8, const uint8_
     }
 }
 
+/* Q5_K: Q4_K's nibbles (at byte 48) plus a fifth bit from qh (byte 16): bit k of qh[l] for
+ * value l of 32-value sub-block k */
+static void lanes_q5_k_scalar(const uint8_t *blk, const int8_t *q8, const uint8_t scales[8], int32_t aux32[8]) {
+    const uint8_t *qh = blk + 16, *q4 = blk + 48;
+    memset(aux32, 0, 8 * sizeof(int32_t));
+    for (int j = 0; j < 4; j++) {
+        for (int half = 0; half < 2; half++) {
+            const int sub = 2 * j + half;
+            const int32_t scale = scales[sub];
+            for (int l = 0; l < 32; l++) {
+                const int v = (half ? (q4[l] >> 4) : (q4[l] & 0x0F)) | (((qh[l] >> sub) & 1) << 4);
+                aux32[l & 7] += scale * (v * q8[32 * sub + l]);
+            }
+        }
+        q4 += 32;
+    }
+}
+
 static void lanes_q6_k_scalar(const uint8_t *blk, const int8_t *q8, int32_t aux32[8]) {
     const uint8_t *ql = blk, *qh = blk + 128;
     const int8_t *sc = (const int8_t *)(blk + 192);
@@ -321,14 +339,14 @@ static void lanes_q6_k_scalar(const uint8_t *blk, const int8_t *q8, int32_t aux3
         for (int l = 0; l < 16; l++) aux32[l & 7] += sc[j] * (a[16 * j + l] * q8[16 * j + l]);
 }
 
-/* The float part of ggml_vec_dot_q4_K_q8_K / q6_K_q8_K: 8 lane sums, the mins term in sumf */
+/* The float part of ggml_vec_dot_q4_K_q8_K (q5_K the same) / q6_K_q8_K: 8 lane sums, the mins term in sumf */
 typedef void (*lanes_q4k_fn)(const uint8_t *, const int8_t *, const uint8_t *, int32_t *);
 typedef void (*lanes_q6k_fn)(const uint8_t *, const int8_t *, int32_t *);
 
-static float dot_q4_k_with(const uint8_t *w, const qact *a, int nb, lanes_q4k_fn lanes) {
+static float dot_q4_k_with(const uint8_t *w, const qact *a, int nb, int bytes, lanes_q4k_fn lanes) {
     float sums[8] = {0}, sumf = 0.0f;
     for (int i = 0; i < nb; i++) {
-        const uint8_t *blk = w + 144 * i;
+        const uint8_t *blk = w + bytes * i;
         uint8_t scales[8], mins[8];
         int32_t aux32[8];
         q4k_scales(blk + 4, scales, mins);
@@ -357,7 +375,8 @@ static float dot_q6_k_with(const uint8_t *w, const qact *a, int nb, lanes_q6k_fn
     return sumf;
 }
 
-static float dot_q4_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, lanes_q4_k_scalar); }
+static float dot_q4_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, 144, lanes_q4_k_scalar); }
+static float dot_q5_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, 176, lanes_q5_k_scalar); }
 static float dot_q6_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, lanes_q6_k_scalar); }
 
 /* ------------------------------------------------------------------ AVX2 integer parts */
@@ -634,9 +653,22 @@ AVX2 static inline __m256i mins_x16(const uint8_t mins[8]) {
     return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
 }
 
-AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
-                                float *out, Py_ssize_t stride) {
+/* Sub-blocks 2j and 2j + 1 of a Q4_K (has_qh 0) or Q5_K block as 32 unsigned bytes each, natural order */
+AVX2 static inline void q45_k_subblocks(const uint8_t *blk, int j, int has_qh, __m256i *lo, __m256i *hi) {
     const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i bytes = _mm256_loadu_si256((const __m256i *)(blk + (has_qh ? 48 : 16) + 32 * j));
+    *lo = _mm256_and_si256(bytes, m);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m);
+    if (has_qh) {
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 16)), k16 = _mm256_set1_epi8(16);
+        const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * j))), b1 = _mm256_set1_epi8((char)(1 << (2 * j + 1)));
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), k16));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), k16));
+    }
+}
+
+AVX2 static inline void tile_q45_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                        float *out, Py_ssize_t stride, int bytes, int has_qh) {
     for (int r = 0; r < nr; r++) {
         const uint8_t *wr = w + r * row_bytes;
         __m256 sums[TILE];
@@ -646,16 +678,17 @@ AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
             sumf[t] = 0.0f;
         }
         for (int i = 0; i < nb; i++) {
-            const uint8_t *blk = wr + 144 * i, *q4 = blk + 16;
+            const uint8_t *blk = wr + bytes * i;
             uint8_t scales[8], mins[8];
             q4k_scales(blk + 4, scales, mins);
             const __m256i mins16 = mins_x16(mins);
             __m256i acc[TILE];
             for (int t = 0; t < tt; t++) acc[t] = _mm256_setzero_si256();
             for (int j = 0; j < 4; j++) {
-                const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
-                const __m256i lo = pair_order(_mm256_and_si256(bytes, m));                       /* sub-block 2j */
-                const __m256i hi = pair_order(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), m)); /* 2j + 1 */
+                __m256i lo, hi;  /* sub-blocks 2j and 2j + 1 */
+                q45_k_subblocks(blk, j, has_qh, &lo, &hi);
+                lo = pair_order(lo);
+                hi = pair_order(hi);
                 for (int t = 0; t < tt; t++) {
                     const int8_t *y = at[t].qp + QKK * i + 64 * j;
                     acc[t] = _mm256_add_epi32(acc[t], scaled_lanes(pair_sums_u(lo, y), pair_sums_u(hi, y + 32),
@@ -678,6 +711,16 @@ AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
             out[t * stride + r] = sumf[t];
         }
     }
+}
+
+AVX2 static void tile_q4_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                float *out, Py_ssize_t stride) {
+    tile_q45_k_avx2(w, row_bytes, nr, at, tt, nb, out, stride, 144, 0);
+}
+
+AVX2 static void tile_q5_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                float *out, Py_ssize_t stride) {
+    tile_q45_k_avx2(w, row_bytes, nr, at, tt, nb, out, stride, 176, 1);
 }
 
 /* Q6_K: 16-value sub-blocks with int8 scales. Each sub-block's weights are widened to int16
@@ -758,9 +801,9 @@ VNNI static inline __m256i quad_order(__m256i x) {  /* natural order -> lane-qua
     return _mm256_permutexvar_epi16(words, pairs);
 }
 
-VNNI static void tile_q4_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
-                                float *out, Py_ssize_t stride) {
-    const __m256i m = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+VNNI static inline void tile_q45_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                        float *out, Py_ssize_t stride, int bytes, int has_qh) {
+    const __m256i zero = _mm256_setzero_si256();
     for (int r = 0; r < nr; r++) {
         const uint8_t *wr = w + r * row_bytes;
         __m256 sums[TILE];
@@ -770,15 +813,16 @@ VNNI static void tile_q4_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
             sumf[t] = 0.0f;
         }
         for (int i = 0; i < nb; i++) {
-            const uint8_t *blk = wr + 144 * i, *q4 = blk + 16;
+            const uint8_t *blk = wr + bytes * i;
             uint8_t scales[8], mins[8];
             q4k_scales(blk + 4, scales, mins);
             const __m256i mins16 = mins_x16(mins);
             __m256i wq[8];
             for (int j = 0; j < 4; j++) {
-                const __m256i bytes = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
-                wq[2 * j] = quad_order(_mm256_and_si256(bytes, m));
-                wq[2 * j + 1] = quad_order(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), m));
+                __m256i lo, hi;
+                q45_k_subblocks(blk, j, has_qh, &lo, &hi);
+                wq[2 * j] = quad_order(lo);
+                wq[2 * j + 1] = quad_order(hi);
             }
             for (int t = 0; t < tt; t++) {
                 const qact *a = &at[t];
@@ -804,7 +848,17 @@ VNNI static void tile_q4_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
     }
 }
 
-AVX2 static float dot_q4_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, lanes_q4_k_avx2); }
+VNNI static void tile_q4_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                float *out, Py_ssize_t stride) {
+    tile_q45_k_vnni(w, row_bytes, nr, at, tt, nb, out, stride, 144, 0);
+}
+
+VNNI static void tile_q5_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb,
+                                float *out, Py_ssize_t stride) {
+    tile_q45_k_vnni(w, row_bytes, nr, at, tt, nb, out, stride, 176, 1);
+}
+
+AVX2 static float dot_q4_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, 144, lanes_q4_k_avx2); }
 AVX2 static float dot_q6_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, lanes_q6_k_avx2); }
 #endif
 
@@ -836,6 +890,7 @@ static const kernel KERNELS[] = {
     {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2), NULL, 1},
     {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2), NULL, 1},
     {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), V(tile_q4_k_avx2), V(tile_q4_k_vnni), 0},
+    {T_Q5_K, ACT_Q8_K, QKK, 176, dot_q5_k_scalar, NULL, V(tile_q5_k_avx2), V(tile_q5_k_vnni), 1},
     {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), V(tile_q6_k_avx2), V(tile_q6_k_vnni), 0},
 };
 

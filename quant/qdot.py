@@ -28,8 +28,9 @@ try:
 except ImportError:  # no compiler at install time: the numpy path below
     _compiled = None
 
-ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.Q4_1: "q8_1", T.Q4_K: "q8_k", T.Q6_K: "q8_k"}
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q4_K: (256, 144),
+ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.Q4_1: "q8_1", T.Q4_K: "q8_k", T.Q5_K: "q8_k",
+              T.Q6_K: "q8_k"}
+BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
          T.Q6_K: (256, 210)}
 F32 = np.float32
 
@@ -144,6 +145,21 @@ def q4_k_values(w: np.ndarray):
     return values, scales, mins, _half(b, 0), _half(b, 2)
 
 
+def q5_k_values(w: np.ndarray):
+    """Q5_K: as Q4_K (scales and mins the same), with each value's fifth bit from qh: bit 2j of
+    qh[l] for value l of 32-value sub-block 2j, bit 2j + 1 for sub-block 2j + 1."""
+    b = _blocks(w, T.Q5_K)
+    sc = b[..., 4:16].astype(np.int32)
+    scales = np.concatenate([sc[..., 0:4] & 63, (sc[..., 8:12] & 0x0F) | ((sc[..., 0:4] >> 6) << 4)], -1)
+    mins = np.concatenate([sc[..., 4:8] & 63, (sc[..., 8:12] >> 4) | ((sc[..., 4:8] >> 6) << 4)], -1)
+    qh = b[..., 16:48].astype(np.int32)
+    qs = b[..., 48:176].reshape(*b.shape[:2], 4, 32).astype(np.int32)
+    high = np.stack([(qh >> k) & 1 for k in range(8)], -2)  # [rows, nb, 8 sub-blocks, 32]
+    low = np.stack([qs & 0x0F, qs >> 4], -2).reshape(*b.shape[:2], 8, 32)
+    values = (low | (high << 4)).reshape(*b.shape[:2], 256)
+    return values, scales, mins, _half(b, 0), _half(b, 2)
+
+
 def q6_k_values(w: np.ndarray):
     """Q6_K: values [rows, nb, 256] in -32..31, int8 scales [rows, nb, 16], d."""
     b = _blocks(w, T.Q6_K)
@@ -186,8 +202,8 @@ def _lanes(prod: np.ndarray, scale_per_value: np.ndarray) -> np.ndarray:
 
 def _kquant_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     q, dx, bsums = quantize_q8_k(x)
-    if qtype == T.Q4_K:
-        values, scales, mins, dw, dmin = q4_k_values(w)
+    if qtype in (T.Q4_K, T.Q5_K):
+        values, scales, mins, dw, dmin = q4_k_values(w) if qtype == T.Q4_K else q5_k_values(w)
         per_value = np.repeat(scales, 32, -1)
     else:
         values, scales, dw = q6_k_values(w)
@@ -200,7 +216,7 @@ def _kquant_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
         aux32 = _lanes(prod, per_value[:, None, i, :]).astype(F32)
         d = dw[:, i, None] * dx[None, :, i]
         sums = sums + d[..., None] * aux32
-        if qtype == T.Q4_K:
+        if qtype != T.Q6_K:
             sumi = (bsums[None, :, i, :] * np.repeat(mins[:, None, i, :], 2, -1)).sum(-1).astype(F32)
             sumf = sumf - (dmin[:, i, None] * dx[None, :, i]) * sumi
     for lane in range(8):
@@ -214,7 +230,7 @@ def matmul_reference(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if qtype not in ACTIVATION:
         raise ValueError(f"no quantized product for {qtype.name}")
     x = np.atleast_2d(np.asarray(x, F32))
-    if qtype in (T.Q4_K, T.Q6_K):
+    if qtype in (T.Q4_K, T.Q5_K, T.Q6_K):
         return np.ascontiguousarray(_kquant_matmul(qtype, w, x))
     return np.ascontiguousarray(_legacy_matmul(qtype, w, x))
 
