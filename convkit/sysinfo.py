@@ -30,7 +30,8 @@ MISSING_COST = {
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
 # the K-quant loops carry AVX2 and AVX-512 clones that the loader picks for the running CPU.
-HELPERS_ISA = "baseline instruction set, no -march; K-quant loops with AVX2/AVX-512 clones chosen at load time"
+HELPERS_ISA = ("baseline instruction set, no -march; K-quant loops with AVX2/AVX-512 clones chosen at load time, "
+               "block products with AVX2/AVX-512 VNNI paths chosen at run time")
 
 PACKAGES = ("numpy", "torch", "gguf", "safetensors", "sentencepiece", "click", "matplotlib")
 
@@ -166,7 +167,15 @@ def system_info() -> dict:
         "cpu": cpu_info(),
         "torch": torch_info(),
         "cpu_path": _cpu_path(),
+        "block_products": block_products(),
     }
+
+
+def block_products() -> dict:
+    """Which path quant._qdot's products (decoding, --numerics ggml) take on this CPU."""
+    from quant import qdot
+
+    return {"path": qdot.isa(), "forced": os.environ.get("CONVKIT_QDOT_ISA")}
 
 
 def _cpu_path() -> dict | None:
