@@ -35,7 +35,7 @@
 #endif
 
 /* ggml type ids */
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_IQ4_NL = 20, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 enum { ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 
 #define QK 32
@@ -204,6 +204,19 @@ static float combine_q4_1(const uint8_t *w, const qact *a, const int32_t *isum, 
     return sumf;
 }
 
+static float combine_q5_1(const uint8_t *w, const qact *a, const int32_t *isum, int nb, int b0, float sumf) {
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = w + 24 * (b0 + i);
+        sumf += (f16(blk) * a->d[b0 + i]) * (float)isum[i] + f16(blk + 2) * a->s[b0 + i];
+    }
+    return sumf;
+}
+
+static float combine_iq4_nl(const uint8_t *w, const qact *a, const int32_t *isum, int nb, int b0, float sumf) {
+    for (int i = 0; i < nb; i++) sumf += (a->d[b0 + i] * f16(w + 18 * (b0 + i))) * (float)isum[i];
+    return sumf;
+}
+
 static float combine_q5_0(const uint8_t *w, const qact *a, const int32_t *isum, int nb, int b0, float sumf) {
     for (int i = 0; i < nb; i++) sumf += (f16(w + 22 * (b0 + i)) * a->d[b0 + i]) * (float)isum[i];
     return sumf;
@@ -233,6 +246,31 @@ static int32_t isum_q4_1(const uint8_t *blk, const int8_t *q) {
     for (int j = 0; j < 16; j++) {
         s0 += (qs[j] & 0x0F) * q[j];
         s1 += (qs[j] >> 4) * q[j + 16];
+    }
+    return s0 + s1;
+}
+
+static int32_t isum_q5_1(const uint8_t *blk, const int8_t *q) {
+    uint32_t qh;
+    memcpy(&qh, blk + 4, 4);
+    const uint8_t *qs = blk + 8;
+    int s0 = 0, s1 = 0;
+    for (int j = 0; j < 16; j++) {
+        s0 += (int)((qs[j] & 0x0F) | (((qh >> j) & 1u) << 4)) * q[j];
+        s1 += (int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4)) * q[j + 16];
+    }
+    return s0 + s1;
+}
+
+/* IQ4_NL's 16 non-linear values (ggml's kvalues_iq4nl) */
+static const int8_t IQ4NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+static int32_t isum_iq4_nl(const uint8_t *blk, const int8_t *q) {
+    const uint8_t *qs = blk + 2;
+    int s0 = 0, s1 = 0;
+    for (int j = 0; j < 16; j++) {
+        s0 += IQ4NL_VALUES[qs[j] & 0x0F] * q[j];
+        s1 += IQ4NL_VALUES[qs[j] >> 4] * q[j + 16];
     }
     return s0 + s1;
 }
@@ -275,6 +313,8 @@ static int32_t isum_q8_0(const uint8_t *blk, const int8_t *q) {
 SCALAR_DOT(dot_q4_0_scalar, 18, isum_q4_0, combine_q4_0)
 SCALAR_DOT(dot_q4_1_scalar, 20, isum_q4_1, combine_q4_1)
 SCALAR_DOT(dot_q5_0_scalar, 22, isum_q5_0, combine_q5_0)
+SCALAR_DOT(dot_q5_1_scalar, 24, isum_q5_1, combine_q5_1)
+SCALAR_DOT(dot_iq4_nl_scalar, 18, isum_iq4_nl, combine_iq4_nl)
 SCALAR_DOT(dot_q8_0_scalar, 34, isum_q8_0, combine_q8_0)
 
 /* Q4_K: 8 lanes of integer sums (lane l: values at positions = l mod 8), as ggml's aux32 */
@@ -485,6 +525,9 @@ AVX2_DOT(dot_q8_0_avx2, isums_q8_0_avx2, combine_q8_0)
 #define DECODE_Q4_1(blk) nibbles32((blk) + 4)
 #define DECODE_Q5_0(blk) _mm256_or_si256(nibbles32((blk) + 6), bits32_x16((blk) + 2))
 #define DECODE_Q8_0(blk) _mm256_loadu_si256((const __m256i *)((blk) + 2))
+#define DECODE_Q5_1(blk) _mm256_or_si256(nibbles32((blk) + 8), bits32_x16((blk) + 4))
+#define DECODE_IQ4_NL(blk) _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4NL_VALUES)), \
+                                               nibbles32((blk) + 2))
 #define DOTX_U(x, q) dot_u8_i8((x), (q))
 #define DOTX_S(x, q) _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8((x), (x)),                 \
                          _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q)), (x))), _mm256_set1_epi16(1))
@@ -496,11 +539,13 @@ AVX2_DOT(dot_q8_0_avx2, isums_q8_0_avx2, combine_q8_0)
 #define TERM_Q4_1(blk, a, is, b) ((f16(blk) * (a)->d[b]) * (float)(is) + f16((blk) + 2) * (a)->s[b])
 #define TERM_Q5_0(blk, a, is, b) ((f16(blk) * (a)->d[b]) * (float)(is))
 #define TERM_Q8_0(blk, a, is, b) ((float)(is) * (f16(blk) * (a)->d[b]))
+#define TERM_IQ4_NL(blk, a, is, b) (((a)->d[b] * f16(blk)) * (float)(is))
 #define TERMS_Q4_0(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(is), dw), da)
 #define TERMS_Q4_1(dw, mw, da, sa, is) _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(is)), \
                                                      _mm256_mul_ps(mw, sa))
 #define TERMS_Q5_0(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(is))
 #define TERMS_Q8_0(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, da))
+#define TERMS_IQ4_NL(dw, mw, da, sa, is) _mm256_mul_ps(_mm256_mul_ps(da, dw), _mm256_cvtepi32_ps(is))
 
 /* the fp16 at byte `at` of 8 consecutive blocks, widened exactly */
 AVX2 static inline __m256 f16x8(const uint8_t *blk, int bytes, int at) {
@@ -563,6 +608,8 @@ AVX2 static inline __m256 f16x8(const uint8_t *blk, int bytes, int at) {
 AVX2_TILE(tile_q4_0_avx2, 18, DECODE_Q4_0, DOTX_U, 8, TERM_Q4_0, TERMS_Q4_0, 0)
 AVX2_TILE(tile_q4_1_avx2, 20, DECODE_Q4_1, DOTX_U, 0, TERM_Q4_1, TERMS_Q4_1, 1)
 AVX2_TILE(tile_q5_0_avx2, 22, DECODE_Q5_0, DOTX_U, 16, TERM_Q5_0, TERMS_Q5_0, 0)
+AVX2_TILE(tile_q5_1_avx2, 24, DECODE_Q5_1, DOTX_U, 0, TERM_Q4_1, TERMS_Q4_1, 1)
+AVX2_TILE(tile_iq4_nl_avx2, 18, DECODE_IQ4_NL, DOTX_S, 0, TERM_IQ4_NL, TERMS_IQ4_NL, 0)
 AVX2_TILE(tile_q8_0_avx2, 34, DECODE_Q8_0, DOTX_S, 0, TERM_Q8_0, TERMS_Q8_0, 0)
 
 /* 16 int16 products of two sub-blocks' halves -> 8 int32 lanes l: sa * (p[l] + p[l+8]) of
@@ -888,6 +935,8 @@ static const kernel KERNELS[] = {
     {T_Q4_0, ACT_Q8_0, QK, 18, dot_q4_0_scalar, V(dot_q4_0_avx2), V(tile_q4_0_avx2), NULL, 1},
     {T_Q4_1, ACT_Q8_1, QK, 20, dot_q4_1_scalar, V(dot_q4_1_avx2), V(tile_q4_1_avx2), NULL, 1},
     {T_Q5_0, ACT_Q8_0, QK, 22, dot_q5_0_scalar, V(dot_q5_0_avx2), V(tile_q5_0_avx2), NULL, 1},
+    {T_Q5_1, ACT_Q8_1, QK, 24, dot_q5_1_scalar, NULL, V(tile_q5_1_avx2), NULL, 1},
+    {T_IQ4_NL, ACT_Q8_0, QK, 18, dot_iq4_nl_scalar, NULL, V(tile_iq4_nl_avx2), NULL, 1},
     {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2), NULL, 1},
     {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), V(tile_q4_k_avx2), V(tile_q4_k_vnni), 0},
     {T_Q5_K, ACT_Q8_K, QKK, 176, dot_q5_k_scalar, NULL, V(tile_q5_k_avx2), V(tile_q5_k_vnni), 1},

@@ -28,11 +28,12 @@ try:
 except ImportError:  # no compiler at install time: the numpy path below
     _compiled = None
 
-ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.Q4_1: "q8_1", T.Q4_K: "q8_k", T.Q5_K: "q8_k",
+ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.IQ4_NL: "q8_0", T.Q4_1: "q8_1", T.Q5_1: "q8_1", T.Q4_K: "q8_k", T.Q5_K: "q8_k",
               T.Q6_K: "q8_k"}
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
+BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24), T.Q8_0: (32, 34), T.IQ4_NL: (32, 18), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
          T.Q6_K: (256, 210)}
 F32 = np.float32
+IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
 
 
 def supported(qtype) -> bool:
@@ -129,8 +130,14 @@ def weight_values(w: np.ndarray, qtype):
         qh = b[..., 2:6].copy().view("<u4")[..., 0]
         high = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int32) << 4
         return (_nibbles(b[..., 6:22]) | high) - 16, {"d": _half(b, 0)}
+    if qtype == T.Q5_1:
+        qh = b[..., 4:8].copy().view("<u4")[..., 0]
+        high = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int32) << 4
+        return _nibbles(b[..., 8:24]) | high, {"d": _half(b, 0), "m": _half(b, 2)}
     if qtype == T.Q8_0:
         return b[..., 2:34].view(np.int8).astype(np.int32), {"d": _half(b, 0)}
+    if qtype == T.IQ4_NL:
+        return IQ4NL_VALUES[_nibbles(b[..., 2:18])], {"d": _half(b, 0)}
     raise ValueError(f"no 32-value product for {qtype!r}")
 
 
@@ -174,7 +181,7 @@ def q6_k_values(w: np.ndarray):
 # ------------------------------------------------------------------ products (reference)
 def _legacy_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     values, fields = weight_values(w, qtype)
-    if qtype == T.Q4_1:
+    if qtype in (T.Q4_1, T.Q5_1):
         q, dx, sx = quantize_q8_1(x)
     else:
         q, dx, _ = quantize_q8_0(x)
@@ -186,8 +193,10 @@ def _legacy_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
         wd, xd = dw[:, i, None], dx[None, :, i]
         if qtype == T.Q4_0:
             sumf = sumf + s * wd * xd
-        elif qtype == T.Q4_1:
+        elif qtype in (T.Q4_1, T.Q5_1):
             sumf = sumf + ((wd * xd) * s + fields["m"][:, i, None] * sx[None, :, i])
+        elif qtype == T.IQ4_NL:
+            sumf = sumf + (xd * wd) * s
         elif qtype == T.Q5_0:
             sumf = sumf + (wd * xd) * s
         else:  # Q8_0

@@ -18,7 +18,7 @@ from convkit.runtime.linear import QTensor, QuantLinear
 from quant import qdot
 from realdata import smollm2_gguf
 
-TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]
 compiled = pytest.mark.skipif(not qdot.compiled_types(), reason="quant._qdot is not built")
 
 
