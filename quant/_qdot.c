@@ -35,7 +35,7 @@
 #endif
 
 /* ggml type ids */
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_IQ4_NL = 20, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_IQ4_NL = 20, T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 enum { ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 
 #define QK 32
@@ -379,6 +379,53 @@ static void lanes_q6_k_scalar(const uint8_t *blk, const int8_t *q8, int32_t aux3
         for (int l = 0; l < 16; l++) aux32[l & 7] += sc[j] * (a[16 * j + l] * q8[16 * j + l]);
 }
 
+/* Q3_K: values (q3 2 bits) - (hmask bit ? 0 : 4), 16 six-bit scales - 32 (ggml's unpacking) */
+static void q3k_scales(const uint8_t *packed, int8_t scales[16]) {
+    uint32_t aux[4];
+    memcpy(aux, packed, 12);
+    const uint32_t tmp = aux[2], m1 = 0x03030303, m2 = 0x0f0f0f0f;
+    aux[2] = ((aux[0] >> 4) & m2) | (((tmp >> 4) & m1) << 4);
+    aux[3] = ((aux[1] >> 4) & m2) | (((tmp >> 6) & m1) << 4);
+    aux[0] = (aux[0] & m2) | (((tmp >> 0) & m1) << 4);
+    aux[1] = (aux[1] & m2) | (((tmp >> 2) & m1) << 4);
+    memcpy(scales, aux, 16);
+    for (int j = 0; j < 16; j++) scales[j] = (int8_t)(scales[j] - 32);
+}
+
+static void lanes_q3_k_scalar(const uint8_t *blk, const int8_t *q8, int32_t aux32[8]) {
+    const uint8_t *hm = blk, *q3 = blk + 32;
+    int8_t a[QKK], scales[16];
+    for (int j = 0; j < 2; j++)
+        for (int s = 0; s < 4; s++)
+            for (int l = 0; l < 32; l++)
+                a[128 * j + 32 * s + l] = (int8_t)(((q3[32 * j + l] >> (2 * s)) & 3) - ((hm[l] >> (4 * j + s)) & 1 ? 0 : 4));
+    q3k_scales(blk + 96, scales);
+    memset(aux32, 0, 8 * sizeof(int32_t));
+    for (int j = 0; j < 16; j++)
+        for (int l = 0; l < 16; l++) aux32[l & 7] += scales[j] * (a[16 * j + l] * q8[16 * j + l]);
+}
+
+/* Q2_K (ggml_vec_dot_q2_K_q8_K): one integer sum per block, no lanes */
+static float dot_q2_k_scalar(const uint8_t *w, const qact *a, int nb) {
+    float sumf = 0.0f;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *blk = w + 84 * i, *sc = blk, *q2 = blk + 16;
+        const int8_t *q8 = a->q + QKK * i;
+        int summs = 0, isum = 0;
+        for (int j = 0; j < 16; j++) summs += a->bsums[16 * i + j] * (sc[j] >> 4);
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < 4; j++)
+                for (int h = 0; h < 2; h++) {
+                    int part = 0;
+                    for (int l = 16 * h; l < 16 * h + 16; l++) part += q8[128 * k + 32 * j + l] * ((q2[32 * k + l] >> (2 * j)) & 3);
+                    isum += (sc[8 * k + 2 * j + h] & 0xF) * part;
+                }
+        const float dall = a->d[i] * f16(blk + 80), dmin = a->d[i] * f16(blk + 82);
+        sumf += dall * (float)isum - dmin * (float)summs;
+    }
+    return sumf;
+}
+
 /* The float part of ggml_vec_dot_q4_K_q8_K (q5_K the same) / q6_K_q8_K: 8 lane sums, the mins term in sumf */
 typedef void (*lanes_q4k_fn)(const uint8_t *, const int8_t *, const uint8_t *, int32_t *);
 typedef void (*lanes_q6k_fn)(const uint8_t *, const int8_t *, int32_t *);
@@ -402,13 +449,13 @@ static float dot_q4_k_with(const uint8_t *w, const qact *a, int nb, int bytes, l
     return sumf;
 }
 
-static float dot_q6_k_with(const uint8_t *w, const qact *a, int nb, lanes_q6k_fn lanes) {
+static float dot_q6_k_with(const uint8_t *w, const qact *a, int nb, int bytes, lanes_q6k_fn lanes) {
     float sums[8] = {0}, sumf = 0.0f;
     for (int i = 0; i < nb; i++) {
-        const uint8_t *blk = w + 210 * i;
+        const uint8_t *blk = w + bytes * i;
         int32_t aux32[8];
         lanes(blk, a->q + QKK * i, aux32);
-        const float d = f16(blk + 208) * a->d[i];
+        const float d = f16(blk + bytes - 2) * a->d[i];  /* Q6_K's and Q3_K's d: the last 2 bytes */
         for (int l = 0; l < 8; l++) sums[l] += d * (float)aux32[l];
     }
     for (int l = 0; l < 8; l++) sumf += sums[l];
@@ -417,7 +464,8 @@ static float dot_q6_k_with(const uint8_t *w, const qact *a, int nb, lanes_q6k_fn
 
 static float dot_q4_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, 144, lanes_q4_k_scalar); }
 static float dot_q5_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, 176, lanes_q5_k_scalar); }
-static float dot_q6_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, lanes_q6_k_scalar); }
+static float dot_q6_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, 210, lanes_q6_k_scalar); }
+static float dot_q3_k_scalar(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, 110, lanes_q3_k_scalar); }
 
 /* ------------------------------------------------------------------ AVX2 integer parts */
 #ifdef QD_X86
@@ -803,7 +851,48 @@ AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) 
     }
 }
 
-#define Q6_K_TILE(name, TARGET, PAIR_ADD)                                                              \
+/* Q3_K as Q6_K: 16-value sub-blocks (values -4..3, scales -32..31), in lane-pair order, scaled */
+AVX2 static inline __m256i pair_scaled(__m128i v, int scale) {
+    const __m128i order = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    return _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, order)), _mm256_set1_epi16((short)scale));
+}
+
+AVX2 static inline void q3_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) {
+    int8_t scales[16];
+    q3k_scales(blk + 96, scales);
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)blk), m3 = _mm256_set1_epi8(3), k4 = _mm256_set1_epi8(4);
+    for (int j = 0; j < 2; j++) {
+        const __m256i q3 = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * j));
+        for (int s = 0; s < 4; s++) {
+            const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * j + s)));
+            const __m256i unset = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), k4);
+            const __m256i v = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q3, 2 * s), m3), unset);
+            const int sub = 8 * j + 2 * s;  /* 32 values: sub-blocks sub and sub + 1 */
+            ws[sub] = pair_scaled(_mm256_castsi256_si128(v), scales[sub]);
+            ws[sub + 1] = pair_scaled(_mm256_extracti128_si256(v, 1), scales[sub + 1]);
+        }
+    }
+}
+
+/* Q2_K: values 0..3 times their sub-block's 4-bit scale; the order only has to match q16's */
+AVX2 static inline void q2_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) {
+    const uint8_t *sc = blk;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int k = 0; k < 2; k++) {
+        const __m256i q2 = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * k));
+        for (int j = 0; j < 4; j++) {
+            const __m256i v = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * j), m3);
+            const int sub = 8 * k + 2 * j;
+            ws[sub] = pair_scaled(_mm256_castsi256_si128(v), sc[sub] & 0xF);
+            ws[sub + 1] = pair_scaled(_mm256_extracti128_si256(v, 1), sc[sub + 1] & 0xF);
+        }
+    }
+}
+
+#define Q6_K_TILE(name, TARGET, PAIR_ADD) Q36_K_TILE(name, TARGET, PAIR_ADD, q6_k_scaled_weights, 210)
+#define Q3_K_TILE(name, TARGET, PAIR_ADD) Q36_K_TILE(name, TARGET, PAIR_ADD, q3_k_scaled_weights, 110)
+
+#define Q36_K_TILE(name, TARGET, PAIR_ADD, SCALED_WEIGHTS, bytes)                                      \
     TARGET static void name(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb, \
                             float *out, Py_ssize_t stride) {                                          \
         for (int r = 0; r < nr; r++) {                                                                \
@@ -811,15 +900,15 @@ AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) 
             __m256 sums[TILE];                                                                        \
             for (int t = 0; t < tt; t++) sums[t] = _mm256_setzero_ps();                               \
             for (int i = 0; i < nb; i++) {                                                            \
-                const uint8_t *blk = wr + 210 * i;                                                    \
+                const uint8_t *blk = wr + (bytes) * i;                                                \
                 __m256i ws[16];                                                                       \
-                q6_k_scaled_weights(blk, ws);                                                         \
+                SCALED_WEIGHTS(blk, ws);                                                              \
                 for (int t = 0; t < tt; t++) {                                                        \
                     const int16_t *y = at[t].q16 + QKK * i;                                           \
                     __m256i acc = _mm256_setzero_si256();                                             \
                     for (int k = 0; k < 16; k++)                                                      \
                         acc = PAIR_ADD(acc, ws[k], _mm256_loadu_si256((const __m256i *)(y + 16 * k))); \
-                    const float d = f16(blk + 208) * at[t].d[i];                                      \
+                    const float d = f16(blk + (bytes) - 2) * at[t].d[i];                              \
                     sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc))); \
                 }                                                                                     \
             }                                                                                         \
@@ -832,14 +921,48 @@ AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) 
         }                                                                                             \
     }
 
+/* Q2_K: per block one integer sum and the mins term, ggml's float expression */
+#define Q2_K_TILE(name, TARGET, PAIR_ADD)                                                              \
+    TARGET static void name(const uint8_t *w, Py_ssize_t row_bytes, int nr, const qact *at, int tt, int nb, \
+                            float *out, Py_ssize_t stride) {                                          \
+        for (int r = 0; r < nr; r++) {                                                                \
+            const uint8_t *wr = w + r * row_bytes;                                                    \
+            float sumf[TILE];                                                                         \
+            for (int t = 0; t < tt; t++) sumf[t] = 0.0f;                                              \
+            for (int i = 0; i < nb; i++) {                                                            \
+                const uint8_t *blk = wr + 84 * i;                                                     \
+                __m256i ws[16];                                                                       \
+                q2_k_scaled_weights(blk, ws);                                                         \
+                const __m256i mins16 = _mm256_cvtepu8_epi16(                                          \
+                    _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)blk), 4), _mm_set1_epi8(0x0F))); \
+                for (int t = 0; t < tt; t++) {                                                        \
+                    const qact *a = &at[t];                                                           \
+                    const int16_t *y = a->q16 + QKK * i;                                              \
+                    __m256i acc = _mm256_setzero_si256();                                             \
+                    for (int k = 0; k < 16; k++)                                                      \
+                        acc = PAIR_ADD(acc, ws[k], _mm256_loadu_si256((const __m256i *)(y + 16 * k))); \
+                    const int isum = hsum8(acc);                                                      \
+                    const int summs = hsum8(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->bsums + 16 * i)), mins16)); \
+                    const float dall = a->d[i] * f16(blk + 80), dmin = a->d[i] * f16(blk + 82);       \
+                    sumf[t] += dall * (float)isum - dmin * (float)summs;                              \
+                }                                                                                     \
+            }                                                                                         \
+            for (int t = 0; t < tt; t++) out[t * stride + r] = sumf[t];                              \
+        }                                                                                             \
+    }
+
 #define MADD_ADD(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
 Q6_K_TILE(tile_q6_k_avx2, AVX2, MADD_ADD)
+Q3_K_TILE(tile_q3_k_avx2, AVX2, MADD_ADD)
+Q2_K_TILE(tile_q2_k_avx2, AVX2, MADD_ADD)
 
 /* AVX-512 VNNI (256-bit vectors, AVX512VL): Q4_K's 32-value sub-blocks in lane-quad order
  * (quad_lanes); one vpdpbusd gives the 8 integer lanes of a sub-block, scaled in int32. */
 #define VNNI __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 Q6_K_TILE(tile_q6_k_vnni, VNNI, _mm256_dpwssd_epi32)
+Q3_K_TILE(tile_q3_k_vnni, VNNI, _mm256_dpwssd_epi32)
+Q2_K_TILE(tile_q2_k_vnni, VNNI, _mm256_dpwssd_epi32)
 
 VNNI static inline __m256i quad_order(__m256i x) {  /* natural order -> lane-quad order */
     const __m256i pairs = _mm256_shuffle_epi8(x, _mm256_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0,
@@ -906,7 +1029,7 @@ VNNI static void tile_q5_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
 }
 
 AVX2 static float dot_q4_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q4_k_with(w, a, nb, 144, lanes_q4_k_avx2); }
-AVX2 static float dot_q6_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, lanes_q6_k_avx2); }
+AVX2 static float dot_q6_k_avx2(const uint8_t *w, const qact *a, int nb) { return dot_q6_k_with(w, a, nb, 210, lanes_q6_k_avx2); }
 #endif
 
 /* ------------------------------------------------------------------ dispatch */
@@ -938,6 +1061,8 @@ static const kernel KERNELS[] = {
     {T_Q5_1, ACT_Q8_1, QK, 24, dot_q5_1_scalar, NULL, V(tile_q5_1_avx2), NULL, 1},
     {T_IQ4_NL, ACT_Q8_0, QK, 18, dot_iq4_nl_scalar, NULL, V(tile_iq4_nl_avx2), NULL, 1},
     {T_Q8_0, ACT_Q8_0, QK, 34, dot_q8_0_scalar, V(dot_q8_0_avx2), V(tile_q8_0_avx2), NULL, 1},
+    {T_Q2_K, ACT_Q8_K, QKK, 84, dot_q2_k_scalar, NULL, V(tile_q2_k_avx2), V(tile_q2_k_vnni), 1},
+    {T_Q3_K, ACT_Q8_K, QKK, 110, dot_q3_k_scalar, NULL, V(tile_q3_k_avx2), V(tile_q3_k_vnni), 1},
     {T_Q4_K, ACT_Q8_K, QKK, 144, dot_q4_k_scalar, V(dot_q4_k_avx2), V(tile_q4_k_avx2), V(tile_q4_k_vnni), 0},
     {T_Q5_K, ACT_Q8_K, QKK, 176, dot_q5_k_scalar, NULL, V(tile_q5_k_avx2), V(tile_q5_k_vnni), 1},
     {T_Q6_K, ACT_Q8_K, QKK, 210, dot_q6_k_scalar, V(dot_q6_k_avx2), V(tile_q6_k_avx2), V(tile_q6_k_vnni), 0},
@@ -1177,7 +1302,8 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
                 a->q16 = (int16_t *)(a->qp + n);  /* 2n bytes; n is a multiple of 32, so aligned */
                 if (k->act == ACT_Q8_K) {
                     quantize_q8_k_row(x + t * n, (int)n, a);
-                    if (k->type == T_Q6_K && pick_tile(k)) pair_lanes16(a->q, a->q16, (int)n);
+                    if ((k->type == T_Q6_K || k->type == T_Q3_K || k->type == T_Q2_K) && pick_tile(k))
+                        pair_lanes16(a->q, a->q16, (int)n);
                     else if (pick_tile(k) && pick_tile(k) == k->vnni_tile) quad_lanes(a->q, a->qp, (int)n);
                     else if (pick_tile(k)) pair_lanes(a->q, a->qp, (int)n);
                 } else {

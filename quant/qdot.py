@@ -28,9 +28,9 @@ try:
 except ImportError:  # no compiler at install time: the numpy path below
     _compiled = None
 
-ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.IQ4_NL: "q8_0", T.Q4_1: "q8_1", T.Q5_1: "q8_1", T.Q4_K: "q8_k", T.Q5_K: "q8_k",
+ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.IQ4_NL: "q8_0", T.Q4_1: "q8_1", T.Q5_1: "q8_1", T.Q2_K: "q8_k", T.Q3_K: "q8_k", T.Q4_K: "q8_k", T.Q5_K: "q8_k",
               T.Q6_K: "q8_k"}
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24), T.Q8_0: (32, 34), T.IQ4_NL: (32, 18), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
+BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24), T.Q8_0: (32, 34), T.IQ4_NL: (32, 18), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
          T.Q6_K: (256, 210)}
 F32 = np.float32
 IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
@@ -167,6 +167,48 @@ def q5_k_values(w: np.ndarray):
     return values, scales, mins, _half(b, 0), _half(b, 2)
 
 
+def q3_k_values(w: np.ndarray):
+    """Q3_K: values [rows, nb, 256] in -4..3 (2 bits, minus 4 where the hmask bit is clear),
+    scales [rows, nb, 16] in -32..31, d."""
+    b = _blocks(w, T.Q3_K)
+    hm = b[..., 0:32].astype(np.int32)
+    q3 = b[..., 32:96].reshape(*b.shape[:2], 2, 32).astype(np.int32)
+    low = np.stack([(q3 >> (2 * s)) & 3 for s in range(4)], -2)  # [rows, nb, 2, 4, 32]
+    high = np.stack([(hm >> bit) & 1 for bit in range(8)], -2).reshape(*b.shape[:2], 2, 4, 32)
+    values = (low - 4 * (1 - high)).reshape(*b.shape[:2], 256)
+    a = b[..., 96:108].copy().view("<u4").astype(np.uint32)
+    tmp = a[..., 2]
+    m1, m2 = np.uint32(0x03030303), np.uint32(0x0F0F0F0F)
+    words = np.stack([(a[..., 0] & m2) | (((tmp >> 0) & m1) << 4), (a[..., 1] & m2) | (((tmp >> 2) & m1) << 4),
+                      ((a[..., 0] >> 4) & m2) | (((tmp >> 4) & m1) << 4),
+                      ((a[..., 1] >> 4) & m2) | (((tmp >> 6) & m1) << 4)], -1).astype("<u4")
+    scales = words.view(np.int8).astype(np.int32) - 32
+    return values, scales, _half(b, 108)
+
+
+def q2_k_values(w: np.ndarray):
+    """Q2_K: values [rows, nb, 256] in 0..3, 4-bit scales and mins [rows, nb, 16], d and dmin."""
+    b = _blocks(w, T.Q2_K)
+    sc = b[..., 0:16].astype(np.int32)
+    q2 = b[..., 16:80].reshape(*b.shape[:2], 2, 32).astype(np.int32)
+    values = np.stack([(q2 >> (2 * j)) & 3 for j in range(4)], -2).reshape(*b.shape[:2], 256)
+    return values, sc & 0xF, sc >> 4, _half(b, 80), _half(b, 82)
+
+
+def _q2_k_matmul(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """ggml_vec_dot_q2_K_q8_K: one integer sum per block, sumf += dall * isum - dmin * summs."""
+    q, dx, bsums = quantize_q8_k(x)
+    values, scales, mins, dw, dmin = q2_k_values(w)
+    sumf = np.zeros((values.shape[0], q.shape[0]), F32)
+    for i in range(values.shape[1]):
+        prod = (values[:, None, i, :] * q[None, :, i, :]).reshape(values.shape[0], q.shape[0], 16, 16).sum(-1)
+        isum = (prod * scales[:, None, i, :]).sum(-1).astype(F32)
+        summs = (bsums[None, :, i, :] * mins[:, None, i, :]).sum(-1).astype(F32)
+        dall, dm = dx[None, :, i] * dw[:, i, None], dx[None, :, i] * dmin[:, i, None]
+        sumf = sumf + (dall * isum - dm * summs)
+    return sumf.T
+
+
 def q6_k_values(w: np.ndarray):
     """Q6_K: values [rows, nb, 256] in -32..31, int8 scales [rows, nb, 16], d."""
     b = _blocks(w, T.Q6_K)
@@ -215,7 +257,7 @@ def _kquant_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
         values, scales, mins, dw, dmin = q4_k_values(w) if qtype == T.Q4_K else q5_k_values(w)
         per_value = np.repeat(scales, 32, -1)
     else:
-        values, scales, dw = q6_k_values(w)
+        values, scales, dw = q6_k_values(w) if qtype == T.Q6_K else q3_k_values(w)
         per_value = np.repeat(scales, 16, -1)
     rows, tokens = values.shape[0], q.shape[0]
     sums = np.zeros((rows, tokens, 8), F32)
@@ -225,7 +267,7 @@ def _kquant_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
         aux32 = _lanes(prod, per_value[:, None, i, :]).astype(F32)
         d = dw[:, i, None] * dx[None, :, i]
         sums = sums + d[..., None] * aux32
-        if qtype != T.Q6_K:
+        if qtype in (T.Q4_K, T.Q5_K):
             sumi = (bsums[None, :, i, :] * np.repeat(mins[:, None, i, :], 2, -1)).sum(-1).astype(F32)
             sumf = sumf - (dmin[:, i, None] * dx[None, :, i]) * sumi
     for lane in range(8):
@@ -239,7 +281,9 @@ def matmul_reference(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if qtype not in ACTIVATION:
         raise ValueError(f"no quantized product for {qtype.name}")
     x = np.atleast_2d(np.asarray(x, F32))
-    if qtype in (T.Q4_K, T.Q5_K, T.Q6_K):
+    if qtype == T.Q2_K:
+        return np.ascontiguousarray(_q2_k_matmul(w, x))
+    if qtype in (T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
         return np.ascontiguousarray(_kquant_matmul(qtype, w, x))
     return np.ascontiguousarray(_legacy_matmul(qtype, w, x))
 

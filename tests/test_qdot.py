@@ -18,7 +18,7 @@ from convkit.runtime.linear import QTensor, QuantLinear
 from quant import qdot
 from realdata import smollm2_gguf
 
-TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]
+TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 compiled = pytest.mark.skipif(not qdot.compiled_types(), reason="quant._qdot is not built")
 
 
@@ -39,7 +39,7 @@ def _activations(tokens, n, seed):
 
 
 def _width(qtype):  # 18 blocks of 32 (not a multiple of 8: the vector paths' tail) or 2 of 256
-    return 512 if qtype in (T.Q4_K, T.Q5_K, T.Q6_K) else 576
+    return 512 if quant.type_info(qtype).block_size == 256 else 576
 
 
 def _every_path(qtype, w, x):

@@ -22,7 +22,7 @@ fp16 s, not by d * sum(q); a small [T, blocks] x [blocks, N] product adds that d
 
 For few activation rows (a decoding step or a short prompt: up to quantized_products.MAX_ROWS
 rows, MAX_TILED_ROWS for the types with a tiled product) and the types quant.qdot compiles
-(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K), the product is not
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL and Q2_K..Q6_K), the product is not
 emulated but computed as ggml computes it: activations quantized, integer sums per block,
 read from the quantized weight in place, with ggml's generic order of float additions.
 That is both llama.cpp's arithmetic and the fast way to decode on a CPU (see
