@@ -1,0 +1,123 @@
+"""sentencepiece's BPE trainer (model_type=bpe, as Llama 2 and Mistral were trained).
+
+Words are the corpus's `▁`-prefixed runs (spm_train_input), each a sequence of
+characters. Repeatedly, the most frequent adjacent pair of symbols is merged
+everywhere, left to right; a pair's frequency counts every adjacent occurrence (in
+`aaa` the pair `a a` occurs twice) weighted by the word's count. Ties go to the
+shorter piece, then to the smaller string. A pair is never formed across a character
+outside the alphabet or into a string that is not a valid piece (`▁` inside, mixed
+scripts, longer than 16). If two different pairs spell a piece already made, the
+second is dropped without merging. Piece i (0-based) scores -i; the alphabet follows
+the merged pieces, most frequent character first, continuing the scores.
+
+Result: [(piece, score, type)] in id order, types as sentencepiece numbers them.
+"""
+import heapq
+from typing import Callable, Iterable
+
+from .errors import TokenizerError
+from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfkc, load_corpus,
+                              piece_validator)
+
+
+def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
+                  normalize: Callable[[str], str] = basic_nmt_nfkc) -> list[tuple[str, float, int]]:
+    corpus = load_corpus(lines, opts, normalize)
+    words = corpus.word_counts()
+    n_merges = opts.vocab_size - len(corpus.meta) - len(corpus.required_chars)
+    merged = _merge(words, n_merges, piece_validator(opts))
+    pieces = [(p, -float(i)) for i, p in enumerate(merged)]
+    for c, _ in corpus.sorted_required_chars():
+        pieces.append((c, -float(len(pieces))))
+    return assemble(corpus.meta, pieces, opts.vocab_size)
+
+
+def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], bool]) -> list[str]:
+    """The merged pieces in merge order."""
+    names: list[str] = []           # symbol id -> string
+    ids: dict[str, int] = {}
+
+    def symbol(s: str) -> int:
+        sid = ids.get(s)
+        if sid is None:
+            sid = ids[s] = len(names)
+            names.append(s)
+        return sid
+
+    unk = symbol(UNK_CHAR)
+    seqs = [[symbol(c) for c in w] for w, _ in words]
+    freqs = [n for _, n in words]
+    pair_ok: dict[tuple[int, int], bool] = {}
+
+    def ok(a: int, b: int) -> bool:
+        key = (a, b)
+        r = pair_ok.get(key)
+        if r is None:
+            r = pair_ok[key] = a != unk and b != unk and valid(names[a] + names[b])
+        return r
+
+    counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for wi, seq in enumerate(seqs):
+        f = freqs[wi]
+        for a, b in zip(seq, seq[1:]):
+            if ok(a, b):
+                counts[(a, b)] = counts.get((a, b), 0) + f
+                where.setdefault((a, b), set()).add(wi)
+
+    def entry(pair, n):
+        s = names[pair[0]] + names[pair[1]]
+        return (-n, len(s), s, pair)
+
+    heap = [entry(p, n) for p, n in counts.items()]
+    heapq.heapify(heap)
+    made: set[str] = set()
+    out: list[str] = []
+    dead: set[tuple[int, int]] = set()
+    while len(out) < n_merges:
+        if not heap:
+            raise TokenizerError(
+                f"vocab size too large: the corpus allows only {len(out)} merges of the {n_merges} asked for; "
+                "lower the vocab size or give more text")
+        neg, _, s, pair = heapq.heappop(heap)
+        if pair in dead or counts.get(pair, 0) != -neg or neg == 0:
+            continue
+        if s in made:  # the same string by another split: sentencepiece drops this pair
+            dead.add(pair)
+            continue
+        made.add(s)
+        out.append(s)
+        new = symbol(s)
+        a, b = pair
+        changed: set[tuple[int, int]] = set()
+        for wi in sorted(where.pop(pair)):
+            seq = seqs[wi]
+            f = freqs[wi]
+            for p in zip(seq, seq[1:]):
+                if p in counts:
+                    counts[p] -= f
+                    changed.add(p)
+            merged_seq = []
+            i, n = 0, len(seq)
+            while i < n:
+                if i + 1 < n and seq[i] == a and seq[i + 1] == b:
+                    merged_seq.append(new)
+                    i += 2
+                else:
+                    merged_seq.append(seq[i])
+                    i += 1
+            seqs[wi] = merged_seq
+            for p in zip(merged_seq, merged_seq[1:]):
+                if ok(*p):
+                    counts[p] = counts.get(p, 0) + f
+                    changed.add(p)
+                    where.setdefault(p, set()).add(wi)
+        counts.pop(pair, None)
+        for p in changed:
+            n = counts.get(p, 0)
+            if n > 0 and p not in dead:
+                heapq.heappush(heap, entry(p, n))
+            elif n <= 0:
+                counts.pop(p, None)
+                where.pop(p, None)
+    return out

@@ -1,0 +1,293 @@
+"""What sentencepiece's two trainers share: options, sentence loading, the alphabet, the
+reserved pieces and the rule for which strings may become a piece.
+
+It follows sentencepiece's trainer_interface.cc:
+- every non-empty input line (at most `max_sentence_length` bytes) is one sentence;
+- a sentence is normalized (whitespace becomes `▁`, a `▁` is put in front), and any
+  reserved piece written in it (`<s>`, a user-defined symbol, `<0x41>`) is replaced by a
+  tab, so that it takes no part in training;
+- the alphabet is the most frequent characters that together cover `character_coverage`
+  of all characters; every other character becomes `▅` (never part of a piece);
+- reserved pieces get the first ids: `<unk>`, `<s>`, `</s>`, then control symbols,
+  user-defined symbols and, with byte fallback, `<0x00>`..`<0xFF>`.
+
+Normalization is a parameter (a function from a raw line to its normalized form, with
+`▁` for whitespace): `basic_nmt_nfkc` below is Python's NFKC plus sentencepiece's
+whitespace rules, which covers sentencepiece's `nmt_nfkc` for ordinary text but not its
+precompiled character map (control characters, some spaces); pass the exact normalizer
+when one is available.
+"""
+import bisect
+import functools
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import unicode_scripts
+from .errors import TokenizerError
+
+# sentencepiece_model.proto, ModelProto.SentencePiece.Type
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+WS = "\u2581"        # stands for whitespace in pieces
+UNK_CHAR = "\u2585"  # stands for a character outside the alphabet
+BOUNDARY = "\t"      # where a reserved piece was cut out of a sentence
+
+
+@dataclass(frozen=True)
+class SpmTrainOptions:
+    """sentencepiece's TrainerSpec fields that the two trainers read, with its defaults."""
+    vocab_size: int
+    character_coverage: float = 0.9995
+    byte_fallback: bool = False
+    user_defined_symbols: tuple = ()
+    control_symbols: tuple = ()
+    required_chars: str = ""
+    max_sentencepiece_length: int = 16
+    max_sentence_length: int = 4192  # bytes; longer lines are skipped
+    split_by_whitespace: bool = True
+    split_by_unicode_script: bool = True
+    split_by_number: bool = True
+    split_digits: bool = False
+    unk_piece: str = "<unk>"
+    bos_piece: str = "<s>"
+    eos_piece: str = "</s>"
+    pad_piece: str = "<pad>"
+    unk_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    pad_id: int = -1
+    # Unigram only
+    seed_sentencepiece_size: int = 1_000_000
+    shrinking_factor: float = 0.75
+    num_sub_iterations: int = 2
+
+
+_SPACES = re.compile(r" +")
+
+
+def basic_nmt_nfkc(line: str) -> str:
+    """NFKC, then sentencepiece's default whitespace handling: whitespace runs become one
+    space, leading and trailing spaces go, a dummy prefix space is added, and spaces are
+    written as `▁`. Stands in for the exact `nmt_nfkc` normalizer (see the module doc)."""
+    text = unicodedata.normalize("NFKC", line)
+    text = text.translate(_WHITESPACE_TO_SPACE)
+    text = _SPACES.sub(" ", text).strip(" ")
+    if not text:
+        return ""
+    return WS + text.replace(" ", WS)
+
+
+# nmt_nfkc turns these into a plain space
+_WHITESPACE_TO_SPACE = {c: " " for c in (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0xA0, 0x1680, 0x200B,
+                                         0x2028, 0x2029, 0x202F, 0x205F, 0x3000, 0xFEFF)}
+_WHITESPACE_TO_SPACE.update({c: " " for c in range(0x2000, 0x200B)})
+
+
+def byte_piece(b: int) -> str:
+    return f"<0x{b:02X}>"
+
+
+def meta_pieces(opts: SpmTrainOptions) -> dict[int, tuple[str, int]]:
+    """id -> (piece, type) of the reserved pieces, as sentencepiece's InitMetaPieces lays them out."""
+    meta: dict[int, tuple[str, int]] = {}
+    for pid, piece in ((opts.unk_id, opts.unk_piece), (opts.bos_id, opts.bos_piece),
+                       (opts.eos_id, opts.eos_piece), (opts.pad_id, opts.pad_piece)):
+        if pid < 0:
+            continue
+        if pid >= opts.vocab_size or pid in meta:
+            raise TokenizerError(f"reserved piece {piece!r}: id {pid} is taken or not below the vocab size")
+        meta[pid] = (piece, UNKNOWN if piece == opts.unk_piece else CONTROL)
+    seen: set[str] = set()
+    special_ids = {opts.bos_piece: opts.bos_id, opts.eos_piece: opts.eos_id, opts.pad_piece: opts.pad_id}
+    symbols = [(w, CONTROL) for w in opts.control_symbols] + [(w, USER_DEFINED) for w in opts.user_defined_symbols]
+    if opts.byte_fallback:
+        symbols += [(byte_piece(b), BYTE) for b in range(256)]
+    next_id = 0
+    for piece, kind in symbols:
+        if piece in seen:
+            raise TokenizerError(f"special token {piece!r} is given twice")
+        if piece == opts.unk_piece:
+            raise TokenizerError(f"{piece!r} is the unknown piece and cannot also be a special token")
+        seen.add(piece)
+        if special_ids.get(piece, -1) >= 0:  # e.g. <s> named again: only its type changes
+            pid = special_ids[piece]
+            meta[pid] = (meta[pid][0], kind)
+            continue
+        while next_id in meta:
+            next_id += 1
+        meta[next_id] = (piece, kind)
+    return meta
+
+
+@functools.cache
+def _script_table():
+    starts, ends, names = [], [], []
+    for name, spec in unicode_scripts.SCRIPTS.items():
+        for item in spec.split():
+            lo, _, hi = item.partition("-")
+            starts.append(int(lo, 16))
+            ends.append(int(hi or lo, 16))
+            names.append(name)
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    return [starts[i] for i in order], [ends[i] for i in order], [names[i] for i in order]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def script_of(ch: str) -> str:
+    """The script sentencepiece groups a character under (Hiragana and Katakana count as Han)."""
+    cp = ord(ch)
+    starts, ends, names = _script_table()
+    i = bisect.bisect_right(starts, cp) - 1
+    name = names[i] if i >= 0 and cp <= ends[i] else "Common"
+    if name in ("Hiragana", "Katakana") or cp == 0x30FC:
+        return "Han"
+    return name
+
+
+def _is_decimal(ch: str) -> bool:
+    return "0" <= ch <= "9" or "\uff10" <= ch <= "\uff19"
+
+
+def piece_validator(opts: SpmTrainOptions) -> Callable[[str], bool]:
+    """sentencepiece's IsValidSentencePiece for these options (whitespace as prefix)."""
+    max_len = opts.max_sentencepiece_length
+
+    @functools.lru_cache(maxsize=1 << 20)
+    def valid(piece: str) -> bool:
+        if not piece or len(piece) > max_len:
+            return False
+        prev = None  # None: any script
+        last = len(piece) - 1
+        for pos, c in enumerate(piece):
+            if c in (UNK_CHAR, "\x00", BOUNDARY, " ") or 0xD800 <= ord(c) <= 0xDFFF:
+                return False
+            if c == WS:
+                if opts.split_by_whitespace and pos > 0:
+                    return False
+                if not opts.split_by_whitespace and pos > 0 and pos == last:
+                    return False
+                continue
+            s = script_of(c)
+            if s == "Inherited":
+                s = prev
+            if not opts.split_by_number and _is_decimal(c):
+                s = None
+            if opts.split_digits and _is_decimal(c) and len(piece) > 1:
+                return False
+            if opts.split_by_unicode_script and s is not None and prev is not None and prev != s:
+                return False
+            prev = s
+        return True
+
+    return valid
+
+
+def split_into_words(sentence: str) -> list[str]:
+    """A normalized sentence cut before every `▁` (sentencepiece's SplitIntoWords)."""
+    words = sentence.split(WS)
+    out = [WS + w for w in words[1:]]
+    if words[0]:
+        out.insert(0, words[0])
+    return out
+
+
+@dataclass
+class Corpus:
+    """Normalized sentences with rare characters as `▅`, and the alphabet."""
+    sentences: list[str]
+    required_chars: dict[str, int]  # character -> frequency, the alphabet
+    meta: dict[int, tuple[str, int]]
+
+    def word_counts(self) -> list[tuple[str, int]]:
+        """Words and their counts, most frequent first, then by string (sentencepiece's Sorted)."""
+        counts: dict[str, int] = {}
+        for s in self.sentences:
+            for w in split_into_words(s):
+                counts[w] = counts.get(w, 0) + 1
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def sorted_required_chars(self) -> list[tuple[str, int]]:
+        return sorted(self.required_chars.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _meta_replacer(meta: dict[int, tuple[str, int]]):
+    pieces = sorted({p for p, _ in meta.values()}, key=lambda p: (-len(p), p))
+    pattern = re.compile("|".join(re.escape(p) for p in pieces))
+    return lambda s: pattern.sub(BOUNDARY, s)
+
+
+def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
+                normalize: Callable[[str], str] = basic_nmt_nfkc) -> Corpus:
+    """sentencepiece's LoadSentences: read, normalize, pick the alphabet, mask rare characters."""
+    meta = meta_pieces(opts)
+    if not any(kind == UNKNOWN for _, kind in meta.values()):
+        raise TokenizerError("the unknown piece needs an id")
+    strip_meta = _meta_replacer(meta)
+    sentences = []
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line or len(line.encode("utf-8")) > opts.max_sentence_length:
+            continue
+        if UNK_CHAR in line:
+            continue
+        s = strip_meta(normalize(line))
+        if s:
+            sentences.append(s)
+    if not sentences:
+        raise TokenizerError("the corpus has no text to train on")
+
+    chars: dict[str, int] = {}
+    for s in sentences:
+        for c in s:
+            chars[c] = chars.get(c, 0) + 1
+    chars.pop("\x00", None)
+    required = set(opts.required_chars) - {"\x00"}
+    for c in required:
+        chars.setdefault(c, 0)
+    total = sum(chars.values())
+    ranked = sorted(chars.items(), key=lambda kv: (kv[0] not in required, -kv[1], kv[0]))
+    alphabet: dict[str, int] = {}
+    covered = 0
+    target = np.float32(opts.character_coverage)
+    for c, n in ranked:
+        # sentencepiece compares the coverage as a float32
+        if np.float32(covered / total) >= target:
+            break
+        covered += n
+        if c != BOUNDARY:
+            alphabet[c] = n
+    if len(alphabet) + len(meta) > opts.vocab_size:
+        raise TokenizerError(
+            f"vocab size {opts.vocab_size} is smaller than the alphabet ({len(alphabet)} characters) plus "
+            f"{len(meta)} reserved pieces; raise the vocab size or lower the character coverage")
+    rare = set(chars) - set(alphabet)
+    if rare:
+        table = {ord(c): UNK_CHAR for c in rare}
+        sentences = [s.translate(table) for s in sentences]
+    return Corpus(sentences, alphabet, meta)
+
+
+def assemble(meta: dict[int, tuple[str, int]], pieces: list[tuple[str, float]],
+             vocab_size: int) -> list[tuple[str, float, int]]:
+    """The vocabulary in id order: reserved pieces at their ids (score 0), trained pieces
+    filling the other ids in order (sentencepiece's Serialize)."""
+    out: list[tuple[str, float, int]] = []
+    it = iter(pieces)
+    for pid in range(vocab_size):
+        if pid in meta:
+            out.append((meta[pid][0], 0.0, meta[pid][1]))
+            continue
+        nxt = next(it, None)
+        if nxt is None:
+            break
+        out.append((nxt[0], nxt[1], NORMAL))
+    seen = set()
+    for piece, _, _ in out:
+        if piece in seen:
+            raise TokenizerError(f"piece {piece!r} would appear twice in the vocabulary")
+        seen.add(piece)
+    return out
