@@ -1,11 +1,12 @@
 """What sentencepiece's two trainers share: options, sentence loading, the alphabet, the
 reserved pieces and the rule for which strings may become a piece.
 
-It follows sentencepiece's trainer_interface.cc:
+It follows sentencepiece's trainer_interface.cc (sentencepiece 0.2.3, the version the
+tests compare with):
 - every non-empty input line (at most `max_sentence_length` bytes) is one sentence;
 - a sentence is normalized (whitespace becomes `▁`, a `▁` is put in front), and any
   reserved piece written in it (`<s>`, a user-defined symbol, `<0x41>`) is replaced by a
-  tab, so that it takes no part in training;
+  U+001F, so that it takes no part in training;
 - the alphabet is the most frequent characters that together cover `character_coverage`
   of all characters; every other character becomes `▅` (never part of a piece);
 - reserved pieces get the first ids: `<unk>`, `<s>`, `</s>`, then control symbols,
@@ -34,7 +35,7 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 WS = "\u2581"        # stands for whitespace in pieces
 UNK_CHAR = "\u2585"  # stands for a character outside the alphabet
-BOUNDARY = "\t"      # where a reserved piece was cut out of a sentence
+BOUNDARY = "\x1f"    # where a reserved piece was cut out of a sentence
 
 
 @dataclass(frozen=True)
