@@ -19,6 +19,7 @@ precompiled character map (control characters, some spaces); pass the exact norm
 when one is available.
 """
 import bisect
+from collections import Counter
 import functools
 import re
 import unicodedata
@@ -241,10 +242,9 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
     if not sentences:
         raise TokenizerError("the corpus has no text to train on")
 
-    chars: dict[str, int] = {}
+    chars: Counter = Counter()
     for s in sentences:
-        for c in s:
-            chars[c] = chars.get(c, 0) + 1
+        chars.update(s)
     chars.pop("\x00", None)
     required = set(opts.required_chars) - {"\x00"}
     for c in required:

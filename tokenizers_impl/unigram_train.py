@@ -23,6 +23,7 @@
 Result: [(piece, score, type)] in id order, as sentencepiece lays a model out.
 """
 import math
+from collections import Counter
 from typing import Callable, Iterable
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from . import spm_lattice
 from .errors import TokenizerError
 from .spm_train_input import (BOUNDARY, UNK_CHAR, WS, SpmTrainOptions, assemble, basic_nmt_nfkc, load_corpus,
-                              piece_validator, split_into_words)
+                              piece_validator, script_of, split_into_words)
 
 UNK_PENALTY = 10.0          # an unknown character scores this much below the lowest piece
 MIN_EXPECTED = 0.5          # the M step drops pieces expected less often than this
@@ -85,7 +86,7 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
     twice and the bytes after its occurrences are not all the same. A valid piece never
     holds `▁` past its start, so it lies within one word; the byte after a word is the
     first byte of `▁` or the sentence's NUL."""
-    chars: dict[str, int] = {}
+    chars: Counter = Counter()
     runs: dict[tuple[str, int], int] = {}  # (word, first byte after it) -> count
     ws_lead = _lead_byte(WS)
     for s in corpus.sentences:
@@ -94,15 +95,28 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
         for i, w in enumerate(words):
             key = (w, ws_lead if i < last else 0)
             runs[key] = runs.get(key, 0) + 1
-        for c in s:
-            chars[c] = chars.get(c, 0) + 1
+        chars.update(s)
     chars.pop(UNK_CHAR, None)
     chars.pop(BOUNDARY, None)
     seeds = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))
 
-    # substring -> [occurrences, byte after the first one, followed by several bytes?]
-    stats: dict[str, list] = {}
-    max_len = opts.max_sentencepiece_length
+    limit = opts.seed_sentencepiece_size
+    if spm_lattice._spm_lattice is not None:
+        words = [w for w, _ in runs]
+        kinds = {ord(c): _char_class(c, opts) for c in set().union(*words)}
+        ranked = spm_lattice._spm_lattice.seed_substrings(
+            words, bytes(a for _, a in runs), np.fromiter(runs.values(), np.int64, len(runs)), kinds,
+            opts.max_sentencepiece_length, limit)
+    else:
+        ranked = _frequent_substrings(runs, opts.max_sentencepiece_length, valid)[:limit]
+    seeds += ranked
+    logsum = math.log(sum(v for _, v in seeds))
+    return [(p, float(np.float32(math.log(v) - logsum))) for p, v in seeds]
+
+
+def _frequent_substrings(runs: dict, max_len: int, valid) -> list[tuple[str, float]]:
+    """Candidate substrings of the words, ranked (the compiled helper's seed_substrings)."""
+    stats: dict[str, list] = {}  # substring -> [occurrences, byte after the first, several bytes after?]
     for (w, after), f in runs.items():
         n = len(w)
         leads = [_lead_byte(c) for c in w[1:]] + [after]
@@ -120,11 +134,28 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
                     if not rec[2] and rec[1] != nxt:
                         rec[2] = True
     # ranked by float32 occurrences x length, then longer in bytes, then by string
-    ranked = sorted(((float(np.float32(rec[0]) * np.float32(len(sub))), sub) for sub, rec in stats.items() if rec[2]),
-                    key=lambda t: (-t[0], -len(t[1].encode()), t[1]))
-    seeds += [(sub, score) for score, sub in ranked[:opts.seed_sentencepiece_size]]
-    logsum = math.log(sum(v for _, v in seeds))
-    return [(p, float(np.float32(math.log(v) - logsum))) for p, v in seeds]
+    ranked = [(sub, float(np.float32(rec[0]) * np.float32(len(sub)))) for sub, rec in stats.items() if rec[2]]
+    ranked.sort(key=lambda t: (-t[1], -len(t[0].encode()), t[0]))
+    return ranked
+
+
+def _char_class(c: str, opts: SpmTrainOptions) -> int:
+    """A character's class for the compiled validity check: -1 never in a piece of two or
+    more characters, -2 `▁`, -3 inherits the script before it, -4 any script, else a script."""
+    if c in (UNK_CHAR, "\x00", BOUNDARY, " ") or 0xD800 <= ord(c) <= 0xDFFF:
+        return -1
+    if c == WS:
+        return -2
+    digit = "0" <= c <= "9" or "\uff10" <= c <= "\uff19"
+    if digit and opts.split_digits:
+        return -1
+    if (digit and not opts.split_by_number) or not opts.split_by_unicode_script:
+        return -4
+    script = script_of(c)
+    return -3 if script == "Inherited" else _SCRIPT_IDS.setdefault(script, len(_SCRIPT_IDS))
+
+
+_SCRIPT_IDS: dict[str, int] = {}
 
 
 def digamma(x: np.ndarray) -> np.ndarray:
