@@ -13,9 +13,17 @@ the merged pieces, most frequent character first, continuing the scores.
 Result: [(piece, score, type)] in id order, types as sentencepiece numbers them.
 """
 import heapq
+
+import numpy as np
 from typing import Callable, Iterable
 
 from .errors import TokenizerError
+from .unigram_train import _char_class
+
+try:
+    from . import _spm_train
+except ImportError:  # no compiler at install time: _merge below
+    _spm_train = None
 from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfkc, load_corpus,
                               piece_validator)
 
@@ -25,11 +33,30 @@ def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
     corpus = load_corpus(lines, opts, normalize)
     words = corpus.word_counts()
     n_merges = opts.vocab_size - len(corpus.meta) - len(corpus.required_chars)
-    merged = _merge(words, n_merges, piece_validator(opts))
+    if _spm_train is not None:
+        merged = _merge_compiled(words, n_merges, opts)
+    else:
+        merged = _merge(words, n_merges, piece_validator(opts))
+    if len(merged) < n_merges:
+        raise TokenizerError(
+            f"vocab size too large: the corpus allows only {len(merged)} merges of the {n_merges} asked for; "
+            "lower the vocab size or give more text")
     pieces = [(p, -float(i)) for i, p in enumerate(merged)]
     for c, _ in corpus.sorted_required_chars():
         pieces.append((c, -float(len(pieces))))
     return assemble(corpus.meta, pieces, opts.vocab_size)
+
+
+def _merge_compiled(words: list[tuple[str, int]], n_merges: int, opts: SpmTrainOptions) -> list[str]:
+    """_merge in the compiled helper: words as character-symbol ids, characters with their classes."""
+    chars = sorted(set().union(*(w for w, _ in words)))
+    sid = {c: i for i, c in enumerate(chars)}
+    seqs = np.fromiter((sid[c] for w, _ in words for c in w), np.int32)
+    offsets = np.zeros(len(words) + 1, np.int64)
+    np.cumsum([len(w) for w, _ in words], out=offsets[1:])
+    counts = np.array([n for _, n in words], np.int64)
+    classes = np.array([_char_class(c, opts) for c in chars], np.int32)
+    return _spm_train.bpe_merges(seqs, offsets, counts, chars, classes, opts.max_sentencepiece_length, n_merges)
 
 
 def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], bool]) -> list[str]:
@@ -76,9 +103,7 @@ def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], b
     dead: set[tuple[int, int]] = set()
     while len(out) < n_merges:
         if not heap:
-            raise TokenizerError(
-                f"vocab size too large: the corpus allows only {len(out)} merges of the {n_merges} asked for; "
-                "lower the vocab size or give more text")
+            break
         neg, _, s, pair = heapq.heappop(heap)
         if pair in dead or counts.get(pair, 0) != -neg or neg == 0:
             continue

@@ -16,7 +16,7 @@ Three passes, as sentencepiece's trainer runs them:
 - `second_best`: for pieces as words, whether the best segmentation is the piece
   itself, and if so the second-best segmentation (what the piece would be replaced by).
 
-The compiled helper (_spm_lattice.c) does the same; this file is the readable
+The compiled helper (_spm_train.c) does the same; this file is the readable
 reference and the fallback when the helper is not built.
 """
 import math
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 try:
-    from . import _spm_lattice
+    from . import _spm_train
 except ImportError:  # no compiler at install time: the Python passes below
-    _spm_lattice = None
+    _spm_train = None
 
 NEG_INF = float("-inf")
 
@@ -43,8 +43,8 @@ class Lattices:
 
 def build(words: list[str], index: dict[str, int], max_len: int) -> Lattices:
     """Nodes for every substring of each word (up to max_len characters) found in index."""
-    if _spm_lattice is not None:
-        wl, off, pos, ln, pc = _spm_lattice.build(words, index, max_len)
+    if _spm_train is not None:
+        wl, off, pos, ln, pc = _spm_train.build(words, index, max_len)
         return Lattices(np.frombuffer(wl, np.int32), np.frombuffer(off, np.int64), np.frombuffer(pos, np.int32),
                         np.frombuffer(ln, np.int32), np.frombuffer(pc, np.int32))
     offsets, pos, length, piece = [0], [], [], []
@@ -95,8 +95,8 @@ def _logaddexp(x, y):
 def expected_counts(lat: Lattices, active, scores, freq: np.ndarray, unk_score: float, unk_id: int):
     """(expected count per current piece, sum over words of count * log Z)."""
     n_cur = len(scores)
-    if _spm_lattice is not None:
-        exp, logz = _spm_lattice.expected(*_args(lat, active, scores), np.ascontiguousarray(freq, np.float64),
+    if _spm_train is not None:
+        exp, logz = _spm_train.expected(*_args(lat, active, scores), np.ascontiguousarray(freq, np.float64),
                                           n_cur, unk_score, unk_id)
         return np.frombuffer(exp, np.float64).copy(), logz
     expected = np.zeros(n_cur)
@@ -151,8 +151,8 @@ def _trace(best, n, rank):
 def viterbi_counts(lat: Lattices, active, scores, freq, unk_score: float, unk_id: int) -> np.ndarray:
     """Count of each current piece in the words' best segmentations, times the words' counts."""
     n_cur = len(scores)
-    if _spm_lattice is not None:
-        out = _spm_lattice.viterbi(*_args(lat, active, scores), np.ascontiguousarray(freq, np.float64),
+    if _spm_train is not None:
+        out = _spm_train.viterbi(*_args(lat, active, scores), np.ascontiguousarray(freq, np.float64),
                                    n_cur, unk_score, unk_id)
         return np.frombuffer(out, np.float64).copy()
     counts = np.zeros(n_cur)
@@ -166,8 +166,8 @@ def viterbi_counts(lat: Lattices, active, scores, freq, unk_score: float, unk_id
 def second_best(lat: Lattices, active, scores, unk_score: float, unk_id: int):
     """Per word: kind (0: one path only, 1: the best path has several pieces, 2: the best
     path is one piece) and, for kind 2, the current ids of the second-best path."""
-    if _spm_lattice is not None:
-        kinds, alt_off, alt = _spm_lattice.second_best(*_args(lat, active, scores), unk_score, unk_id)
+    if _spm_train is not None:
+        kinds, alt_off, alt = _spm_train.second_best(*_args(lat, active, scores), unk_score, unk_id)
         kinds = np.frombuffer(kinds, np.int8)
         alt_off = np.frombuffer(alt_off, np.int64)
         alt = np.frombuffer(alt, np.int32)

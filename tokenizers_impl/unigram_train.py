@@ -101,10 +101,10 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
     seeds = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))
 
     limit = opts.seed_sentencepiece_size
-    if spm_lattice._spm_lattice is not None:
+    if spm_lattice._spm_train is not None:
         words = [w for w, _ in runs]
         kinds = {ord(c): _char_class(c, opts) for c in set().union(*words)}
-        ranked = spm_lattice._spm_lattice.seed_substrings(
+        ranked = spm_lattice._spm_train.seed_substrings(
             words, bytes(a for _, a in runs), np.fromiter(runs.values(), np.int64, len(runs)), kinds,
             opts.max_sentencepiece_length, limit)
     else:

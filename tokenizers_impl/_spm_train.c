@@ -1,7 +1,9 @@
-/* Compiled helper for the Unigram trainer: the lattice passes of spm_lattice.py.
+/* Compiled helper for the sentencepiece trainers: the Unigram lattice passes
+ * (spm_lattice.py), the Unigram seed substrings (unigram_train._frequent_substrings)
+ * and the BPE merges (spm_bpe_train._merge).
  *
- * spm_lattice.py is the readable reference for every function here (same arguments,
- * same results); tests check that both agree. Lattices come as flat arrays (any object
+ * Those Python functions are the readable reference for everything here (same
+ * arguments, same results); tests check that both agree. Lattices come as flat arrays (any object
  * with the buffer protocol, e.g. numpy): word lengths (int32), each word's node range
  * (int64 offsets), and per node its start, length and seed piece id (int32), nodes of a
  * word sorted by start then length. `active` maps a seed id to its current id or -1;
@@ -653,7 +655,478 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ BPE merges */
+
+/* A symbol is a character or a merged piece; its characters (and their validity classes,
+ * as for the seed substrings) live in growing buffers. A pair of adjacent symbols has a
+ * count (over all words, by word count) and the words it was seen in (with repeats and
+ * stale entries, which the merge loop skips). */
+
+typedef struct {
+    int64_t count;
+    int32_t a, b;
+    int32_t *where;
+    int32_t n_where, cap_where, last_word;
+    uint32_t changed_at;
+    uint8_t invalid, dead;
+} BPair;
+
+typedef struct {
+    uint32_t *chars;
+    int32_t *cls;
+    int64_t n_chars, cap_chars;
+    int64_t *off;
+    int32_t *len;
+    int32_t n, cap;
+} Syms;
+
+typedef struct {
+    uint64_t *keys;
+    int32_t *vals;
+    size_t cap, used;
+} Map;
+
+typedef struct {
+    int64_t count;
+    int32_t pair;
+} HeapItem;
+
+typedef struct {
+    Syms sy;
+    BPair *pairs;
+    int32_t n_pairs, cap_pairs;
+    Map map;
+    HeapItem *heap;
+    size_t heap_n, heap_cap;
+    int max_len;
+} Bpe;
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    return x ^ (x >> 33);
+}
+
+static int map_grow(Map *m) {
+    size_t cap = m->cap ? 2 * m->cap : (1u << 16);
+    uint64_t *keys = malloc(cap * sizeof(uint64_t));
+    int32_t *vals = malloc(cap * sizeof(int32_t));
+    if (!keys || !vals) {
+        free(keys);
+        free(vals);
+        return -1;
+    }
+    for (size_t i = 0; i < cap; i++) vals[i] = -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->vals[i] < 0) continue;
+        size_t j = (size_t)mix64(m->keys[i]) & (cap - 1);
+        while (vals[j] >= 0) j = (j + 1) & (cap - 1);
+        keys[j] = m->keys[i];
+        vals[j] = m->vals[i];
+    }
+    free(m->keys);
+    free(m->vals);
+    m->keys = keys;
+    m->vals = vals;
+    m->cap = cap;
+    return 0;
+}
+
+/* the slot of key: its value, or -1 with *slot where it would go */
+static int32_t map_find(const Map *m, uint64_t key, size_t *slot) {
+    size_t j = (size_t)mix64(key) & (m->cap - 1);
+    while (m->vals[j] >= 0 && m->keys[j] != key) j = (j + 1) & (m->cap - 1);
+    *slot = j;
+    return m->vals[j];
+}
+
+static int sym_add(Syms *s, const uint32_t *chars, const int32_t *cls, int32_t len) {
+    if (s->n == s->cap) {
+        int32_t cap = s->cap ? 2 * s->cap : 1024;
+        int64_t *off = realloc(s->off, (size_t)cap * sizeof(int64_t));
+        if (!off) return -1;
+        s->off = off;
+        int32_t *ln = realloc(s->len, (size_t)cap * sizeof(int32_t));
+        if (!ln) return -1;
+        s->len = ln;
+        s->cap = cap;
+    }
+    if (s->n_chars + len > s->cap_chars) {
+        int64_t cap = s->cap_chars ? 2 * s->cap_chars : 4096;
+        while (cap < s->n_chars + len) cap *= 2;
+        uint32_t *c = realloc(s->chars, (size_t)cap * 4);
+        if (!c) return -1;
+        s->chars = c;
+        int32_t *k = realloc(s->cls, (size_t)cap * 4);
+        if (!k) return -1;
+        s->cls = k;
+        s->cap_chars = cap;
+    }
+    memmove(s->chars + s->n_chars, chars, (size_t)len * 4);
+    memmove(s->cls + s->n_chars, cls, (size_t)len * 4);
+    s->off[s->n] = s->n_chars;
+    s->len[s->n] = len;
+    s->n_chars += len;
+    return s->n++;
+}
+
+/* spm_train_input.piece_validator on the characters of a then b */
+static int concat_valid(const Bpe *B, int32_t a, int32_t b) {
+    const Syms *s = &B->sy;
+    if (s->len[a] + s->len[b] > B->max_len) return 0;
+    int32_t prev = K_ANY, pos = 0;
+    for (int part = 0; part < 2; part++) {
+        const int32_t id = part ? b : a;
+        const int32_t *cls = s->cls + s->off[id];
+        for (int32_t i = 0; i < s->len[id]; i++, pos++) {
+            const int32_t k = cls[i];
+            if (k == K_FORBIDDEN) return 0;
+            if (k == K_WS) {
+                if (pos > 0) return 0;
+                continue;
+            }
+            const int32_t sc = k == K_INHERITED ? prev : k;
+            if (sc != K_ANY && prev != K_ANY && prev != sc) return 0;
+            prev = sc;
+        }
+    }
+    return 1;
+}
+
+/* the pair (a, b), created on first sight; -1 when out of memory */
+static int32_t pair_get(Bpe *B, int32_t a, int32_t b) {
+    if ((B->map.used + 1) * 2 > B->map.cap && map_grow(&B->map)) return -1;
+    const uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    size_t slot;
+    int32_t id = map_find(&B->map, key, &slot);
+    if (id >= 0) return id;
+    if (B->n_pairs == B->cap_pairs) {
+        int32_t cap = B->cap_pairs ? 2 * B->cap_pairs : 4096;
+        BPair *p = realloc(B->pairs, (size_t)cap * sizeof(BPair));
+        if (!p) return -1;
+        B->pairs = p;
+        B->cap_pairs = cap;
+    }
+    id = B->n_pairs++;
+    B->pairs[id] = (BPair){0, a, b, NULL, 0, 0, -1, 0, (uint8_t)!concat_valid(B, a, b), 0};
+    B->map.keys[slot] = key;
+    B->map.vals[slot] = id;
+    B->map.used++;
+    return id;
+}
+
+static int pair_seen_in(BPair *p, int32_t w) {
+    if (p->last_word == w) return 0;
+    if (p->n_where == p->cap_where) {
+        int32_t cap = p->cap_where ? 2 * p->cap_where : 4;
+        int32_t *x = realloc(p->where, (size_t)cap * 4);
+        if (!x) return -1;
+        p->where = x;
+        p->cap_where = cap;
+    }
+    p->where[p->n_where++] = w;
+    p->last_word = w;
+    return 0;
+}
+
+/* heap order: higher count, then shorter piece, then smaller string */
+static int better(const Bpe *B, const HeapItem *x, const HeapItem *y) {
+    if (x->count != y->count) return x->count > y->count;
+    const BPair *p = &B->pairs[x->pair], *q = &B->pairs[y->pair];
+    const Syms *s = &B->sy;
+    const int32_t lp = s->len[p->a] + s->len[p->b], lq = s->len[q->a] + s->len[q->b];
+    if (lp != lq) return lp < lq;
+    for (int32_t i = 0; i < lp; i++) {
+        const uint32_t cp = i < s->len[p->a] ? s->chars[s->off[p->a] + i] : s->chars[s->off[p->b] + i - s->len[p->a]];
+        const uint32_t cq = i < s->len[q->a] ? s->chars[s->off[q->a] + i] : s->chars[s->off[q->b] + i - s->len[q->a]];
+        if (cp != cq) return cp < cq;
+    }
+    return x->pair < y->pair;
+}
+
+static int heap_push(Bpe *B, int64_t count, int32_t pair) {
+    if (B->heap_n == B->heap_cap) {
+        size_t cap = B->heap_cap ? 2 * B->heap_cap : 4096;
+        HeapItem *h = realloc(B->heap, cap * sizeof(HeapItem));
+        if (!h) return -1;
+        B->heap = h;
+        B->heap_cap = cap;
+    }
+    size_t i = B->heap_n++;
+    B->heap[i] = (HeapItem){count, pair};
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (!better(B, &B->heap[i], &B->heap[up])) break;
+        HeapItem t = B->heap[i];
+        B->heap[i] = B->heap[up];
+        B->heap[up] = t;
+        i = up;
+    }
+    return 0;
+}
+
+static HeapItem heap_pop(Bpe *B) {
+    HeapItem top = B->heap[0];
+    B->heap[0] = B->heap[--B->heap_n];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < B->heap_n && better(B, &B->heap[l], &B->heap[m])) m = l;
+        if (r < B->heap_n && better(B, &B->heap[r], &B->heap[m])) m = r;
+        if (m == i) break;
+        HeapItem t = B->heap[i];
+        B->heap[i] = B->heap[m];
+        B->heap[m] = t;
+        i = m;
+    }
+    return top;
+}
+
+/* bpe_merges(seqs(int32 char-symbol ids), offsets(int64), counts(int64), chars(list of str, one per
+ * char symbol), classes(int32 per char symbol), max_len, n_merges) -> list of merged pieces */
+static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
+    PyObject *seq_obj, *off_obj, *cnt_obj, *char_list, *cls_obj;
+    int max_len;
+    Py_ssize_t n_merges;
+    if (!PyArg_ParseTuple(args, "OOOO!Oin", &seq_obj, &off_obj, &cnt_obj, &PyList_Type, &char_list, &cls_obj,
+                          &max_len, &n_merges))
+        return NULL;
+    if (max_len < 1 || max_len > 255 || n_merges < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_len must be 1..255 and n_merges >= 0");
+        return NULL;
+    }
+    Py_buffer bseq, boff, bcnt, bcls;
+    if (PyObject_GetBuffer(seq_obj, &bseq, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(off_obj, &boff, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&bseq);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(cnt_obj, &bcnt, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&bseq);
+        PyBuffer_Release(&boff);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(cls_obj, &bcls, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&bseq);
+        PyBuffer_Release(&boff);
+        PyBuffer_Release(&bcnt);
+        return NULL;
+    }
+    Bpe B = {0};
+    B.max_len = max_len;
+    PyObject *result = NULL;
+    int32_t *seq = NULL, *wlen = NULL, *merged = NULL, *changed = NULL;
+    uint32_t *wstamp = NULL;
+    Map made = {0}; /* hash of a merged piece's characters -> its symbol */
+    const Py_ssize_t n_words = bcnt.len / 8, n_char_syms = PyList_GET_SIZE(char_list);
+    const int64_t *off = boff.buf, *cnt = bcnt.buf;
+    if (boff.len / 8 != n_words + 1 || bcls.len / 4 != n_char_syms || off[n_words] != bseq.len / 4) {
+        PyErr_SetString(PyExc_ValueError, "BPE arrays disagree in length");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_char_syms; i++) {
+        PyObject *c = PyList_GET_ITEM(char_list, i);
+        if (!PyUnicode_Check(c) || PyUnicode_GET_LENGTH(c) != 1) {
+            PyErr_SetString(PyExc_ValueError, "character symbols must be one character each");
+            goto done;
+        }
+        uint32_t cp = PyUnicode_READ_CHAR(c, 0);
+        if (sym_add(&B.sy, &cp, (const int32_t *)bcls.buf + i, 1) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    seq = malloc((size_t)(bseq.len ? bseq.len : 4));
+    wlen = malloc((size_t)(n_words ? n_words : 1) * 4);
+    wstamp = calloc((size_t)(n_words ? n_words : 1), 4);
+    merged = malloc((size_t)(n_merges ? n_merges : 1) * 4);
+    if (!seq || !wlen || !wstamp || !merged || map_grow(&made) || map_grow(&B.map)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(seq, bseq.buf, (size_t)bseq.len);
+    for (Py_ssize_t i = 0; i < bseq.len / 4; i++)
+        if (seq[i] < 0 || seq[i] >= n_char_syms) {
+            PyErr_SetString(PyExc_ValueError, "word names an unknown character symbol");
+            goto done;
+        }
+    int oom = 0;
+    Py_ssize_t n_out = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t w = 0; w < n_words && !oom; w++) {
+        wlen[w] = (int32_t)(off[w + 1] - off[w]);
+        const int32_t *x = seq + off[w];
+        for (int32_t i = 0; i + 1 < wlen[w]; i++) {
+            const int32_t p = pair_get(&B, x[i], x[i + 1]);
+            if (p < 0 || (!B.pairs[p].invalid && pair_seen_in(&B.pairs[p], (int32_t)w))) {
+                oom = 1;
+                break;
+            }
+            if (!B.pairs[p].invalid) B.pairs[p].count += cnt[w];
+        }
+    }
+    for (int32_t p = 0; p < B.n_pairs && !oom; p++)
+        if (!B.pairs[p].invalid && B.pairs[p].count > 0 && heap_push(&B, B.pairs[p].count, p)) oom = 1;
+    uint32_t stamp = 0;
+    int32_t n_changed = 0, cap_changed = 0;
+    while (n_out < n_merges && B.heap_n && !oom) {
+        const HeapItem top = heap_pop(&B);
+        BPair *bp = &B.pairs[top.pair];
+        if (bp->dead || bp->count != top.count || top.count <= 0) continue;
+        const int32_t a = bp->a, b = bp->b, la = B.sy.len[a], lb = B.sy.len[b];
+        /* the merged piece's characters, and whether an earlier merge made the same string */
+        uint32_t buf[512];
+        int32_t kbuf[512];
+        memcpy(buf, B.sy.chars + B.sy.off[a], (size_t)la * 4);
+        memcpy(buf + la, B.sy.chars + B.sy.off[b], (size_t)lb * 4);
+        memcpy(kbuf, B.sy.cls + B.sy.off[a], (size_t)la * 4);
+        memcpy(kbuf + la, B.sy.cls + B.sy.off[b], (size_t)lb * 4);
+        uint64_t h = 1469598103934665603ULL;
+        for (int32_t i = 0; i < la + lb; i++) h = (h ^ buf[i]) * 1099511628211ULL;
+        if ((made.used + 1) * 2 > made.cap && map_grow(&made)) {
+            oom = 1;
+            break;
+        }
+        size_t j = (size_t)mix64(h) & (made.cap - 1);
+        int dup = 0;
+        for (; made.vals[j] >= 0; j = (j + 1) & (made.cap - 1)) {
+            const int32_t s = made.vals[j];
+            if (made.keys[j] == h && B.sy.len[s] == la + lb &&
+                !memcmp(B.sy.chars + B.sy.off[s], buf, (size_t)(la + lb) * 4)) {
+                dup = 1;
+                break;
+            }
+        }
+        if (dup) { /* the same string by another split: sentencepiece drops this pair */
+            bp->dead = 1;
+            continue;
+        }
+        const int32_t sym = sym_add(&B.sy, buf, kbuf, la + lb);
+        if (sym < 0) {
+            oom = 1;
+            break;
+        }
+        bp = &B.pairs[top.pair];
+        made.keys[j] = h;
+        made.vals[j] = sym;
+        made.used++;
+        merged[n_out++] = sym;
+        stamp++;
+        n_changed = 0;
+        int32_t *where = bp->where;
+        const int32_t n_where = bp->n_where;
+        bp->where = NULL;
+        bp->n_where = bp->cap_where = 0;
+        for (int32_t wi = 0; wi < n_where && !oom; wi++) {
+            const int32_t w = where[wi];
+            if (wstamp[w] == stamp) continue;
+            wstamp[w] = stamp;
+            int32_t *x = seq + off[w];
+            const int32_t n = wlen[w];
+            int found = 0;
+            for (int32_t i = 0; i + 1 < n; i++)
+                if (x[i] == a && x[i + 1] == b) {
+                    found = 1;
+                    break;
+                }
+            if (!found) continue;
+            /* take the word's pairs out, merge left to right, put the new pairs in */
+            for (int pass = 0; pass < 2 && !oom; pass++) {
+                if (pass == 1) {
+                    int32_t o = 0;
+                    for (int32_t i = 0; i < n;) {
+                        if (i + 1 < n && x[i] == a && x[i + 1] == b) {
+                            x[o++] = sym;
+                            i += 2;
+                        } else {
+                            x[o++] = x[i++];
+                        }
+                    }
+                    wlen[w] = o;
+                }
+                const int32_t m = wlen[w];
+                for (int32_t i = 0; i + 1 < m; i++) {
+                    const int32_t p = pair_get(&B, x[i], x[i + 1]);
+                    if (p < 0) {
+                        oom = 1;
+                        break;
+                    }
+                    BPair *q = &B.pairs[p];
+                    if (q->invalid) continue;
+                    q->count += pass ? cnt[w] : -cnt[w];
+                    if (pass && pair_seen_in(q, w)) {
+                        oom = 1;
+                        break;
+                    }
+                    if (q->changed_at != stamp) {
+                        q->changed_at = stamp;
+                        if (n_changed == cap_changed) {
+                            int32_t cap = cap_changed ? 2 * cap_changed : 1024;
+                            int32_t *c = realloc(changed, (size_t)cap * 4);
+                            if (!c) {
+                                oom = 1;
+                                break;
+                            }
+                            changed = c;
+                            cap_changed = cap;
+                        }
+                        changed[n_changed++] = p;
+                    }
+                }
+            }
+        }
+        free(where);
+        B.pairs[top.pair].count = 0;
+        for (int32_t i = 0; i < n_changed && !oom; i++) {
+            BPair *q = &B.pairs[changed[i]];
+            if (q->count > 0 && !q->dead && heap_push(&B, q->count, changed[i])) oom = 1;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = PyList_New(n_out);
+    if (!result) goto done;
+    for (Py_ssize_t i = 0; i < n_out; i++) {
+        const int32_t s = merged[i];
+        PyObject *str = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, B.sy.chars + B.sy.off[s], B.sy.len[s]);
+        if (!str) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, i, str);
+    }
+done:
+    for (int32_t p = 0; p < B.n_pairs; p++) free(B.pairs[p].where);
+    free(B.pairs);
+    free(B.map.keys);
+    free(B.map.vals);
+    free(B.heap);
+    free(B.sy.chars);
+    free(B.sy.cls);
+    free(B.sy.off);
+    free(B.sy.len);
+    free(made.keys);
+    free(made.vals);
+    free(seq);
+    free(wlen);
+    free(wstamp);
+    free(merged);
+    free(changed);
+    PyBuffer_Release(&bseq);
+    PyBuffer_Release(&boff);
+    PyBuffer_Release(&bcnt);
+    PyBuffer_Release(&bcls);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"bpe_merges", py_bpe_merges, METH_VARARGS,
+     "bpe_merges(seqs, offsets, counts, chars, classes, max_len, n_merges) -> merged pieces in order"},
     {"seed_substrings", py_seed_substrings, METH_VARARGS,
      "seed_substrings(words, after, counts, kinds, max_len, limit) -> [(substring, score)]"},
     {"build", py_build, METH_VARARGS, "build(words, index, max_len) -> (word_len, offsets, pos, length, piece) bytes"},
@@ -663,6 +1136,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spm_lattice", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spm_train", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__spm_lattice(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__spm_train(void) { return PyModule_Create(&module); }
