@@ -663,7 +663,7 @@ done:
  * stale entries, which the merge loop skips). */
 
 typedef struct {
-    int64_t count;
+    int64_t count, before; /* before: the count when the current merge first touched it */
     int32_t a, b;
     int32_t *where;
     int32_t n_where, cap_where, last_word;
@@ -810,7 +810,7 @@ static int32_t pair_get(Bpe *B, int32_t a, int32_t b) {
         B->cap_pairs = cap;
     }
     id = B->n_pairs++;
-    B->pairs[id] = (BPair){0, a, b, NULL, 0, 0, -1, 0, (uint8_t)!concat_valid(B, a, b), 0};
+    B->pairs[id] = (BPair){0, 0, a, b, NULL, 0, 0, -1, 0, (uint8_t)!concat_valid(B, a, b), 0};
     B->map.keys[slot] = key;
     B->map.vals[slot] = id;
     B->map.used++;
@@ -1055,13 +1055,9 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
                     }
                     BPair *q = &B.pairs[p];
                     if (q->invalid) continue;
-                    q->count += pass ? cnt[w] : -cnt[w];
-                    if (pass && pair_seen_in(q, w)) {
-                        oom = 1;
-                        break;
-                    }
                     if (q->changed_at != stamp) {
                         q->changed_at = stamp;
+                        q->before = q->count;
                         if (n_changed == cap_changed) {
                             int32_t cap = cap_changed ? 2 * cap_changed : 1024;
                             int32_t *c = realloc(changed, (size_t)cap * 4);
@@ -1074,6 +1070,12 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
                         }
                         changed[n_changed++] = p;
                     }
+                    q->count += pass ? cnt[w] : -cnt[w];
+                    /* only a pair with the new symbol is new to this word */
+                    if (pass && (x[i] == sym || x[i + 1] == sym) && pair_seen_in(q, w)) {
+                        oom = 1;
+                        break;
+                    }
                 }
             }
         }
@@ -1081,7 +1083,7 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
         B.pairs[top.pair].count = 0;
         for (int32_t i = 0; i < n_changed && !oom; i++) {
             BPair *q = &B.pairs[changed[i]];
-            if (q->count > 0 && !q->dead && heap_push(&B, q->count, changed[i])) oom = 1;
+            if (q->count > 0 && q->count != q->before && !q->dead && heap_push(&B, q->count, changed[i])) oom = 1;
         }
     }
     Py_END_ALLOW_THREADS

@@ -49,9 +49,10 @@ def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
 
 def _merge_compiled(words: list[tuple[str, int]], n_merges: int, opts: SpmTrainOptions) -> list[str]:
     """_merge in the compiled helper: words as character-symbol ids, characters with their classes."""
-    chars = sorted(set().union(*(w for w, _ in words)))
-    sid = {c: i for i, c in enumerate(chars)}
-    seqs = np.fromiter((sid[c] for w, _ in words for c in w), np.int32)
+    cps = np.frombuffer("".join(w for w, _ in words).encode("utf-32-le", "surrogatepass"), np.uint32)
+    unique, seqs = np.unique(cps, return_inverse=True)  # characters in code point order, and their ids
+    chars = [chr(c) for c in unique.tolist()]
+    seqs = seqs.astype(np.int32)
     offsets = np.zeros(len(words) + 1, np.int64)
     np.cumsum([len(w) for w, _ in words], out=offsets[1:])
     counts = np.array([n for _, n in words], np.int64)

@@ -188,6 +188,10 @@ def piece_validator(opts: SpmTrainOptions) -> Callable[[str], bool]:
     return valid
 
 
+# split_into_words over many sentences joined by newlines (a normalized sentence has none)
+_WORDS = re.compile(f"{WS}[^{WS}\n]*|[^{WS}\n]+")
+
+
 def split_into_words(sentence: str) -> list[str]:
     """A normalized sentence cut before every `▁` (sentencepiece's SplitIntoWords)."""
     words = sentence.split(WS)
@@ -206,10 +210,9 @@ class Corpus:
 
     def word_counts(self) -> list[tuple[str, int]]:
         """Words and their counts, most frequent first, then by string (sentencepiece's Sorted)."""
-        counts: dict[str, int] = {}
-        for s in self.sentences:
-            for w in split_into_words(s):
-                counts[w] = counts.get(w, 0) + 1
+        counts: Counter = Counter()
+        for i in range(0, len(self.sentences), 1 << 14):  # in slices, to bound the memory of the word list
+            counts.update(_WORDS.findall("\n".join(self.sentences[i:i + (1 << 14)])))
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def sorted_required_chars(self) -> list[tuple[str, int]]:
@@ -242,9 +245,7 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
     if not sentences:
         raise TokenizerError("the corpus has no text to train on")
 
-    chars: Counter = Counter()
-    for s in sentences:
-        chars.update(s)
+    chars = _char_counts(sentences)
     chars.pop("\x00", None)
     required = set(opts.required_chars) - {"\x00"}
     for c in required:
@@ -267,9 +268,21 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
             f"{len(meta)} reserved pieces; raise the vocab size or lower the character coverage")
     rare = set(chars) - set(alphabet)
     if rare:
-        table = {ord(c): UNK_CHAR for c in rare}
-        sentences = [s.translate(table) for s in sentences]
+        pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(rare)) + "]")
+        sentences = [pattern.sub(UNK_CHAR, s) if pattern.search(s) else s for s in sentences]
     return Corpus(sentences, alphabet, meta)
+
+
+def _char_counts(sentences: list[str]) -> dict[str, int]:
+    """How often each character occurs (code points counted with numpy)."""
+    counts: dict[str, int] = {}
+    for i in range(0, len(sentences), 1 << 16):  # in slices, to bound the memory of the code points
+        cps = np.frombuffer("".join(sentences[i:i + (1 << 16)]).encode("utf-32-le", "surrogatepass"), np.uint32)
+        found = np.bincount(cps)
+        for cp in np.flatnonzero(found).tolist():
+            c = chr(cp)
+            counts[c] = counts.get(c, 0) + int(found[cp])
+    return counts
 
 
 def assemble(meta: dict[int, tuple[str, int]], pieces: list[tuple[str, float]],
