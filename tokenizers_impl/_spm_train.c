@@ -97,6 +97,9 @@ typedef struct {
     Py_ssize_t n, cap;
 } Vec;
 
+/* "y#" turns a NULL pointer into None; an empty array must stay bytes */
+#define NONNULL(p) ((p) ? (const char *)(p) : "")
+
 static int vec_push(Vec *v, int32_t x) {
     if (v->n == v->cap) {
         Py_ssize_t cap = v->cap ? 2 * v->cap : 1024;
@@ -157,8 +160,7 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
         off[w + 1] = pos.n;
     }
     result = Py_BuildValue("y#y#y#y#y#", (const char *)wl, n_words * 4, (const char *)off, (n_words + 1) * 8,
-                           (const char *)pos.v, pos.n * 4, (const char *)len.v, len.n * 4,
-                           (const char *)piece.v, piece.n * 4);
+                           NONNULL(pos.v), pos.n * 4, NONNULL(len.v), len.n * 4, NONNULL(piece.v), piece.n * 4);
 done:
     free(wl);
     free(off);
@@ -419,7 +421,7 @@ static PyObject *py_second_best(PyObject *self, PyObject *args) {
         goto done;
     }
     result = Py_BuildValue("y#y#y#", (const char *)kinds, l.n_words, (const char *)alt_off, (l.n_words + 1) * 8,
-                           (const char *)alt.v, alt.n * 4);
+                           NONNULL(alt.v), alt.n * 4);
 done:
     free(H);
     free(cnt);

@@ -39,8 +39,8 @@ def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
         merged = _merge(words, n_merges, piece_validator(opts))
     if len(merged) < n_merges:
         raise TokenizerError(
-            f"vocab size too large: the corpus allows only {len(merged)} merges of the {n_merges} asked for; "
-            "lower the vocab size or give more text")
+            f"vocab size {opts.vocab_size} is too large for this corpus: it gives at most "
+            f"{opts.vocab_size - n_merges + len(merged)} pieces; lower the vocab size or give more text")
     pieces = [(p, -float(i)) for i, p in enumerate(merged)]
     for c, _ in corpus.sorted_required_chars():
         pieces.append((c, -float(len(pieces))))

@@ -297,7 +297,8 @@ def assemble(meta: dict[int, tuple[str, int]], pieces: list[tuple[str, float]],
             continue
         nxt = next(it, None)
         if nxt is None:
-            break
+            raise TokenizerError(f"vocab size {vocab_size} is too large for this corpus: it gives at most "
+                                 f"{len(meta) + len(pieces)} pieces; lower the vocab size or give more text")
         out.append((nxt[0], nxt[1], NORMAL))
     seen = set()
     for piece, _, _ in out:
