@@ -21,7 +21,9 @@ typedef struct {
     Py_buffer bufs[8];
     int n;
     Py_ssize_t n_words, n_seeds;
-    const int32_t *wl, *pos, *len, *piece, *active;
+    const int32_t *wl, *piece, *active;
+    const uint16_t *pos;
+    const uint8_t *len;
     const int64_t *off;
     const double *scores, *freq;
     int32_t max_len;
@@ -34,7 +36,7 @@ static void lat_release(Lat *l) {
 
 /* Takes the buffers of wl, off, pos, len, piece, active, scores (and freq if given). */
 static int lat_get(Lat *l, PyObject **objs, int count) {
-    static const Py_ssize_t item[8] = {4, 8, 4, 4, 4, 4, 8, 8};
+    static const Py_ssize_t item[8] = {4, 8, 2, 1, 4, 4, 8, 8};
     l->n = 0;
     for (int i = 0; i < count; i++) {
         if (PyObject_GetBuffer(objs[i], &l->bufs[i], PyBUF_C_CONTIGUOUS) < 0) {
@@ -58,8 +60,8 @@ static int lat_get(Lat *l, PyObject **objs, int count) {
     l->freq = count > 7 ? l->bufs[7].buf : NULL;
     l->n_words = l->bufs[0].len / 4;
     l->n_seeds = l->bufs[5].len / 4;
-    Py_ssize_t n_nodes = l->bufs[2].len / 4;
-    if (l->bufs[1].len / 8 != l->n_words + 1 || l->bufs[3].len / 4 != n_nodes || l->bufs[4].len / 4 != n_nodes ||
+    Py_ssize_t n_nodes = l->bufs[2].len / 2;
+    if (l->bufs[1].len / 8 != l->n_words + 1 || l->bufs[3].len != n_nodes || l->bufs[4].len / 4 != n_nodes ||
         (l->freq && l->bufs[7].len / 8 != l->n_words) || l->off[l->n_words] != n_nodes) {
         lat_release(l);
         PyErr_SetString(PyExc_ValueError, "lattice arrays disagree in length");
@@ -112,14 +114,27 @@ static int vec_push(Vec *v, int32_t x) {
     return 0;
 }
 
+/* takes the vector's items as bytes (of `size` bytes each) and frees the vector */
+static PyObject *vec_bytes(void *v, Py_ssize_t n, Py_ssize_t size) {
+    PyObject *b = PyBytes_FromStringAndSize(NONNULL(v), n * size);
+    free(v);
+    return b;
+}
+
 static PyObject *py_build(PyObject *self, PyObject *args) {
     PyObject *words, *index;
     int max_len;
     if (!PyArg_ParseTuple(args, "O!O!i", &PyList_Type, &words, &PyDict_Type, &index, &max_len)) return NULL;
+    if (max_len < 1 || max_len > 255) {
+        PyErr_SetString(PyExc_ValueError, "max_len must be 1..255");
+        return NULL;
+    }
     Py_ssize_t n_words = PyList_GET_SIZE(words);
     int32_t *wl = malloc(sizeof(int32_t) * (size_t)(n_words ? n_words : 1));
     int64_t *off = malloc(sizeof(int64_t) * (size_t)(n_words + 1));
-    Vec pos = {0}, len = {0}, piece = {0};
+    Vec piece = {0};
+    uint16_t *pos = NULL;
+    uint8_t *len = NULL;
     PyObject *result = NULL;
     if (!wl || !off) {
         PyErr_NoMemory();
@@ -133,8 +148,8 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
             goto done;
         }
         Py_ssize_t n = PyUnicode_GET_LENGTH(word);
-        if (n > INT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "word too long");
+        if (n > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "a word longer than 65535 characters");
             goto done;
         }
         wl[w] = (int32_t)n;
@@ -151,21 +166,45 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
                 }
                 long id = PyLong_AsLong(v);
                 if (id == -1 && PyErr_Occurred()) goto done;
-                if (vec_push(&pos, (int32_t)s) || vec_push(&len, (int32_t)(e - s)) || vec_push(&piece, (int32_t)id)) {
+                const Py_ssize_t cap = piece.cap;
+                if (vec_push(&piece, (int32_t)id)) {
                     PyErr_NoMemory();
                     goto done;
                 }
+                if (piece.cap != cap) { /* the piece vector grew: grow its companions alike */
+                    uint16_t *p = realloc(pos, (size_t)piece.cap * 2);
+                    if (p) pos = p;
+                    uint8_t *q = p ? realloc(len, (size_t)piece.cap) : NULL;
+                    if (q) len = q;
+                    if (!p || !q) {
+                        PyErr_NoMemory();
+                        goto done;
+                    }
+                }
+                pos[piece.n - 1] = (uint16_t)s;
+                len[piece.n - 1] = (uint8_t)(e - s);
             }
         }
-        off[w + 1] = pos.n;
+        off[w + 1] = piece.n;
     }
-    result = Py_BuildValue("y#y#y#y#y#", (const char *)wl, n_words * 4, (const char *)off, (n_words + 1) * 8,
-                           NONNULL(pos.v), pos.n * 4, NONNULL(len.v), len.n * 4, NONNULL(piece.v), piece.n * 4);
+    {
+        /* each array is copied into bytes and freed at once, so that at most one is held twice */
+        const Py_ssize_t n = piece.n;
+        PyObject *b_wl = vec_bytes(wl, n_words, 4), *b_off = vec_bytes(off, n_words + 1, 8);
+        PyObject *b_pos = vec_bytes(pos, n, 2), *b_len = vec_bytes(len, n, 1), *b_piece = vec_bytes(piece.v, n, 4);
+        wl = NULL, off = NULL, pos = NULL, len = NULL, piece.v = NULL;
+        if (b_wl && b_off && b_pos && b_len && b_piece) result = PyTuple_Pack(5, b_wl, b_off, b_pos, b_len, b_piece);
+        Py_XDECREF(b_wl);
+        Py_XDECREF(b_off);
+        Py_XDECREF(b_pos);
+        Py_XDECREF(b_len);
+        Py_XDECREF(b_piece);
+    }
 done:
     free(wl);
     free(off);
-    free(pos.v);
-    free(len.v);
+    free(pos);
+    free(len);
     free(piece.v);
     return result;
 }
@@ -443,8 +482,8 @@ done:
 #define K_ANY (-4)
 
 typedef struct {
-    uint64_t hash;
-    int64_t at;    /* offset of the substring in the character buffer */
+    uint32_t hash;
+    uint32_t at;   /* offset of the substring in the character buffer */
     int64_t count;
     uint8_t len, next, multi;
 } Entry;
@@ -478,11 +517,11 @@ static int table_add(Table *t, uint64_t hash, int64_t at, int len, int64_t count
     for (;;) {
         Entry *e = &t->slots[j];
         if (!e->len) {
-            *e = (Entry){hash, at, count, (uint8_t)len, next, 0};
+            *e = (Entry){(uint32_t)hash, (uint32_t)at, count, (uint8_t)len, next, 0};
             t->used++;
             return 0;
         }
-        if (e->hash == hash && e->len == len && !memcmp(t->chars + e->at, t->chars + at, (size_t)len * 4)) {
+        if (e->hash == (uint32_t)hash && e->len == len && !memcmp(t->chars + e->at, t->chars + at, (size_t)len * 4)) {
             e->count += count;
             if (e->next != next) e->multi = 1;
             return 0;
@@ -556,6 +595,10 @@ static PyObject *py_seed_substrings(PyObject *self, PyObject *args) {
             goto done;
         }
         total += PyUnicode_GET_LENGTH(word);
+    }
+    if (total > (int64_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many characters in the distinct words");
+        goto done;
     }
     chars = malloc((size_t)(total ? total : 1) * 4);
     cls = malloc((size_t)(total ? total : 1) * 4);
@@ -1085,6 +1128,12 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
         B.pairs[top.pair].count = 0;
         for (int32_t i = 0; i < n_changed && !oom; i++) {
             BPair *q = &B.pairs[changed[i]];
+            if (q->count == 0) { /* gone from every word: only a new symbol could bring it back, as a new pair */
+                free(q->where);
+                q->where = NULL;
+                q->n_where = q->cap_where = 0;
+                q->last_word = -1;
+            }
             if (q->count > 0 && q->count != q->before && !q->dead && heap_push(&B, q->count, changed[i])) oom = 1;
         }
     }

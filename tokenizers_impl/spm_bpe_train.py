@@ -32,6 +32,7 @@ def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
                   normalize: Callable[[str], str] = basic_nmt_nfkc) -> list[tuple[str, float, int]]:
     corpus = load_corpus(lines, opts, normalize)
     words = corpus.word_counts()
+    corpus.runs = {}  # the words are all that is needed from here on
     n_merges = opts.vocab_size - len(corpus.meta) - len(corpus.required_chars)
     if _spm_train is not None:
         merged = _merge_compiled(words, n_merges, opts)
@@ -50,9 +51,12 @@ def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
 def _merge_compiled(words: list[tuple[str, int]], n_merges: int, opts: SpmTrainOptions) -> list[str]:
     """_merge in the compiled helper: words as character-symbol ids, characters with their classes."""
     cps = np.frombuffer("".join(w for w, _ in words).encode("utf-32-le", "surrogatepass"), np.uint32)
-    unique, seqs = np.unique(cps, return_inverse=True)  # characters in code point order, and their ids
+    unique = np.flatnonzero(np.bincount(cps))  # the characters, in code point order
+    ids = np.zeros(int(unique[-1]) + 1, np.int32)
+    ids[unique] = np.arange(len(unique), dtype=np.int32)
+    seqs = ids[cps]
+    del cps, ids
     chars = [chr(c) for c in unique.tolist()]
-    seqs = seqs.astype(np.int32)
     offsets = np.zeros(len(words) + 1, np.int64)
     np.cumsum([len(w) for w, _ in words], out=offsets[1:])
     counts = np.array([n for _, n in words], np.int64)

@@ -36,8 +36,8 @@ NEG_INF = float("-inf")
 class Lattices:
     word_len: np.ndarray   # int32 [n_words], characters
     offsets: np.ndarray    # int64 [n_words + 1], node range of each word
-    pos: np.ndarray        # int32 [n_nodes]
-    length: np.ndarray     # int32 [n_nodes]
+    pos: np.ndarray        # uint16 [n_nodes] (a word is at most 65535 characters)
+    length: np.ndarray     # uint8 [n_nodes]
     piece: np.ndarray      # int32 [n_nodes], seed piece id
 
 
@@ -45,8 +45,8 @@ def build(words: list[str], index: dict[str, int], max_len: int) -> Lattices:
     """Nodes for every substring of each word (up to max_len characters) found in index."""
     if _spm_train is not None:
         wl, off, pos, ln, pc = _spm_train.build(words, index, max_len)
-        return Lattices(np.frombuffer(wl, np.int32), np.frombuffer(off, np.int64), np.frombuffer(pos, np.int32),
-                        np.frombuffer(ln, np.int32), np.frombuffer(pc, np.int32))
+        return Lattices(np.frombuffer(wl, np.int32), np.frombuffer(off, np.int64), np.frombuffer(pos, np.uint16),
+                        np.frombuffer(ln, np.uint8), np.frombuffer(pc, np.int32))
     offsets, pos, length, piece = [0], [], [], []
     for w in words:
         n = len(w)
@@ -58,8 +58,10 @@ def build(words: list[str], index: dict[str, int], max_len: int) -> Lattices:
                     length.append(e - s)
                     piece.append(pid)
         offsets.append(len(pos))
+    if any(len(w) > 0xFFFF for w in words):
+        raise ValueError("a word longer than 65535 characters")
     return Lattices(np.array([len(w) for w in words], np.int32), np.array(offsets, np.int64),
-                    np.array(pos, np.int32), np.array(length, np.int32), np.array(piece, np.int32))
+                    np.array(pos, np.uint16), np.array(length, np.uint8), np.array(piece, np.int32))
 
 
 def _args(lat: Lattices, active: np.ndarray, scores: np.ndarray):

@@ -188,8 +188,10 @@ def piece_validator(opts: SpmTrainOptions) -> Callable[[str], bool]:
     return valid
 
 
-# split_into_words over many sentences joined by newlines (a normalized sentence has none)
-_WORDS = re.compile(f"{WS}[^{WS}\n]*|[^{WS}\n]+")
+# words of many sentences joined by newlines, and whether each ends its sentence (a
+# normalized sentence has no newline of its own)
+_WORDS = re.compile(f"({WS}[^{WS}\n]*|[^{WS}\n]+)(\n?)")
+_BATCH = 1 << 12  # sentences counted at once
 
 
 def split_into_words(sentence: str) -> list[str]:
@@ -203,16 +205,20 @@ def split_into_words(sentence: str) -> list[str]:
 
 @dataclass
 class Corpus:
-    """Normalized sentences with rare characters as `▅`, and the alphabet."""
-    sentences: list[str]
+    """The normalized corpus as counts of its words, rare characters as `▅`, and the alphabet.
+
+    Both trainers need only words (a piece never spans `▁` but at its start), so the
+    sentences are not kept: `runs` counts each (word, whether it ends its sentence),
+    the second part being what the Unigram seeds need to know about the word's end."""
+    runs: dict[tuple[str, bool], int]
     required_chars: dict[str, int]  # character -> frequency, the alphabet
     meta: dict[int, tuple[str, int]]
 
     def word_counts(self) -> list[tuple[str, int]]:
         """Words and their counts, most frequent first, then by string (sentencepiece's Sorted)."""
-        counts: Counter = Counter()
-        for i in range(0, len(self.sentences), 1 << 14):  # in slices, to bound the memory of the word list
-            counts.update(_WORDS.findall("\n".join(self.sentences[i:i + (1 << 14)])))
+        counts: dict[str, int] = {}
+        for (w, _), n in self.runs.items():
+            counts[w] = counts.get(w, 0) + n
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def sorted_required_chars(self) -> list[tuple[str, int]]:
@@ -225,6 +231,16 @@ def _meta_replacer(meta: dict[int, tuple[str, int]]):
     return lambda s: pattern.sub(BOUNDARY, s)
 
 
+def _count_batch(batch: list[str], runs: Counter, chars: np.ndarray) -> None:
+    """Adds the batch's (word, ends its sentence) counts to runs and its characters to
+    chars (counts by code point)."""
+    text = "\n".join(batch) + "\n"
+    runs.update((w, end == "\n") for w, end in _WORDS.findall(text))
+    found = np.bincount(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
+    found[0x0A] -= len(batch)
+    chars[:len(found)] += found
+
+
 def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
                 normalize: Callable[[str], str] = basic_nmt_nfkc) -> Corpus:
     """sentencepiece's LoadSentences: read, normalize, pick the alphabet, mask rare characters."""
@@ -232,20 +248,30 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
     if not any(kind == UNKNOWN for _, kind in meta.values()):
         raise TokenizerError("the unknown piece needs an id")
     strip_meta = _meta_replacer(meta)
-    sentences = []
+    runs: Counter = Counter()
+    counts = np.zeros(0x110000, np.int64)
+    batch: list[str] = []
+    n_sentences = 0
     for line in lines:
         line = line.rstrip("\n")
         if not line or len(line.encode("utf-8")) > opts.max_sentence_length:
             continue
         if UNK_CHAR in line:
             continue
-        s = strip_meta(normalize(line))
+        s = strip_meta(normalize(line)).replace("\n", "")
         if s:
-            sentences.append(s)
-    if not sentences:
+            batch.append(s)
+            if len(batch) == _BATCH:
+                _count_batch(batch, runs, counts)
+                n_sentences += len(batch)
+                batch = []
+    if batch:
+        _count_batch(batch, runs, counts)
+        n_sentences += len(batch)
+    if not n_sentences:
         raise TokenizerError("the corpus has no text to train on")
 
-    chars = _char_counts(sentences)
+    chars = {chr(cp): int(counts[cp]) for cp in np.flatnonzero(counts).tolist()}
     chars.pop("\x00", None)
     required = set(opts.required_chars) - {"\x00"}
     for c in required:
@@ -267,22 +293,14 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
             f"vocab size {opts.vocab_size} is smaller than the alphabet ({len(alphabet)} characters) plus "
             f"{len(meta)} reserved pieces; raise the vocab size or lower the character coverage")
     rare = set(chars) - set(alphabet)
-    if rare:
+    if rare:  # masking character by character, words can be masked after counting
         pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(rare)) + "]")
-        sentences = [pattern.sub(UNK_CHAR, s) if pattern.search(s) else s for s in sentences]
-    return Corpus(sentences, alphabet, meta)
-
-
-def _char_counts(sentences: list[str]) -> dict[str, int]:
-    """How often each character occurs (code points counted with numpy)."""
-    counts: dict[str, int] = {}
-    for i in range(0, len(sentences), 1 << 16):  # in slices, to bound the memory of the code points
-        cps = np.frombuffer("".join(sentences[i:i + (1 << 16)]).encode("utf-32-le", "surrogatepass"), np.uint32)
-        found = np.bincount(cps)
-        for cp in np.flatnonzero(found).tolist():
-            c = chr(cp)
-            counts[c] = counts.get(c, 0) + int(found[cp])
-    return counts
+        masked: dict[tuple[str, bool], int] = {}
+        for (w, end), n in runs.items():
+            key = (pattern.sub(UNK_CHAR, w), end) if pattern.search(w) else (w, end)
+            masked[key] = masked.get(key, 0) + n
+        runs = masked
+    return Corpus(dict(runs), alphabet, meta)
 
 
 def assemble(meta: dict[int, tuple[str, int]], pieces: list[tuple[str, float]],

@@ -23,7 +23,6 @@
 Result: [(piece, score, type)] in id order, as sentencepiece lays a model out.
 """
 import math
-from collections import Counter
 from typing import Callable, Iterable
 
 import numpy as np
@@ -31,7 +30,7 @@ import numpy as np
 from . import spm_lattice
 from .errors import TokenizerError
 from .spm_train_input import (BOUNDARY, UNK_CHAR, WS, SpmTrainOptions, assemble, basic_nmt_nfkc, load_corpus,
-                              piece_validator, script_of, split_into_words)
+                              piece_validator, script_of)
 
 UNK_PENALTY = 10.0          # an unknown character scores this much below the lowest piece
 MIN_EXPECTED = 0.5          # the M step drops pieces expected less often than this
@@ -46,11 +45,16 @@ def train_unigram(lines: Iterable[str], opts: SpmTrainOptions,
     valid = piece_validator(opts)
     seeds = seed_pieces(corpus, opts, valid)
     words = corpus.word_counts()
+    corpus.runs = {}  # the words are all that is needed from here on
+    freq = np.array([n for _, n in words], np.float64)
+    words = [w for w, _ in words]
+    if max(map(len, words)) > 0xFFFF:
+        raise TokenizerError("a word of more than 65535 characters; split the corpus into shorter lines")
     index = {p: i for i, (p, _) in enumerate(seeds)}
     max_len = opts.max_sentencepiece_length
-    lattices = spm_lattice.build([w for w, _ in words], index, max_len)
+    lattices = spm_lattice.build(words, index, max_len)
+    del words
     own = spm_lattice.build([p for p, _ in seeds], index, max_len)  # each piece as a word
-    freq = np.array([n for _, n in words], np.float64)
 
     cur = np.arange(len(seeds))                      # seed ids of the current pieces, in model order
     scores = np.array([s for _, s in seeds], np.float64)
@@ -85,29 +89,21 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
     sentences (each ended by a NUL): a substring is a candidate when it occurs at least
     twice and the bytes after its occurrences are not all the same. A valid piece never
     holds `▁` past its start, so it lies within one word; the byte after a word is the
-    first byte of `▁` or the sentence's NUL."""
-    chars: Counter = Counter()
-    runs: dict[tuple[str, int], int] = {}  # (word, first byte after it) -> count
+    first byte of `▁` or the sentence's NUL. (One difference: sentencepiece also counts
+    a substring once more where it ends the very last sentence of the corpus.)"""
     ws_lead = _lead_byte(WS)
-    for s in corpus.sentences:
-        words = split_into_words(s)
-        last = len(words) - 1
-        for i, w in enumerate(words):
-            key = (w, ws_lead if i < last else 0)
-            runs[key] = runs.get(key, 0) + 1
-        chars.update(s)
-    chars.pop(UNK_CHAR, None)
-    chars.pop(BOUNDARY, None)
-    seeds = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))
-
+    seeds = [(c, n) for c, n in corpus.sorted_required_chars() if n > 0]
     limit = opts.seed_sentencepiece_size
     if spm_lattice._spm_train is not None:
-        words = [w for w, _ in runs]
-        kinds = {ord(c): _char_class(c, opts) for c in set().union(*words)}
+        words = [w for w, _ in corpus.runs]
+        kinds = {ord(c): _char_class(c, opts) for c in corpus.required_chars}
+        kinds.update({ord(c): -1 for c in (UNK_CHAR, BOUNDARY)})
         ranked = spm_lattice._spm_train.seed_substrings(
-            words, bytes(a for _, a in runs), np.fromiter(runs.values(), np.int64, len(runs)), kinds,
-            opts.max_sentencepiece_length, limit)
+            words, bytes(0 if end else ws_lead for _, end in corpus.runs),
+            np.fromiter(corpus.runs.values(), np.int64, len(corpus.runs)), kinds, opts.max_sentencepiece_length, limit)
+        del words
     else:
+        runs = {(w, 0 if end else ws_lead): n for (w, end), n in corpus.runs.items()}
         ranked = _frequent_substrings(runs, opts.max_sentencepiece_length, valid)[:limit]
     seeds += ranked
     logsum = math.log(sum(v for _, v in seeds))
