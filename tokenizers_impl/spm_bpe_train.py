@@ -31,8 +31,9 @@ from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfk
 def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,
                   normalize: Callable[[str], str] = basic_nmt_nfkc) -> list[tuple[str, float, int]]:
     corpus = load_corpus(lines, opts, normalize)
-    words = corpus.word_counts()
-    corpus.runs = {}  # the words are all that is needed from here on
+    # the order of the words does not change the merges: no need for sentencepiece's sorting
+    words = list(corpus.words.items())
+    corpus.words = corpus.ends = {}  # the words are all that is needed from here on
     n_merges = opts.vocab_size - len(corpus.meta) - len(corpus.required_chars)
     if _spm_train is not None:
         merged = _merge_compiled(words, n_merges, opts)

@@ -188,9 +188,8 @@ def piece_validator(opts: SpmTrainOptions) -> Callable[[str], bool]:
     return valid
 
 
-# words of many sentences joined by newlines, and whether each ends its sentence (a
-# normalized sentence has no newline of its own)
-_WORDS = re.compile(f"({WS}[^{WS}\n]*|[^{WS}\n]+)(\n?)")
+# the words of many sentences joined by newlines (a normalized sentence has none of its own)
+_WORDS = re.compile(f"{WS}[^{WS}\n]*|[^{WS}\n]+")
 _BATCH = 1 << 12  # sentences counted at once
 
 
@@ -208,18 +207,16 @@ class Corpus:
     """The normalized corpus as counts of its words, rare characters as `▅`, and the alphabet.
 
     Both trainers need only words (a piece never spans `▁` but at its start), so the
-    sentences are not kept: `runs` counts each (word, whether it ends its sentence),
-    the second part being what the Unigram seeds need to know about the word's end."""
-    runs: dict[tuple[str, bool], int]
+    sentences are not kept: `words` counts the words, `ends` the words at the end of a
+    sentence (what the Unigram seeds need to know about what follows a word)."""
+    words: dict[str, int]
+    ends: dict[str, int]
     required_chars: dict[str, int]  # character -> frequency, the alphabet
     meta: dict[int, tuple[str, int]]
 
     def word_counts(self) -> list[tuple[str, int]]:
         """Words and their counts, most frequent first, then by string (sentencepiece's Sorted)."""
-        counts: dict[str, int] = {}
-        for (w, _), n in self.runs.items():
-            counts[w] = counts.get(w, 0) + n
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return sorted(self.words.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def sorted_required_chars(self) -> list[tuple[str, int]]:
         return sorted(self.required_chars.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -231,11 +228,12 @@ def _meta_replacer(meta: dict[int, tuple[str, int]]):
     return lambda s: pattern.sub(BOUNDARY, s)
 
 
-def _count_batch(batch: list[str], runs: Counter, chars: np.ndarray) -> None:
-    """Adds the batch's (word, ends its sentence) counts to runs and its characters to
-    chars (counts by code point)."""
-    text = "\n".join(batch) + "\n"
-    runs.update((w, end == "\n") for w, end in _WORDS.findall(text))
+def _count_batch(batch: list[str], strip_meta, words: Counter, ends: Counter, chars: np.ndarray) -> None:
+    """Cuts the reserved pieces out of the batch's sentences and adds its words, its
+    sentences' last words and its characters (by code point) to the counts."""
+    text = strip_meta("\n".join(batch) + "\n")  # no reserved piece holds a newline
+    words.update(_WORDS.findall(text))
+    ends.update(s[max(s.rfind(WS), 0):] for s in text.split("\n")[:-1])
     found = np.bincount(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
     found[0x0A] -= len(batch)
     chars[:len(found)] += found
@@ -248,25 +246,28 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
     if not any(kind == UNKNOWN for _, kind in meta.values()):
         raise TokenizerError("the unknown piece needs an id")
     strip_meta = _meta_replacer(meta)
-    runs: Counter = Counter()
+    words: Counter = Counter()
+    ends: Counter = Counter()
     counts = np.zeros(0x110000, np.int64)
     batch: list[str] = []
     n_sentences = 0
     for line in lines:
         line = line.rstrip("\n")
-        if not line or len(line.encode("utf-8")) > opts.max_sentence_length:
+        # (a line of n characters has at most 4n bytes: most need no encoding to check)
+        if not line or (4 * len(line) > opts.max_sentence_length
+                        and len(line.encode("utf-8")) > opts.max_sentence_length):
             continue
         if UNK_CHAR in line:
             continue
-        s = strip_meta(normalize(line)).replace("\n", "")
+        s = normalize(line).replace("\n", "")
         if s:
             batch.append(s)
             if len(batch) == _BATCH:
-                _count_batch(batch, runs, counts)
+                _count_batch(batch, strip_meta, words, ends, counts)
                 n_sentences += len(batch)
                 batch = []
     if batch:
-        _count_batch(batch, runs, counts)
+        _count_batch(batch, strip_meta, words, ends, counts)
         n_sentences += len(batch)
     if not n_sentences:
         raise TokenizerError("the corpus has no text to train on")
@@ -293,14 +294,21 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
             f"vocab size {opts.vocab_size} is smaller than the alphabet ({len(alphabet)} characters) plus "
             f"{len(meta)} reserved pieces; raise the vocab size or lower the character coverage")
     rare = set(chars) - set(alphabet)
+    words, ends = dict(words), dict(ends)
     if rare:  # masking character by character, words can be masked after counting
         pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(rare)) + "]")
-        masked: dict[tuple[str, bool], int] = {}
-        for (w, end), n in runs.items():
-            key = (pattern.sub(UNK_CHAR, w), end) if pattern.search(w) else (w, end)
-            masked[key] = masked.get(key, 0) + n
-        runs = masked
-    return Corpus(dict(runs), alphabet, meta)
+        words, ends = _mask(words, pattern), _mask(ends, pattern)
+    return Corpus(words, ends, alphabet, meta)
+
+
+def _mask(counts: dict[str, int], pattern) -> dict[str, int]:
+    """The counts with the pattern's characters in the words replaced by `▅`."""
+    out: dict[str, int] = {}
+    for w, n in counts.items():
+        if pattern.search(w):
+            w = pattern.sub(UNK_CHAR, w)
+        out[w] = out.get(w, 0) + n
+    return out
 
 
 def assemble(meta: dict[int, tuple[str, int]], pieces: list[tuple[str, float]],

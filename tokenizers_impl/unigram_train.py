@@ -45,7 +45,7 @@ def train_unigram(lines: Iterable[str], opts: SpmTrainOptions,
     valid = piece_validator(opts)
     seeds = seed_pieces(corpus, opts, valid)
     words = corpus.word_counts()
-    corpus.runs = {}  # the words are all that is needed from here on
+    corpus.words = corpus.ends = {}  # the sorted words are all that is needed from here on
     freq = np.array([n for _, n in words], np.float64)
     words = [w for w, _ in words]
     if max(map(len, words)) > 0xFFFF:
@@ -94,17 +94,20 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
     ws_lead = _lead_byte(WS)
     seeds = [(c, n) for c, n in corpus.sorted_required_chars() if n > 0]
     limit = opts.seed_sentencepiece_size
+    # (word, first byte after it) -> count
+    runs = {(w, ws_lead): n - corpus.ends.get(w, 0) for w, n in corpus.words.items() if n > corpus.ends.get(w, 0)}
+    runs.update(((w, 0), n) for w, n in corpus.ends.items())
     if spm_lattice._spm_train is not None:
-        words = [w for w, _ in corpus.runs]
+        words = [w for w, _ in runs]
         kinds = {ord(c): _char_class(c, opts) for c in corpus.required_chars}
         kinds.update({ord(c): -1 for c in (UNK_CHAR, BOUNDARY)})
         ranked = spm_lattice._spm_train.seed_substrings(
-            words, bytes(0 if end else ws_lead for _, end in corpus.runs),
-            np.fromiter(corpus.runs.values(), np.int64, len(corpus.runs)), kinds, opts.max_sentencepiece_length, limit)
+            words, bytes(a for _, a in runs), np.fromiter(runs.values(), np.int64, len(runs)), kinds,
+            opts.max_sentencepiece_length, limit)
         del words
     else:
-        runs = {(w, 0 if end else ws_lead): n for (w, end), n in corpus.runs.items()}
         ranked = _frequent_substrings(runs, opts.max_sentencepiece_length, valid)[:limit]
+    del runs
     seeds += ranked
     logsum = math.log(sum(v for _, v in seeds))
     return [(p, float(np.float32(math.log(v) - logsum))) for p, v in seeds]
