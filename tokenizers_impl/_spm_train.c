@@ -929,6 +929,34 @@ static HeapItem heap_pop(Bpe *B) {
     return top;
 }
 
+/* the pairs whose count the current merge changed, each with its count before */
+typedef struct {
+    int32_t *ids;
+    int32_t n, cap;
+} Changed;
+
+/* count(x, y) += delta for word w; a new adjacency (delta > 0) records w for the pair */
+static int bump(Bpe *B, Changed *C, int32_t x, int32_t y, int64_t delta, int32_t w, uint32_t stamp) {
+    const int32_t p = pair_get(B, x, y);
+    if (p < 0) return -1;
+    BPair *q = &B->pairs[p];
+    if (q->invalid) return 0;
+    if (q->changed_at != stamp) {
+        q->changed_at = stamp;
+        q->before = q->count;
+        if (C->n == C->cap) {
+            int32_t cap = C->cap ? 2 * C->cap : 1024;
+            int32_t *c = realloc(C->ids, (size_t)cap * 4);
+            if (!c) return -1;
+            C->ids = c;
+            C->cap = cap;
+        }
+        C->ids[C->n++] = p;
+    }
+    q->count += delta;
+    return delta > 0 ? pair_seen_in(q, w) : 0;
+}
+
 /* bpe_merges(seqs(int32 char-symbol ids), offsets(int64), counts(int64), chars(list of str, one per
  * char symbol), classes(int32 per char symbol), max_len, n_merges) -> list of merged pieces */
 static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
@@ -962,7 +990,8 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
     Bpe B = {0};
     B.max_len = max_len;
     PyObject *result = NULL;
-    int32_t *seq = NULL, *wlen = NULL, *merged = NULL, *changed = NULL;
+    int32_t *seq = NULL, *wlen = NULL, *merged = NULL;
+    Changed C = {0};
     uint32_t *wstamp = NULL;
     Map made = {0}; /* hash of a merged piece's characters -> its symbol */
     const Py_ssize_t n_words = bcnt.len / 8, n_char_syms = PyList_GET_SIZE(char_list);
@@ -1015,7 +1044,6 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
     for (int32_t p = 0; p < B.n_pairs && !oom; p++)
         if (!B.pairs[p].invalid && B.pairs[p].count > 0 && heap_push(&B, B.pairs[p].count, p)) oom = 1;
     uint32_t stamp = 0;
-    int32_t n_changed = 0, cap_changed = 0;
     while (n_out < n_merges && B.heap_n && !oom) {
         const HeapItem top = heap_pop(&B);
         BPair *bp = &B.pairs[top.pair];
@@ -1059,7 +1087,7 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
         made.used++;
         merged[n_out++] = sym;
         stamp++;
-        n_changed = 0;
+        C.n = 0;
         int32_t *where = bp->where;
         const int32_t n_where = bp->n_where;
         bp->where = NULL;
@@ -1070,71 +1098,37 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
             wstamp[w] = stamp;
             int32_t *x = seq + off[w];
             const int32_t n = wlen[w];
-            int found = 0;
-            for (int32_t i = 0; i + 1 < n; i++)
-                if (x[i] == a && x[i + 1] == b) {
-                    found = 1;
-                    break;
-                }
-            if (!found) continue;
-            /* take the word's pairs out, merge left to right, put the new pairs in */
-            for (int pass = 0; pass < 2 && !oom; pass++) {
-                if (pass == 1) {
-                    int32_t o = 0;
-                    for (int32_t i = 0; i < n;) {
-                        if (i + 1 < n && x[i] == a && x[i + 1] == b) {
-                            x[o++] = sym;
-                            i += 2;
-                        } else {
-                            x[o++] = x[i++];
-                        }
-                    }
-                    wlen[w] = o;
-                }
-                const int32_t m = wlen[w];
-                for (int32_t i = 0; i + 1 < m; i++) {
-                    const int32_t p = pair_get(&B, x[i], x[i + 1]);
-                    if (p < 0) {
+            /* merge left to right; each merge turns (prev, a) into (prev, sym) and (b, next)
+             * into (sym, next), where prev may be a symbol just merged (then the pair it
+             * takes away is one it has just added) */
+            int32_t o = 0;
+            for (int32_t i = 0; i < n && !oom;) {
+                if (i + 1 < n && x[i] == a && x[i + 1] == b) {
+                    if (o > 0 && (bump(&B, &C, x[o - 1], a, -cnt[w], w, stamp) ||
+                                  bump(&B, &C, x[o - 1], sym, cnt[w], w, stamp)))
                         oom = 1;
-                        break;
-                    }
-                    BPair *q = &B.pairs[p];
-                    if (q->invalid) continue;
-                    if (q->changed_at != stamp) {
-                        q->changed_at = stamp;
-                        q->before = q->count;
-                        if (n_changed == cap_changed) {
-                            int32_t cap = cap_changed ? 2 * cap_changed : 1024;
-                            int32_t *c = realloc(changed, (size_t)cap * 4);
-                            if (!c) {
-                                oom = 1;
-                                break;
-                            }
-                            changed = c;
-                            cap_changed = cap;
-                        }
-                        changed[n_changed++] = p;
-                    }
-                    q->count += pass ? cnt[w] : -cnt[w];
-                    /* only a pair with the new symbol is new to this word */
-                    if (pass && (x[i] == sym || x[i + 1] == sym) && pair_seen_in(q, w)) {
+                    if (i + 2 < n && (bump(&B, &C, b, x[i + 2], -cnt[w], w, stamp) ||
+                                      bump(&B, &C, sym, x[i + 2], cnt[w], w, stamp)))
                         oom = 1;
-                        break;
-                    }
+                    x[o++] = sym;
+                    i += 2;
+                } else {
+                    x[o++] = x[i++];
                 }
             }
+            wlen[w] = o;
         }
         free(where);
         B.pairs[top.pair].count = 0;
-        for (int32_t i = 0; i < n_changed && !oom; i++) {
-            BPair *q = &B.pairs[changed[i]];
+        for (int32_t i = 0; i < C.n && !oom; i++) {
+            BPair *q = &B.pairs[C.ids[i]];
             if (q->count == 0) { /* gone from every word: only a new symbol could bring it back, as a new pair */
                 free(q->where);
                 q->where = NULL;
                 q->n_where = q->cap_where = 0;
                 q->last_word = -1;
             }
-            if (q->count > 0 && q->count != q->before && !q->dead && heap_push(&B, q->count, changed[i])) oom = 1;
+            if (q->count > 0 && q->count != q->before && !q->dead && heap_push(&B, q->count, C.ids[i])) oom = 1;
         }
     }
     Py_END_ALLOW_THREADS
@@ -1169,7 +1163,7 @@ done:
     free(wlen);
     free(wstamp);
     free(merged);
-    free(changed);
+    free(C.ids);
     PyBuffer_Release(&bseq);
     PyBuffer_Release(&boff);
     PyBuffer_Release(&bcnt);
