@@ -18,7 +18,7 @@ import sentencepiece as spm
 
 import spm_oracle
 from realdata import python_docs_text
-from tokenizers_impl import TokenizerError, spm_bpe_train, spm_lattice, unigram_train
+from tokenizers_impl import TokenizerError, spm_bpe_train, spm_lattice, spm_train_input, unigram_train
 from tokenizers_impl.spm_bpe_train import train_spm_bpe
 from tokenizers_impl.spm_train_input import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, SpmTrainOptions,
                                              load_corpus, piece_validator)
@@ -159,6 +159,7 @@ def test_compiled_helper_matches_python_reference(corpus, request, monkeypatch):
                 train_unigram(lines, SpmTrainOptions(vocab_size=size), NORMALIZE))
     monkeypatch.setattr(spm_lattice, "_spm_train", None)
     monkeypatch.setattr(spm_bpe_train, "_spm_train", None)
+    monkeypatch.setattr(spm_train_input, "_spm_train", None)
     python = (train_spm_bpe(lines, SpmTrainOptions(vocab_size=size), NORMALIZE),
               train_unigram(lines, SpmTrainOptions(vocab_size=size), NORMALIZE))
     assert compiled[0] == python[0]
@@ -212,3 +213,18 @@ def test_bad_input_says_what_is_wrong(train):
         train(["abcdefghij klmnop"], SpmTrainOptions(vocab_size=10))
     with pytest.raises(TokenizerError, match="too large for this corpus"):
         train(["abcdefghij klmnop"] * 3, SpmTrainOptions(vocab_size=500))
+
+
+@pytest.mark.skipif(spm_lattice._spm_train is None, reason="compiled helper not built")
+def test_word_counts_agree_with_reference(mixed, monkeypatch):
+    text = "".join(NORMALIZE(line) + "\n" for line in mixed.read_text(encoding="utf-8").split("\n") if line)
+    text += "no▁prefix▁▁double▁\n▁\n▁▁\nx\n"
+    compiled = spm_train_input._WordCounts()
+    compiled.add(text)
+    monkeypatch.setattr(spm_train_input, "_spm_train", None)
+    python = spm_train_input._WordCounts()
+    python.add(text)
+    words, ends = python.result()
+    assert compiled.result() == (words, ends)
+    assert words["no"] == 1 and words["▁"] >= 3 and ends["x"] == 1
+    assert sum(ends.values()) == text.count("\n")

@@ -1171,7 +1171,148 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ word counts */
+
+/* Counts the words of normalized sentences (spm_train_input._count_batch's words and
+ * ends): a word starts at U+2581 or at the start of a sentence and runs to the next
+ * U+2581 or the end of the sentence; sentences come joined by newlines. The table keeps
+ * its own copy of each word's characters, so no Python string is made per occurrence. */
+
+typedef struct {
+    uint64_t hash;
+    int64_t at, count, ends;
+    int32_t len;
+} WEntry;
+
+typedef struct {
+    WEntry *slots;
+    size_t cap, used;
+    uint32_t *chars;
+    int64_t n_chars, cap_chars;
+} Words;
+
+static void words_free(PyObject *capsule) {
+    Words *t = PyCapsule_GetPointer(capsule, "spm_words");
+    if (!t) return;
+    free(t->slots);
+    free(t->chars);
+    free(t);
+}
+
+static int words_grow(Words *t) {
+    size_t cap = t->cap ? 2 * t->cap : (1u << 14);
+    WEntry *slots = calloc(cap, sizeof(WEntry));
+    if (!slots) return -1;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slots[i].len) continue;
+        size_t j = (size_t)t->slots[i].hash & (cap - 1);
+        while (slots[j].len) j = (j + 1) & (cap - 1);
+        slots[j] = t->slots[i];
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return 0;
+}
+
+static int words_add(Words *t, const uint32_t *w, int32_t len, int last) {
+    if ((t->used + 1) * 2 > t->cap && words_grow(t)) return -1;
+    uint64_t h = 1469598103934665603ULL;
+    for (int32_t i = 0; i < len; i++) h = (h ^ w[i]) * 1099511628211ULL;
+    h = mix64(h);
+    size_t j = (size_t)h & (t->cap - 1);
+    for (;; j = (j + 1) & (t->cap - 1)) {
+        WEntry *e = &t->slots[j];
+        if (!e->len) break;
+        if (e->hash == h && e->len == len && !memcmp(t->chars + e->at, w, (size_t)len * 4)) {
+            e->count++;
+            e->ends += last;
+            return 0;
+        }
+    }
+    if (t->n_chars + len > t->cap_chars) {
+        int64_t cap = t->cap_chars ? 2 * t->cap_chars : (1 << 16);
+        while (cap < t->n_chars + len) cap *= 2;
+        uint32_t *c = realloc(t->chars, (size_t)cap * 4);
+        if (!c) return -1;
+        t->chars = c;
+        t->cap_chars = cap;
+    }
+    memcpy(t->chars + t->n_chars, w, (size_t)len * 4);
+    t->slots[j] = (WEntry){h, t->n_chars, 1, last, len};
+    t->n_chars += len;
+    t->used++;
+    return 0;
+}
+
+static PyObject *py_words_new(PyObject *self, PyObject *args) {
+    Words *t = calloc(1, sizeof(Words));
+    if (!t) return PyErr_NoMemory();
+    PyObject *cap = PyCapsule_New(t, "spm_words", words_free);
+    if (!cap) free(t);
+    return cap;
+}
+
+/* words_add(table, text): text is sentences each followed by a newline */
+static PyObject *py_words_add(PyObject *self, PyObject *args) {
+    PyObject *capsule, *text;
+    if (!PyArg_ParseTuple(args, "OU", &capsule, &text)) return NULL;
+    Words *t = PyCapsule_GetPointer(capsule, "spm_words");
+    if (!t) return NULL;
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    uint32_t *buf = PyUnicode_AsUCS4Copy(text);
+    if (!buf) return NULL;
+    int oom = 0;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i <= n && !oom; i++) {
+        const uint32_t c = i < n ? buf[i] : '\n';
+        if (c == 0x2581 && i > start) { /* a new word starts here */
+            if (words_add(t, buf + start, (int32_t)(i - start), 0)) oom = 1;
+            start = i;
+        } else if (c == '\n') {
+            if (i > start && words_add(t, buf + start, (int32_t)(i - start), 1)) oom = 1;
+            start = i + 1;
+        }
+    }
+    PyMem_Free(buf);
+    if (oom) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* words_result(table) -> (words: {word: count}, ends: {word: count at a sentence's end}) */
+static PyObject *py_words_result(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    if (!PyArg_ParseTuple(args, "O", &capsule)) return NULL;
+    Words *t = PyCapsule_GetPointer(capsule, "spm_words");
+    if (!t) return NULL;
+    PyObject *words = PyDict_New(), *ends = PyDict_New();
+    if (!words || !ends) goto fail;
+    for (size_t i = 0; i < t->cap; i++) {
+        const WEntry *e = &t->slots[i];
+        if (!e->len) continue;
+        PyObject *w = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, t->chars + e->at, e->len);
+        PyObject *c = w ? PyLong_FromLongLong(e->count) : NULL;
+        int bad = !c || PyDict_SetItem(words, w, c) < 0;
+        Py_XDECREF(c);
+        if (!bad && e->ends) {
+            c = PyLong_FromLongLong(e->ends);
+            bad = !c || PyDict_SetItem(ends, w, c) < 0;
+            Py_XDECREF(c);
+        }
+        Py_XDECREF(w);
+        if (bad) goto fail;
+    }
+    return Py_BuildValue("(NN)", words, ends);
+fail:
+    Py_XDECREF(words);
+    Py_XDECREF(ends);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"words_new", py_words_new, METH_NOARGS, "words_new() -> a word count table"},
+    {"words_add", py_words_add, METH_VARARGS, "words_add(table, text): count the words of newline-ended sentences"},
+    {"words_result", py_words_result, METH_VARARGS, "words_result(table) -> (words, ends) dicts"},
     {"bpe_merges", py_bpe_merges, METH_VARARGS,
      "bpe_merges(seqs, offsets, counts, chars, classes, max_len, n_merges) -> merged pieces in order"},
     {"seed_substrings", py_seed_substrings, METH_VARARGS,

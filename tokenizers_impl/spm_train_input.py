@@ -31,6 +31,11 @@ import numpy as np
 from . import unicode_scripts
 from .errors import TokenizerError
 
+try:
+    from . import _spm_train
+except ImportError:  # no compiler at install time: Counter and a regex
+    _spm_train = None
+
 # sentencepiece_model.proto, ModelProto.SentencePiece.Type
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -228,12 +233,33 @@ def _meta_replacer(meta: dict[int, tuple[str, int]]):
     return lambda s: pattern.sub(BOUNDARY, s)
 
 
-def _count_batch(batch: list[str], strip_meta, words: Counter, ends: Counter, chars: np.ndarray) -> None:
+class _WordCounts:
+    """Counts of words and of the words that end a sentence, over batches of sentences."""
+
+    def __init__(self):
+        self.table = _spm_train.words_new() if _spm_train is not None else None
+        self.words: Counter = Counter()
+        self.ends: Counter = Counter()
+
+    def add(self, text: str) -> None:
+        """text: sentences, each followed by a newline."""
+        if self.table is not None:
+            _spm_train.words_add(self.table, text)
+            return
+        self.words.update(_WORDS.findall(text))
+        self.ends.update(s[max(s.rfind(WS), 0):] for s in text.split("\n")[:-1])
+
+    def result(self) -> tuple[dict[str, int], dict[str, int]]:
+        if self.table is not None:
+            return _spm_train.words_result(self.table)
+        return dict(self.words), dict(self.ends)
+
+
+def _count_batch(batch: list[str], strip_meta, counts: _WordCounts, chars: np.ndarray) -> None:
     """Cuts the reserved pieces out of the batch's sentences and adds its words, its
     sentences' last words and its characters (by code point) to the counts."""
     text = strip_meta("\n".join(batch) + "\n")  # no reserved piece holds a newline
-    words.update(_WORDS.findall(text))
-    ends.update(s[max(s.rfind(WS), 0):] for s in text.split("\n")[:-1])
+    counts.add(text)
     found = np.bincount(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
     found[0x0A] -= len(batch)
     chars[:len(found)] += found
@@ -246,8 +272,7 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
     if not any(kind == UNKNOWN for _, kind in meta.values()):
         raise TokenizerError("the unknown piece needs an id")
     strip_meta = _meta_replacer(meta)
-    words: Counter = Counter()
-    ends: Counter = Counter()
+    word_counts = _WordCounts()
     counts = np.zeros(0x110000, np.int64)
     batch: list[str] = []
     n_sentences = 0
@@ -263,11 +288,11 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
         if s:
             batch.append(s)
             if len(batch) == _BATCH:
-                _count_batch(batch, strip_meta, words, ends, counts)
+                _count_batch(batch, strip_meta, word_counts, counts)
                 n_sentences += len(batch)
                 batch = []
     if batch:
-        _count_batch(batch, strip_meta, words, ends, counts)
+        _count_batch(batch, strip_meta, word_counts, counts)
         n_sentences += len(batch)
     if not n_sentences:
         raise TokenizerError("the corpus has no text to train on")
@@ -294,7 +319,7 @@ def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
             f"vocab size {opts.vocab_size} is smaller than the alphabet ({len(alphabet)} characters) plus "
             f"{len(meta)} reserved pieces; raise the vocab size or lower the character coverage")
     rare = set(chars) - set(alphabet)
-    words, ends = dict(words), dict(ends)
+    words, ends = word_counts.result()
     if rare:  # masking character by character, words can be masked after counting
         pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(rare)) + "]")
         words, ends = _mask(words, pattern), _mask(ends, pattern)
