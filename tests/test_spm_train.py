@@ -219,12 +219,13 @@ def test_bad_input_says_what_is_wrong(train):
 def test_word_counts_agree_with_reference(mixed, monkeypatch):
     text = "".join(NORMALIZE(line) + "\n" for line in mixed.read_text(encoding="utf-8").split("\n") if line)
     text += "no▁prefix▁▁double▁\n▁\n▁▁\nx\n"
-    compiled = spm_train_input._WordCounts()
-    compiled.add(text)
+    counts = spm_train_input._WordCounts()
+    counts.add(text)
+    compiled = counts.result()
     monkeypatch.setattr(spm_train_input, "_spm_train", None)
-    python = spm_train_input._WordCounts()
-    python.add(text)
-    words, ends = python.result()
-    assert compiled.result() == (words, ends)
+    counts = spm_train_input._WordCounts()
+    counts.add(text)
+    words, ends = counts.result()
+    assert compiled == (words, ends)
     assert words["no"] == 1 and words["▁"] >= 3 and ends["x"] == 1
     assert sum(ends.values()) == text.count("\n")
