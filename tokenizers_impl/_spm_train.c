@@ -121,6 +121,90 @@ static PyObject *vec_bytes(void *v, Py_ssize_t n, Py_ssize_t size) {
     return b;
 }
 
+/* The pieces and all their prefixes, for finding every piece that starts at a position
+ * without making Python strings: an entry per distinct prefix, with the piece's id when
+ * the prefix is a piece itself (else -1). Keys hash the code points as build() reads
+ * them, one character more at a time. */
+typedef struct {
+    uint64_t hash;
+    uint32_t at;
+    int32_t id;
+    int32_t len;
+} PEntry;
+
+typedef struct {
+    PEntry *slots;
+    size_t cap, used;
+    uint32_t *chars;
+    int64_t n_chars;
+} Prefixes;
+
+#define FNV_START 1469598103934665603ULL
+#define FNV_STEP(h, c) (((h) ^ (c)) * 1099511628211ULL)
+
+static uint64_t spread(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    return x ^ (x >> 29);
+}
+
+static PEntry *prefix_find(const Prefixes *t, uint64_t h, const uint32_t *w, int32_t len) {
+    size_t j = (size_t)spread(h) & (t->cap - 1);
+    for (;; j = (j + 1) & (t->cap - 1)) {
+        PEntry *e = &t->slots[j];
+        if (!e->len) return e;
+        if (e->hash == h && e->len == len && !memcmp(t->chars + e->at, w, (size_t)len * 4)) return e;
+    }
+}
+
+/* fills t from index {piece: id}; -1 with an exception set on failure */
+static int prefixes_build(Prefixes *t, PyObject *index) {
+    Py_ssize_t pos = 0, total = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(index, &pos, &key, &value)) {
+        if (!PyUnicode_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "pieces must be str");
+            return -1;
+        }
+        total += PyUnicode_GET_LENGTH(key);
+    }
+    if (total >= (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many piece characters");
+        return -1;
+    }
+    t->cap = 1024;
+    while (t->cap < 2 * (size_t)total + 2) t->cap *= 2;
+    t->slots = calloc(t->cap, sizeof(PEntry));
+    t->chars = malloc((size_t)(total ? total : 1) * 4);
+    if (!t->slots || !t->chars) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pos = 0;
+    while (PyDict_Next(index, &pos, &key, &value)) {
+        const long id = PyLong_AsLong(value);
+        if (id == -1 && PyErr_Occurred()) return -1;
+        const Py_ssize_t n = PyUnicode_GET_LENGTH(key);
+        if (n == 0) continue;
+        const int kind = PyUnicode_KIND(key);
+        const void *data = PyUnicode_DATA(key);
+        uint32_t *w = t->chars + t->n_chars;
+        for (Py_ssize_t i = 0; i < n; i++) w[i] = PyUnicode_READ(kind, data, i);
+        uint64_t h = FNV_START;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            h = FNV_STEP(h, w[i]);
+            PEntry *e = prefix_find(t, h, w, (int32_t)(i + 1));
+            if (!e->len) {
+                *e = (PEntry){h, (uint32_t)t->n_chars, -1, (int32_t)(i + 1)};
+                t->used++;
+            }
+            if (i + 1 == n) e->id = (int32_t)id;
+        }
+        t->n_chars += n;
+    }
+    return 0;
+}
+
 static PyObject *py_build(PyObject *self, PyObject *args) {
     PyObject *words, *index;
     int max_len;
@@ -135,7 +219,14 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
     Vec piece = {0};
     uint16_t *pos = NULL;
     uint8_t *len = NULL;
+    uint32_t *wbuf = malloc(4 * 0x10000);
+    Prefixes pt = {0};
     PyObject *result = NULL;
+    if (!wbuf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (prefixes_build(&pt, index) < 0) goto done;
     if (!wl || !off) {
         PyErr_NoMemory();
         goto done;
@@ -153,19 +244,18 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
             goto done;
         }
         wl[w] = (int32_t)n;
+        const int kind = PyUnicode_KIND(word);
+        const void *data = PyUnicode_DATA(word);
+        for (Py_ssize_t i = 0; i < n; i++) wbuf[i] = PyUnicode_READ(kind, data, i);
         for (Py_ssize_t s = 0; s < n; s++) {
             Py_ssize_t end = s + max_len < n ? s + max_len : n;
+            uint64_t h = FNV_START;
             for (Py_ssize_t e = s + 1; e <= end; e++) {
-                PyObject *sub = PyUnicode_Substring(word, s, e);
-                if (!sub) goto done;
-                PyObject *v = PyDict_GetItemWithError(index, sub);
-                Py_DECREF(sub);
-                if (!v) {
-                    if (PyErr_Occurred()) goto done;
-                    continue;
-                }
-                long id = PyLong_AsLong(v);
-                if (id == -1 && PyErr_Occurred()) goto done;
+                h = FNV_STEP(h, wbuf[e - 1]);
+                const PEntry *pe = prefix_find(&pt, h, wbuf + s, (int32_t)(e - s));
+                if (!pe->len) break; /* no piece goes on like this */
+                if (pe->id < 0) continue;
+                const long id = pe->id;
                 const Py_ssize_t cap = piece.cap;
                 if (vec_push(&piece, (int32_t)id)) {
                     PyErr_NoMemory();
@@ -206,6 +296,9 @@ done:
     free(pos);
     free(len);
     free(piece.v);
+    free(wbuf);
+    free(pt.slots);
+    free(pt.chars);
     return result;
 }
 
