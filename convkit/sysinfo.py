@@ -28,7 +28,7 @@ HELPERS = {
 MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
-    "tokenizers_impl._spm_train": "Unigram and spm-bpe training about 10x (pydoc) to 40x (20 MB) slower",
+    "tokenizers_impl._spm_train": "Unigram and spm-bpe training about 10x (pydoc text) to 45x (20 MB) slower",
     "quant._qdot": "generate decodes through dequantized weights instead, several times slower",
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
