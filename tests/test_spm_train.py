@@ -229,3 +229,13 @@ def test_word_counts_agree_with_reference(mixed, monkeypatch):
     assert compiled == (words, ends)
     assert words["no"] == 1 and words["▁"] >= 3 and ends["x"] == 1
     assert sum(ends.values()) == text.count("\n")
+
+
+def test_basic_normalizer_is_nmt_nfkc_on_real_text(docs):
+    """The stand-in normalizer against sentencepiece's nmt_nfkc (which knows Unicode
+    versions newer than Python 3.11's: only characters they add can differ)."""
+    from tokenizers_impl.spm_train_input import basic_nmt_nfkc
+
+    lines = docs.read_text(encoding="utf-8").split("\n") + _held_out()
+    lines += ["\tTab\x0bvt\x01ctl\u200bzw\ufeffbom \ufffd\u2581 ～ ﬁ ① Ｈｅｌｌｏ\u3000x  ", "   ", ""]
+    assert [basic_nmt_nfkc(line) for line in lines] == [NORMALIZE(line) for line in lines]

@@ -77,21 +77,24 @@ _SPACES = re.compile(r" +")
 
 
 def basic_nmt_nfkc(line: str) -> str:
-    """NFKC, then sentencepiece's default whitespace handling: whitespace runs become one
-    space, leading and trailing spaces go, a dummy prefix space is added, and spaces are
-    written as `▁`. Stands in for the exact `nmt_nfkc` normalizer (see the module doc)."""
-    text = unicodedata.normalize("NFKC", line)
-    text = text.translate(_WHITESPACE_TO_SPACE)
+    """sentencepiece's nmt_nfkc built from Python's NFKC: its extra rules first (ASCII
+    control characters go; tab, newlines, a few invisible marks, U+2581 and U+FFFD become
+    spaces; the full-width tilde stays), then NFKC; then its whitespace handling: space
+    runs become one, leading and trailing spaces go, a dummy prefix space is added, and
+    spaces are written as `▁`. Stands in for the exact normalizer (see the module doc):
+    sentencepiece maps characters with a precompiled table of a fixed Unicode version."""
+    text = line.translate(_NMT_RULES)
+    text = "\uff5e".join(unicodedata.normalize("NFKC", part) for part in text.split("\uff5e"))
     text = _SPACES.sub(" ", text).strip(" ")
     if not text:
         return ""
     return WS + text.replace(" ", WS)
 
 
-# nmt_nfkc turns these into a plain space
-_WHITESPACE_TO_SPACE = {c: " " for c in (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0xA0, 0x1680, 0x200B,
-                                         0x2028, 0x2029, 0x202F, 0x205F, 0x3000, 0xFEFF)}
-_WHITESPACE_TO_SPACE.update({c: " " for c in range(0x2000, 0x200B)})
+# sentencepiece's additions to NFKC in nmt_nfkc (normalization_rule builder, MergeNmtMap)
+_NMT_RULES = {c: " " for c in (0x09, 0x0A, 0x0C, 0x0D, 0x061C, 0x1680, 0x200B, 0x200C, 0x200E, 0x200F,
+                               0x2028, 0x2029, 0x2581, 0xFEFF, 0xFFFD)}
+_NMT_RULES.update({c: None for c in [*range(0x01, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, 0x8F, 0x9F]})
 
 
 def byte_piece(b: int) -> str:
