@@ -17,7 +17,8 @@
    second-best one would lose (its share of the tokens) x (its log-probability - that
    of its replacement); the pieces losing least go, down to max(1.1 x vocab_size,
    0.75 x pieces).
-4. The alphabet is kept (a character that fell out scores just below the lowest
+4. Pieces that no segmentation would use go (their own best segmentation is split).
+5. The alphabet is kept (a character that fell out scores just below the lowest
    score), then the best-scoring pieces up to the vocab size, sorted by score.
 
 Result: [(piece, score, type)] in id order, as sentencepiece lays a model out.
@@ -65,6 +66,7 @@ def train_unigram(lines: Iterable[str], opts: SpmTrainOptions,
         cur, scores = _prune(lattices, own, freq, cur, scores, len(seeds), desired, opts.shrinking_factor)
         if len(cur) <= desired:
             break
+    cur, scores = _drop_unreachable(own, cur, scores, len(seeds))
     pieces = _finalize(corpus, [seeds[i][0] for i in cur], scores, opts.vocab_size - len(corpus.meta))
     return assemble(corpus.meta, pieces, opts.vocab_size)
 
@@ -219,6 +221,14 @@ def _prune(lattices, own, freq, cur, scores, n_seeds, desired, shrinking_factor)
         kept.append(i)
     kept = np.array(kept, np.int64)
     return cur[kept], scores[kept]
+
+
+def _drop_unreachable(own, cur, scores, n_seeds):
+    """Pieces that no segmentation would pick go: those whose own best segmentation is
+    split (scores strictly higher than the piece; on a tie the piece wins)."""
+    kinds, _ = spm_lattice.second_best(own, _active(cur, n_seeds), scores, float(scores.min()) - UNK_PENALTY, 0)
+    keep = kinds[cur] != 1
+    return cur[keep], scores[keep]
 
 
 def _finalize(corpus, pieces: list[str], scores: np.ndarray, size: int) -> list[tuple[str, float]]:
