@@ -13,18 +13,17 @@ the merged pieces, most frequent character first, continuing the scores.
 Result: [(piece, score, type)] in id order, types as sentencepiece numbers them.
 """
 import heapq
-
-import numpy as np
 from typing import Callable, Iterable
 
+import numpy as np
+
 from .errors import TokenizerError
-from .unigram_train import _char_class
 
 try:
     from . import _spm_train
 except ImportError:  # no compiler at install time: _merge below
     _spm_train = None
-from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfkc, load_corpus,
+from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfkc, char_class, load_corpus,
                               piece_validator)
 
 
@@ -61,7 +60,7 @@ def _merge_compiled(words: list[tuple[str, int]], n_merges: int, opts: SpmTrainO
     offsets = np.zeros(len(words) + 1, np.int64)
     np.cumsum([len(w) for w, _ in words], out=offsets[1:])
     counts = np.array([n for _, n in words], np.int64)
-    classes = np.array([_char_class(c, opts) for c in chars], np.int32)
+    classes = np.array([char_class(c, opts) for c in chars], np.int32)
     return _spm_train.bpe_merges(seqs, offsets, counts, chars, classes, opts.max_sentencepiece_length, n_merges)
 
 

@@ -201,6 +201,26 @@ _WORDS = re.compile(f"{WS}[^{WS}\n]*|[^{WS}\n]+")
 _BATCH = 1 << 12  # sentences counted at once
 
 
+def char_class(c: str, opts: SpmTrainOptions) -> int:
+    """A character's class for the compiled helper's piece_validator: -1 never in a
+    piece of two or more characters, -2 `▁`, -3 inherits the script before it, -4 any
+    script, else the script's number."""
+    if c in (UNK_CHAR, "\x00", BOUNDARY, " ") or 0xD800 <= ord(c) <= 0xDFFF:
+        return -1
+    if c == WS:
+        return -2
+    digit = _is_decimal(c)
+    if digit and opts.split_digits:
+        return -1
+    if (digit and not opts.split_by_number) or not opts.split_by_unicode_script:
+        return -4
+    script = script_of(c)
+    return -3 if script == "Inherited" else _SCRIPT_IDS.setdefault(script, len(_SCRIPT_IDS))
+
+
+_SCRIPT_IDS: dict[str, int] = {}
+
+
 def split_into_words(sentence: str) -> list[str]:
     """A normalized sentence cut before every `▁` (sentencepiece's SplitIntoWords)."""
     words = sentence.split(WS)

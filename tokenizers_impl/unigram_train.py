@@ -30,8 +30,8 @@ import numpy as np
 
 from . import spm_lattice
 from .errors import TokenizerError
-from .spm_train_input import (BOUNDARY, UNK_CHAR, WS, SpmTrainOptions, assemble, basic_nmt_nfkc, load_corpus,
-                              piece_validator, script_of)
+from .spm_train_input import (BOUNDARY, UNK_CHAR, WS, SpmTrainOptions, assemble, basic_nmt_nfkc, char_class,
+                              load_corpus, piece_validator)
 
 UNK_PENALTY = 10.0          # an unknown character scores this much below the lowest piece
 MIN_EXPECTED = 0.5          # the M step drops pieces expected less often than this
@@ -101,7 +101,7 @@ def seed_pieces(corpus, opts: SpmTrainOptions, valid: Callable[[str], bool]) -> 
     runs.update(((w, 0), n) for w, n in corpus.ends.items())
     if spm_lattice._spm_train is not None:
         words = [w for w, _ in runs]
-        kinds = {ord(c): _char_class(c, opts) for c in corpus.required_chars}
+        kinds = {ord(c): char_class(c, opts) for c in corpus.required_chars}
         kinds.update({ord(c): -1 for c in (UNK_CHAR, BOUNDARY)})
         ranked = spm_lattice._spm_train.seed_substrings(
             words, bytes(a for _, a in runs), np.fromiter(runs.values(), np.int64, len(runs)), kinds,
@@ -138,25 +138,6 @@ def _frequent_substrings(runs: dict, max_len: int, valid) -> list[tuple[str, flo
     ranked = [(sub, float(np.float32(rec[0]) * np.float32(len(sub)))) for sub, rec in stats.items() if rec[2]]
     ranked.sort(key=lambda t: (-t[1], -len(t[0].encode()), t[0]))
     return ranked
-
-
-def _char_class(c: str, opts: SpmTrainOptions) -> int:
-    """A character's class for the compiled validity check: -1 never in a piece of two or
-    more characters, -2 `▁`, -3 inherits the script before it, -4 any script, else a script."""
-    if c in (UNK_CHAR, "\x00", BOUNDARY, " ") or 0xD800 <= ord(c) <= 0xDFFF:
-        return -1
-    if c == WS:
-        return -2
-    digit = "0" <= c <= "9" or "\uff10" <= c <= "\uff19"
-    if digit and opts.split_digits:
-        return -1
-    if (digit and not opts.split_by_number) or not opts.split_by_unicode_script:
-        return -4
-    script = script_of(c)
-    return -3 if script == "Inherited" else _SCRIPT_IDS.setdefault(script, len(_SCRIPT_IDS))
-
-
-_SCRIPT_IDS: dict[str, int] = {}
 
 
 def digamma(x: np.ndarray) -> np.ndarray:
