@@ -18,13 +18,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import TokenizerError
+from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfkc, char_class, load_corpus,
+                              piece_validator)
 
 try:
     from . import _spm_train
 except ImportError:  # no compiler at install time: _merge below
     _spm_train = None
-from .spm_train_input import (UNK_CHAR, SpmTrainOptions, assemble, basic_nmt_nfkc, char_class, load_corpus,
-                              piece_validator)
 
 
 def train_spm_bpe(lines: Iterable[str], opts: SpmTrainOptions,

@@ -11,18 +11,19 @@ tests compare with):
   of all characters; every other character becomes `▅` (never part of a piece);
 - reserved pieces get the first ids: `<unk>`, `<s>`, `</s>`, then control symbols,
   user-defined symbols and, with byte fallback, `<0x00>`..`<0xFF>`.
+Pieces never span a `▁` but at their start, so the sentences are kept only as counts of
+their words (Corpus), read in batches.
 
 Normalization is a parameter (a function from a raw line to its normalized form, with
-`▁` for whitespace): `basic_nmt_nfkc` below is Python's NFKC plus sentencepiece's
-whitespace rules, which covers sentencepiece's `nmt_nfkc` for ordinary text but not its
-precompiled character map (control characters, some spaces); pass the exact normalizer
-when one is available.
+`▁` for whitespace): `basic_nmt_nfkc` below is sentencepiece's `nmt_nfkc` rebuilt from
+Python's NFKC, which agrees with it except on characters of Unicode versions newer
+than Python's; pass the exact normalizer when one is available.
 """
 import bisect
-from collections import Counter
 import functools
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
