@@ -76,6 +76,18 @@ static int lat_get(Lat *l, PyObject **objs, int count) {
             PyErr_SetString(PyExc_ValueError, "lattice node names an unknown piece");
             return -1;
         }
+    /* nodes inside their word, sorted by start, offsets increasing: the passes rely on it */
+    for (Py_ssize_t w = 0; w < l->n_words; w++) {
+        int bad = l->off[w] > l->off[w + 1] || l->off[w] < 0;
+        for (int64_t k = l->off[w]; !bad && k < l->off[w + 1]; k++)
+            bad = l->len[k] == 0 || (int32_t)l->pos[k] + l->len[k] > l->wl[w] ||
+                  (k > l->off[w] && l->pos[k] < l->pos[k - 1]);
+        if (bad) {
+            lat_release(l);
+            PyErr_SetString(PyExc_ValueError, "lattice nodes out of order or outside their word");
+            return -1;
+        }
+    }
     return 0;
 }
 
