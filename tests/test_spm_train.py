@@ -239,3 +239,16 @@ def test_basic_normalizer_is_nmt_nfkc_on_real_text(docs):
     lines = docs.read_text(encoding="utf-8").split("\n") + _held_out()
     lines += ["\tTab\x0bvt\x01ctl\u200bzw\ufeffbom \ufffd\u2581 ～ ﬁ ① Ｈｅｌｌｏ\u3000x  ", "   ", ""]
     assert [basic_nmt_nfkc(line) for line in lines] == [NORMALIZE(line) for line in lines]
+
+
+def test_corpus_lines_are_sentencepieces_lines(tmp_path):
+    from tokenizers_impl.spm_train_input import corpus_lines
+
+    text = "first line\r\nsecond\u2028same line\n\n" + "x" * 5000 + " long\nlast without newline"
+    path = tmp_path / "c.txt"
+    path.write_bytes(text.encode("utf-8"))
+    assert list(corpus_lines([path], chunk_bytes=64)) == text.split("\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe\n")
+    with pytest.raises(TokenizerError, match="not UTF-8"):
+        list(corpus_lines([bad]))

@@ -25,11 +25,12 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import unicode_scripts
+from .corpus import CHUNK_BYTES, read_text_chunks
 from .errors import TokenizerError
 
 try:
@@ -287,6 +288,20 @@ def _count_batch(batch: list[str], strip_meta, counts: _WordCounts, chars: np.nd
     found = np.bincount(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
     found[0x0A] -= len(batch)
     chars[:len(found)] += found
+
+
+def corpus_lines(paths: Iterable, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+    """The lines of corpus files (`-` for stdin), split at newlines only, as sentencepiece
+    reads them; read in chunks (corpus.read_text_chunks, which also reports text that is
+    not UTF-8). A line cut between two chunks is put back together."""
+    for path in paths:
+        rest = ""
+        for chunk in read_text_chunks(path, chunk_bytes):
+            lines = (rest + chunk).split("\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest
 
 
 def load_corpus(lines: Iterable[str], opts: SpmTrainOptions,
