@@ -85,6 +85,8 @@ BPE_CASES = [
     ("mixed", dict(vocab_size=600)),
     ("mixed", dict(vocab_size=600, split_digits=True, character_coverage=0.999)),
     ("mixed", dict(vocab_size=500, split_by_unicode_script=False, split_by_number=False)),
+    # beyond the pairs that still occur: sentencepiece takes pairs that are gone, to the last one
+    ("mixed", dict(vocab_size=2110)),
 ]
 
 
@@ -163,6 +165,12 @@ def test_compiled_helper_matches_python_reference(corpus, request, monkeypatch):
     python = (train_spm_bpe(lines, SpmTrainOptions(vocab_size=size), NORMALIZE),
               train_unigram(lines, SpmTrainOptions(vocab_size=size), NORMALIZE))
     assert compiled[0] == python[0]
+    big = 1647 if corpus == "mixed" else None  # its largest; pairs run out at 1162 merges
+    if big:  # into the pairs that are gone
+        monkeypatch.undo()
+        compiled_big = train_spm_bpe(lines, SpmTrainOptions(vocab_size=big), NORMALIZE)
+        monkeypatch.setattr(spm_bpe_train, "_spm_train", None)
+        assert compiled_big == train_spm_bpe(lines, SpmTrainOptions(vocab_size=big), NORMALIZE)
     assert [p for p, _, _ in compiled[1]] == [p for p, _, _ in python[1]]
     np.testing.assert_allclose([s for _, s, _ in compiled[1]], [s for _, s, _ in python[1]], atol=1e-5)
 
@@ -213,6 +221,14 @@ def test_bad_input_says_what_is_wrong(train):
         train(["abcdefghij klmnop"], SpmTrainOptions(vocab_size=10))
     with pytest.raises(TokenizerError, match="too large for this corpus"):
         train(["abcdefghij klmnop"] * 3, SpmTrainOptions(vocab_size=500))
+
+
+def test_spm_bpe_largest_vocab_is_sentencepieces(mixed):
+    """sentencepiece refuses one piece more than the corpus gives; so do we, saying how many."""
+    with pytest.raises(RuntimeError, match="<= 2110"):
+        spm_oracle.train(mixed, "bpe", 2111)
+    with pytest.raises(TokenizerError, match="at most 2110 pieces"):
+        _ours(train_spm_bpe, mixed, vocab_size=2111)
 
 
 @pytest.mark.skipif(spm_lattice._spm_train is None, reason="compiled helper not built")

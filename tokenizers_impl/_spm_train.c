@@ -1149,10 +1149,20 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
     for (int32_t p = 0; p < B.n_pairs && !oom; p++)
         if (!B.pairs[p].invalid && B.pairs[p].count > 0 && heap_push(&B, B.pairs[p].count, p)) oom = 1;
     uint32_t stamp = 0;
-    while (n_out < n_merges && B.heap_n && !oom) {
+    int zero_phase = 0;
+    while (n_out < n_merges && !oom) {
+        if (!B.heap_n) {
+            /* no pair occurs any more: sentencepiece goes on with the pairs that did occur
+             * once and are gone now (count 0), shortest first, then by string */
+            if (zero_phase) break;
+            zero_phase = 1;
+            for (int32_t p = 0; p < B.n_pairs && !oom; p++)
+                if (!B.pairs[p].invalid && !B.pairs[p].dead && B.pairs[p].count == 0 && heap_push(&B, 0, p)) oom = 1;
+            continue;
+        }
         const HeapItem top = heap_pop(&B);
         BPair *bp = &B.pairs[top.pair];
-        if (bp->dead || bp->count != top.count || top.count <= 0) continue;
+        if (bp->dead || bp->count != top.count || (top.count <= 0 && !zero_phase)) continue;
         const int32_t a = bp->a, b = bp->b, la = B.sy.len[a], lb = B.sy.len[b];
         /* the merged piece's characters, and whether an earlier merge made the same string */
         uint32_t buf[512];
@@ -1225,6 +1235,7 @@ static PyObject *py_bpe_merges(PyObject *self, PyObject *args) {
         }
         free(where);
         B.pairs[top.pair].count = 0;
+        B.pairs[top.pair].dead = 1; /* merged: never a candidate again */
         for (int32_t i = 0; i < C.n && !oom; i++) {
             BPair *q = &B.pairs[C.ids[i]];
             if (q->count == 0) { /* gone from every word: only a new symbol could bring it back, as a new pair */

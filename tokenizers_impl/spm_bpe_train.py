@@ -7,8 +7,10 @@ everywhere, left to right; a pair's frequency counts every adjacent occurrence (
 shorter piece, then to the smaller string. A pair is never formed across a character
 outside the alphabet or into a string that is not a valid piece (`▁` inside, mixed
 scripts, longer than 16). If two different pairs spell a piece already made, the
-second is dropped without merging. Piece i (0-based) scores -i; the alphabet follows
-the merged pieces, most frequent character first, continuing the scores.
+second is dropped without merging. When no pair occurs any more, sentencepiece goes on
+taking pairs that occurred once (count 0), shortest first. Piece i (0-based) scores -i;
+the alphabet follows the merged pieces, most frequent character first, continuing the
+scores.
 
 Result: [(piece, score, type)] in id order, types as sentencepiece numbers them.
 """
@@ -90,12 +92,14 @@ def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], b
 
     counts: dict[tuple[int, int], int] = {}
     where: dict[tuple[int, int], set[int]] = {}
+    ever: set[tuple[int, int]] = set()  # every pair that occurred at some time
     for wi, seq in enumerate(seqs):
         f = freqs[wi]
         for a, b in zip(seq, seq[1:]):
             if ok(a, b):
                 counts[(a, b)] = counts.get((a, b), 0) + f
                 where.setdefault((a, b), set()).add(wi)
+                ever.add((a, b))
 
     def entry(pair, n):
         s = names[pair[0]] + names[pair[1]]
@@ -106,21 +110,29 @@ def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], b
     made: set[str] = set()
     out: list[str] = []
     dead: set[tuple[int, int]] = set()
+    zero_phase = False
     while len(out) < n_merges:
         if not heap:
-            break
+            # no pair occurs any more: sentencepiece goes on with the pairs that did occur
+            # once and are gone now (count 0), shortest first, then by string
+            if zero_phase:
+                break
+            zero_phase = True
+            heap = sorted(entry(p, 0) for p in ever if p not in dead and not counts.get(p, 0))
+            continue
         neg, _, s, pair = heapq.heappop(heap)
-        if pair in dead or counts.get(pair, 0) != -neg or neg == 0:
+        if pair in dead or counts.get(pair, 0) != -neg or (neg == 0 and not zero_phase):
             continue
         if s in made:  # the same string by another split: sentencepiece drops this pair
             dead.add(pair)
             continue
         made.add(s)
         out.append(s)
+        dead.add(pair)  # merged: never a candidate again
         new = symbol(s)
         a, b = pair
         changed: set[tuple[int, int]] = set()
-        for wi in sorted(where.pop(pair)):
+        for wi in sorted(where.pop(pair, ())):
             seq = seqs[wi]
             f = freqs[wi]
             for p in zip(seq, seq[1:]):
@@ -142,6 +154,7 @@ def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], b
                     counts[p] = counts.get(p, 0) + f
                     changed.add(p)
                     where.setdefault(p, set()).add(wi)
+                    ever.add(p)
         counts.pop(pair, None)
         for p in changed:
             n = counts.get(p, 0)
