@@ -144,6 +144,10 @@ def _merge(words: list[tuple[str, int]], n_merges: int, valid: Callable[[str], b
             while i < n:
                 if i + 1 < n and seq[i] == a and seq[i + 1] == b:
                     merged_seq.append(new)
+                    if i + 2 < n and ok(new, seq[i + 2]):
+                        # formed for a moment even when the next pair merges too (a b a b):
+                        # sentencepiece keeps it as a pair that occurred
+                        ever.add((new, seq[i + 2]))
                     i += 2
                 else:
                     merged_seq.append(seq[i])
