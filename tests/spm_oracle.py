@@ -21,12 +21,24 @@ def train(corpus: Path, model_type: str, vocab_size: int, **kwargs) -> bytes:
 
 
 def pieces(model: bytes) -> list[tuple[str, float, int]]:
-    sp = spm.SentencePieceProcessor(model_proto=model)
+    """(piece, score, type) of every piece of a model, read from its protobuf (the
+    processor's API cannot tell user-defined pieces from normal ones)."""
     out = []
-    for i in range(sp.get_piece_size()):
-        kind = (2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
-                else 5 if sp.is_unused(i) else 1)
-        out.append((sp.id_to_piece(i), sp.get_score(i), kind))
+    for num, raw in _fields(model):
+        if num != 1:
+            continue
+        _, i = _read_varint(raw, 0)  # the field's key
+        _, i = _read_varint(raw, i)  # its length
+        piece, score, kind = None, 0.0, 1
+        for field, body in _fields(raw[i:]):
+            if field == 1:
+                n, j = _read_varint(body, 1)
+                piece = body[j:j + n].decode("utf-8")
+            elif field == 2:
+                score = struct.unpack("<f", body[1:5])[0]
+            elif field == 3:
+                kind = _read_varint(body, 1)[0]
+        out.append((piece, score, kind))
     return out
 
 

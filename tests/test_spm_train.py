@@ -57,27 +57,6 @@ def _ours(train, path, **kwargs):
         return train(f, opts, normalize=NORMALIZE)
 
 
-def _model_vocab(model: bytes):
-    """(piece, score, type) of every piece in a sentencepiece model, read from its protobuf."""
-    out = []
-    for num, raw in spm_oracle._fields(model):
-        if num != 1:
-            continue
-        _, i = spm_oracle._read_varint(raw, 0)
-        _, i = spm_oracle._read_varint(raw, i)
-        piece, score, kind = None, 0.0, NORMAL
-        for field, body in spm_oracle._fields(raw[i:]):
-            if field == 1:
-                n, j = spm_oracle._read_varint(body, 1)
-                piece = body[j:j + n].decode("utf-8")
-            elif field == 2:
-                score = float(np.frombuffer(body[1:5], "<f4")[0])
-            elif field == 3:
-                kind = spm_oracle._read_varint(body, 1)[0]
-        out.append((piece, score, kind))
-    return out
-
-
 BPE_CASES = [
     ("docs", dict(vocab_size=2000)),
     ("docs", dict(vocab_size=5000, byte_fallback=True, user_defined_symbols=["<tool>", "def"],
@@ -93,7 +72,7 @@ BPE_CASES = [
 @pytest.mark.parametrize("corpus,kwargs", BPE_CASES)
 def test_spm_bpe_vocabulary_is_sentencepieces(corpus, kwargs, request):
     path = request.getfixturevalue(corpus)
-    theirs = _model_vocab(spm_oracle.train(path, "bpe", **kwargs))
+    theirs = spm_oracle.pieces(spm_oracle.train(path, "bpe", **kwargs))
     ours = _ours(train_spm_bpe, path, **kwargs)
     assert len(ours) == len(theirs)
     diffs = [(i, a, b) for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
@@ -126,7 +105,7 @@ UNIGRAM_CASES = [
 def test_unigram_matches_sentencepiece_on_held_out_text(corpus, kwargs, request):
     path = request.getfixturevalue(corpus)
     model = spm_oracle.train(path, "unigram", **kwargs)
-    theirs = _model_vocab(model)
+    theirs = spm_oracle.pieces(model)
     ours = _ours(train_unigram, path, **kwargs)
     assert len(ours) == len(theirs)
     assert [(p, t) for p, _, t in ours if t != NORMAL] == [(p, t) for p, _, t in theirs if t != NORMAL]
