@@ -213,21 +213,23 @@ def _drop_unreachable(own, cur, scores, n_seeds):
 
 
 def _finalize(corpus, pieces: list[str], scores: np.ndarray, size: int) -> list[tuple[str, float]]:
+    # sentencepiece's scores are float32: pieces whose scores round alike tie, and ties go
+    # by string (many pieces share the lowest score)
+    scores = scores.astype(np.float32)
     score_of = dict(zip(pieces, scores.tolist()))
     final: dict[str, float] = {}
-    low = float(scores.min())
-    penalty = 0.0
+    low = np.float32(scores.min())
+    penalty = np.float32(0.0)
     for c, _ in corpus.sorted_required_chars():
         if c in score_of:
             final[c] = score_of[c]
         else:  # frequent characters get the smaller penalties
-            final[c] = low + penalty
-            penalty += REQUIRED_CHAR_PENALTY
+            final[c] = float(np.float32(low + penalty))
+            penalty = np.float32(penalty + np.float32(REQUIRED_CHAR_PENALTY))
     for p, s in sorted(score_of.items(), key=lambda kv: (-kv[1], kv[0])):
         if p in final:
             continue
         if len(final) == size:
             break
         final[p] = s
-    out = [(p, float(np.float32(s))) for p, s in final.items()]
-    return sorted(out, key=lambda kv: (-kv[1], kv[0]))
+    return sorted(final.items(), key=lambda kv: (-kv[1], kv[0]))
