@@ -18,14 +18,17 @@ import convkit
 HELPERS = {
     "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL) and f16/bf16 conversion",
     "tokenizers_impl._bpe": "BPE training, pre-tokenization and byte-level encoding",
+    "tokenizers_impl._spm_train": "sentencepiece-style training (Unigram and spm-bpe)",
     "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",
 }
 # What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
 # 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level
-# BPE training on the pydoc text 7x, encoding 300 KB of it 65x.
+# BPE training on the pydoc text 7x, encoding 300 KB of it 65x; sentencepiece-style training
+# on the pydoc text 10x (spm-bpe) to 14x (Unigram), spm-bpe on 20 MB about 45x.
 MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
+    "tokenizers_impl._spm_train": "Unigram and spm-bpe training about 10x (pydoc text) to 45x (20 MB) slower",
     "quant._qdot": "generate decodes through dequantized weights instead, several times slower",
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
