@@ -12,12 +12,14 @@ the same arithmetic when it is built.
 import numpy as np
 
 from ._threads import split_rows
+from .backend import compiled_or_none
 from .errors import QuantError
 from .legacy import check_imatrix, fp16_bytes, pack_nibbles, signed_abs_max
 from .search import F32, GROUP_MAX_EPS, seq_sum
+from .types import QuantType, block_size, type_size
 
-QK = 32
-BLOCK_BYTES = 18
+QK = block_size(QuantType.IQ4_NL)
+BLOCK_BYTES = type_size(QuantType.IQ4_NL)
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _KV = KVALUES.astype(F32)
 _NTRY = 7
@@ -97,16 +99,8 @@ def dequantize(data):
         return (d * _KV[idx]).reshape(rows, -1)
 
 
-try:                                    # optional compiled kernel; numpy above is the reference
-    from . import _kquants as _compiled
-    if not hasattr(_compiled, "legacy"):
-        _compiled = None
-except ImportError:                     # pragma: no cover - depends on the build
-    _compiled = None
-
-
 def has_compiled():
-    return _compiled is not None
+    return compiled_or_none() is not None
 
 
 def quantize(x, imatrix=None, threads=1, backend="auto"):
@@ -117,21 +111,19 @@ def quantize(x, imatrix=None, threads=1, backend="auto"):
     if x.ndim != 2 or x.shape[1] % QK:
         raise QuantError(f"IQ4_NL: rows of {x.shape[-1]} values cannot be cut into blocks of {QK}; "
                          "keep this tensor in F16")
-    if backend == "c" and _compiled is None:
-        raise QuantError("quant._kquants is not built; run `pip install -e .` with a C compiler")
-    if backend == "numpy" or _compiled is None:
+    compiled = compiled_or_none(backend)
+    if compiled is None:
         return quantize_numpy(x, imatrix)
     rows, n = x.shape
     qw = None if imatrix is None else check_imatrix("IQ4_NL", imatrix, n)
     out = np.empty((rows, n // QK * BLOCK_BYTES), dtype=np.uint8)
-    return split_rows(lambda xp, op, r: _compiled.legacy(20, xp, qw, op, r, n), x, out, threads)
+    tid = int(QuantType.IQ4_NL)
+    return split_rows(lambda xp, op, r: compiled.legacy(tid, xp, qw, op, r, n), x, out, threads)
 
 
 def _register():
     from .registry import register
-    from .types import QuantType
-    register(QuantType.IQ4_NL, QK, BLOCK_BYTES,
-             lambda x, imatrix, threads: quantize(x, imatrix, threads), dequantize)
+    register(QuantType.IQ4_NL, lambda x, imatrix, threads: quantize(x, imatrix, threads), dequantize)
 
 
 _register()

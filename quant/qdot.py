@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from .types import QuantType as T
+from .types import QuantType as T, block_size, type_size
 
 try:
     from . import _qdot as _compiled
@@ -28,8 +28,7 @@ except ImportError:  # no compiler at install time: the numpy path below
     _compiled = None
 
 ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.Q4_1: "q8_1", T.Q4_K: "q8_k", T.Q6_K: "q8_k"}
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q4_K: (256, 144),
-         T.Q6_K: (256, 210)}
+BLOCK = {t: (block_size(t), type_size(t)) for t in ACTIVATION}
 F32 = np.float32
 
 

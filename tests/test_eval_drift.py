@@ -18,6 +18,34 @@ def test_types_are_checked():
         drift.parse_types("q8_0,q9_x")
 
 
+def test_drift_takes_exactly_the_types_quantize_takes():
+    """One list: every name `convkit quantize --type` takes (iq4_nl included) is a drift type, and a
+    name llama.cpp knows but convkit does not write yet is refused by both."""
+    from quant.errors import QuantError
+    from quant.mixes import file_type_names, parse_file_type
+
+    names = file_type_names()
+    assert "iq4_nl" in names
+    assert drift.parse_types(",".join(names)) == names
+    for name in names:
+        parse_file_type(name)
+    with pytest.raises(ConvkitError, match="unknown type iq2_xxs"):
+        drift.parse_types("q8_0,iq2_xxs")
+    with pytest.raises(QuantError):
+        parse_file_type("iq2_xxs")
+
+
+def test_unknown_drift_type_stops_before_any_work(tmp_path, capsys):
+    """The type is checked before the text is read or the base model runs (neither exists here)."""
+    from convkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["drift", str(tmp_path / "missing.gguf"), "--types", "q8_0,q9_x", "--text", str(tmp_path / "none.txt")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "q9_x" in err and "missing" not in err
+
+
 def test_drift_report_from_cached_files(tmp_path):
     """MODEL's 'quantized' file is already in the cache (a copy of MODEL itself), so the report
     must show zero drift: KLD 0 up to the 16-bit base storage, same top token everywhere.

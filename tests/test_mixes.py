@@ -15,10 +15,12 @@ import pytest
 from quant.errors import QuantError
 from quant.mixes import (FileType, QuantType, allows_quantization, fallback_type,
                          parse_file_type, parse_tensor_type_option, parse_type_name,
-                         plan_types, use_more_bits)
+                         plan_types, use_more_bits, MIXES)
+from quant.types import FILE_TYPES
 from realdata import smollm2_gguf
 
-ALL_FILE_TYPES = list(FileType)
+# every file type whose mix rules quant.mixes carries (whether or not all its types are written yet)
+ALL_FILE_TYPES = [info.ftype for info in FILE_TYPES if info.ftype in MIXES]
 
 
 # ---------------------------------------------------------------- the llama.cpp oracle
@@ -124,7 +126,19 @@ def model_description(path):
     return tensors, hparams
 
 
+# file types llama.cpp refuses to write without an importance matrix (tensor_requires_imatrix)
+NEEDS_IMATRIX = {FileType.MOSTLY_Q2_K_S}
+
+
+def ones_imatrix(tensors):
+    """A neutral importance matrix: one entry per column (times the experts of a 3-D tensor)."""
+    return {name: np.ones(shape[-1] * (shape[-3] if len(shape) == 3 else 1), np.float32)
+            for name, shape, _ in tensors if allows_quantization(name, shape)}
+
+
 def ours(tensors, hparams, ftype, **kw):
+    if ftype in NEEDS_IMATRIX:
+        kw.setdefault("has_imatrix", True)
     return {name: int(t) for name, t in plan_types(tensors, ftype, **hparams, **kw).items()}
 
 
@@ -214,8 +228,7 @@ def test_smollm2_overrides_match_llama_quantize(smollm2, tmp_path, case):
 def test_smollm2_imatrix_changes_q4_0_ffn_down(smollm2, tmp_path):
     """With an importance matrix, Q4_0 sends the first eighth of ffn_down to Q4_1."""
     src, tensors, hparams = smollm2
-    imatrix = {name: np.ones(shape[-1], np.float32) for name, shape, _ in tensors
-               if allows_quantization(name, shape)}
+    imatrix = ones_imatrix(tensors)
     expected = llama_quantize(src, tmp_path / "out.gguf", FileType.MOSTLY_Q4_0, imatrix=imatrix,
                               dry_run=True)
     got = ours(tensors, hparams, FileType.MOSTLY_Q4_0, has_imatrix=True)
@@ -302,7 +315,8 @@ def test_synthetic_models_match_llama_quantize(synthetic_models, tmp_path, label
     tensors, hparams = model_description(src)
     failures = []
     for ftype in ALL_FILE_TYPES:
-        expected = llama_quantize(src, tmp_path / "out.gguf", ftype)
+        imatrix = ones_imatrix(tensors) if ftype in NEEDS_IMATRIX else None
+        expected = llama_quantize(src, tmp_path / "out.gguf", ftype, imatrix=imatrix)
         got = ours(tensors, hparams, ftype)
         if got != expected:
             failures.append(f"{ftype.name}:\n{describe_diff(expected, got)}")
@@ -373,3 +387,11 @@ def test_fallback_and_use_more_bits():
     assert fallback_type(512, QuantType.Q3_K) == QuantType.Q3_K
     more = [i for i in range(30) if use_more_bits(i, 30)]
     assert more == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+
+
+def test_mix_that_needs_an_importance_matrix_is_refused_without_one(smollm2):
+    """llama.cpp bails out of Q2_K_S without an imatrix; so does the plan, before any tensor is read."""
+    _, tensors, hparams = smollm2
+    with pytest.raises(QuantError, match="needs an importance matrix"):
+        plan_types(tensors, FileType.MOSTLY_Q2_K_S, **hparams)
+    assert plan_types(tensors, FileType.MOSTLY_Q2_K_S, **hparams, has_imatrix=True)

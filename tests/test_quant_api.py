@@ -118,3 +118,13 @@ def test_memory_is_a_small_constant_times_the_input(name):
             tracemalloc.stop()
         assert peak <= 1.5 * x.nbytes, f"{name}: peak {peak / x.nbytes:.2f}x the input"
         del out
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_bytes_do_not_depend_on_the_thread_count(name):
+    x = _data(rows=11, n=512, seed=3)
+    im = np.random.default_rng(4).uniform(0.1, 2.0, 512).astype(np.float32)
+    for imatrix in (None, im):
+        one = quant.quantize(x, name, imatrix=imatrix, threads=1)
+        for threads in (2, 3, 8, 16):
+            assert np.array_equal(quant.quantize(x, name, imatrix=imatrix, threads=threads), one), (name, threads)
