@@ -93,6 +93,45 @@ static PyObject *py_legacy(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ IQ4_XS */
+
+/* iq4_xs(x, imatrix_or_None, out, rows, n_per_row): x float32 C-contiguous [rows * n_per_row],
+ * imatrix float32 [n_per_row] or None, out writable uint8 [rows * n_per_row / 256 * 136]. */
+static PyObject *py_iq4_xs(PyObject *self, PyObject *args) {
+    Py_buffer xb, ob, qb;
+    PyObject *imatrix;
+    Py_ssize_t rows, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*Ow*nn", &xb, &imatrix, &ob, &rows, &n)) return NULL;
+    int have_q = imatrix != Py_None;
+    if (have_q && PyObject_GetBuffer(imatrix, &qb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    const char *err = NULL;
+    if (n <= 0 || n % LG_IQ4XS_QK) err = "n_per_row must be a positive multiple of 256";
+    else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
+    else if (ob.len < rows * (n / LG_IQ4XS_QK) * LG_IQ4XS_BYTES) err = "out is too small";
+    else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
+    if (!err) {
+        const float *x = (const float *)xb.buf;
+        const float *q = have_q ? (const float *)qb.buf : NULL;
+        uint8_t *o = (uint8_t *)ob.buf;
+        Py_BEGIN_ALLOW_THREADS
+        lg_rows_iq4xs(x, q, rows, n, o);
+        Py_END_ALLOW_THREADS
+    }
+    if (have_q) PyBuffer_Release(&qb);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef kquants_methods[] = {
@@ -100,6 +139,8 @@ static PyMethodDef kquants_methods[] = {
      "kquant(type_id, x, imatrix_or_None, out, rows, n_per_row): ggml K-quant bytes into out."},
     {"legacy", py_legacy, METH_VARARGS,
      "legacy(type_id, x, imatrix_or_None, out, rows, n_per_row): Q4_0..Q8_0 / IQ4_NL bytes into out."},
+    {"iq4_xs", py_iq4_xs, METH_VARARGS,
+     "iq4_xs(x, imatrix_or_None, out, rows, n_per_row): ggml's IQ4_XS bytes into out."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -45,14 +45,11 @@ def _sums(x, w, idv):
     return sumqx, sumq2
 
 
-def _blocks(x, qw):
-    """float32 [B, 32], weights source qw [B, 32] or None -> uint8 [B, 18]."""
+def search_scales(x, w):
+    """The scale of each 32-value block [B, 32] under weights w [B, 32], as ggml's
+    quantize_row_iq4_nl_impl picks it (0 for a block below GROUP_MAX_EPS); float32 [B].
+    IQ4_XS runs the same search on the blocks of its super-blocks."""
     with np.errstate(all="ignore"):
-        if qw is None:
-            w = x * x
-        else:
-            sigma2 = seq_sum(np.ascontiguousarray((x * x).T)) * (F32(2) / F32(QK))
-            w = qw * np.sqrt(sigma2[:, None] + x * x)
         vmax, amax = signed_abs_max(x)
         empty = amax < GROUP_MAX_EPS
         d = -vmax / F32(KVALUES[0])
@@ -68,7 +65,18 @@ def _blocks(x, qw):
             d_t = c_sumqx[t] / c_sumq2[t]
             d = np.where(take, d_t, d)
             best = np.where(take, d_t * c_sumqx[t], best)
-        d = np.where(empty, F32(0), d).astype(F32)
+        return np.where(empty, F32(0), d).astype(F32)
+
+
+def _blocks(x, qw):
+    """float32 [B, 32], weights source qw [B, 32] or None -> uint8 [B, 18]."""
+    with np.errstate(all="ignore"):
+        if qw is None:
+            w = x * x
+        else:
+            sigma2 = seq_sum(np.ascontiguousarray((x * x).T)) * (F32(2) / F32(QK))
+            w = qw * np.sqrt(sigma2[:, None] + x * x)
+        d = search_scales(x, w)
         idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
         L = best_index(idv[:, None] * x)
     return np.concatenate([fp16_bytes(d), pack_nibbles(L)], axis=1)
