@@ -13,7 +13,7 @@ import quant
 from oracle import ggml_dequantize, ggml_quantize
 from quant import QuantError, QuantType
 
-ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "IQ4_XS",
+ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
 
