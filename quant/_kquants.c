@@ -8,6 +8,7 @@
 
 #include "_kquants_k.h"
 #include "_kquants_legacy.h"
+#include "_kquants_simple.h"
 
 /* ------------------------------------------------------------------ K-quants */
 
@@ -132,6 +133,37 @@ static PyObject *py_iq4_xs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ TQ1_0, TQ2_0, MXFP4 */
+
+/* simple(type_id, x, out, rows, n_per_row): x float32 C-contiguous [rows * n_per_row], out writable uint8. */
+static PyObject *py_simple(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer xb, ob;
+    Py_ssize_t rows, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*w*nn", &type, &xb, &ob, &rows, &n)) return NULL;
+    const int per_block = sm_block_values(type), bytes = sm_block_bytes(type);
+    const char *err = NULL;
+    if (!per_block) err = "unknown block type id";
+    else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of the block size";
+    else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
+    else if (ob.len < rows * (n / per_block) * bytes) err = "out is too small";
+    if (!err) {
+        const float *x = (const float *)xb.buf;
+        uint8_t *o = (uint8_t *)ob.buf;
+        Py_BEGIN_ALLOW_THREADS
+        sm_quantize_rows(type, x, rows, n, o);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef kquants_methods[] = {
@@ -141,6 +173,8 @@ static PyMethodDef kquants_methods[] = {
      "legacy(type_id, x, imatrix_or_None, out, rows, n_per_row): Q4_0..Q8_0 / IQ4_NL bytes into out."},
     {"iq4_xs", py_iq4_xs, METH_VARARGS,
      "iq4_xs(x, imatrix_or_None, out, rows, n_per_row): ggml's IQ4_XS bytes into out."},
+    {"simple", py_simple, METH_VARARGS,
+     "simple(type_id, x, out, rows, n_per_row): TQ1_0 / TQ2_0 / MXFP4 bytes into out."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,6 +17,22 @@ def has_compiled() -> bool:
     return compiled is not None
 
 
+def simple_kernel(qtype, x, nbytes_per_row, threads, backend="auto"):
+    """The compiled TQ1_0 / TQ2_0 / MXFP4 kernel's bytes for float32 rows x, or None when
+    the numpy path is to run (not built, or backend "numpy")."""
+    import numpy as np
+
+    from ._threads import split_rows
+
+    compiled = compiled_or_none(backend)
+    if compiled is None or not hasattr(compiled, "simple"):
+        return None
+    rows, n = x.shape
+    out = np.empty((rows, nbytes_per_row), dtype=np.uint8)
+    tid = int(qtype)
+    return split_rows(lambda xp, op, r: compiled.simple(tid, xp, op, r, n), x, out, threads)
+
+
 def compiled_or_none(backend: str = "auto"):
     """The compiled module to use for `backend`, or None for the numpy path."""
     if backend not in BACKENDS:

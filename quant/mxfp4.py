@@ -7,6 +7,7 @@ each value takes the first code whose kvalues_mxfp4[code] * d is nearest to it.
 """
 import numpy as np
 
+from .backend import simple_kernel
 from .legacy import c_to_int8, pack_nibbles
 from .search import F32
 from .types import QuantType, block_size, type_size
@@ -44,9 +45,13 @@ def _blocks(x):
     return np.concatenate([e[:, None], pack_nibbles(L)], axis=1)
 
 
-def quantize(x, imatrix=None, threads=1):
+def quantize(x, imatrix=None, threads=1, backend="auto"):
+    """float32 [rows, n] (n a multiple of 32) -> MXFP4; an importance vector does not apply."""
     x = np.ascontiguousarray(x, dtype=F32)
     rows, n = x.shape
+    compiled = simple_kernel(QuantType.MXFP4, x, n // QK * BLOCK_BYTES, threads, backend)
+    if compiled is not None:
+        return compiled
     xb = x.reshape(-1, QK)
     out = np.empty((xb.shape[0], BLOCK_BYTES), dtype=np.uint8)
     for s in range(0, xb.shape[0], _CHUNK):

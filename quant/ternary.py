@@ -11,6 +11,7 @@ Both take d = max|x| of the super-block and store each value as round(x / d) in 
 """
 import numpy as np
 
+from .backend import simple_kernel
 from .legacy import c_roundf, fp16_bytes
 from .search import F32
 from .types import QuantType, block_size, type_size
@@ -54,9 +55,13 @@ def _tq1_0(x):
     return np.concatenate([first, second, _pack_base3(last), fp16_bytes(d)], axis=1)
 
 
-def _quantize(blocks, x, nbytes):
+def _quantize(blocks, qtype, x, threads, backend):
     x = np.ascontiguousarray(x, dtype=F32)
     rows, n = x.shape
+    nbytes = type_size(qtype)
+    compiled = simple_kernel(qtype, x, n // QK_K * nbytes, threads, backend)
+    if compiled is not None:
+        return compiled
     xs = x.reshape(-1, QK_K)
     out = np.empty((xs.shape[0], nbytes), dtype=np.uint8)
     for s in range(0, xs.shape[0], _CHUNK):
@@ -64,12 +69,14 @@ def _quantize(blocks, x, nbytes):
     return out.reshape(rows, n // QK_K * nbytes)
 
 
-def quantize_tq2_0(x, imatrix=None, threads=1):
-    return _quantize(_tq2_0, x, type_size(QuantType.TQ2_0))
+def quantize_tq2_0(x, imatrix=None, threads=1, backend="auto"):
+    """float32 [rows, n] (n a multiple of 256) -> TQ2_0; an importance vector does not apply."""
+    return _quantize(_tq2_0, QuantType.TQ2_0, x, threads, backend)
 
 
-def quantize_tq1_0(x, imatrix=None, threads=1):
-    return _quantize(_tq1_0, x, type_size(QuantType.TQ1_0))
+def quantize_tq1_0(x, imatrix=None, threads=1, backend="auto"):
+    """float32 [rows, n] (n a multiple of 256) -> TQ1_0; an importance vector does not apply."""
+    return _quantize(_tq1_0, QuantType.TQ1_0, x, threads, backend)
 
 
 def _d(blk):

@@ -12,15 +12,22 @@ from quant import QuantType
 from test_quant_legacy import CASES, _assert_same, _smollm2_sample
 
 NAMES = ["TQ1_0", "TQ2_0", "MXFP4"]
+
+
+def quantize(name, x, backend, threads=1):
+    from quant import mxfp4, ternary
+    fn = {"TQ1_0": ternary.quantize_tq1_0, "TQ2_0": ternary.quantize_tq2_0, "MXFP4": mxfp4.quantize}[name]
+    return fn(x, None, threads=threads, backend=backend)
 FINITE = {k: np.ascontiguousarray(v[:, :256]) for k, v in CASES.items() if k != "non_finite"}
 
 
+@pytest.mark.parametrize("backend", ["c", "numpy"])
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", sorted(FINITE))
-def test_bytes_match_ggml(name, case):
+def test_bytes_match_ggml(name, case, backend):
     x = FINITE[case]
     ref = ggml_quantize(x, QuantType[name])
-    _assert_same(name, quant.quantize(x, name), ref, case)
+    _assert_same(name, quantize(name, x, backend), ref, f"{backend} {case}")
     im = np.random.default_rng(1).uniform(0.1, 3, x.shape[1]).astype(np.float32)
     _assert_same(name, quant.quantize(x, name, imatrix=im, threads=3), ref, f"{case} with an ignored imatrix")
 
@@ -37,7 +44,8 @@ def test_mxfp4_exponent_edges():
             r[rng.integers(32)] = p * m
             rows.append(r)
     x = np.stack(rows)
-    _assert_same("MXFP4", quant.quantize(x, "mxfp4"), ggml_quantize(x, QuantType.MXFP4), "exponent edges")
+    for backend in ("c", "numpy"):
+        _assert_same("MXFP4", quantize("MXFP4", x, backend), ggml_quantize(x, QuantType.MXFP4), f"{backend} exponent edges")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -68,3 +76,8 @@ def test_dequantize_matches_ggml_gguf_and_torch(name):
 def test_rows_the_block_does_not_hold_are_refused(name, n):
     with pytest.raises(quant.QuantError, match=rf"\b{n}\b"):
         quant.quantize(np.zeros((2, n), np.float32), name)
+
+
+def test_compiled_kernels_are_built():
+    from quant.backend import compiled_or_none
+    assert hasattr(compiled_or_none("c"), "simple"), "quant._kquants without TQ/MXFP4: run `python setup.py build_ext --inplace`"
