@@ -10,6 +10,9 @@
 #include "_kquants_legacy.h"
 #include "_kquants_simple.h"
 
+/* bytes per 256-value block of Q2_K..Q8_K (ids 10..15) */
+static const int kq_type_bytes[6] = {84, 110, 144, 176, 210, 292};
+
 /* ------------------------------------------------------------------ K-quants */
 
 /* kquant(type_id, x, imatrix_or_None, out, rows, n_per_row): x float32 C-contiguous
@@ -27,12 +30,11 @@ static PyObject *py_kquant(PyObject *self, PyObject *args) {
         PyBuffer_Release(&ob);
         return NULL;
     }
-    static const int bytes[6] = {84, 110, 144, 176, 210, 292};
     const char *err = NULL;
     if (type < 10 || type > 15) err = "unknown K-quant type id";
     else if (n <= 0 || n % KQ_QK) err = "n_per_row must be a positive multiple of 256";
     else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
-    else if (ob.len < rows * (n / KQ_QK) * bytes[type - 10]) err = "out is too small";
+    else if (ob.len < rows * (n / KQ_QK) * kq_type_bytes[type - 10]) err = "out is too small";
     else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
     if (!err) {
         const float *x = (const float *)xb.buf;
@@ -164,6 +166,21 @@ static PyObject *py_simple(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ geometry */
+
+/* geometry(type_id) -> (values per block, bytes per block) this helper writes, or None.
+ * The Python side checks these against gguf-py's table (the one source of the facts). */
+static PyObject *py_geometry(PyObject *self, PyObject *args) {
+    int type;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "i", &type)) return NULL;
+    if (type >= 10 && type <= 15) return Py_BuildValue("(ii)", KQ_QK, kq_type_bytes[type - 10]);
+    if (type == 23) return Py_BuildValue("(ii)", LG_IQ4XS_QK, LG_IQ4XS_BYTES);
+    if (lg_block_values(type)) return Py_BuildValue("(ii)", lg_block_values(type), lg_block_bytes(type));
+    if (sm_block_values(type)) return Py_BuildValue("(ii)", sm_block_values(type), sm_block_bytes(type));
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef kquants_methods[] = {
@@ -175,6 +192,8 @@ static PyMethodDef kquants_methods[] = {
      "iq4_xs(x, imatrix_or_None, out, rows, n_per_row): ggml's IQ4_XS bytes into out."},
     {"simple", py_simple, METH_VARARGS,
      "simple(type_id, x, out, rows, n_per_row): TQ1_0 / TQ2_0 / MXFP4 bytes into out."},
+    {"geometry", py_geometry, METH_VARARGS,
+     "geometry(type_id): (values, bytes) per block this helper writes for the type, or None."},
     {NULL, NULL, 0, NULL},
 };
 

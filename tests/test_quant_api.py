@@ -128,3 +128,18 @@ def test_bytes_do_not_depend_on_the_thread_count(name):
         one = quant.quantize(x, name, imatrix=imatrix, threads=1)
         for threads in (2, 3, 8, 16):
             assert np.array_equal(quant.quantize(x, name, imatrix=imatrix, threads=threads), one), (name, threads)
+
+
+def test_compiled_helper_writes_ggmls_geometry():
+    """The C kernels carry their block layouts; each must agree with gguf-py's table."""
+    from quant.backend import compiled_or_none
+
+    compiled = compiled_or_none("c")
+    checked = 0
+    for info in quant.types():
+        geometry = compiled.geometry(int(info.qtype))
+        if geometry is not None and info.block_size > 1:
+            assert tuple(geometry) == gguf.GGML_QUANT_SIZES[info.qtype], info.name
+            checked += 1
+    assert compiled.geometry(int(QuantType.Q8_K)) == gguf.GGML_QUANT_SIZES[QuantType.Q8_K]
+    assert checked >= 14
