@@ -29,7 +29,7 @@ MIXES = frozenset({
     F.MOSTLY_Q3_K_M, F.MOSTLY_Q3_K_L, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_S,
     F.MOSTLY_Q5_K_M, F.MOSTLY_Q6_K, F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS, F.MOSTLY_TQ1_0,
     F.MOSTLY_TQ2_0, F.MOSTLY_MXFP4_MOE,
-})
+} | {getattr(F, n) for n in ("MOSTLY_Q1_0",) if n in F.__members__})
 # the IQ1/IQ2 file types share one branch of llama.cpp's rules
 _IQ12 = frozenset(getattr(F, n) for n in ("MOSTLY_IQ2_XXS", "MOSTLY_IQ2_XS", "MOSTLY_IQ1_S",
                                           "MOSTLY_IQ2_S", "MOSTLY_IQ2_M", "MOSTLY_IQ1_M"))

@@ -35,13 +35,20 @@ def _exponent(amax):
     return np.where(amax > 0, c_to_int8(e.astype(F32)) & 0xFF, 0).astype(np.uint8)
 
 
+def nearest_codes(x, d):
+    """best_index_mxfp4: for values x [B, k] and scales d [B], the first code whose
+    kvalues_mxfp4[code] * d is nearest (NVFP4 uses it too)."""
+    with np.errstate(all="ignore"):
+        err = np.abs(_KV[None, None, :] * d[:, None, None] - x[:, :, None])     # [B, k, 16]
+    return np.argmin(err, axis=2)                                               # first nearest
+
+
 def _blocks(x):
     with np.errstate(all="ignore"):
         amax = np.max(np.abs(x), axis=1).astype(F32)
         e = _exponent(amax)
         d = e8m0_half(e)
-        err = np.abs(_KV[None, None, :] * d[:, None, None] - x[:, :, None])     # [B, 32, 16]
-        L = np.argmin(err, axis=2)                                              # first nearest
+        L = nearest_codes(x, d)
     return np.concatenate([e[:, None], pack_nibbles(L)], axis=1)
 
 

@@ -155,14 +155,62 @@ def smollm2():
     return smollm2_gguf(), *model_description(smollm2_gguf())
 
 
+# file types whose block no SmolLM2 row length holds and which llama.cpp has no fallback
+# for: llama_model_quantize refuses them there (tested below), and so does plan_types
+NO_FALLBACK = {f for f in ALL_FILE_TYPES if f.name == "MOSTLY_Q1_0"}
+WITH_FALLBACK = [f for f in ALL_FILE_TYPES if f not in NO_FALLBACK]
+
+
 @pytest.fixture(scope="module")
 def smollm2_oracle(smollm2, tmp_path_factory):
     src, _, _ = smollm2
     out = tmp_path_factory.mktemp("mixes") / "out.gguf"
-    return {ftype: llama_quantize(src, out, ftype, dry_run=True) for ftype in ALL_FILE_TYPES}
+    return {ftype: llama_quantize(src, out, ftype, dry_run=True) for ftype in WITH_FALLBACK}
 
 
-@pytest.mark.parametrize("ftype", ALL_FILE_TYPES, ids=lambda f: f.name)
+@pytest.mark.parametrize("ftype", sorted(NO_FALLBACK), ids=lambda f: f.name)
+def test_types_without_fallback_are_refused_like_llama_quantize(smollm2, tmp_path, ftype):
+    """SmolLM2's 576-wide rows hold no 128-value block; llama.cpp throws, so do we. On a model
+    whose rows all hold the block, the types equal llama_model_quantize's."""
+    src, tensors, hparams = smollm2
+    with pytest.raises(AssertionError, match="llama_model_quantize failed"):
+        llama_quantize(src, tmp_path / "out.gguf", ftype, dry_run=True)
+    with pytest.raises(QuantError, match="no fallback"):
+        plan_types(tensors, ftype, **hparams)
+    path = tmp_path / "wide.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    for key, value in (("block_count", 4), ("context_length", 64), ("embedding_length", 256),
+                       ("feed_forward_length", 512), ("head_count", 4), ("head_count_kv", 1)):
+        getattr(writer, f"add_{key}")(value)
+    writer.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (8, 256), "output_norm.weight": (256,), "output.weight": (8, 256)}
+    for i in range(4):
+        shapes.update({f"blk.{i}.attn_norm.weight": (256,), f"blk.{i}.attn_q.weight": (2, 256),
+                       f"blk.{i}.attn_k.weight": (2, 256), f"blk.{i}.attn_v.weight": (2, 256),
+                       f"blk.{i}.attn_output.weight": (2, 256), f"blk.{i}.ffn_norm.weight": (256,),
+                       f"blk.{i}.ffn_gate.weight": (2, 256), f"blk.{i}.ffn_up.weight": (2, 256),
+                       f"blk.{i}.ffn_down.weight": (2, 512)})
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    wide, wide_hparams = model_description(path)
+    expected = llama_quantize(path, tmp_path / "out.gguf", ftype)
+    got = ours(wide, wide_hparams, ftype)
+    assert got == expected, describe_diff(expected, got)
+    assert expected["blk.0.attn_q.weight"] == int(default_of(ftype))
+
+
+def default_of(ftype):
+    """The file type's default tensor type, from quant's table."""
+    from quant.types import FILE_TYPE_BY_ID
+    return FILE_TYPE_BY_ID[ftype].default
+
+
+@pytest.mark.parametrize("ftype", WITH_FALLBACK, ids=lambda f: f.name)
 def test_smollm2_types_match_llama_quantize(smollm2, smollm2_oracle, ftype):
     _, tensors, hparams = smollm2
     expected = smollm2_oracle[ftype]
@@ -314,7 +362,7 @@ def test_synthetic_models_match_llama_quantize(synthetic_models, tmp_path, label
     src = synthetic_models[label]
     tensors, hparams = model_description(src)
     failures = []
-    for ftype in ALL_FILE_TYPES:
+    for ftype in WITH_FALLBACK:
         imatrix = ones_imatrix(tensors) if ftype in NEEDS_IMATRIX else None
         expected = llama_quantize(src, tmp_path / "out.gguf", ftype, imatrix=imatrix)
         got = ours(tensors, hparams, ftype)

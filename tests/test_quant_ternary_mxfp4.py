@@ -1,6 +1,6 @@
-"""TQ1_0, TQ2_0 and MXFP4 against ggml: the bytes of ggml_quantize_chunk (which takes no
-importance vector for them, so one given changes nothing), dequantization equal to ggml's,
-gguf-py's and the runtime's."""
+"""TQ1_0, TQ2_0, MXFP4, NVFP4 and Q1_0 against ggml: the bytes of ggml_quantize_chunk (which
+takes no importance vector for them, so one given changes nothing), dequantization equal to
+ggml's, gguf-py's (where it has the type) and the runtime's."""
 import gguf
 import numpy as np
 import pytest
@@ -11,11 +11,16 @@ from oracle import ggml_dequantize, ggml_quantize
 from quant import QuantType
 from test_quant_legacy import CASES, _assert_same, _smollm2_sample
 
-NAMES = ["TQ1_0", "TQ2_0", "MXFP4"]
+NAMES = ["TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0"]
+COMPILED = ("TQ1_0", "TQ2_0", "MXFP4")          # the others are numpy only
 
 
 def quantize(name, x, backend, threads=1):
-    from quant import mxfp4, ternary
+    from quant import mxfp4, nvfp4, q1_0, ternary
+    if name not in COMPILED:
+        if backend == "c":
+            pytest.skip(f"{name} has no compiled kernel")
+        return {"NVFP4": nvfp4.quantize, "Q1_0": q1_0.quantize}[name](x, None, threads=threads)
     fn = {"TQ1_0": ternary.quantize_tq1_0, "TQ2_0": ternary.quantize_tq2_0, "MXFP4": mxfp4.quantize}[name]
     return fn(x, None, threads=threads, backend=backend)
 FINITE = {k: np.ascontiguousarray(v[:, :256]) for k, v in CASES.items() if k != "non_finite"}
@@ -48,6 +53,23 @@ def test_mxfp4_exponent_edges():
         _assert_same("MXFP4", quantize("MXFP4", x, backend), ggml_quantize(x, QuantType.MXFP4), f"{backend} exponent edges")
 
 
+def test_nvfp4_scale_rounding():
+    """Sub-block maxima swept over E4M3's range, on and beside its rounding points, with the
+    subnormal scales and the saturation at 448 * 6 (ggml_fp32_to_ue4m3's branches)."""
+    rng = np.random.default_rng(9)
+    maxima = [np.float32(6) * np.float32(2.0) ** np.float32(e) * np.float32(m)
+              for e in range(-12, 10) for m in (1.0, 1.0625, 1.0625 + 2 ** -20, 1.9375, 1.96875, 1.999)]
+    maxima += [np.float32(v) for v in (1e-30, 6 * 2.0 ** -10, 6 * 2.0 ** -9.5, 6 * 2.0 ** -12, 3000.0, 1e9)]
+    rows = []
+    for amax in maxima:
+        r = (rng.uniform(-1, 1, 64) * amax).astype(np.float32)
+        r[rng.integers(16)] = amax
+        r[16 + rng.integers(16)] = -amax
+        rows.append(r)
+    x = np.stack(rows)
+    _assert_same("NVFP4", quantize("NVFP4", x, "numpy"), ggml_quantize(x, QuantType.NVFP4), "scale sweep")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_smollm2_tensors_match_ggml(name):
     sample, whole = _smollm2_sample()
@@ -67,12 +89,13 @@ def test_dequantize_matches_ggml_gguf_and_torch(name):
     data = ggml_quantize(x, qtype)
     ours = quant.dequantize(data, qtype)
     assert np.array_equal(ours.view(np.uint32), ggml_dequantize(data, qtype, x.shape[1]).view(np.uint32))
-    assert np.array_equal(ours.view(np.uint32), gguf.quants.dequantize(data, qtype).view(np.uint32))
+    if qtype in gguf.quants._type_traits:
+        assert np.array_equal(ours.view(np.uint32), gguf.quants.dequantize(data, qtype).view(np.uint32))
     back = torch_dequantize(torch.from_numpy(data), qtype).numpy()
     assert np.array_equal(back.view(np.uint32), ours.view(np.uint32))
 
 
-@pytest.mark.parametrize("name,n", [("TQ1_0", 576), ("TQ2_0", 96), ("MXFP4", 48)])
+@pytest.mark.parametrize("name,n", [("TQ1_0", 576), ("TQ2_0", 96), ("MXFP4", 48), ("NVFP4", 96), ("Q1_0", 576)])
 def test_rows_the_block_does_not_hold_are_refused(name, n):
     with pytest.raises(quant.QuantError, match=rf"\b{n}\b"):
         quant.quantize(np.zeros((2, n), np.float32), name)

@@ -183,11 +183,13 @@ FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat1
 
 
 def _host_types() -> frozenset:
-    """Types with no torch dequantizer here that gguf-py still dequantizes (IQ2/IQ3/IQ1, TQ,
-    MXFP4...): read through numpy on the host, slower but exact."""
+    """Types with no torch dequantizer here that quant or gguf-py dequantizes (IQ2/IQ3/IQ1, TQ,
+    MXFP4, Q1_0...): read through numpy on the host, slower but exact."""
+    import quant
     from gguf import quants
 
-    return frozenset(t for t in quants._type_traits if t not in BLOCK_DEQUANTIZERS and t not in FLOAT_TYPES)
+    known = set(quants._type_traits) | {info.qtype for info in quant.types()}
+    return frozenset(t for t in known if t not in BLOCK_DEQUANTIZERS and t not in FLOAT_TYPES)
 
 
 HOST_TYPES = _host_types()
