@@ -8,7 +8,7 @@ kvalues_mxfp4 whose value times d is nearest.
 """
 import numpy as np
 
-from .legacy import pack_nibbles
+from .backend import simple_kernel
 from .mxfp4 import nearest_codes
 from .search import F32
 from .types import QuantType, block_size, type_size
@@ -58,10 +58,13 @@ def _blocks(x):
     return np.concatenate([ue.reshape(B, 4), qs.astype(np.uint8).reshape(B, 32)], axis=1)
 
 
-def quantize(x, imatrix=None, threads=1):
+def quantize(x, imatrix=None, threads=1, backend="auto"):
     """float32 [rows, n] (n a multiple of 64) -> NVFP4; an importance vector does not apply."""
     x = np.ascontiguousarray(x, dtype=F32)
     rows, n = x.shape
+    compiled = simple_kernel(QuantType.NVFP4, x, n // QK * BLOCK_BYTES, threads, backend)
+    if compiled is not None:
+        return compiled
     xb = x.reshape(-1, QK)
     out = np.empty((xb.shape[0], BLOCK_BYTES), dtype=np.uint8)
     for s in range(0, xb.shape[0], _CHUNK):

@@ -12,7 +12,7 @@ from quant import QuantType
 from test_quant_legacy import CASES, _assert_same, _smollm2_sample
 
 NAMES = ["TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0"]
-COMPILED = ("TQ1_0", "TQ2_0", "MXFP4")          # the others are numpy only
+COMPILED = ("TQ1_0", "TQ2_0", "MXFP4", "NVFP4")          # Q1_0 is numpy only
 
 
 def quantize(name, x, backend, threads=1):
@@ -20,8 +20,9 @@ def quantize(name, x, backend, threads=1):
     if name not in COMPILED:
         if backend == "c":
             pytest.skip(f"{name} has no compiled kernel")
-        return {"NVFP4": nvfp4.quantize, "Q1_0": q1_0.quantize}[name](x, None, threads=threads)
-    fn = {"TQ1_0": ternary.quantize_tq1_0, "TQ2_0": ternary.quantize_tq2_0, "MXFP4": mxfp4.quantize}[name]
+        return q1_0.quantize(x, None, threads=threads)
+    fn = {"TQ1_0": ternary.quantize_tq1_0, "TQ2_0": ternary.quantize_tq2_0, "MXFP4": mxfp4.quantize,
+          "NVFP4": nvfp4.quantize}[name]
     return fn(x, None, threads=threads, backend=backend)
 FINITE = {k: np.ascontiguousarray(v[:, :256]) for k, v in CASES.items() if k != "non_finite"}
 
@@ -67,7 +68,8 @@ def test_nvfp4_scale_rounding():
         r[16 + rng.integers(16)] = -amax
         rows.append(r)
     x = np.stack(rows)
-    _assert_same("NVFP4", quantize("NVFP4", x, "numpy"), ggml_quantize(x, QuantType.NVFP4), "scale sweep")
+    for backend in ("c", "numpy"):
+        _assert_same("NVFP4", quantize("NVFP4", x, backend), ggml_quantize(x, QuantType.NVFP4), f"{backend} scale sweep")
 
 
 @pytest.mark.parametrize("name", NAMES)
