@@ -218,3 +218,23 @@ def test_bytes_do_not_depend_on_the_thread_count(model, tmp_path, ftype):
                      "--quiet"]) == 0
         outs.append(out.read_bytes())
     assert all(o == outs[0] for o in outs[1:])
+
+
+def test_imatrix_of_the_wrong_length_stops_before_writing(model, tmp_path, capsys, monkeypatch):
+    from quant.imatrix import from_statistics, write_imatrix
+
+    from convkit import convert_pipeline
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the wrong imatrix must be found before the writer starts")
+
+    monkeypatch.setattr(convert_pipeline, "run", no_run)
+
+    imatrix = tmp_path / "imatrix.gguf"
+    stats = {"blk.0.attn_q.weight": (np.ones(63, np.float32), np.array([10]))}
+    write_imatrix(imatrix, from_statistics(stats, ["x"], 1, 512))
+    out = tmp_path / "o.gguf"
+    assert _run(["quantize", str(model), "--type", "q4_0", "--imatrix", str(imatrix), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "blk.0.attn_q.weight" in err and "63" in err
+    assert not out.exists() and list(tmp_path.glob("o.gguf*")) == []

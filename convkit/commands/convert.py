@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from quant.types import FILE_TYPE_BY_NAME, QuantType, block_size
 
+from convkit.commands.quantize import available_cores
 from convkit.output import emit
 
 # convert_hf_to_gguf keeps these 2-D tensors in float32 whatever the out type
@@ -19,7 +20,8 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")     # convert_hf_to_gguf's --outtype c
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--outtype", type=click.Choice(sorted(OUTTYPES)), default="f16", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=available_cores,
+              show_default="the cores this process may use")
 @click.option("--dry-run", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)

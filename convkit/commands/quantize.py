@@ -92,7 +92,13 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
                        n_head_kv=source.hparams["n_head_kv"], tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
                        has_imatrix=vectors is not None)
-    return source, cp.make_plan(source, types), vectors
+    plan = cp.make_plan(source, types)
+    if vectors is not None:  # a vector of the wrong length stops here, before any tensor is read
+        from quant.imatrix import importance_for
+        for t in plan:
+            if t.qtype != 0:
+                importance_for(vectors, t.name, t.shape)
+    return source, plan, vectors
 
 
 def quantize_model(model, ftype, target, *, threads=1, quiet=False) -> dict:
