@@ -105,3 +105,32 @@ def test_plot_without_matplotlib_is_one_clear_error(tmp_path, monkeypatch, capsy
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matplotlib" in err[0]
+
+
+@pytest.mark.parametrize("bad", ["q2_k_s", "q1_0"])
+def test_type_this_model_cannot_take_stops_before_the_base_runs(tmp_path, capsys, monkeypatch, bad):
+    """q2_k_s needs an importance matrix (drift takes none) for the sample's 256-wide rows;
+    q1_0's 128-value blocks fit no row of a 64-wide model: both are found from the plan,
+    before the base model is evaluated."""
+    from pathlib import Path
+    from convkit.cli import main
+    from convkit.commands import drift as drift_command
+    from test_bad_checkpoints import _tiny_model
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the base model must not run")
+
+    monkeypatch.setattr(drift_command, "_evaluate", no_evaluation)
+    if bad == "q2_k_s":
+        model = Path(__file__).resolve().parents[1] / "samples" / "tiny-llama"
+    else:
+        model_dir = tmp_path / "model"
+        model_dir.mkdir()
+        model = _tiny_model(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text("some text to score " * 50)
+    with pytest.raises(SystemExit) as exit_:
+        main(["drift", str(model), "--types", f"q8_0,{bad}", "--text", str(text), "--cache", str(tmp_path / "c")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("importance matrix" in err or "fallback" in err), err
