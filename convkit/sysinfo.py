@@ -16,7 +16,7 @@ import convkit
 
 # compiled helper -> what it runs when built; without it the numpy twin gives the same bytes
 HELPERS = {
-    "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL) and f16/bf16 conversion",
+    "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4) and f16/bf16 conversion",
     "tokenizers_impl._bpe": "BPE training, pre-tokenization and byte-level encoding",
     "tokenizers_impl._spm_train": "sentencepiece-style training (Unigram and spm-bpe)",
     "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",

@@ -21,19 +21,18 @@ import os
 
 import numpy as np
 
-from .types import QuantType as T
+from . import iq4nl
+from .types import QuantType as T, block_size, type_size
 
 try:
     from . import _qdot as _compiled
 except ImportError:  # no compiler at install time: the numpy path below
     _compiled = None
 
-ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.IQ4_NL: "q8_0", T.Q4_1: "q8_1", T.Q5_1: "q8_1", T.Q2_K: "q8_k", T.Q3_K: "q8_k", T.Q4_K: "q8_k", T.Q5_K: "q8_k",
-              T.Q6_K: "q8_k"}
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24), T.Q8_0: (32, 34), T.IQ4_NL: (32, 18), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144), T.Q5_K: (256, 176),
-         T.Q6_K: (256, 210)}
+ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.IQ4_NL: "q8_0", T.Q4_1: "q8_1", T.Q5_1: "q8_1",
+              T.Q2_K: "q8_k", T.Q3_K: "q8_k", T.Q4_K: "q8_k", T.Q5_K: "q8_k", T.Q6_K: "q8_k"}
+BLOCK = {t: (block_size(t), type_size(t)) for t in ACTIVATION}
 F32 = np.float32
-IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
 
 
 def supported(qtype) -> bool:
@@ -137,7 +136,7 @@ def weight_values(w: np.ndarray, qtype):
     if qtype == T.Q8_0:
         return b[..., 2:34].view(np.int8).astype(np.int32), {"d": _half(b, 0)}
     if qtype == T.IQ4_NL:
-        return IQ4NL_VALUES[_nibbles(b[..., 2:18])], {"d": _half(b, 0)}
+        return iq4nl.KVALUES.astype(np.int32)[_nibbles(b[..., 2:18])], {"d": _half(b, 0)}
     raise ValueError(f"no 32-value product for {qtype!r}")
 
 

@@ -43,9 +43,10 @@ from .linear import Numerics, dense_linear
 Q8_0, Q8_1, Q8_K = "q8_0", "q8_1", "q8_k"
 
 VEC_DOT_TYPE = {
-    T.Q4_0: Q8_0, T.Q5_0: Q8_0, T.Q8_0: Q8_0, T.IQ4_NL: Q8_0,
+    T.Q4_0: Q8_0, T.Q5_0: Q8_0, T.Q8_0: Q8_0, T.IQ4_NL: Q8_0, T.MXFP4: Q8_0, T.NVFP4: Q8_0, T.Q1_0: Q8_0,
     T.Q4_1: Q8_1, T.Q5_1: Q8_1,
     T.Q2_K: Q8_K, T.Q3_K: Q8_K, T.Q4_K: Q8_K, T.Q5_K: Q8_K, T.Q6_K: Q8_K,
+    T.IQ4_XS: Q8_K, T.TQ1_0: Q8_K, T.TQ2_0: Q8_K,
     T.F16: torch.float16, T.BF16: torch.bfloat16, T.F32: None,
 }
 _BLOCK = {Q8_0: 32, Q8_1: 32, Q8_K: 256}
