@@ -3,6 +3,7 @@
 A source (HF checkpoint or GGUF) yields GGUF tensor names, shapes and float32 values one
 at a time; a plan gives each tensor its type; the writer streams them into the output.
 """
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Callable
 import gguf
 import numpy as np
 
+import quant
 from convkit import gguf_in, gguf_model
 from convkit.arch import architecture_for
 from convkit.checkpoint import open_checkpoint
@@ -30,6 +32,7 @@ class Source:
     write_metadata: Callable  # writer -> None (everything but file type and quantization version)
     hparams: dict            # n_layer, n_head, n_head_kv
     inputs: tuple
+    stored: Callable = None  # gguf name -> (offset, nbytes, ggml type) of its bytes in `path`, or None
 
 
 def open_source(path) -> Source:
@@ -72,24 +75,32 @@ def _model_name(ckpt) -> str:
 
 
 def _gguf_source(path: Path) -> Source:
-    reader = gguf_in.open_gguf(path)
-    arch_name = reader.layout.fields["general.architecture"]  # checked by open_gguf
-    by_name = {t.name: t for t in reader.tensors}
-    tensors = [(t.name, gguf_in.numpy_shape(t), int(t.tensor_type)) for t in reader.tensors]
+    # the checked layout is all this needs: gguf-py's reader would decode every vocab string
+    # a second time, and the metadata is copied as the bytes it is stored as
+    layout = gguf_in.open_layout(path)
+    arch_name = layout.fields["general.architecture"]  # checked by open_layout
+    by_name = {t.name: t for t in layout.tensors}
+    tensors = [(t.name, tuple(reversed(t.shape)), t.qtype) for t in layout.tensors]
 
     def write_metadata(w):
-        for key, f in reader.fields.items():
+        with open(path, "rb") as f:
+            head = f.read(layout.data_start)
+        for key, (start, end) in layout.spans.items():
             if key.startswith(SKIP_KEYS):
                 continue
-            vtype = f.types[0]
-            sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(key, f.contents(), vtype, sub_type=sub)
+            vtype = layout.types[key]
+            w.add_encoded(key, vtype[0] if isinstance(vtype, tuple) else vtype, head[start:end])
 
-    meta = gguf_model.Meta(reader.layout, path)
+    def stored(name):
+        t = by_name[name]
+        return t.offset, t.nbytes, t.qtype
+
+    meta = gguf_model.Meta(layout, path)
     n_head = meta.int(f"{arch_name}.attention.head_count", 1)
     hp = {"n_layer": meta.int(f"{arch_name}.block_count", 0, low=0), "n_head": n_head,
           "n_head_kv": meta.int(f"{arch_name}.attention.head_count_kv", n_head)}
-    return Source(path, arch_name, tensors, lambda name: gguf_in.read_f32(path, by_name[name]), write_metadata, hp, (path,))
+    return Source(path, arch_name, tensors, lambda name: gguf_in.read_stored(path, by_name[name]), write_metadata,
+                  hp, (path,), stored)
 
 
 def make_plan(source: Source, types: dict) -> list:
@@ -104,6 +115,19 @@ def plan_summary(plan) -> dict:
             "total_bytes": total, "bpw": round(total * 8 / max(elements, 1), 4)}
 
 
+STREAM_BYTES = 8 << 20   # source bytes per slice of a streamed tensor
+
+
+def _read_exactly(f, buf, offset: int, path) -> None:
+    view = memoryview(buf)
+    while view.nbytes:
+        got = os.preadv(f.fileno(), [view], offset)
+        if got <= 0:
+            raise ConvkitError(f"{path}: the file ended while reading tensor data; it was truncated while "
+                               "being read")
+        view, offset = view[got:], offset + got
+
+
 def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1, quiet=False) -> dict:
     from convkit.progress import progress
 
@@ -116,20 +140,56 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
         w.add_file_type(int(file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
+    def importance(t):
+        if imatrix is None or t.qtype == gguf.GGMLQuantizationType.F32:
+            return None
+        from quant.imatrix import importance_for
+        weights = importance_for(imatrix, t.name, t.shape)
+        return None if weights is None else weights.reshape(-1)
+
     def produce(t):
         bar.set_postfix_str(t.name, refresh=False)
+        if source.stored is not None:
+            offset, nbytes, src_type = source.stored(t.name)
+            if quant.reads_source(t.qtype, src_type) and len(t.shape) > 0:
+                return streamed(t, offset, nbytes, src_type)
         with np.errstate(over="ignore", invalid="ignore"):  # damaged blocks: reported below, not warned
             values = source.read(t.name)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            # llama.cpp's quantize rejects such rows too (ggml_validate_row_data)
-            raise ConvkitError(f"{source.path}: tensor {t.name} holds NaN or infinite values; the weights are "
-                               "corrupt, restore them from the model's source")
-        weights = None
-        if imatrix is not None and t.qtype != gguf.GGMLQuantizationType.F32:
-            from quant.imatrix import importance_for
-            weights = importance_for(imatrix, t.name, t.shape)
-            weights = None if weights is None else weights.reshape(-1)
-        return encode(values, t.qtype, imatrix=weights, threads=threads)
+            not_finite(t)
+        return encode(values, t.qtype, imatrix=importance(t), threads=threads)
+
+    def not_finite(t):
+        # llama.cpp's quantize rejects such rows too (ggml_validate_row_data)
+        raise ConvkitError(f"{source.path}: tensor {t.name} holds NaN or infinite values; the weights are "
+                           "corrupt, restore them from the model's source")
+
+    buffers = {}
+
+    def streamed(t, offset, nbytes, src_type):
+        """The tensor's stored F16/BF16/F32 rows read a slice at a time into one reused buffer
+        and quantized straight from there (no float32 copy); each slice's bytes are written
+        before the next is read, so memory follows the slice, not the tensor."""
+        n = t.shape[-1]
+        row_in = nbytes // max(1, int(np.prod(t.shape[:-1], dtype=np.int64)))
+        row_out = t.nbytes // max(1, int(np.prod(t.shape[:-1], dtype=np.int64)))
+        step = max(1, STREAM_BYTES // row_in)
+        rows = nbytes // row_in
+        if "in" not in buffers or buffers["in"].size < step * row_in:
+            buffers["in"] = np.empty(step * row_in, dtype=np.uint8)
+        if "out" not in buffers or buffers["out"].size < step * row_out:
+            buffers["out"] = np.empty(step * row_out, dtype=np.uint8)
+        weights = importance(t)
+        with open(source.path, "rb", buffering=0) as f:
+            for r in range(0, rows, step):
+                k = min(step, rows - r)
+                src = buffers["in"][:k * row_in]
+                _read_exactly(f, src, offset + r * row_in, source.path)
+                out, bad = quant.quantize_source(src, src_type, t.qtype, n, imatrix=weights, threads=threads,
+                                                 out=buffers["out"][:k * row_out])
+                if bad >= 0:
+                    not_finite(t)
+                yield out
 
     try:
         write_gguf(target, source.arch_name, write_metadata, plan, produce,

@@ -10,7 +10,7 @@ data section that do not overlap. Any failure is one ConvkitError naming the fil
 """
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -47,6 +47,7 @@ class Layout:
     tensors: list    # TensorInfo, in file order
     data_start: int
     alignment: int
+    spans: dict = field(default_factory=dict)  # key -> (start, end): its value's bytes (type id excluded)
 
 
 class _Cursor:
@@ -124,7 +125,7 @@ def read_layout(path) -> Layout:
 def _parse(head, path: Path, size: int, version: int, n_tensors: int, n_kv: int) -> Layout:
     cur = _Cursor(head, path)
     cur.pos = 24
-    fields, types = {}, {}
+    fields, types, spans = {}, {}, {}
     for _ in range(n_kv):
         key = cur.string("a metadata key")
         if key in fields:
@@ -133,6 +134,7 @@ def _parse(head, path: Path, size: int, version: int, n_tensors: int, n_kv: int)
         start = cur.pos
         fields[key] = cur.value(vtype, key)
         types[key] = (vtype, struct.unpack_from("<I", head, start)[0]) if vtype == _ARRAY else vtype
+        spans[key] = (start, cur.pos)
     alignment = _alignment(fields, types, path)
     raw_tensors = []
     for _ in range(n_tensors):
@@ -150,7 +152,7 @@ def _parse(head, path: Path, size: int, version: int, n_tensors: int, n_kv: int)
         raise ConvkitError(f"{path}: the tensor data section starts at byte {data_start}, past the end of the "
                            f"{size}-byte file; the file is truncated")
     tensors = _check_tensors(raw_tensors, alignment, data_start, size, path)
-    return Layout(version, fields, types, tensors, data_start, alignment)
+    return Layout(version, fields, types, tensors, data_start, alignment, spans)
 
 
 def _alignment(fields: dict, types: dict, path: Path) -> int:

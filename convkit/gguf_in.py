@@ -53,6 +53,21 @@ def open_gguf(path, *, check_model: bool = True) -> gguf.GGUFReader:
     return reader
 
 
+def open_layout(path):
+    """The checked layout of the GGUF at `path` (gguf_check), its metadata checked against its
+    tensors (gguf_model): what a reader that needs no parsed values needs."""
+    layout = read_layout(path)
+    gguf_model.check_model(layout, path)
+    return layout
+
+
+def read_stored(path, t) -> np.ndarray:
+    """A layout tensor (gguf_check.TensorInfo) as float32 in numpy order."""
+    shape = tuple(reversed(t.shape))
+    raw = np.fromfile(path, dtype=np.uint8, count=int(t.nbytes), offset=int(t.offset))
+    return _as_f32(raw, int(t.qtype), shape)
+
+
 def numpy_shape(t) -> tuple:
     return tuple(int(d) for d in reversed([int(x) for x in t.shape]))
 
@@ -64,8 +79,11 @@ def read_f32(path, t) -> np.ndarray:
     reader's map of the whole file, whose touched pages would stay resident: memory
     follows the largest tensor, not the model."""
     shape = numpy_shape(t)
-    qtype = int(t.tensor_type)
     raw = np.fromfile(path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
+    return _as_f32(raw, int(t.tensor_type), shape)
+
+
+def _as_f32(raw, qtype: int, shape: tuple) -> np.ndarray:
     if qtype == gguf.GGMLQuantizationType.F32:
         return raw.view(np.float32).reshape(shape)
     try:

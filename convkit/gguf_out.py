@@ -34,42 +34,97 @@ def encode(values: np.ndarray, qtype: int, imatrix=None, threads: int = 1) -> np
     return np.asarray(quant.quantize(rows, int(qtype), imatrix=imatrix, threads=threads)).reshape(-1)
 
 
+class MetadataWriter(gguf.GGUFWriter):
+    """gguf-py's writer used only to collect metadata (its add_* API), plus values already
+    encoded in GGUF form: a GGUF input's vocab is copied as bytes instead of being decoded
+    into 100k Python strings and packed again one by one."""
+
+    def __init__(self, arch_name: str):
+        super().__init__(None, arch_name)
+
+    def add_encoded(self, key: str, vtype, payload: bytes) -> None:
+        """`payload`: the value's bytes exactly as GGUF stores them after the type id."""
+        self.kv_data[0][key] = gguf.GGUFValue(_Encoded(payload), gguf.GGUFValueType(vtype))
+
+    def encoded_kv(self, target) -> bytes:
+        """Every key and value in GGUF form, in insertion order; a value that does not fit its
+        type (a negative count in a uint32, a float32 of 1e300) is an error here, before the
+        output opens."""
+        parts = []
+        for key, val in self.kv_data[0].items():
+            parts.append(self._pack_val(key, gguf.GGUFValueType.STRING, add_vtype=False))
+            if isinstance(val.value, _Encoded):
+                parts.append(struct.pack("<I", int(val.type)))
+                parts.append(val.value)
+                continue
+            try:
+                parts.append(self._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type))
+            except (struct.error, OverflowError, ValueError, TypeError) as exc:
+                raise ConvkitError(f"{target}: metadata {key} = {str(val.value)[:60]} does not fit GGUF type "
+                                   f"{val.type.name} ({exc}); the input's config.json or tokenizer files hold a "
+                                   "value out of range") from None
+        return b"".join(parts)
+
+    def alignment(self) -> int:
+        val = self.kv_data[0].get(gguf.Keys.General.ALIGNMENT)
+        if val is None:
+            return gguf.GGUF_DEFAULT_ALIGNMENT
+        value = struct.unpack("<I", val.value)[0] if isinstance(val.value, _Encoded) else int(val.value)
+        return value if value > 0 and not value & (value - 1) else gguf.GGUF_DEFAULT_ALIGNMENT
+
+
+class _Encoded(bytes):
+    """A metadata value already in GGUF form."""
+
+
+def _pad(n: int, align: int) -> int:
+    return -n % align
+
+
+def header_bytes(w: MetadataWriter, plan, target) -> bytes:
+    """Header, metadata and tensor table (gguf-py's layout: offsets padded to the alignment),
+    padded so the first tensor starts aligned."""
+    align = w.alignment()
+    kv = w.encoded_kv(target)
+    ti, offset = [], 0
+    for t in plan:
+        dims = tuple(reversed(tuple(t.shape) or (1,)))  # ggml order: row length first
+        name = t.name.encode("utf-8")
+        ti.append(struct.pack(f"<Q{len(name)}sI{len(dims)}QIQ", len(name), name, len(dims), *dims, t.qtype, offset))
+        offset += t.nbytes + _pad(t.nbytes, align)
+    head = struct.pack("<IIQQ", gguf.GGUF_MAGIC, gguf.GGUF_VERSION, len(plan), len(w.kv_data[0])) + kv + b"".join(ti)
+    return head + bytes(_pad(len(head), align))
+
+
 def write_gguf(target, arch_name: str, write_metadata, plan, produce, *, inputs=(), on_tensor=None):
-    """write_metadata(writer) adds the KV pairs; produce(planned) returns its uint8 bytes."""
+    """write_metadata(writer) adds the KV pairs; produce(planned) returns its uint8 bytes, or an
+    iterable of consecutive uint8 pieces of them (a tensor streamed a few rows at a time)."""
     # metadata and tensor table are built in memory first: an error in them (a damaged
     # tokenizer file, say) stops the run before the output file is opened
-    w = gguf.GGUFWriter(None, arch_name)
+    w = MetadataWriter(arch_name)
     write_metadata(w)
     for t in plan:
-        qtype = gguf.GGMLQuantizationType(t.qtype)
-        block, size = gguf.GGML_QUANT_SIZES[qtype]
-        shape = tuple(t.shape) or (1,)
-        byte_shape = shape[:-1] + (shape[-1] // block * size,)  # gguf-py wants bytes per row
-        w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=qtype)
-    _check_values(w, target)
-    with atomic_path(target, inputs=inputs) as tmp:
-        try:
-            w.write_header_to_file(path=tmp)
-            w.write_kv_data_to_file()
-            w.write_ti_data_to_file()
-            for t in plan:
-                data = produce(t)
-                if data.nbytes != t.nbytes:
-                    raise AssertionError(f"{t.name}: produced {data.nbytes} bytes, planned {t.nbytes}")
-                w.write_tensor_data(data)
-                if on_tensor:
-                    on_tensor(t)
-        finally:
-            w.close()
+        gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.qtype)]  # a known type id
+    head = header_bytes(w, plan, target)
+    align = w.alignment()
+    with atomic_path(target, inputs=inputs) as tmp, open(tmp, "wb", buffering=0) as f:
+        _write_all(f, head)
+        for t in plan:
+            data = produce(t)
+            written = 0
+            for piece in ((data,) if isinstance(data, np.ndarray) else data):
+                _write_all(f, piece)
+                written += piece.nbytes
+            if written != t.nbytes:
+                raise AssertionError(f"{t.name}: produced {written} bytes, planned {t.nbytes}")
+            _write_all(f, bytes(_pad(written, align)))
+            if on_tensor:
+                on_tensor(t)
 
 
-def _check_values(w: gguf.GGUFWriter, target) -> None:
-    """Every metadata value fits its GGUF type (a negative count in a uint32, a float32 of
-    1e300): packed once here, so that such a value is an error before the output opens."""
-    for key, val in w.kv_data[0].items():
-        try:
-            w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type)
-        except (struct.error, OverflowError, ValueError, TypeError) as exc:
-            raise ConvkitError(f"{target}: metadata {key} = {str(val.value)[:60]} does not fit GGUF type "
-                               f"{val.type.name} ({exc}); the input's config.json or tokenizer files hold a "
-                               "value out of range") from None
+def _write_all(f, data) -> None:
+    """One unbuffered write per piece (no copy through a buffer); a write may take less than
+    asked (Linux stops at 2 GiB per call), so it loops."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        view = view[f.write(view):]

@@ -85,6 +85,53 @@ def quantize(x, qtype, imatrix=None, threads=1):
     return info.quantize(x, imatrix, max(1, int(threads)))
 
 
+SOURCE_TYPES = {0: 4, 1: 2, 30: 2}   # F32, F16, BF16: bytes per value quantize_source reads
+
+
+def reads_source(qtype, src_type) -> bool:
+    """Whether quantize_source takes `src_type` values straight to `qtype` (the compiled helper
+    is built and holds the type)."""
+    from .backend import compiled_or_none
+
+    compiled = compiled_or_none()
+    return (compiled is not None and hasattr(compiled, "from_source") and int(src_type) in SOURCE_TYPES
+            and compiled.geometry(int(type_info(qtype).qtype)) is not None)
+
+
+def quantize_source(src, src_type, qtype, n_per_row, imatrix=None, threads=1, out=None):
+    """Rows of F16, BF16 or F32 values as stored (uint8, whole rows) -> (the bytes of `qtype`,
+    uint8 [rows, bytes_per_row], or into `out`; the first row holding an infinite or NaN value,
+    or -1). The compiled helper widens a few rows at a time, so no float32 copy of the whole is
+    made; the bytes equal quantize()'s of the same values. None where the helper is not built
+    or does not hold `qtype` (quantize() is then the way)."""
+    info = type_info(qtype)
+    if not reads_source(info.qtype, src_type):
+        return None
+    from .backend import compiled
+    n = int(n_per_row)
+    info.check_row_length(n)
+    src = np.asarray(src).reshape(-1).view(np.uint8)
+    row_in = n * SOURCE_TYPES[int(src_type)]
+    if src.size % row_in:
+        raise QuantError(f"{info.name}: {src.size} source bytes are not whole rows of {n} values")
+    src = src.reshape(-1, row_in)
+    rows = src.shape[0]
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(np.asarray(imatrix, dtype=np.float32).reshape(-1))
+        if imatrix.shape[0] != n:
+            raise QuantError(f"{info.name}: importance vector has {imatrix.shape[0]} entries but rows "
+                             f"have {n}; use the imatrix entry recorded for this tensor")
+    if out is None:
+        out = np.empty((rows, info.row_bytes(n)), dtype=np.uint8)
+    out = out.reshape(rows, info.row_bytes(n))
+    tid, sid = int(info.qtype), int(src_type)
+    from ._threads import row_results
+    found = row_results(lambda sp, op, r: compiled.from_source(tid, sid, sp, imatrix, op, r, n),
+                        src, out, max(1, int(threads)))
+    bad = [a + r for a, r in found if r >= 0]
+    return out, (min(bad) if bad else -1)
+
+
 def dequantize(data, qtype, n_per_row=None):
     """uint8 [rows, bytes_per_row] (or the same bytes in any shape with n_per_row) -> float32 [rows, n]."""
     info = type_info(qtype)

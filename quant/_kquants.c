@@ -166,6 +166,152 @@ static PyObject *py_simple(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ straight from the source's bytes */
+
+/* F16, BF16 or F32 source values -> float32, exactly (every F16/BF16 value is a float32).
+ * Returns 1 when any value is infinite or NaN (ggml rejects such rows), else 0. */
+KQ_CLONES static int src_to_f32(int src_type, const uint8_t *restrict src, int64_t count, float *restrict dst) {
+    uint32_t bad = 0;
+    if (src_type == 1) {
+        const uint16_t *h = (const uint16_t *)src;
+        for (int64_t i = 0; i < count; ++i) {
+            /* exponent and mantissa moved into float32 position, exponent rebiased (15 -> 127);
+             * subnormal halves are renormalized by one exact float subtraction */
+            const uint32_t em = (uint32_t)(h[i] & 0x7fffu) << 13;
+            const uint32_t e = em & 0x0f800000u;
+            bad |= e == 0x0f800000u;
+            const float sub = kq_float(em + 0x38800000u) - kq_float(0x38800000u);
+            const uint32_t mag = e == 0 ? kq_bits(sub) : em + 0x38000000u;
+            dst[i] = kq_float(mag | (uint32_t)(h[i] & 0x8000u) << 16);
+        }
+    } else if (src_type == 30) {
+        const uint16_t *h = (const uint16_t *)src;
+        for (int64_t i = 0; i < count; ++i) {
+            bad |= (h[i] & 0x7f80u) == 0x7f80u;
+            dst[i] = kq_float((uint32_t)h[i] << 16);
+        }
+    } else {
+        const uint32_t *u = (const uint32_t *)src;
+        for (int64_t i = 0; i < count; ++i) {
+            bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+            dst[i] = kq_float(u[i]);
+        }
+    }
+    return bad != 0;
+}
+
+static int src_value_bytes(int src_type) { return src_type == 1 || src_type == 30 ? 2 : src_type == 0 ? 4 : 0; }
+
+/* One quantizer for every type this helper holds; -1 for an id it does not. */
+static int any_quantize_rows(int type, const float *x, const float *q, int64_t rows, int64_t n, uint8_t *o) {
+    if (type >= 10 && type <= 15) return kq_quantize_rows(type, x, q, rows, n, o);
+    if (type == 23) { lg_rows_iq4xs(x, q, rows, n, o); return 0; }
+    if (lg_block_values(type)) return lg_quantize_rows(type, x, q, rows, n, o);
+    if (sm_block_values(type)) { sm_quantize_rows(type, x, rows, n, o); return 0; }
+    return -1;
+}
+
+static int any_geometry(int type, int *values, int *bytes) {
+    if (type >= 10 && type <= 15) { *values = KQ_QK; *bytes = kq_type_bytes[type - 10]; }
+    else if (type == 23) { *values = LG_IQ4XS_QK; *bytes = LG_IQ4XS_BYTES; }
+    else if (lg_block_values(type)) { *values = lg_block_values(type); *bytes = lg_block_bytes(type); }
+    else if (sm_block_values(type)) { *values = sm_block_values(type); *bytes = sm_block_bytes(type); }
+    else return 0;
+    return 1;
+}
+
+#define SRC_CHUNK_VALUES 32768  /* float32 staging per step: stays in the L2 cache */
+
+/* from_source(type_id, src_type, src, imatrix_or_None, out, rows, n_per_row) -> -1, or the first
+ * row (of this call) holding an infinite or NaN value. src holds rows * n_per_row values of
+ * F16 (1), BF16 (30) or F32 (0); they are widened a few rows at a time into a small buffer and
+ * quantized from there, so no float32 copy of the tensor is ever made. */
+static PyObject *py_from_source(PyObject *self, PyObject *args) {
+    int type, src_type;
+    Py_buffer sb, ob, qb;
+    PyObject *imatrix;
+    Py_ssize_t rows, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iiy*Ow*nn", &type, &src_type, &sb, &imatrix, &ob, &rows, &n)) return NULL;
+    int have_q = imatrix != Py_None;
+    if (have_q && PyObject_GetBuffer(imatrix, &qb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&sb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    int per_block = 0, bytes = 0;
+    const int vbytes = src_value_bytes(src_type);
+    const char *err = NULL;
+    if (!any_geometry(type, &per_block, &bytes)) err = "unknown block type id";
+    else if (!vbytes) err = "source type must be F32 (0), F16 (1) or BF16 (30)";
+    else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of the block size";
+    else if (rows < 0 || sb.len < (Py_ssize_t)(rows * n * vbytes)) err = "src is smaller than rows * n_per_row values";
+    else if (ob.len < rows * (n / per_block) * bytes) err = "out is too small";
+    else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
+    int64_t bad_row = -1;
+    if (!err) {
+        const int64_t step = n >= SRC_CHUNK_VALUES ? 1 : SRC_CHUNK_VALUES / n;
+        float *buf = (float *)malloc((size_t)(step * n) * sizeof(float));
+        if (!buf) err = "out of memory";
+        else {
+            const uint8_t *s = (const uint8_t *)sb.buf;
+            const float *q = have_q ? (const float *)qb.buf : NULL;
+            uint8_t *o = (uint8_t *)ob.buf;
+            const int64_t row_out = n / per_block * bytes;
+            Py_BEGIN_ALLOW_THREADS
+            for (int64_t r = 0; r < rows && bad_row < 0; r += step) {
+                const int64_t k = rows - r < step ? rows - r : step;
+                if (src_to_f32(src_type, s + r * n * vbytes, k * n, buf)) {
+                    for (int64_t j = 0; j < k && bad_row < 0; ++j)   /* which row: for the message */
+                        if (src_to_f32(src_type, s + (r + j) * n * vbytes, n, buf)) bad_row = r + j;
+                    break;
+                }
+                any_quantize_rows(type, buf, q, k, n, o + r * row_out);
+            }
+            Py_END_ALLOW_THREADS
+            free(buf);
+        }
+    }
+    if (have_q) PyBuffer_Release(&qb);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyLong_FromLongLong(bad_row);
+}
+
+/* widen(src_type, src, out, count) -> 1 when any value is infinite or NaN, else 0: F16/BF16/F32
+ * values as float32 into out (float32 [count]). */
+static PyObject *py_widen(PyObject *self, PyObject *args) {
+    int src_type;
+    Py_buffer sb, ob;
+    Py_ssize_t count;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*w*n", &src_type, &sb, &ob, &count)) return NULL;
+    const int vbytes = src_value_bytes(src_type);
+    const char *err = NULL;
+    int bad = 0;
+    if (!vbytes) err = "source type must be F32 (0), F16 (1) or BF16 (30)";
+    else if (count < 0 || sb.len < count * vbytes) err = "src is smaller than count values";
+    else if (ob.len < (Py_ssize_t)(count * sizeof(float))) err = "out is too small";
+    if (!err) {
+        const uint8_t *s = (const uint8_t *)sb.buf;
+        float *o = (float *)ob.buf;
+        Py_BEGIN_ALLOW_THREADS
+        bad = src_to_f32(src_type, s, count, o);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyBool_FromLong(bad);
+}
+
 /* ------------------------------------------------------------------ geometry */
 
 /* geometry(type_id) -> (values per block, bytes per block) this helper writes, or None.
@@ -192,6 +338,11 @@ static PyMethodDef kquants_methods[] = {
      "iq4_xs(x, imatrix_or_None, out, rows, n_per_row): ggml's IQ4_XS bytes into out."},
     {"simple", py_simple, METH_VARARGS,
      "simple(type_id, x, out, rows, n_per_row): TQ1_0 / TQ2_0 / MXFP4 bytes into out."},
+    {"from_source", py_from_source, METH_VARARGS,
+     "from_source(type_id, src_type, src, imatrix_or_None, out, rows, n_per_row): quantize F16/BF16/F32 "
+     "source bytes directly; -1, or the first row holding an infinite or NaN value."},
+    {"widen", py_widen, METH_VARARGS,
+     "widen(src_type, src, out, count): F16/BF16/F32 values into float32 out; True if any is not finite."},
     {"geometry", py_geometry, METH_VARARGS,
      "geometry(type_id): (values, bytes) per block this helper writes for the type, or None."},
     {NULL, NULL, 0, NULL},
