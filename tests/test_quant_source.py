@@ -1,0 +1,137 @@
+"""quant.quantize_source: F16/BF16/F32 bytes quantized without a float32 copy give the bytes
+quantize() gives for the same values (themselves checked against ggml elsewhere), and find
+the first row holding an infinite or NaN value; and `convkit quantize` of a GGUF streams its
+tensors through it with the same output as the float32 path."""
+import gguf
+import numpy as np
+import pytest
+
+import quant
+from quant.backend import has_compiled
+
+pytestmark = pytest.mark.skipif(not has_compiled(), reason="quant._kquants is not built")
+
+SOURCES = {1: np.float16, 0: np.float32}   # BF16 (30) is built from float32 bits below
+
+
+def _stored(values: np.ndarray, src_type: int) -> np.ndarray:
+    if src_type == 30:
+        bits = values.astype(np.float32).view(np.uint32)
+        return (bits >> 16).astype(np.uint16).view(np.uint8)
+    return values.astype(SOURCES[src_type]).view(np.uint8)
+
+
+def _widened(stored: np.ndarray, src_type: int) -> np.ndarray:
+    if src_type == 30:
+        return (stored.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return stored.view(SOURCES[src_type]).astype(np.float32)
+
+
+def test_widen_is_numpy_for_every_half():
+    from quant.backend import compiled
+
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = np.isfinite(halves.view(np.float16))
+    out = np.empty(int(finite.sum()), np.float32)
+    assert compiled.widen(1, halves[finite], out, out.size) is False
+    np.testing.assert_array_equal(out.view(np.uint32), halves[finite].view(np.float16).astype(np.float32).view(np.uint32))
+    out = np.empty(1 << 16, np.float32)
+    assert compiled.widen(1, halves, out, out.size) is True     # the infinities and NaNs are seen
+    bf = halves[(halves & 0x7F80) != 0x7F80]
+    out = np.empty(bf.size, np.float32)
+    assert compiled.widen(30, bf, out, bf.size) is False
+    np.testing.assert_array_equal(out.view(np.uint32), bf.astype(np.uint32) << 16)
+
+
+@pytest.mark.parametrize("src_type", [1, 30, 0])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS",
+                                   "TQ1_0", "MXFP4", "F16", "BF16"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_same_bytes_as_quantize(src_type, qtype, threads):
+    rng = np.random.default_rng(7)
+    n, rows = 512, 37   # rows not a multiple of the slices the helper widens at a time
+    values = (rng.standard_normal((rows, n)) * rng.choice([1e-3, 0.05, 3.0], size=(rows, 1))).astype(np.float32)
+    values[3] = 0.0
+    values[5, 17] = 60000.0 if src_type == 1 else 1e30
+    values[6, ::7] = 6e-8     # F16 subnormals
+    stored = _stored(values, src_type)
+    exact = _widened(stored, src_type).reshape(rows, n)
+    imatrix = rng.random(n).astype(np.float32) + 0.1
+    for weights in (None, imatrix):
+        expected = quant.quantize(exact, qtype, imatrix=weights)
+        got, bad = quant.quantize_source(stored, src_type, qtype, n, imatrix=weights, threads=threads)
+        assert bad == -1
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("src_type", [1, 30, 0])
+def test_first_non_finite_row(src_type):
+    rows, n = 70, 256
+    values = np.ones((rows, n), np.float32)
+    values[41, 200] = np.inf
+    values[66, 3] = np.nan
+    _, bad = quant.quantize_source(_stored(values, src_type), src_type, "Q4_K", n, threads=2)
+    assert bad == 41
+
+
+def test_types_it_does_not_hold():
+    assert quant.quantize_source(np.zeros(64, np.uint8), 1, "F32", 32) is None
+    assert quant.quantize_source(np.zeros(64, np.uint8), 8, "Q4_0", 32) is None   # a Q8_0 source
+
+
+def _f16_gguf(tmp_path, model):
+    from convkit.cli import main
+
+    out = tmp_path / "f16.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(model), "--outtype", "f16", "-o", str(out), "--quiet"])
+    assert exit_.value.code == 0
+    return out
+
+
+@pytest.fixture
+def model(tmp_path):
+    from test_bad_checkpoints import _tiny_model
+
+    d = tmp_path / "model"
+    d.mkdir()
+    return _tiny_model(d)
+
+
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m", "f16"])
+def test_gguf_input_streams_to_the_float32_paths_bytes(model, tmp_path, monkeypatch, ftype):
+    """The streamed path against the path that widens whole tensors with numpy and encodes them
+    with quantize(): the same file, metadata and tensor table included."""
+    from convkit import convert_pipeline as cp
+    from convkit.commands.quantize import quantize_model
+
+    src = _f16_gguf(tmp_path, model)
+    streamed = tmp_path / "streamed.gguf"
+    quantize_model(src, ftype, streamed, threads=2, quiet=True)
+    monkeypatch.setattr(cp.quant, "reads_source", lambda *a: False)
+    whole = tmp_path / "whole.gguf"
+    quantize_model(src, ftype, whole, threads=1, quiet=True)
+    assert streamed.read_bytes() == whole.read_bytes()
+    reader = gguf.GGUFReader(streamed)
+    original = gguf.GGUFReader(src)
+    for key, field in original.fields.items():
+        if not key.startswith(("GGUF.", "general.file_type")):
+            assert reader.fields[key].contents() == field.contents(), key
+
+
+def test_gguf_input_with_a_nan_stops_with_one_line(model, tmp_path, capsys):
+    from convkit.cli import main
+
+    src = _f16_gguf(tmp_path, model)
+    t = {t.name: t for t in gguf.GGUFReader(src).tensors}["blk.0.ffn_up.weight"]
+    data = bytearray(src.read_bytes())
+    at = int(t.data_offset) + 2 * 100
+    data[at:at + 2] = np.array([0x7E00], np.uint16).tobytes()
+    src.write_bytes(bytes(data))
+    out = tmp_path / "o.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", str(src), "--type", "q4_0", "-o", str(out), "--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "blk.0.ffn_up.weight" in err and "NaN" in err
+    assert not out.exists() and list(tmp_path.glob("o.gguf*")) == []
