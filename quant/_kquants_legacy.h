@@ -476,13 +476,23 @@ KQ_CLONES static void lg_rows_f16(const float *restrict x, int64_t count, uint8_
     for (; i < count; ++i) lg_put_f16(out + 2 * i, x[i]);
 }
 
+static inline uint16_t lg_bf16_bits(float f) {
+    const uint32_t u = kq_bits(f);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 64)   /* NaN: force quiet */
+                                           : (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}
+
 KQ_CLONES static void lg_rows_bf16(const float *restrict x, int64_t count, uint8_t *restrict out) {
-    for (int64_t i = 0; i < count; ++i) {
-        uint32_t u = kq_bits(x[i]);
-        uint16_t h = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 64)   /* NaN: force quiet */
-                                                     : (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
-        out[2 * i] = (uint8_t)h;
-        out[2 * i + 1] = (uint8_t)(h >> 8);
+    uint16_t h[64];
+    int64_t i = 0;
+    for (; i + 64 <= count; i += 64) {          /* a fixed-size chunk the compiler vectorizes */
+        for (int k = 0; k < 64; ++k) h[k] = lg_bf16_bits(x[i + k]);
+        memcpy(out + 2 * i, h, sizeof h);       /* little-endian, as ggml stores it */
+    }
+    for (; i < count; ++i) {
+        const uint16_t b = lg_bf16_bits(x[i]);
+        out[2 * i] = (uint8_t)b;
+        out[2 * i + 1] = (uint8_t)(b >> 8);
     }
 }
 
