@@ -27,6 +27,7 @@ DEFAULT_ALIGNMENT = 32
 # GGUFValueType -> struct format of a scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 _KNOWN_QTYPES = {int(t): t for t in gguf.GGMLQuantizationType if t in gguf.GGML_QUANT_SIZES}
 
 
@@ -78,6 +79,24 @@ class _Cursor:
             self.pos -= n - exc.start
             self.fail(f"{what} is not UTF-8 (byte {raw[exc.start:exc.start + 1].hex()})")
 
+    def strings(self, count: int, key: str) -> list:
+        """An array of strings (a vocab: 100k of them) in one tight loop; any problem is
+        reported by the one-at-a-time path, with its exact message and position."""
+        data, pos, size = self.data, self.pos, len(self.data)
+        length = _U64.unpack_from
+        out = []
+        try:
+            for _ in range(count):
+                n = length(data, pos)[0]
+                if n > size - pos - 8:
+                    raise ValueError
+                out.append(data[pos + 8:pos + 8 + n].decode("utf-8"))
+                pos += 8 + n
+        except (ValueError, struct.error):   # UnicodeDecodeError is a ValueError
+            return [self.string(f"metadata {key!r}") for _ in range(count)]
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, key: str, depth: int = 0):
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
@@ -95,6 +114,8 @@ class _Cursor:
             if etype in _SCALARS:  # one unpack for the whole array, not one call per element
                 fmt = _SCALARS[etype]
                 return list(struct.unpack(f"{fmt[0]}{count}{fmt[1]}", self.take(count * smallest)))
+            if etype == _STRING:
+                return self.strings(count, key)
             return [self.value(etype, key, depth + 1) for _ in range(count)]
         self.fail(f"metadata {key!r} has unknown value type {vtype}")
 
