@@ -5,6 +5,7 @@ at a time; a plan gives each tensor its type; the writer streams them into the o
 """
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,6 +117,7 @@ def plan_summary(plan) -> dict:
 
 
 STREAM_BYTES = 8 << 20   # source bytes per slice of a streamed tensor
+_READER = ThreadPoolExecutor(1, thread_name_prefix="gguf-read")   # reads the next slice ahead
 
 
 def _read_exactly(f, buf, offset: int, path) -> None:
@@ -165,31 +167,45 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
                            "corrupt, restore them from the model's source")
 
     buffers = {}
+    turn = [0]   # which output buffer is next: alternates across tensors too
+
+    def buffer(key, size):
+        if key not in buffers or buffers[key].size < size:
+            buffers[key] = np.empty(size, dtype=np.uint8)
+        return buffers[key][:size]
 
     def streamed(t, offset, nbytes, src_type):
-        """The tensor's stored F16/BF16/F32 rows read a slice at a time into one reused buffer
-        and quantized straight from there (no float32 copy); each slice's bytes are written
-        before the next is read, so memory follows the slice, not the tensor."""
+        """The tensor's stored F16/BF16/F32 rows a slice at a time, quantized straight from the
+        stored bytes (no float32 copy). Two slices alternate: while one is quantized, the next
+        is read and the last one's output is written (writer thread), so memory follows the
+        slice, not the tensor."""
         n = t.shape[-1]
-        row_in = nbytes // max(1, int(np.prod(t.shape[:-1], dtype=np.int64)))
-        row_out = t.nbytes // max(1, int(np.prod(t.shape[:-1], dtype=np.int64)))
+        rows = int(np.prod(t.shape[:-1], dtype=np.int64))
+        row_in, row_out = nbytes // rows, t.nbytes // rows
         step = max(1, STREAM_BYTES // row_in)
-        rows = nbytes // row_in
-        if "in" not in buffers or buffers["in"].size < step * row_in:
-            buffers["in"] = np.empty(step * row_in, dtype=np.uint8)
-        if "out" not in buffers or buffers["out"].size < step * row_out:
-            buffers["out"] = np.empty(step * row_out, dtype=np.uint8)
         weights = importance(t)
+        slices = [(r, min(step, rows - r)) for r in range(0, rows, step)]
         with open(source.path, "rb", buffering=0) as f:
-            for r in range(0, rows, step):
-                k = min(step, rows - r)
-                src = buffers["in"][:k * row_in]
-                _read_exactly(f, src, offset + r * row_in, source.path)
-                out, bad = quant.quantize_source(src, src_type, t.qtype, n, imatrix=weights, threads=threads,
-                                                 out=buffers["out"][:k * row_out])
-                if bad >= 0:
-                    not_finite(t)
-                yield out
+            def read(i):
+                r, k = slices[i]
+                buf = buffer(f"in{i % 2}", k * row_in)
+                _read_exactly(f, buf, offset + r * row_in, source.path)
+                return buf
+
+            ahead = _READER.submit(read, 0)
+            try:
+                for i, (r, k) in enumerate(slices):
+                    src = ahead.result()
+                    ahead = _READER.submit(read, i + 1) if i + 1 < len(slices) else None
+                    turn[0] ^= 1
+                    out, bad = quant.quantize_source(src, src_type, t.qtype, n, imatrix=weights, threads=threads,
+                                                     out=buffer(f"out{turn[0]}", k * row_out))
+                    if bad >= 0:
+                        not_finite(t)
+                    yield out
+            finally:
+                if ahead is not None:   # an error: the read in flight finishes before f closes
+                    ahead.exception()
 
     try:
         write_gguf(target, source.arch_name, write_metadata, plan, produce,

@@ -3,6 +3,7 @@
 Built on gguf.GGUFWriter; the file appears only when complete (convkit.atomic).
 """
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gguf
@@ -98,7 +99,11 @@ def header_bytes(w: MetadataWriter, plan, target) -> bytes:
 
 def write_gguf(target, arch_name: str, write_metadata, plan, produce, *, inputs=(), on_tensor=None):
     """write_metadata(writer) adds the KV pairs; produce(planned) returns its uint8 bytes, or an
-    iterable of consecutive uint8 pieces of them (a tensor streamed a few rows at a time)."""
+    iterable of consecutive uint8 pieces of them (a tensor streamed a few rows at a time).
+
+    Each piece is written by a background thread while the next one is produced; a piece's
+    memory must stay untouched until the piece after the next is asked for (a producer that
+    reuses memory alternates between two buffers)."""
     # metadata and tensor table are built in memory first: an error in them (a damaged
     # tokenizer file, say) stops the run before the output file is opened
     w = MetadataWriter(arch_name)
@@ -107,19 +112,51 @@ def write_gguf(target, arch_name: str, write_metadata, plan, produce, *, inputs=
         gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.qtype)]  # a known type id
     head = header_bytes(w, plan, target)
     align = w.alignment()
-    with atomic_path(target, inputs=inputs) as tmp, open(tmp, "wb", buffering=0) as f:
-        _write_all(f, head)
+    with atomic_path(target, inputs=inputs) as tmp, open(tmp, "wb", buffering=0) as f, _Writes(f) as out:
+        out.put(head)
         for t in plan:
             data = produce(t)
             written = 0
             for piece in ((data,) if isinstance(data, np.ndarray) else data):
-                _write_all(f, piece)
+                out.put(piece)
                 written += piece.nbytes
             if written != t.nbytes:
                 raise AssertionError(f"{t.name}: produced {written} bytes, planned {t.nbytes}")
-            _write_all(f, bytes(_pad(written, align)))
+            if _pad(written, align):
+                out.put(bytes(_pad(written, align)))
             if on_tensor:
                 on_tensor(t)
+
+
+class _Writes:
+    """Writes to `f` on one background thread, at most one in flight: writing overlaps the
+    quantization of the next piece (the write releases the GIL). A failed write is raised by
+    the next put or on leaving; leaving always waits for the last write first."""
+
+    def __init__(self, f):
+        self.f, self.pending, self.pool = f, None, None
+
+    def __enter__(self):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gguf-write")
+        return self
+
+    def put(self, data) -> None:
+        self.wait()
+        self.pending = self.pool.submit(_write_all, self.f, data)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __exit__(self, exc_type, *_):
+        try:
+            self.wait()
+        except Exception:
+            if exc_type is None:
+                raise
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _write_all(f, data) -> None:

@@ -99,13 +99,25 @@ def model(tmp_path):
 
 
 @pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m", "f16"])
-def test_gguf_input_streams_to_the_float32_paths_bytes(model, tmp_path, monkeypatch, ftype):
+@pytest.mark.parametrize("slice_bytes", [None, 640])
+def test_gguf_input_streams_to_the_float32_paths_bytes(model, tmp_path, monkeypatch, ftype, slice_bytes):
     """The streamed path against the path that widens whole tensors with numpy and encodes them
-    with quantize(): the same file, metadata and tensor table included."""
+    with quantize(): the same file, metadata and tensor table included; with slices of five rows
+    (an odd count of them in some tensors) and a slow disk, the two reused output buffers
+    alternate across tensors and a buffer reused while still being written would show."""
     from convkit import convert_pipeline as cp
     from convkit.commands.quantize import quantize_model
 
     src = _f16_gguf(tmp_path, model)
+    if slice_bytes:
+        import time
+
+        from convkit import gguf_out
+
+        monkeypatch.setattr(cp, "STREAM_BYTES", slice_bytes)
+        write = gguf_out._write_all
+        # a slow disk: a buffer reused before its write is done would show in the bytes
+        monkeypatch.setattr(gguf_out, "_write_all", lambda f, data: (time.sleep(0.002), write(f, data)))
     streamed = tmp_path / "streamed.gguf"
     quantize_model(src, ftype, streamed, threads=2, quiet=True)
     monkeypatch.setattr(cp.quant, "reads_source", lambda *a: False)
