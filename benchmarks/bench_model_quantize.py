@@ -4,9 +4,17 @@ Both start from the same F16 GGUF of SmolLM2 (made here by llama_model_quantize 
 model's Q4_1 file, cached in a temporary directory) and write the same file type with 2
 threads, each in a child process whose wall time and peak RSS are measured. The tensor
 data of the two outputs is compared too: a speed figure for different bytes means nothing.
-Usage: python benchmarks/bench_model_quantize.py [--types q8_0,q4_0,q4_k_m,q6_k]
+The two sides run interleaved, --rounds times, and the best of each is reported (a shared,
+loaded machine slows one run or another, not a side).
+
+--synthetic-layers N also quantizes a larger input: bench_convert.py's Llama-shaped float32
+checkpoint with N layers (20: 4.1 GiB) written under /tmp, converted once to an F16 GGUF
+(about 2 GiB) by convkit, then quantized by both sides as above; deleted afterwards.
+Usage: python benchmarks/bench_model_quantize.py [--types q8_0,q4_0,q4_k_m,q6_k] [--rounds 3]
+       [--synthetic-layers 20]
 """
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -40,9 +48,46 @@ def same_tensor_data(a: Path, b: Path) -> bool:
         ta[n][:2] == tb[n][:2] and np.array_equal(ta[n][2], tb[n][2]) for n in tb)
 
 
+def compare(label, f16, types, rounds, tmp):
+    """Both sides on one F16 GGUF for every file type in `types`, interleaved, best of `rounds`."""
+    print(f"input: {label}, {f16.stat().st_size / 2**20:.0f} MiB; {THREADS} threads each, best of {rounds}")
+    for name in types:
+        ours_out, peer_out = tmp / f"ours-{name}.gguf", tmp / f"peer-{name}.gguf"
+        ours_runs, peer_runs, codes = [], [], set()
+        for _ in range(rounds):
+            ours = measure([sys.executable, "-m", "convkit", "quantize", str(f16), "--type", name,
+                            "--threads", str(THREADS), "-o", str(ours_out), "--quiet"])
+            peer = measure(peer_cmd(f16, peer_out, FILE_TYPES[name]))
+            codes |= {ours[2], peer[2]}
+            ours_runs.append(ours)
+            peer_runs.append(peer)
+        if codes != {0}:
+            print(f"{name}: exit codes ours {[r[2] for r in ours_runs]}, peer {[r[2] for r in peer_runs]}; no figures")
+            continue
+        same = same_tensor_data(ours_out, peer_out)
+        ours_s, peer_s = min(r[0] for r in ours_runs), min(r[0] for r in peer_runs)
+        ours_m, peer_m = max(r[1] for r in ours_runs), max(r[1] for r in peer_runs)
+        print(f"{name}: ours {ours_s:.2f} s, {ours_m:.0f} MiB; llama_model_quantize {peer_s:.2f} s, "
+              f"{peer_m:.0f} MiB; ratio {peer_s / ours_s:.2f}; tensor data {'identical' if same else 'DIFFERS'}")
+        case = f"{label} -> {name.upper()}" + ("" if same else " (BYTES DIFFER)")
+        result(f"{case}, wall time", ours_s, "llama_model_quantize", peer_s, "s", higher_is_better=False)
+        result(f"{case}, peak RSS", ours_m, "llama_model_quantize", peer_m, "MiB", higher_is_better=False)
+        ours_out.unlink()
+        peer_out.unlink()
+
+
+def cpu_line() -> str:
+    from convkit.sysinfo import cpu_info
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU: {cpu_info()['model'] or 'unknown'}, {cores} cores usable, load average {os.getloadavg()[0]:.1f}"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--types", default="q8_0,q4_0,q4_k_m,q6_k")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--synthetic-layers", type=int, default=0)
     args = parser.parse_args()
     try:
         import llama_cpp  # noqa: F401
@@ -51,29 +96,33 @@ def main():
         return
     from realdata import smollm2_gguf
 
+    print(cpu_line())
+    types = args.types.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-model-quantize-") as tmp:
         tmp = Path(tmp)
         f16 = tmp / "smollm2-f16.gguf"
         rc = measure(peer_cmd(smollm2_gguf(), f16, FILE_TYPES["f16"]))[2]
         if rc != 0:
             raise SystemExit(f"making the F16 input failed (exit {rc})")
-        print(f"input: {f16.name}, {f16.stat().st_size / 2**20:.0f} MiB; {THREADS} threads each")
-        for name in args.types.split(","):
-            ours_out, peer_out = tmp / f"ours-{name}.gguf", tmp / f"peer-{name}.gguf"
-            ours = measure([sys.executable, "-m", "convkit", "quantize", str(f16), "--type", name,
-                            "--threads", str(THREADS), "-o", str(ours_out), "--quiet"])
-            peer = measure(peer_cmd(f16, peer_out, FILE_TYPES[name]))
-            if ours[2] or peer[2]:
-                print(f"{name}: exit codes ours {ours[2]}, peer {peer[2]}; no figures")
-                continue
-            same = same_tensor_data(ours_out, peer_out)
-            print(f"{name}: ours {ours[0]:.2f} s, {ours[1]:.0f} MiB; llama_model_quantize {peer[0]:.2f} s, "
-                  f"{peer[1]:.0f} MiB; tensor data {'identical' if same else 'DIFFERS'}")
-            case = f"SmolLM2 F16 -> {name.upper()}" + ("" if same else " (BYTES DIFFER)")
-            result(f"{case}, wall time", ours[0], "llama_model_quantize", peer[0], "s", higher_is_better=False)
-            result(f"{case}, peak RSS", ours[1], "llama_model_quantize", peer[1], "MiB", higher_is_better=False)
-            ours_out.unlink()
-            peer_out.unlink()
+        compare("SmolLM2 F16", f16, types, args.rounds, tmp)
+        f16.unlink()
+    if args.synthetic_layers:
+        from bench_convert import write_checkpoint
+
+        with tempfile.TemporaryDirectory(dir="/tmp", prefix="bench-model-quantize-") as tmp:
+            tmp = Path(tmp)
+            model = tmp / "model"
+            model.mkdir()
+            size = write_checkpoint(model, args.synthetic_layers)
+            f16 = tmp / "synthetic-f16.gguf"
+            rc = measure([sys.executable, "-m", "convkit", "quantize", str(model), "--type", "f16",
+                          "-o", str(f16), "--quiet"])[2]
+            if rc != 0:
+                raise SystemExit(f"making the synthetic F16 input failed (exit {rc})")
+            for p in model.iterdir():
+                if p.suffix == ".safetensors":
+                    p.unlink()   # disk: only the F16 GGUF is needed from here on
+            compare(f"synthetic {size / 2**30:.1f} GiB f32 checkpoint as F16", f16, types, args.rounds, tmp)
 
 
 if __name__ == "__main__":
