@@ -167,6 +167,13 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
                            "corrupt, restore them from the model's source")
 
     buffers = {}
+    files = []   # the source, opened once for every streamed tensor
+
+    def opened():
+        if not files:
+            files.append(open(source.path, "rb", buffering=0))
+        return files[0]
+
     turn = [0]   # which output buffer is next: alternates across tensors too
 
     def buffer(key, size):
@@ -185,33 +192,36 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
         step = max(1, STREAM_BYTES // row_in)
         weights = importance(t)
         slices = [(r, min(step, rows - r)) for r in range(0, rows, step)]
-        with open(source.path, "rb", buffering=0) as f:
-            def read(i):
-                r, k = slices[i]
-                buf = buffer(f"in{i % 2}", k * row_in)
-                _read_exactly(f, buf, offset + r * row_in, source.path)
-                return buf
+        f = opened()
 
-            ahead = _READER.submit(read, 0)
-            try:
-                for i, (r, k) in enumerate(slices):
-                    src = ahead.result()
-                    ahead = _READER.submit(read, i + 1) if i + 1 < len(slices) else None
-                    turn[0] ^= 1
-                    out, bad = quant.quantize_source(src, src_type, t.qtype, n, imatrix=weights, threads=threads,
-                                                     out=buffer(f"out{turn[0]}", k * row_out))
-                    if bad >= 0:
-                        not_finite(t)
-                    yield out
-            finally:
-                if ahead is not None:   # an error: the read in flight finishes before f closes
-                    ahead.exception()
+        def read(i):
+            r, k = slices[i]
+            buf = buffer(f"in{i % 2}", k * row_in)
+            _read_exactly(f, buf, offset + r * row_in, source.path)
+            return buf
+
+        ahead = _READER.submit(read, 0)
+        try:
+            for i, (r, k) in enumerate(slices):
+                src = ahead.result()
+                ahead = _READER.submit(read, i + 1) if i + 1 < len(slices) else None
+                turn[0] ^= 1
+                out, bad = quant.quantize_source(src, src_type, t.qtype, n, imatrix=weights, threads=threads,
+                                                 out=buffer(f"out{turn[0]}", k * row_out))
+                if bad >= 0:
+                    not_finite(t)
+                yield out
+        finally:
+            if ahead is not None:   # an error: the read in flight finishes before f closes or its buffer is reused
+                ahead.exception()
 
     try:
         write_gguf(target, source.arch_name, write_metadata, plan, produce,
                    inputs=source.inputs + (source.path,), on_tensor=lambda t: bar.update(1))
     finally:
         bar.close()
+        for f in files:
+            f.close()
     summary = plan_summary(plan)
     return {"output": str(target), "bytes": target.stat().st_size, "bpw": summary["bpw"],
             "tensors": len(plan), "seconds": round(time.perf_counter() - start, 2)}

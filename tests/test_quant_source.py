@@ -34,7 +34,8 @@ def test_widen_is_numpy_for_every_half():
     finite = np.isfinite(halves.view(np.float16))
     out = np.empty(int(finite.sum()), np.float32)
     assert compiled.widen(1, halves[finite], out, out.size) is False
-    np.testing.assert_array_equal(out.view(np.uint32), halves[finite].view(np.float16).astype(np.float32).view(np.uint32))
+    expected = halves[finite].view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
     out = np.empty(1 << 16, np.float32)
     assert compiled.widen(1, halves, out, out.size) is True     # the infinities and NaNs are seen
     bf = halves[(halves & 0x7F80) != 0x7F80]
