@@ -148,3 +148,32 @@ def test_gguf_input_with_a_nan_stops_with_one_line(model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "blk.0.ffn_up.weight" in err and "NaN" in err
     assert not out.exists() and list(tmp_path.glob("o.gguf*")) == []
+
+
+def test_gguf_input_with_an_imatrix_streams_to_the_float32_paths_bytes(model, tmp_path, monkeypatch):
+    """An importance vector for every weight reaches the streamed kernels as it reaches quantize()."""
+    from quant.imatrix import from_statistics, write_imatrix
+
+    from convkit import convert_pipeline as cp
+    from convkit.commands.quantize import make_plan
+
+    src = _f16_gguf(tmp_path, model)
+    rng = np.random.default_rng(3)
+    stats = {t.name: ((rng.random(int(t.shape[0])) * 5 + 0.01).astype(np.float32), np.array([10]))
+             for t in gguf.GGUFReader(src).tensors if len(t.shape) == 2}
+    imatrix = tmp_path / "imatrix.gguf"
+    write_imatrix(imatrix, from_statistics(stats, ["x"], 1, 512))
+    monkeypatch.setattr(cp, "STREAM_BYTES", 640)
+    outs = []
+    for streamed in (True, False):
+        if not streamed:
+            monkeypatch.setattr(cp.quant, "reads_source", lambda *a: False)
+        source, plan, vectors = make_plan(src, "q4_k_m", imatrix)
+        assert vectors is not None
+        out = tmp_path / f"{streamed}.gguf"
+        cp.run(source, plan, out, file_type=15, imatrix=vectors, threads=2, quiet=True)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    source, plan, _ = make_plan(src, "q4_k_m")
+    cp.run(source, plan, tmp_path / "plain.gguf", file_type=15, threads=2, quiet=True)
+    assert (tmp_path / "plain.gguf").read_bytes() != outs[0]   # the vectors did change the blocks
