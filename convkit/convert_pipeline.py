@@ -3,7 +3,6 @@
 A source (HF checkpoint or GGUF) yields GGUF tensor names, shapes and float32 values one
 at a time; a plan gives each tensor its type; the writer streams them into the output.
 """
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,13 +120,15 @@ _READER = ThreadPoolExecutor(1, thread_name_prefix="gguf-read")   # reads the ne
 
 
 def _read_exactly(f, buf, offset: int, path) -> None:
+    """buf filled from `offset` of the unbuffered file f (read on _READER's one thread only)."""
     view = memoryview(buf)
+    f.seek(offset)
     while view.nbytes:
-        got = os.preadv(f.fileno(), [view], offset)
-        if got <= 0:
+        got = f.readinto(view)
+        if not got:
             raise ConvkitError(f"{path}: the file ended while reading tensor data; it was truncated while "
                                "being read")
-        view, offset = view[got:], offset + got
+        view = view[got:]
 
 
 def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1, quiet=False) -> dict:
