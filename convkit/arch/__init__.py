@@ -1,7 +1,7 @@
 """Architectures, one short module each, in a registry keyed by the HF `architectures` name."""
 from convkit.errors import ConvkitError
 
-from .base import REGISTRY, Architecture  # noqa: F401
+from .base import GGUF_REGISTRY, REGISTRY, Architecture  # noqa: F401
 from . import bert, gpt2, llama, qwen2  # noqa: F401  (each registers itself)
 
 

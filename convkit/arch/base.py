@@ -9,7 +9,10 @@ from convkit import tensor_shapes
 from convkit.errors import ConvkitError
 from convkit.hf_config import ConfigFields
 
-REGISTRY = {}
+from .structure import Structure
+
+REGISTRY = {}       # HF architectures name -> class
+GGUF_REGISTRY = {}  # GGUF general.architecture -> class (the first registered for it)
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|layer)\.(\d+)\.")  # HF names of per-layer tensors
 
 
@@ -17,12 +20,17 @@ def register(*hf_names):
     def wrap(cls):
         for name in hf_names:
             REGISTRY[name] = cls
+        if cls.gguf_arch is not None:
+            GGUF_REGISTRY.setdefault(gguf.MODEL_ARCH_NAMES[cls.gguf_arch], cls)
         return cls
     return wrap
 
 
 class Architecture:
     gguf_arch: gguf.MODEL_ARCH = None
+    structure: Structure | None = None  # how the runtime builds the decoder; None: the runtime does not run it
+    tensor_table: str | None = None  # which table of convkit/tensor_shapes.py checks its tensors
+    qkv_bias_required = False        # (the "decoder" table) q/k/v biases always present, as qwen2's
     reads_prefix_space = False  # llama.cpp's llama converter copies tokenizer_config's add_prefix_space
     skip_suffixes = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attn.bias", "position_ids")
 
@@ -100,6 +108,26 @@ class Architecture:
         """Tensors derived from the config, as (gguf name, function giving float32 values);
         written before the checkpoint's own, where llama.cpp's converter puts them."""
         return []
+
+    # --- runtime ----------------------------------------------------------------
+    def runtime_hparams(self) -> dict:
+        """The runtime's ModelConfig fields, from config.json (see convkit/runtime/model.py)."""
+        rope = getattr(self, "rope", None)
+        return dict(arch=self.name, structure=self.structure, vocab_size=self.vocab, hidden_size=self.hidden,
+                    n_layers=self.n_layer, n_heads=self.n_head, n_kv_heads=self.n_head_kv, head_dim=self.head_dim,
+                    ffn_size=self.ff, max_positions=self.context, norm_eps=self.norm_eps,
+                    rope_theta=rope.theta if rope else 10000.0, rope_scaling=rope.as_hf() if rope else None,
+                    tie_embeddings=self.tie_embeddings, sliding_window=getattr(self, "sliding_window", None),
+                    bos_token_id=self.bos_token_id, eos_token_ids=self.eos_token_ids, **self.scales())
+
+    def scales(self) -> dict:
+        """Multipliers beyond the usual ones (Granite's), as ModelConfig fields."""
+        return {}
+
+    @classmethod
+    def gguf_scales(cls, key) -> dict:
+        """The same multipliers from a GGUF's metadata; `key(name, default)` reads `{arch}.name`."""
+        return {}
 
     # --- metadata --------------------------------------------------------------
     def write_hparams(self, w: gguf.GGUFWriter) -> None:

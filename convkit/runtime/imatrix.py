@@ -41,7 +41,7 @@ def linear_names(model) -> list[tuple[QuantLinear, list[str]]]:
 
     for block in model.blocks:
         p = f"blk.{block.layer}."
-        qkv = ["attn_qkv"] if model.config.arch == "gpt2" else ["attn_q", "attn_k", "attn_v"]
+        qkv = ["attn_qkv"] if block.attn.fused_qkv else ["attn_q", "attn_k", "attn_v"]
         add(block.attn.qkv, [f"{p}{n}.weight" for n in qkv])
         add(block.attn.out, [f"{p}attn_output.weight"])
         up = ["ffn_gate", "ffn_up"] if block.mlp.gated else ["ffn_up"]
