@@ -114,3 +114,30 @@ def test_runtime_equals_transformers(family, tmp_path, capsys):
     target = tmp_path / "f32.gguf"
     our_command(["convert", str(directory), "--outtype", "f32", "-o", str(target)], capsys)
     assert (load_model(target)(ids) - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "perplexity"])
+def test_unknown_architecture_lists_the_supported_ones(command, tmp_path, capsys):
+    import json
+    import shutil
+
+    from convkit.arch import REGISTRY
+
+    directory = tmp_path / "model"
+    shutil.copytree(family_checkpoint("qwen3")[0], directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["architectures"] = ["MadeUpForCausalLM"]
+    (directory / "config.json").write_text(json.dumps(config))
+    target = tmp_path / "out.gguf"
+    argv = {"convert": ["convert", str(directory), "-o", str(target)],
+            "quantize": ["quantize", str(directory), "--type", "q4_k_m", "-o", str(target)],
+            "perplexity": ["perplexity", str(directory), "--text", str(directory / "config.json")]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "MadeUpForCausalLM" in err
+    for family in ("Qwen3ForCausalLM", "SmolLM3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM"):
+        assert family in err and family in REGISTRY
+    assert not target.exists()
