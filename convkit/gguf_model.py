@@ -109,9 +109,14 @@ def hparams(meta: Meta, arch: str, shapes: dict) -> dict:
     embd = shapes.get("token_embd.weight")
     if embd is None or len(embd) != 2:
         raise ConvkitError(f"{meta.path}: tensor token_embd.weight is missing or not 2-D; the file is incomplete")
-    return {"n_layer": meta.int(k + "block_count"), "hidden": hidden, "n_head": n_head, "n_head_kv": n_head_kv,
-            "head_dim": head_dim, "ff": meta.int(k + "feed_forward_length"), "vocab": embd[0],
-            "n_ctx": meta.int(k + "context_length"), "tied": True}
+    hp = {"n_layer": meta.int(k + "block_count"), "hidden": hidden, "n_head": n_head, "n_head_kv": n_head_kv,
+          "head_dim": head_dim, "ff": meta.int(k + "feed_forward_length"), "vocab": embd[0],
+          "n_ctx": meta.int(k + "context_length"), "tied": True}
+    if meta.has(k + "expert_count"):
+        hp["n_expert"] = meta.int(k + "expert_count")
+        hp["ff_exp"] = meta.int(k + "expert_feed_forward_length", hp["ff"])  # llama's experts: feed_forward_length
+        meta.int(k + "expert_used_count", high=hp["n_expert"])
+    return hp
 
 
 def check_layers(meta: Meta, arch: str, shapes: dict) -> None:

@@ -25,10 +25,17 @@ def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_nor
         out.update({
             p + "attn_q.weight": ((q, h), True), p + "attn_k.weight": ((kv, h), True),
             p + "attn_v.weight": ((kv, h), True), p + "attn_output.weight": ((h, q), True),
-            p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
-            p + "ffn_down.weight": ((h, ff), True),
             p + "attn_q.bias": ((q,), biases_required), p + "attn_k.bias": ((kv,), biases_required),
             p + "attn_v.bias": ((kv,), biases_required)})
+        n_exp, ff_exp = hp.get("n_expert", 0), hp.get("ff_exp")
+        if n_exp:  # a router and the experts' matrices stacked
+            out.update({p + "ffn_gate_inp.weight": ((n_exp, h), True),
+                        p + "ffn_gate_exps.weight": ((n_exp, ff_exp, h), True),
+                        p + "ffn_up_exps.weight": ((n_exp, ff_exp, h), True),
+                        p + "ffn_down_exps.weight": ((n_exp, h, ff_exp), True)})
+        else:
+            out.update({p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
+                        p + "ffn_down.weight": ((h, ff), True)})
         norms = ("post_attention_norm", "post_ffw_norm") if post_norms else ("attn_norm", "ffn_norm")
         out.update({f"{p}{n}.weight": ((h,), True) for n in norms})
         if qk_norm is not None:

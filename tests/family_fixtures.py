@@ -37,6 +37,16 @@ FAMILIES = {
                 dict(COMMON, tie_word_embeddings=True, embedding_multiplier=12.0, residual_multiplier=0.22,
                      attention_multiplier=0.015625, logits_scaling=8.0,
                      rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}), "granite"),
+    # mixture of experts, llama.cpp's llama with 8 experts (its mixes treat 8 experts apart), top 2
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(COMMON, intermediate_size=256, num_local_experts=8, num_experts_per_tok=2,
+                     tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+                "llama"),
+    # mixture of experts: 4 experts, top 2, weights renormalized
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                 dict(COMMON, head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                      norm_topk_prob=True, tie_word_embeddings=False,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), "qwen3moe"),
 }
 
 

@@ -4,7 +4,8 @@ For every family of family_fixtures (a small checkpoint transformers itself made
 - convert: our GGUF equals llama.cpp's own converter's (pinned llama-cpp-python 0.3.36
   tree) on the same directory, every tensor byte for byte and every metadata key outside
   `general.*`, for f16, bf16 and q8_0; llama.cpp gives the same logits on both files;
-- quantize: `convkit quantize --type q4_k_m` gives the tensor types and bytes that
+- quantize: `convkit quantize --type q4_k_m`, from the directory and from llama.cpp's
+  float32 file, gives the tensor types and bytes that
   llama_model_quantize gives on llama.cpp's converted float32 file;
 - run: our float32 logits, from the directory and from our float32 GGUF, equal
   transformers' within 1e-4 on a batch of two 96-token prompts.
@@ -96,12 +97,14 @@ def test_q4_k_m_equals_llama_quantize(family, tmp_path, capsys):
     theirs_f32 = peer_convert(directory, "f32", tmp_path / "theirs-f32.gguf")
     theirs = tmp_path / "theirs-q4_k_m.gguf"
     llama_quantize_file(theirs_f32, theirs, LlamaFileType.MOSTLY_Q4_K_M)
-    ours = tmp_path / "ours-q4_k_m.gguf"
-    our_command(["quantize", str(directory), "--type", "q4_k_m", "-o", str(ours)], capsys)
-    (_, mine), (_, peer) = gguf_lite.read(ours), gguf_lite.read(theirs)
-    assert {n: t[0] for n, t in mine.items()} == {n: t[0] for n, t in peer.items()}
-    for tensor, (_, _, data) in peer.items():
-        assert np.array_equal(mine[tensor][2], data), tensor
+    (_, peer) = gguf_lite.read(theirs)
+    for source in (directory, theirs_f32):  # from the checkpoint, and from the same file llama.cpp read
+        ours = tmp_path / "ours-q4_k_m.gguf"
+        our_command(["quantize", str(source), "--type", "q4_k_m", "-o", str(ours)], capsys)
+        (_, mine) = gguf_lite.read(ours)
+        assert {n: t[0] for n, t in mine.items()} == {n: t[0] for n, t in peer.items()}, source
+        for tensor, (_, _, data) in peer.items():
+            assert np.array_equal(mine[tensor][2], data), tensor
 
 
 def test_runtime_equals_transformers(family, tmp_path, capsys):
@@ -140,4 +143,37 @@ def test_unknown_architecture_lists_the_supported_ones(command, tmp_path, capsys
     assert "MadeUpForCausalLM" in err
     for family in ("Qwen3ForCausalLM", "SmolLM3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM"):
         assert family in err and family in REGISTRY
+    assert not target.exists()
+
+
+def _broken_experts(tmp_path, change):
+    """A copy of the MoE fixture with its weights file rewritten by `change(tensors)`."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / "moe"
+    shutil.copytree(family_checkpoint("qwen3moe")[0], directory)
+    tensors = load_file(directory / "model.safetensors")
+    change(tensors)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda t: t.pop("model.layers.1.mlp.experts.2.up_proj.weight"), "expert 2 is missing"),
+    (lambda t: t.update({"model.layers.0.mlp.experts.3.down_proj.weight":
+                         t["model.layers.0.mlp.experts.3.down_proj.weight"][:, :128].copy()}), "experts must match"),
+])
+@pytest.mark.parametrize("command", ["convert", "perplexity"])
+def test_bad_experts_are_one_line(change, needle, command, tmp_path, capsys):
+    directory = _broken_experts(tmp_path, change)
+    target = tmp_path / "out.gguf"
+    argv = {"convert": ["convert", str(directory), "-o", str(target)],
+            "perplexity": ["perplexity", str(directory), "--text", str(directory / "config.json")]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not target.exists()

@@ -40,6 +40,9 @@ def linear_names(model) -> list[tuple[QuantLinear, list[str]]]:
             out.append((module, names))
 
     for block in model.blocks:
+        if not hasattr(block.mlp, "gated"):  # llama-imatrix's per-expert statistics are not reproduced
+            raise ConvkitError(f"{getattr(model, 'source', 'the model')}: a mixture-of-experts model; "
+                               "importance matrices are collected for dense models only")
         p = f"blk.{block.layer}."
         qkv = ["attn_qkv"] if block.attn.fused_qkv else ["attn_q", "attn_k", "attn_v"]
         add(block.attn.qkv, [f"{p}{n}.weight" for n in qkv])

@@ -248,6 +248,8 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
         rope_theta=_f32_value(key("rope.freq_base", 10000.0)) if structure.positions == "rope" else 10000.0,
         rope_scaling=scaling,
         tie_embeddings="output.weight" not in shapes,
+        n_experts=int(info.get(f"{arch}.expert_count", 0)),
+        n_experts_used=int(info.get(f"{arch}.expert_used_count", 0)),
         bos_token_id=info.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=sorted({int(i) for i in eos if i is not None}),
         **scales,
@@ -369,15 +371,15 @@ def read_hf(path: Path, dtype, device):
     ckpt = open_checkpoint(path)
     weights = {}
     for target, name in arch.map_checkpoint(ckpt).items():  # the converter's names, checked
-        entry = ckpt.tensors[name]
+        entry = ckpt.tensors[name[0] if isinstance(name, tuple) else name]  # experts: all alike
         if entry.dtype not in _TORCH_DTYPES:
             raise ConvkitError(f"{entry.file}: tensor {name} has dtype {entry.dtype}; "
                                f"the runtime reads float32, float16 and bfloat16 checkpoints")
-        tensor = torch.from_numpy(ckpt.read_raw(name)).view(_TORCH_DTYPES[entry.dtype])
+        tensor = torch.from_numpy(arch.read_source(ckpt, name, raw=True)).view(_TORCH_DTYPES[entry.dtype])
         if arch.transposes(target):  # gpt2's Conv1D
             tensor = tensor.t().contiguous()
-        if tensor.dim() == 2:
-            weights[target] = _matrix(tensor, _FLOAT_QTYPES[tensor.dtype], device)
+        if tensor.dim() >= 2:  # experts [n_expert, rows, cols]: their rows one after another, as in a GGUF
+            weights[target] = _matrix(tensor.reshape(-1, tensor.shape[-1]), _FLOAT_QTYPES[tensor.dtype], device)
         else:
             weights[target] = tensor.to(device, dtype)
     if "output.weight" in weights and config.tie_embeddings:

@@ -4,7 +4,8 @@ Families differ in a few places, all stated by their architecture module
 (convkit/arch, `Structure`) and carried here in `ModelConfig.structure`:
 - the norm: RMSNorm, or LayerNorm with bias; before each sublayer, or after it (OLMo 2);
 - RMSNorm of q and k per head (Qwen3) or over all heads (OLMo 2);
-- the MLP: gated (act(gate) * up) or plain, and its activation;
+- the MLP: gated (act(gate) * up) or plain, and its activation; or a router's top k
+  of n gated experts (Qwen3-MoE, Mixtral; from the expert count);
 - positions: rotary (halves layout, "NEOX"; some layers without, SmolLM3) or learned;
 - multipliers of the embedding, the residual branches, the attention scores and the
   logits (Granite).
@@ -50,6 +51,8 @@ class ModelConfig:
     residual_scale: float = 1.0
     attention_scale: float | None = None  # None: 1/sqrt(head_dim)
     logit_scale: float = 1.0              # logits are divided by it
+    n_experts: int = 0                    # > 0: every layer a mixture of experts
+    n_experts_used: int = 0
 
     @property
     def context_limit(self) -> int:
@@ -235,6 +238,40 @@ class MLP(torch.nn.Module):
         return self.down(h)
 
 
+class Experts(torch.nn.Module):
+    """Mixture of experts: the router's softmax over experts, the top k per token with their
+    weights renormalized to sum 1, and each chosen expert's gated MLP on its tokens.
+    The stacked GGUF matrices (expert e's rows after expert e-1's) are cut per expert."""
+
+    def __init__(self, config: ModelConfig, w, prefix: str):
+        super().__init__()
+        self.k = config.n_experts_used
+        self.router = QuantLinear(w[f"{prefix}ffn_gate_inp.weight"])
+        gate, up, down = (w[f"{prefix}ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))
+        n = config.n_experts
+        ff, h = gate.shape[0] // n, down.shape[0] // n
+
+        def cut(q, rows, e):
+            return q.row_range(e * rows, (e + 1) * rows)
+
+        self.up = torch.nn.ModuleList(fused_linear([cut(gate, ff, e), cut(up, ff, e)], [None, None]) for e in range(n))
+        self.down = torch.nn.ModuleList(QuantLinear(cut(down, h, e)) for e in range(n))
+        self.act = ACTIVATIONS[config.structure.activation]
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        weights, chosen = probs.topk(self.k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in chosen.unique().tolist():
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            gate, up = self.up[e](x[rows]).chunk(2, dim=-1)
+            out.index_add_(0, rows, self.down[e](self.act(gate) * up) * weights[rows, slot, None])
+        return out.view(shape)
+
+
 class Block(torch.nn.Module):
     def __init__(self, config: ModelConfig, w, layer: int):
         super().__init__()
@@ -246,7 +283,7 @@ class Block(torch.nn.Module):
         norms = ("post_attention_norm", "post_ffw_norm") if self.post_norms else ("attn_norm", "ffn_norm")
         self.attn_norm, self.ffn_norm = (Norm(config, w[f"{p}{n}.weight"], w.get(f"{p}{n}.bias")) for n in norms)
         self.attn = Attention(config, w, p)
-        self.mlp = MLP(config, w, p)
+        self.mlp = Experts(config, w, p) if config.n_experts else MLP(config, w, p)
 
     def forward(self, x, rope, cache, start):
         rope = rope if self.uses_rope else None
