@@ -3,9 +3,10 @@
 Each architecture module states its `Structure` once, and the runtime builds its layers
 from it (convkit/runtime/model.py has no table of families of its own), for an HF
 directory and for a GGUF file alike: the GGUF's general.architecture selects the same
-module. Whether a layer is a mixture of experts is a hyperparameter (the expert count), as in
-llama.cpp: Mixtral is a llama with experts. Biases are not listed: a layer adds one when the checkpoint holds it, and the
-tensor table (convkit/tensor_shapes.py) says which each family must or may hold.
+module. Whether a layer is a mixture of experts is a hyperparameter (the expert count),
+as in llama.cpp: Mixtral is a llama with experts. Biases are not listed: a layer adds one
+when the checkpoint holds it, and the tensor table (convkit/tensor_shapes.py) says which
+each family must or may hold.
 """
 from dataclasses import dataclass
 

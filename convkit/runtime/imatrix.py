@@ -24,6 +24,7 @@ import torch
 from convkit.errors import ConvkitError
 
 from .linear import ConcatLinear, QuantLinear
+from .model import Experts
 
 MIN_ROWS = 16  # imatrix.cpp: "why are small batches ignored (<16 tokens)?"
 
@@ -40,7 +41,7 @@ def linear_names(model) -> list[tuple[QuantLinear, list[str]]]:
             out.append((module, names))
 
     for block in model.blocks:
-        if not hasattr(block.mlp, "gated"):  # llama-imatrix's per-expert statistics are not reproduced
+        if isinstance(block.mlp, Experts):  # llama-imatrix's per-expert statistics are not reproduced
             raise ConvkitError(f"{getattr(model, 'source', 'the model')}: a mixture-of-experts model; "
                                "importance matrices are collected for dense models only")
         p = f"blk.{block.layer}."

@@ -232,7 +232,8 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
     if "token_embd.weight" not in shapes:
         raise ConvkitError(f"{path}: tensor token_embd.weight is missing; the file is incomplete")
     eos = [info.get("tokenizer.ggml.eos_token_id"), info.get("tokenizer.ggml.eot_token_id")]
-    scales = {name: _f32_value(value) for name, value in cls.gguf_scales(lambda n, d=None: info.get(f"{arch}.{n}", d)).items()}
+    scales = cls.gguf_scales(lambda name, default=None: info.get(f"{arch}.{name}", default))
+    scales = {field: _f32_value(value) for field, value in scales.items()}
     return ModelConfig(
         arch=arch,
         structure=structure,
