@@ -18,14 +18,14 @@ those marked "normalized" in the normalized text instead).
 import json
 from pathlib import Path
 
-from . import bpe, bytelevel, wordpiece  # noqa: F401  (each registers its kind)
+from . import bpe, bytelevel, sentencepiece, wordpiece  # noqa: F401  (each registers its kind)
 from .base import KINDS, Tokenizer
 from .errors import TokenizerError
 from .normalize import BertNormalizer
 from .serial import GGUF_PRE, LLAMA3_PATTERN, added_tokens, by_id, BPE_OPTIONS, bytelevel_preset, hf_type  # noqa: F401
 from .wordpiece import BERT_SPECIAL_TOKENS, WordPiece, bert_template
 
-FORMATS = ("convkit", "hf", "vocab.txt")
+FORMATS = ("convkit", "hf", "vocab.txt", "sentencepiece")
 FORMAT_TAG = "convkit-tokenizer"
 FORMAT_VERSION = 1
 
@@ -47,14 +47,22 @@ def format_for_path(path, fmt: str | None = None) -> str:
         return "convkit"
     if name.endswith(".txt"):
         return "vocab.txt"
+    if name.endswith(".model"):
+        return "sentencepiece"
     if name.endswith(".json"):
         return "hf"
     raise TokenizerError(f"{path}: cannot tell the format from the name: end it in .convkit.json (ours), "
-                         f".json (HF tokenizer.json) or .txt (vocab.txt), or pass --format")
+                         f".json (HF tokenizer.json), .txt (vocab.txt) or .model (sentencepiece), or pass --format")
 
 
 # ---------------------------------------------------------------------------- writing
-def dumps(tok, fmt: str) -> str:
+def dumps(tok, fmt: str) -> str | bytes:
+    """The file's content: text, or bytes for a sentencepiece tokenizer.model."""
+    if fmt == "sentencepiece":
+        if not hasattr(tok, "to_model_bytes"):
+            raise TokenizerError(f"tokenizer.model holds only sentencepiece models, not {kind_of(tok)}: "
+                                 f"write .json or .convkit.json instead")
+        return tok.to_model_bytes()
     if fmt == "convkit":
         return json.dumps(to_convkit(tok), ensure_ascii=False, indent=1) + "\n"
     if fmt == "hf":
@@ -73,7 +81,7 @@ def save(tok, path, fmt: str | None = None) -> None:
     text = dumps(tok, format_for_path(path, fmt))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -128,7 +136,8 @@ def load(path, *, normalizer: BertNormalizer | None = None):
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
-        _refuse_binary(head, str(path))  # before reading a whole model file
+        if not _is_model_proto(head, str(path)):
+            _refuse_binary(head, str(path))  # before reading a whole model file
         data = path.read_bytes()
     except FileNotFoundError:
         raise TokenizerError(f"{path}: no such tokenizer file") from None
@@ -142,13 +151,31 @@ def load(path, *, normalizer: BertNormalizer | None = None):
 def _refuse_binary(head: bytes, name: str) -> None:
     if head.startswith(b"GGUF"):
         raise TokenizerError(f"{name}: is a GGUF model file, not a tokenizer file: "
-                             f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
+                             f"pass a tokenizer.json, a tokenizer.model, a .convkit.json or a vocab.txt")
     if b"\x00" in head:
         raise TokenizerError(f"{name}: not a tokenizer file (binary data at byte {head.index(0)}): "
-                             f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
+                             f"pass a tokenizer.json, a tokenizer.model, a .convkit.json or a vocab.txt")
+
+
+def _is_model_proto(head: bytes, name: str) -> bool:
+    """A sentencepiece tokenizer.model: named so, or binary data that opens with a piece
+    (ModelProto field 1), which no text tokenizer file does."""
+    if name.lower().endswith(".model"):
+        return True
+    if not head.startswith(b"\n"):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.end < len(head) - 4  # not merely a character cut by the 4096-byte window
+    return b"\x00" in head
 
 
 def loads(data: bytes, name: str = "<tokenizer>", *, normalizer: BertNormalizer | None = None):
+    if _is_model_proto(data[:4096], name):
+        if data[:4] == b"GGUF":
+            _refuse_binary(data[:4096], name)
+        return sentencepiece.SentencePiece.from_model_bytes(data, name)
     _refuse_binary(data[:4096], name)
     try:
         text = data.decode("utf-8")

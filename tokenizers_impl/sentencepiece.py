@@ -1,0 +1,426 @@
+"""SentencePiece models (Unigram and BPE, with or without byte fallback), encoded and
+decoded as `sentencepiece.SentencePieceProcessor` does.
+
+The model is sentencepiece's ModelProto (spm_proto.py): pieces with scores and types,
+the trainer's settings and the normalizer's. Encoding:
+1. normalize (spm_normalize.py): the precompiled character map, whitespace cleanup,
+   `▁` for spaces and a dummy `▁` in front;
+2. segment the normalized string as a whole:
+   - Unigram: Viterbi over the piece scores, as sentencepiece's optimized encoder does
+     it, float32 path scores included (long inputs round their sums the same way);
+     user-defined pieces get a bonus so that they always win, a character no piece
+     covers becomes the unknown piece;
+   - BPE: start from characters (user-defined pieces whole and frozen), repeatedly join
+     the adjacent pair whose join is the piece with the highest score (leftmost on
+     ties); joins through unused pieces are split back afterwards;
+3. unknown pieces become their UTF-8 bytes (`<0xNN>` pieces) with byte fallback,
+   otherwise one unknown id per run of unknown characters.
+Sampling (subword regularization, BPE dropout) is not offered: encoding is the one
+best segmentation.
+"""
+import base64
+import heapq
+from array import array
+
+from . import spm_proto as proto
+from .base import Tokenizer, register
+from .errors import TokenizerError
+from .spm_normalize import SPACE, Normalizer, read_charsmap
+
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (proto.NORMAL, proto.UNKNOWN, proto.CONTROL,
+                                                       proto.USER_DEFINED, proto.UNUSED, proto.BYTE)
+FLT_MAX = 3.4028234663852886e38
+FLT_MIN = 1.1754943508222875e-38
+UNK_PENALTY = 10.0
+RESET = 100000.0  # sentencepiece rebases path scores beyond this size
+REPLACEMENT = "\ufffd"
+
+
+def f32(x: float) -> float:
+    """x rounded to float32 (as sentencepiece stores scores)."""
+    _F32[0] = x
+    return _F32[0]
+
+
+_F32 = array("f", [0.0])
+
+
+def byte_piece(b: int) -> str:
+    return f"<0x{b:02X}>"
+
+
+def piece_byte(piece: str) -> int:
+    """The byte of a `<0xNN>` piece, -1 for any other piece."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            b = int(piece[3:5], 16)
+        except ValueError:
+            return -1
+        return b if byte_piece(b) == piece else -1
+    return -1
+
+
+@register
+class SentencePiece(Tokenizer):
+    kind = "sentencepiece"
+    hf_models = ()
+
+    def __init__(self, model: dict, name: str = "tokenizer.model", special_tokens: dict | None = None):
+        """model: a ModelProto as spm_proto reads it. special_tokens: tokens cut out of the
+        raw text before normalization (HF's added tokens; sentencepiece itself has none)."""
+        self.model = model
+        trainer = model.get("trainer_spec", {})
+        norm = model.get("normalizer_spec", {})
+        mtype = proto.field(trainer, "model_type")
+        if mtype not in (1, 2):
+            raise TokenizerError(f"{name}: sentencepiece model type {proto.MODEL_TYPES.get(mtype, mtype)!r} is not "
+                                 f"supported: convkit encodes unigram and bpe models")
+        self.model_type = proto.MODEL_TYPES[mtype]
+        self.byte_fallback = bool(proto.field(trainer, "byte_fallback"))
+        self.unk_surface = proto.field(trainer, "unk_surface")
+        self.pieces = [p["piece"] for p in model["pieces"]]
+        self.scores = [float(proto.field(p, "score")) for p in model["pieces"]]
+        self.types = [proto.field(p, "type") for p in model["pieces"]]
+        self._init_pieces(name)
+        self.vocab = {}
+        for i, p in enumerate(self.pieces):
+            self.vocab.setdefault(p, i)
+        self.special_tokens = dict(special_tokens or {})
+        self._index()
+        users = [p for p, t in zip(self.pieces, self.types) if t == USER_DEFINED]
+        self.normalizer = Normalizer(read_charsmap(proto.field(norm, "precompiled_charsmap"), name),
+                                     proto.field(norm, "add_dummy_prefix"),
+                                     proto.field(norm, "remove_extra_whitespaces"),
+                                     proto.field(norm, "escape_whitespaces"),
+                                     proto.field(trainer, "treat_whitespace_as_suffix"), users)
+        self._users = sorted(set(users), key=lambda u: (-len(u), u))
+        self._user_first = {u[0] for u in users}
+        if self.model_type == "unigram":
+            self._init_unigram()
+        else:
+            self._init_bpe()
+
+    # ---------------------------------------------------------------- set-up
+    def _init_pieces(self, name):
+        """sentencepiece's InitializePieces: which pieces the segmenter sees, which ids are reserved."""
+        self._normal_ids: dict = {}   # NORMAL, USER_DEFINED, UNUSED: what segmentation may produce
+        self._reserved: dict = {}     # CONTROL, UNKNOWN, BYTE: looked up first, never produced by joins
+        self.unk_id = None
+        byte_ids = [None] * 256
+        for i, (piece, ptype) in enumerate(zip(self.pieces, self.types)):
+            table = self._normal_ids if ptype in (NORMAL, USER_DEFINED, UNUSED) else self._reserved
+            if piece in table:
+                raise TokenizerError(f"{name}: piece {piece!r} is defined twice; the model is damaged")
+            table[piece] = i
+            if ptype == UNKNOWN:
+                if self.unk_id is not None:
+                    raise TokenizerError(f"{name}: two unknown pieces; the model is damaged")
+                self.unk_id = i
+            if ptype == BYTE:
+                b = piece_byte(piece)
+                if not self.byte_fallback or b < 0:
+                    raise TokenizerError(f"{name}: byte piece {piece!r} in a model without byte fallback or "
+                                         f"not of the form <0xNN>; the model is damaged")
+                byte_ids[b] = i
+        if self.unk_id is None:
+            raise TokenizerError(f"{name}: no unknown piece; the model is damaged")
+        if self.byte_fallback and None in byte_ids:
+            raise TokenizerError(f"{name}: byte fallback without all 256 byte pieces; the model is damaged")
+        self._byte_ids = byte_ids
+        self.unk_token = self.pieces[self.unk_id]
+
+    def piece_to_id(self, piece: str) -> int:
+        """sentencepiece's PieceToId: reserved pieces first, then the others, else unknown."""
+        i = self._reserved.get(piece)
+        if i is None:
+            i = self._normal_ids.get(piece, self.unk_id)
+        return i
+
+    def _init_unigram(self):
+        normal = [s for s, t in zip(self.scores, self.types) if t == NORMAL]
+        self._min_score = f32(min(normal, default=FLT_MAX))
+        self._unk_score = f32(self._min_score - UNK_PENALTY)
+        # piece -> (id, score as the Viterbi adds it); unused pieces take no part
+        table = {}
+        for piece, i in self._normal_ids.items():
+            t = self.types[i]
+            if t == UNUSED:
+                continue
+            if t == USER_DEFINED:  # >= 0, so that user pieces always win over scored ones
+                score = f32(0.1 * (len(piece.encode("utf-8")) - 1))
+            else:
+                score = self.scores[i]
+            table[piece] = (i, score)
+        self._lattice = table
+        self._max_len = max(map(len, table), default=1)
+
+    def _init_bpe(self):
+        self._max_len = max(map(len, self._normal_ids), default=1)
+
+    # ---------------------------------------------------------------- encoding
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.ids_of(self.segment(self.normalizer.normalize(text)))
+
+    def encode_pieces(self, text: str) -> list[str]:
+        """The pieces of text (unknown characters as they are, before byte fallback)."""
+        return [p for p, _ in self.segment(self.normalizer.normalize(text))]
+
+    def segment(self, normalized: str) -> list:
+        """[(piece, id)] of a normalized string; id is the unknown id for unknown pieces."""
+        if not normalized:
+            return []
+        if self.model_type == "unigram":
+            return self._viterbi(normalized)
+        return self._bpe(normalized)
+
+    def ids_of(self, segments) -> list[int]:
+        """Ids of segments: byte fallback for unknown pieces, or runs of them as one unknown id."""
+        ids, unk, prev_unk = [], self.unk_id, False
+        for piece, i in segments:
+            is_unk = self.types[i] == UNKNOWN
+            if is_unk and self.byte_fallback:
+                ids += [self._byte_ids[b] for b in piece.encode("utf-8")]
+            elif not (is_unk and prev_unk):
+                ids.append(unk if is_unk else i)
+            prev_unk = is_unk
+        return ids
+
+    def _viterbi(self, s: str) -> list:
+        """sentencepiece's optimized Viterbi: for each end position the best path that
+        ends there (the earliest start wins ties), from the pieces that start at each
+        character, plus an unknown node where no one-character piece starts. Path scores
+        are float32 sums, rebased to 0 whenever the score at the current start passes
+        1e5 in size, exactly as sentencepiece (0.2.1 and later) keeps them, so that the
+        near-ties of long inputs are resolved as it resolves them."""
+        n = len(s)
+        best = array("f", bytes(4 * (n + 1)))
+        starts = [-1] * (n + 1)
+        ids = [0] * (n + 1)
+        get = self._lattice.get
+        unk_id, unk_score, max_len = self.unk_id, self._unk_score, self._max_len
+        frontier = 0
+        tmp = array("f", [0.0])
+        for i in range(n):
+            here = best[i]
+            if here < -RESET or here > RESET:
+                for k in range(i, frontier + 1):
+                    if k == i or starts[k] != -1:
+                        best[k] -= here
+                here = 0.0
+            single = False
+            for length in range(1, min(max_len, n - i) + 1):
+                hit = get(s[i:i + length])
+                if hit is None:
+                    continue
+                j = i + length
+                if j > frontier:
+                    frontier = j
+                tmp[0] = hit[1] + here  # rounded to float32, as sentencepiece adds
+                candidate = tmp[0]
+                if starts[j] == -1 or candidate > best[j]:
+                    best[j], starts[j], ids[j] = candidate, i, hit[0]
+                if length == 1:
+                    single = True
+            if not single:
+                j = i + 1
+                if j > frontier:
+                    frontier = j
+                tmp[0] = unk_score + here
+                candidate = tmp[0]
+                if starts[j] == -1 or candidate > best[j]:
+                    best[j], starts[j], ids[j] = candidate, i, unk_id
+        out = []
+        j = n
+        while j > 0:
+            i = starts[j]
+            out.append((s[i:j], ids[j]))
+            j = i
+        out.reverse()
+        return out
+
+    def _initial_symbols(self, s: str) -> tuple[list, list]:
+        """Characters, with user-defined pieces whole (and frozen: they never join)."""
+        if not self._users:
+            return list(s), [False] * len(s)
+        symbols, frozen, i, n = [], [], 0, len(s)
+        first = self._user_first
+        while i < n:
+            if s[i] in first:
+                hit = next((u for u in self._users if s.startswith(u, i)), None)
+                if hit is not None:
+                    symbols.append(hit)
+                    frozen.append(True)
+                    i += len(hit)
+                    continue
+            symbols.append(s[i])
+            frozen.append(False)
+            i += 1
+        return symbols, frozen
+
+    def _bpe(self, s: str) -> list:
+        symbols, frozen = self._initial_symbols(s)
+        n = len(symbols)
+        nxt = list(range(1, n)) + [-1]
+        prv = list(range(-1, n - 1))
+        pieces, scores, types = self._normal_ids, self.scores, self.types
+        heap = []
+        rev_merge = {}
+
+        def add(left, right):
+            if left < 0 or right < 0 or frozen[left] or frozen[right]:
+                return
+            joined = symbols[left] + symbols[right]
+            i = pieces.get(joined)
+            if i is None:
+                return
+            heapq.heappush(heap, (-scores[i], left, right, len(joined)))
+            if types[i] == UNUSED:
+                rev_merge[joined] = (symbols[left], symbols[right])
+
+        for k in range(1, n):
+            add(k - 1, k)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            a, b = symbols[left], symbols[right]
+            if not a or not b or len(a) + len(b) != size:
+                continue
+            symbols[left] = a + b
+            symbols[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            add(prv[left], left)
+            add(left, nxt[left])
+        out = []
+        k = 0
+        while k != -1:
+            self._resegment(symbols[k], rev_merge, out)
+            k = nxt[k]
+        return out
+
+    def _resegment(self, piece, rev_merge, out, depth=0):
+        """Split joins through unused pieces back into their halves (sentencepiece stops
+        after 100 levels); a piece that is no normal piece reads as unknown."""
+        i = self._normal_ids.get(piece, self.unk_id)
+        if depth > 100:
+            out.append((piece, i))
+        elif self.types[i] != UNUSED:
+            out.append((piece, i))
+        elif piece in rev_merge:
+            left, right = rev_merge[piece]
+            self._resegment(left, rev_merge, out, depth + 1)
+            self._resegment(right, rev_merge, out, depth + 1)
+        else:
+            out.append((piece, self.unk_id))
+
+    # ---------------------------------------------------------------- decoding
+    def decode(self, ids) -> str:
+        """Text of ids as sentencepiece's Decode gives it: control pieces vanish, the
+        unknown piece reads as unk_surface, byte pieces join into UTF-8 (an invalid byte
+        is U+FFFD), `▁` is a space and the dummy prefix space is dropped."""
+        pieces, types = self.pieces, self.types
+        n = len(pieces)
+        norm = self.model.get("normalizer_spec", {})
+        strip_first = proto.field(norm, "add_dummy_prefix") or proto.field(norm, "remove_extra_whitespaces")
+        keep_looking = proto.field(norm, "remove_extra_whitespaces")
+        text: list[str] = []
+        length = 0
+        pending = bytearray()
+        bos_ws, seen = True, False
+        for i in ids:
+            if not (isinstance(i, int) and 0 <= i < n):
+                raise self._bad_id(i)
+            if types[i] == BYTE:
+                pending.append(piece_byte(pieces[i]))
+                continue
+            if pending:
+                decoded = _decode_bytes(pending)
+                text.append(decoded)
+                length += len(decoded)
+                pending.clear()
+            if seen or length:
+                bos_ws = False
+            piece, t, seen = pieces[i], types[i], False
+            if t == CONTROL:
+                continue
+            if t == UNKNOWN:
+                out = self.unk_surface
+            else:
+                if bos_ws and strip_first and piece.startswith(SPACE):
+                    piece = piece[1:]
+                    seen = not keep_looking
+                out = piece.replace(SPACE, " ")
+            text.append(out)
+            length += len(out)
+        if pending:
+            text.append(_decode_bytes(pending))
+        return "".join(text)
+
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def from_model_bytes(cls, data: bytes, name: str = "tokenizer.model") -> "SentencePiece":
+        return cls(proto.read_model(data, name), name)
+
+    def to_model_bytes(self) -> bytes:
+        return proto.write_model(self.model)
+
+    def convkit_fields(self) -> dict:
+        model = self.model
+        norm = dict(model.get("normalizer_spec", {}))
+        if "precompiled_charsmap" in norm:
+            norm["precompiled_charsmap"] = base64.b64encode(norm["precompiled_charsmap"]).decode("ascii")
+        out = {"model_type": self.model_type, "trainer_spec": _jsonable(model.get("trainer_spec", {})),
+               "normalizer_spec": _jsonable(norm)}
+        if "denormalizer_spec" in model:
+            raise TokenizerError("a sentencepiece model with a denormalizer cannot be written in convkit format")
+        return out
+
+    def convkit_tail(self) -> dict:
+        return {"pieces": [[p, s, proto.PIECE_TYPES[t]] for p, s, t in zip(self.pieces, self.scores, self.types)]}
+
+    @classmethod
+    def from_convkit(cls, doc, vocab, specials, name):
+        types = {v: k for k, v in proto.PIECE_TYPES.items()}
+        pieces = []
+        for entry in doc["pieces"]:
+            piece, score, ptype = entry
+            if not isinstance(piece, str) or ptype not in types or not isinstance(score, (int, float)):
+                raise TokenizerError(f"{name}: piece {str(entry)[:60]} is not [text, score, type]; "
+                                     f"write the tokenizer again")
+            pieces.append({"piece": piece, "score": float(score), "type": types[ptype]})
+        norm = dict(doc.get("normalizer_spec") or {})
+        if "precompiled_charsmap" in norm:
+            try:
+                norm["precompiled_charsmap"] = base64.b64decode(norm["precompiled_charsmap"], validate=True)
+            except (ValueError, TypeError):
+                raise TokenizerError(f"{name}: precompiled_charsmap is not base64; write the tokenizer again") from None
+        model = {"pieces": pieces, "trainer_spec": dict(doc.get("trainer_spec") or {}), "normalizer_spec": norm}
+        return cls(model, name, specials)
+
+
+def _jsonable(message: dict) -> dict:
+    if "_unknown" in message:
+        message = {k: v for k, v in message.items() if k != "_unknown"}
+    return message
+
+
+def _decode_bytes(data: bytes) -> str:
+    """UTF-8 as sentencepiece decodes byte pieces: each invalid byte is one U+FFFD."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out, i, n = [], 0, len(data)
+    while i < n:
+        b = data[i]
+        size = 1 if b < 0x80 else 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
+        if size:
+            try:
+                out.append(data[i:i + size].decode("utf-8"))
+                i += size
+                continue
+            except UnicodeDecodeError:
+                pass
+        out.append(REPLACEMENT)
+        i += 1
+    return "".join(out)
