@@ -387,7 +387,10 @@ class SentencePiece(Tokenizer):
             if not isinstance(piece, str) or ptype not in types or not isinstance(score, (int, float)):
                 raise TokenizerError(f"{name}: piece {str(entry)[:60]} is not [text, score, type]; "
                                      f"write the tokenizer again")
-            pieces.append({"piece": piece, "score": float(score), "type": types[ptype]})
+            entry = {"piece": piece, "score": float(score)}
+            if types[ptype] != NORMAL:  # sentencepiece leaves the type of normal pieces unset
+                entry["type"] = types[ptype]
+            pieces.append(entry)
         norm = dict(doc.get("normalizer_spec") or {})
         if "precompiled_charsmap" in norm:
             try:
