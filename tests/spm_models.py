@@ -18,6 +18,8 @@ VARIANTS = {
                        byte_fallback=True),
     "unigram_identity": dict(model_type="unigram", vocab_size=800, normalization_rule_name="identity",
                              remove_extra_whitespaces=False, byte_fallback=True),
+    # T5's ids (pad 0, eos 1, unk 2, no bos), so that transformers' T5 converter reads it
+    "unigram_t5": dict(model_type="unigram", vocab_size=1000, pad_id=0, eos_id=1, unk_id=2, bos_id=-1),
     "bpe": dict(model_type="bpe", vocab_size=1000),
     "bpe_bytes": dict(model_type="bpe", vocab_size=1000, byte_fallback=True, character_coverage=0.995),
     # the Llama 2 layout: BPE, byte fallback, identity, no whitespace cleanup, digits split

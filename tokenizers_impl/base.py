@@ -54,6 +54,10 @@ class Tokenizer:
         unk = getattr(self, "unk_token", None)
         return self.token_to_id(unk) if unk is not None else None
 
+    def byte_fallback_ids(self) -> frozenset:
+        """Ids of the byte pieces that stand for text no other piece covers (none by default)."""
+        return frozenset()
+
     def _bad_id(self, i) -> TokenizerError:
         return TokenizerError(f"token id {i} is not in the vocab ({self.vocab_size} tokens)")
 

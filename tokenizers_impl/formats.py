@@ -269,20 +269,37 @@ def _check_merges(merges, name: str) -> list:
 def check_hf_document(doc, name: str) -> tuple:
     """A tokenizer.json's model, vocab, added tokens and merges, checked for type and range.
 
-    Returns (model, vocab, specials, merges); raises TokenizerError naming the file."""
+    Returns (model, vocab, specials, merges); raises TokenizerError naming the file. A
+    Unigram model's vocab (a list of [piece, score]) comes back as {piece: id}."""
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
         raise TokenizerError(f"{name}: JSON but not a tokenizer.json ('model' must be an object)")
     model = doc["model"]
     if not isinstance(model.get("type"), str):
         raise TokenizerError(f"{name}: model.type must be a string such as \"BPE\" or \"WordPiece\"")
-    if model["type"] not in ("BPE", "WordPiece"):
+    if model["type"] not in ("BPE", "WordPiece", "Unigram"):
         raise TokenizerError(f"{name}: tokenizer model {model['type']!r} is not supported: convkit reads BPE, "
-                             f"byte-level BPE and WordPiece")
-    vocab = _check_vocab(model.get("vocab"), name)
+                             f"byte-level BPE, WordPiece and Unigram")
+    if model["type"] == "Unigram":
+        vocab = _unigram_vocab(model.get("vocab"), name)
+    else:
+        vocab = _check_vocab(model.get("vocab"), name)
     specials = _added_specials(doc.get("added_tokens"), name)
     check_ids(vocab, specials, name)
     merges = _check_merges(model.get("merges"), name) if model["type"] == "BPE" else []
     return model, vocab, specials, merges
+
+
+def _unigram_vocab(entries, name) -> dict:
+    if not isinstance(entries, list) or not entries:
+        raise TokenizerError(f"{name}: the Unigram vocab is missing or empty; write the tokenizer again")
+    vocab = {}
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], (int, float)) and not isinstance(entry[1], bool)):
+            raise TokenizerError(f"{name}: Unigram vocab entry {i} ({str(entry)[:40]}) is not [piece, score]; "
+                                 f"write the tokenizer again")
+        vocab.setdefault(entry[0], i)
+    return vocab
 
 
 def from_convkit(doc: dict, name: str):

@@ -63,12 +63,17 @@ def piece_byte(piece: str) -> int:
 @register
 class SentencePiece(Tokenizer):
     kind = "sentencepiece"
-    hf_models = ()
+    hf_models = ("BPE", "Unigram")
 
-    def __init__(self, model: dict, name: str = "tokenizer.model", special_tokens: dict | None = None):
+    def __init__(self, model: dict, name: str = "tokenizer.model", special_tokens: dict | None = None,
+                 hf=None, hf_merges=None):
         """model: a ModelProto as spm_proto reads it. special_tokens: tokens cut out of the
-        raw text before normalization (HF's added tokens; sentencepiece itself has none)."""
+        raw text before normalization (HF's added tokens; sentencepiece itself has none).
+        hf: an spm_hf.HFLayout when the model came from a tokenizer.json, which HF's stages
+        (not sentencepiece's normalizer) encode; hf_merges: its BPE merges in rank order."""
         self.model = model
+        self.hf = hf
+        self.hf_merges = hf_merges
         trainer = model.get("trainer_spec", {})
         norm = model.get("normalizer_spec", {})
         mtype = proto.field(trainer, "model_type")
@@ -99,6 +104,11 @@ class SentencePiece(Tokenizer):
             self._init_unigram()
         else:
             self._init_bpe()
+        if hf is not None and self.model_type == "unigram":
+            # HF's Unigram: every piece in its trie with its score, in double precision
+            self.hf_scores = {p: (i, self.scores[i]) for p, i in self.vocab.items()}
+            self.hf_unk_score = min(self.scores, default=0.0) - UNK_PENALTY
+            self.hf_max_len = max(map(len, self.hf_scores), default=1)
 
     # ---------------------------------------------------------------- set-up
     def _init_pieces(self, name):
@@ -129,6 +139,15 @@ class SentencePiece(Tokenizer):
         self._byte_ids = byte_ids
         self.unk_token = self.pieces[self.unk_id]
 
+    def byte_id(self, b: int) -> int | None:
+        return self._byte_ids[b] if self.byte_fallback else None
+
+    def byte_value(self, i: int) -> int | None:
+        return piece_byte(self.pieces[i]) if 0 <= i < len(self.types) and self.types[i] == BYTE else None
+
+    def byte_fallback_ids(self) -> frozenset:
+        return frozenset(i for i, t in enumerate(self.types) if t == BYTE)
+
     def piece_to_id(self, piece: str) -> int:
         """sentencepiece's PieceToId: reserved pieces first, then the others, else unknown."""
         i = self._reserved.get(piece)
@@ -158,8 +177,25 @@ class SentencePiece(Tokenizer):
         self._max_len = max(map(len, self._normal_ids), default=1)
 
     # ---------------------------------------------------------------- encoding
+    def encode(self, text: str) -> list[int]:
+        if self.hf is None:
+            return super().encode(text)
+        # HF: added tokens first; only the part at offset 0 counts as the start of the text
+        ids, start = [], 0
+        for m in (self._splitter.finditer(text) if self._splitter is not None else ()):
+            ids += self.hf.encode_part(self, text[start:m.start()], start == 0)
+            ids.append(self.special_tokens[m.group()])
+            start = m.end()
+        return ids + self.hf.encode_part(self, text[start:], start == 0)
+
     def encode_ordinary(self, text: str) -> list[int]:
+        if self.hf is not None:
+            return self.hf.encode_part(self, text, True)
         return self.ids_of(self.segment(self.normalizer.normalize(text)))
+
+    def sample_encode(self, text: str, *args, **kwargs):
+        raise TokenizerError("sampling (subword regularization, BPE dropout) is not supported: convkit encodes "
+                             "the one best segmentation; use encode")
 
     def encode_pieces(self, text: str) -> list[str]:
         """The pieces of text (unknown characters as they are, before byte fallback)."""
@@ -317,7 +353,10 @@ class SentencePiece(Tokenizer):
     def decode(self, ids) -> str:
         """Text of ids as sentencepiece's Decode gives it: control pieces vanish, the
         unknown piece reads as unk_surface, byte pieces join into UTF-8 (an invalid byte
-        is U+FFFD), `▁` is a space and the dummy prefix space is dropped."""
+        is U+FFFD), `▁` is a space and the dummy prefix space is dropped. A model read
+        from a tokenizer.json decodes as HF's decoders do."""
+        if self.hf is not None:
+            return self.hf.decode(self, ids)
         pieces, types = self.pieces, self.types
         n = len(pieces)
         norm = self.model.get("normalizer_spec", {})
@@ -379,6 +418,18 @@ class SentencePiece(Tokenizer):
         return {"pieces": [[p, s, proto.PIECE_TYPES[t]] for p, s, t in zip(self.pieces, self.scores, self.types)]}
 
     @classmethod
+    def from_hf(cls, doc, model, vocab, specials, merges, name):
+        from .spm_hf import layout_of
+
+        layout = layout_of(doc, model, name)
+        if layout is None:
+            return None
+        pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+        proto_model, ranks = _model_from_hf(doc, model, vocab, specials, pairs, layout, name)
+        layout.merges = ranks
+        return cls(proto_model, name, specials, hf=layout, hf_merges=pairs)
+
+    @classmethod
     def from_convkit(cls, doc, vocab, specials, name):
         types = {v: k for k, v in proto.PIECE_TYPES.items()}
         pieces = []
@@ -399,6 +450,62 @@ class SentencePiece(Tokenizer):
                 raise TokenizerError(f"{name}: precompiled_charsmap is not base64; write the tokenizer again") from None
         model = {"pieces": pieces, "trainer_spec": dict(doc.get("trainer_spec") or {}), "normalizer_spec": norm}
         return cls(model, name, specials)
+
+
+def _model_from_hf(doc, model, vocab, specials, merges, layout, name) -> tuple[dict, dict | None]:
+    """A ModelProto for a tokenizer.json: pieces typed from the added tokens and byte
+    pieces, scores (Unigram's own; BPE's from the merge ranks, as sentencepiece's BPE
+    models score pieces by the order they were learned), the normalizer it implies."""
+    size = max(list(vocab.values()) + list(specials.values())) + 1
+    pieces = [None] * size
+    for t, i in vocab.items():
+        pieces[i] = t
+    added = {e["id"]: e for e in doc.get("added_tokens") or []}
+    for t, i in specials.items():
+        pieces[i] = t
+    if None in pieces:
+        raise TokenizerError(f"{name}: ids {pieces.index(None)}.. have no token; a sentencepiece model has no gaps")
+    unk_id = model.get("unk_id") if model["type"] == "Unigram" else vocab.get(model.get("unk_token"))
+    layout.unk_id = unk_id
+    if unk_id is None and "<unk>" in vocab:  # sentencepiece needs one: the usual piece
+        unk_id = vocab["<unk>"]
+    scores, ranks = [0.0] * size, None
+    if model["type"] == "Unigram":
+        scores = [float(entry[1]) for entry in model["vocab"]] + [0.0] * (size - len(model["vocab"]))
+    else:
+        ranks = {}
+        for r, (a, b) in enumerate(merges):
+            ranks.setdefault((a, b), r)
+        learned = {}
+        for (a, b), r in ranks.items():
+            learned.setdefault(a + b, r)
+        scores = [-float(learned.get(p, 0)) for p in pieces]
+    # HF falls back to bytes only where the vocab has them; sentencepiece wants all 256
+    has_bytes = layout.byte_fallback and len({piece_byte(p) for p in pieces} - {-1}) == 256
+    entries = []
+    for i, p in enumerate(pieces):
+        if i == unk_id:
+            t = UNKNOWN
+        elif has_bytes and piece_byte(p) >= 0:
+            t = BYTE
+        elif i in added:
+            t = CONTROL if added[i].get("special", True) else USER_DEFINED
+        else:
+            t = NORMAL
+        entry = {"piece": p, "score": f32(scores[i])}
+        if t != NORMAL:
+            entry["type"] = t
+        entries.append(entry)
+    trainer = {"model_type": 1 if model["type"] == "Unigram" else 2, "vocab_size": size,
+               "byte_fallback": has_bytes}
+    if unk_id is not None:
+        trainer["unk_id"] = unk_id
+    normalizer = {"name": "identity", "add_dummy_prefix": layout.prepend or layout.prepend_scheme != "never",
+                  "remove_extra_whitespaces": layout.whitespace_split, "escape_whitespaces": True}
+    if layout.charsmap is not None:
+        normalizer["name"] = "nmt_nfkc"  # a name for the precompiled rules; the rules themselves travel
+        normalizer["precompiled_charsmap"] = layout.charsmap
+    return {"pieces": entries, "trainer_spec": trainer, "normalizer_spec": normalizer}, ranks
 
 
 def _jsonable(message: dict) -> dict:

@@ -1,0 +1,264 @@
+"""HF tokenizer.json of the SentencePiece families, read and written.
+
+The layouts transformers writes for sentencepiece models:
+- Llama 2 / Mistral (BPE with byte fallback): `Metaspace` pre-tokenizer (prepend "first",
+  no split), or the legacy normalizers `Prepend("▁")` + `Replace(" ", "▁")`; decoders
+  Replace(▁ -> space), ByteFallback, Fuse, Strip(one leading space);
+- T5 (Unigram): `Precompiled` normalizer (the sentencepiece charsmap), `WhitespaceSplit`
+  then `Metaspace` (prepend "always", split), decoder Metaspace.
+HF runs these stages, not sentencepiece's normalizer, so a file of this kind is encoded
+the HF way (`HFLayout`): added tokens cut out of the raw text, each part normalized and
+pre-tokenized as the stages say, then BPE by merge rank (HF's BPE) or Unigram Viterbi in
+double precision (HF's Unigram), unknown characters as bytes with byte fallback and
+runs of unknowns fused into one.
+"""
+import heapq
+import re
+
+from .errors import TokenizerError
+from .serial import hf_type
+from .spm_normalize import SPACE, Normalizer
+
+# char::is_whitespace of Rust (Unicode White_Space), which HF's WhitespaceSplit splits on
+_WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+REPLACEMENT = "\ufffd"
+
+
+class HFLayout:
+    """The stages of one tokenizer.json around a sentencepiece-style model."""
+
+    def __init__(self, *, charsmap_rules=None, prepend=False, replace_space=False, whitespace_split=False,
+                 metaspace=False, prepend_scheme="always", split=False, model="BPE", merges=None,
+                 fuse_unk=True, byte_fallback=False, decoder="llama", charsmap=None):
+        self.charsmap = charsmap
+        self.unk_id = None  # the model's unknown token id (HF's BPE may have none)
+        self.normalizer = Normalizer(charsmap_rules, False, False, False) if charsmap_rules else None
+        self.prepend, self.replace_space = prepend, replace_space
+        self.whitespace_split, self.metaspace = whitespace_split, metaspace
+        self.prepend_scheme, self.split = prepend_scheme, split
+        self.model, self.merges = model, merges or {}
+        self.fuse_unk, self.byte_fallback = fuse_unk, byte_fallback
+        self.decoder = decoder
+
+    # ---------------------------------------------------------------- pre-processing
+    def words(self, text: str, at_start: bool) -> list[str]:
+        """The pieces HF's normalizer and pre-tokenizer cut one part of the text into."""
+        if self.normalizer is not None:
+            text = "".join(self.normalizer.pieces(text))
+        if self.prepend and text:
+            text = SPACE + text
+        if self.replace_space:
+            text = text.replace(" ", SPACE)
+        if not text:
+            return []
+        if self.whitespace_split:
+            spans = [(m.start(), m.group()) for m in re.finditer(r"\S+", _WHITESPACE.sub(" ", text))]
+        else:
+            spans = [(0, text)]
+        out = []
+        for start, word in spans:
+            if self.metaspace:
+                word = word.replace(" ", SPACE)
+                first = at_start and start == 0
+                if (self.prepend_scheme == "always" or (self.prepend_scheme == "first" and first)) \
+                        and not word.startswith(SPACE):
+                    word = SPACE + word
+                if self.split:
+                    out += [w for w in re.split(f"(?={SPACE})", word) if w]
+                    continue
+            out.append(word)
+        return out
+
+    # ---------------------------------------------------------------- models
+    def bpe(self, tok, word: str) -> list[int]:
+        """HF's BPE on one word: characters (unknown ones as bytes or one fused unknown),
+        then the lowest-ranked merge first, leftmost on ties."""
+        vocab, merges = tok.vocab, self.merges
+        symbols: list = []
+        for ch in word:
+            if ch in vocab:
+                symbols.append(ch)
+            elif self.byte_fallback:
+                # the byte tokens the vocab has (HF drops the others, and never says unknown)
+                symbols += [t for t in (f"<0x{b:02X}>" for b in ch.encode("utf-8")) if t in vocab]
+            elif self.unk_id is None:
+                continue
+            elif symbols and self.fuse_unk and symbols[-1] is None:
+                continue
+            else:
+                symbols.append(None)  # the unknown token
+        n = len(symbols)
+        nxt = list(range(1, n)) + [-1]
+        prv = list(range(-1, n - 1))
+        heap = []
+
+        def add(left, right):
+            if left < 0 or right < 0:
+                return
+            a, b = symbols[left], symbols[right]
+            if a is None or b is None:
+                return
+            rank = merges.get((a, b))
+            if rank is not None:
+                heapq.heappush(heap, (rank, left, right, a, b))
+
+        for k in range(1, n):
+            add(k - 1, k)
+        while heap:
+            _, left, right, a, b = heapq.heappop(heap)
+            if symbols[left] != a or symbols[right] != b or nxt[left] != right:
+                continue
+            symbols[left] = a + b
+            symbols[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            add(prv[left], left)
+            add(left, nxt[left])
+        ids, k = [], 0 if n else -1
+        while k != -1:
+            s = symbols[k]
+            ids.append(self.unk_id if s is None else vocab[s])
+            k = nxt[k]
+        return ids
+
+    def unigram(self, tok, word: str) -> list[int]:
+        """HF's Unigram on one word: Viterbi in double precision, unknown runs fused."""
+        n = len(word)
+        best = [0.0] * (n + 1)
+        starts = [-1] * (n + 1)
+        ids = [0] * (n + 1)
+        get = tok.hf_scores.get
+        unk_id, unk_score, max_len = self.unk_id, tok.hf_unk_score, tok.hf_max_len
+        for i in range(n):
+            here = best[i]
+            single = False
+            for length in range(1, min(max_len, n - i) + 1):
+                hit = get(word[i:i + length])
+                if hit is None:
+                    continue
+                j = i + length
+                candidate = hit[1] + here
+                if starts[j] == -1 or candidate > best[j]:
+                    best[j], starts[j], ids[j] = candidate, i, hit[0]
+                if length == 1:
+                    single = True
+            if not single:
+                j = i + 1
+                candidate = unk_score + here
+                if starts[j] == -1 or candidate > best[j]:
+                    best[j], starts[j], ids[j] = candidate, i, unk_id
+        pieces, j = [], n
+        while j > 0:
+            i = starts[j]
+            if ids[j] == unk_id and self.fuse_unk and pieces and pieces[-1][1] == unk_id:
+                pieces[-1] = (word[i:j] + pieces[-1][0], unk_id)
+            else:
+                pieces.append((word[i:j], ids[j]))
+            j = i
+        out = []
+        for piece, i in reversed(pieces):
+            if i == unk_id and self.byte_fallback:
+                out += [tok.vocab[t] for t in (f"<0x{b:02X}>" for b in piece.encode("utf-8")) if t in tok.vocab]
+            else:
+                out.append(i)
+        return out
+
+    def encode_part(self, tok, text: str, at_start: bool) -> list[int]:
+        engine = self.bpe if self.model == "BPE" else self.unigram
+        ids = []
+        for word in self.words(text, at_start):
+            ids += engine(tok, word)
+        return ids
+
+    # ---------------------------------------------------------------- decoding
+    def decode(self, tok, ids) -> str:
+        """HF's decoders: byte tokens joined into UTF-8 (U+FFFD each if invalid), ▁ read
+        as a space, the first token's leading space dropped."""
+        parts, pending = [], bytearray()
+        for i in ids:
+            token = tok.id_to_token(i)
+            if token is None:
+                raise tok._bad_id(i)
+            b = tok.byte_value(i)
+            if b is not None and self.byte_fallback:
+                pending.append(b)
+                continue
+            if pending:
+                parts.append(_bytes_text(pending))
+                pending = bytearray()
+            parts.append(token.replace(SPACE, " "))
+        if pending:
+            parts.append(_bytes_text(pending))
+        text = "".join(parts)
+        if self.prepend_scheme != "never" or self.prepend:
+            if text.startswith(" "):
+                text = text[1:]
+        return text
+
+
+def _bytes_text(data: bytes) -> str:
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return REPLACEMENT * len(data)
+
+
+# ---------------------------------------------------------------------------- reading
+def layout_of(doc: dict, model: dict, name: str) -> "HFLayout | None":
+    """The layout of a tokenizer.json, None when it is not a sentencepiece family file."""
+    mtype = model.get("type")
+    norm, pre = doc.get("normalizer"), doc.get("pre_tokenizer")
+    if mtype == "BPE" and not model.get("byte_fallback") and hf_type(pre) != "Metaspace" \
+            and not _legacy_normalizer(norm):
+        return None  # a byte-level or character BPE: other kinds read it
+    if model.get("dropout"):
+        raise TokenizerError(f"{name}: BPE dropout is sampling, which convkit does not do (it encodes the one "
+                             f"best segmentation): set dropout to null")
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise TokenizerError(f"{name}: BPE with {key} is not a sentencepiece layout and is not supported")
+    opts = {"model": mtype, "byte_fallback": bool(model.get("byte_fallback")),
+            "fuse_unk": bool(model.get("fuse_unk", mtype == "Unigram"))}
+    steps = norm.get("normalizers") if hf_type(norm) == "Sequence" else ([norm] if norm else [])
+    for step in steps:
+        kind = hf_type(step)
+        if kind == "Prepend" and step.get("prepend") == SPACE:
+            opts["prepend"] = True
+        elif kind == "Replace" and step.get("pattern") == {"String": " "} and step.get("content") == SPACE:
+            opts["replace_space"] = True
+        elif kind == "Precompiled":
+            import base64
+
+            from .spm_normalize import read_charsmap
+            blob = step.get("precompiled_charsmap") or ""
+            try:
+                data = base64.b64decode(blob, validate=True) if isinstance(blob, str) else bytes(blob)
+            except ValueError:
+                raise TokenizerError(f"{name}: the Precompiled normalizer's charsmap is not base64") from None
+            opts["charsmap_rules"] = read_charsmap(data, name)
+            opts["charsmap"] = data
+        else:
+            raise TokenizerError(f"{name}: normalizer {kind!r} is not supported with a {mtype} sentencepiece model "
+                                 f"(Prepend ▁, Replace space, Precompiled)")
+    pres = pre.get("pretokenizers") if hf_type(pre) == "Sequence" else ([pre] if pre else [])
+    for step in pres:
+        kind = hf_type(step)
+        if kind == "WhitespaceSplit":
+            opts["whitespace_split"] = True
+        elif kind == "Metaspace" and step.get("replacement", SPACE) == SPACE:
+            opts["metaspace"] = True
+            scheme = step.get("prepend_scheme")
+            if scheme is None:  # older files: add_prefix_space
+                scheme = "always" if step.get("add_prefix_space", True) else "never"
+            opts["prepend_scheme"] = scheme
+            opts["split"] = bool(step.get("split", True))
+        else:
+            raise TokenizerError(f"{name}: pre-tokenizer {kind!r} is not supported with a {mtype} sentencepiece "
+                                 f"model (Metaspace, WhitespaceSplit)")
+    return HFLayout(**opts)
+
+
+def _legacy_normalizer(norm) -> bool:
+    steps = norm.get("normalizers") if hf_type(norm) == "Sequence" else ([norm] if norm else [])
+    return any(hf_type(s) in ("Prepend", "Precompiled") for s in steps)
