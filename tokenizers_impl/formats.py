@@ -105,7 +105,7 @@ def to_convkit(tok) -> dict:
 def to_hf(tok) -> dict:
     kind_of(tok)
     out = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added_tokens(tok)}
-    out.update(tok.to_hf())
+    out.update(tok.to_hf())  # a kind may give its own added tokens
     return out
 
 

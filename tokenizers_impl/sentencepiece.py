@@ -417,6 +417,12 @@ class SentencePiece(Tokenizer):
     def convkit_tail(self) -> dict:
         return {"pieces": [[p, s, proto.PIECE_TYPES[t]] for p, s, t in zip(self.pieces, self.scores, self.types)]}
 
+    def to_hf(self) -> dict:
+        """tokenizer.json as transformers lays out these models (see spm_hf); a model read
+        from a tokenizer.json is written back with the stages it came with."""
+        from .spm_hf import hf_document
+        return hf_document(self)
+
     @classmethod
     def from_hf(cls, doc, model, vocab, specials, merges, name):
         from .spm_hf import layout_of
@@ -427,6 +433,9 @@ class SentencePiece(Tokenizer):
         pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
         proto_model, ranks = _model_from_hf(doc, model, vocab, specials, pairs, layout, name)
         layout.merges = ranks
+        layout.stages = {k: doc.get(k) for k in ("added_tokens", "normalizer", "pre_tokenizer", "post_processor",
+                                                 "decoder")}
+        layout.model_doc = model
         return cls(proto_model, name, specials, hf=layout, hf_merges=pairs)
 
     @classmethod
@@ -500,8 +509,9 @@ def _model_from_hf(doc, model, vocab, specials, merges, layout, name) -> tuple[d
                "byte_fallback": has_bytes}
     if unk_id is not None:
         trainer["unk_id"] = unk_id
-    normalizer = {"name": "identity", "add_dummy_prefix": layout.prepend or layout.prepend_scheme != "never",
-                  "remove_extra_whitespaces": layout.whitespace_split, "escape_whitespaces": True}
+    normalizer = {"name": "identity",
+                  "add_dummy_prefix": layout.prepend or (layout.metaspace and layout.prepend_scheme != "never"),
+                  "remove_extra_whitespaces": layout.whitespace_split or layout.collapse, "escape_whitespaces": True}
     if layout.charsmap is not None:
         normalizer["name"] = "nmt_nfkc"  # a name for the precompiled rules; the rules themselves travel
         normalizer["precompiled_charsmap"] = layout.charsmap

@@ -13,6 +13,7 @@ double precision (HF's Unigram), unknown characters as bytes with byte fallback 
 runs of unknowns fused into one.
 """
 import heapq
+import json
 import re
 
 from .errors import TokenizerError
@@ -27,13 +28,13 @@ REPLACEMENT = "\ufffd"
 class HFLayout:
     """The stages of one tokenizer.json around a sentencepiece-style model."""
 
-    def __init__(self, *, charsmap_rules=None, prepend=False, replace_space=False, whitespace_split=False,
+    def __init__(self, *, steps=(), prepend=False, whitespace_split=False, collapse=False,
                  metaspace=False, prepend_scheme="always", split=False, model="BPE", merges=None,
                  fuse_unk=True, byte_fallback=False, decoder="llama", charsmap=None):
         self.charsmap = charsmap
         self.unk_id = None  # the model's unknown token id (HF's BPE may have none)
-        self.normalizer = Normalizer(charsmap_rules, False, False, False) if charsmap_rules else None
-        self.prepend, self.replace_space = prepend, replace_space
+        self.steps = list(steps)  # the normalizers, in order: functions str -> str
+        self.prepend, self.collapse = prepend, collapse
         self.whitespace_split, self.metaspace = whitespace_split, metaspace
         self.prepend_scheme, self.split = prepend_scheme, split
         self.model, self.merges = model, merges or {}
@@ -43,12 +44,8 @@ class HFLayout:
     # ---------------------------------------------------------------- pre-processing
     def words(self, text: str, at_start: bool) -> list[str]:
         """The pieces HF's normalizer and pre-tokenizer cut one part of the text into."""
-        if self.normalizer is not None:
-            text = "".join(self.normalizer.pieces(text))
-        if self.prepend and text:
-            text = SPACE + text
-        if self.replace_space:
-            text = text.replace(" ", SPACE)
+        for step in self.steps:
+            text = step(text)
         if not text:
             return []
         if self.whitespace_split:
@@ -191,7 +188,7 @@ class HFLayout:
         if pending:
             parts.append(_bytes_text(pending))
         text = "".join(parts)
-        if self.prepend_scheme != "never" or self.prepend:
+        if self.prepend_scheme != "never" and self.metaspace or self.prepend:
             if text.startswith(" "):
                 text = text[1:]
         return text
@@ -220,27 +217,9 @@ def layout_of(doc: dict, model: dict, name: str) -> "HFLayout | None":
             raise TokenizerError(f"{name}: BPE with {key} is not a sentencepiece layout and is not supported")
     opts = {"model": mtype, "byte_fallback": bool(model.get("byte_fallback")),
             "fuse_unk": bool(model.get("fuse_unk", mtype == "Unigram"))}
-    steps = norm.get("normalizers") if hf_type(norm) == "Sequence" else ([norm] if norm else [])
-    for step in steps:
-        kind = hf_type(step)
-        if kind == "Prepend" and step.get("prepend") == SPACE:
-            opts["prepend"] = True
-        elif kind == "Replace" and step.get("pattern") == {"String": " "} and step.get("content") == SPACE:
-            opts["replace_space"] = True
-        elif kind == "Precompiled":
-            import base64
-
-            from .spm_normalize import read_charsmap
-            blob = step.get("precompiled_charsmap") or ""
-            try:
-                data = base64.b64decode(blob, validate=True) if isinstance(blob, str) else bytes(blob)
-            except ValueError:
-                raise TokenizerError(f"{name}: the Precompiled normalizer's charsmap is not base64") from None
-            opts["charsmap_rules"] = read_charsmap(data, name)
-            opts["charsmap"] = data
-        else:
-            raise TokenizerError(f"{name}: normalizer {kind!r} is not supported with a {mtype} sentencepiece model "
-                                 f"(Prepend ▁, Replace space, Precompiled)")
+    opts["steps"] = steps = []
+    for step in norm.get("normalizers") if hf_type(norm) == "Sequence" else ([norm] if norm else []):
+        steps.append(_normalizer_step(step, opts, mtype, name))
     pres = pre.get("pretokenizers") if hf_type(pre) == "Sequence" else ([pre] if pre else [])
     for step in pres:
         kind = hf_type(step)
@@ -259,6 +238,176 @@ def layout_of(doc: dict, model: dict, name: str) -> "HFLayout | None":
     return HFLayout(**opts)
 
 
+def _normalizer_step(step: dict, opts: dict, mtype: str, name: str):
+    """One HF normalizer of these layouts as a function on text."""
+    kind = hf_type(step)
+    if kind == "Prepend" and isinstance(step.get("prepend"), str):
+        prefix = step["prepend"]
+        opts["prepend"] = True
+        return lambda text: prefix + text if text else text
+    if kind == "Replace" and isinstance(step.get("content"), str) and isinstance(step.get("pattern"), dict):
+        pattern, content = step["pattern"], step["content"]
+        if isinstance(pattern.get("String"), str):
+            old = pattern["String"]
+            return lambda text: text.replace(old, content)
+        if pattern.get("Regex") == " {2,}":
+            opts["collapse"] = True
+            return lambda text: _SPACE_RUNS.sub(content, text)
+    if kind == "Strip":
+        left, right = step.get("strip_left", True), step.get("strip_right", True)
+        return lambda text: _strip(text, left, right)
+    if kind == "Precompiled":
+        import base64
+
+        from .spm_normalize import read_charsmap
+        blob = step.get("precompiled_charsmap") or ""
+        try:
+            data = base64.b64decode(blob, validate=True) if isinstance(blob, str) else bytes(blob)
+        except ValueError:
+            raise TokenizerError(f"{name}: the Precompiled normalizer's charsmap is not base64") from None
+        opts["charsmap"] = data
+        return PrecompiledHF(read_charsmap(data, name))
+    raise TokenizerError(f"{name}: normalizer {json.dumps(step)[:80]} is not supported with a {mtype} sentencepiece "
+                         f"model (Precompiled, Prepend, Replace of a space or of space runs, Strip)")
+
+
+_SPACE_RUNS = re.compile(" {2,}")
+
+
+class PrecompiledHF:
+    """HF's Precompiled normalizer, which is not sentencepiece's: it walks the text by
+    grapheme cluster; a cluster under 6 bytes that some rule's source begins is replaced
+    whole by the value of the shortest such rule, any other character by its own rule.
+    Clusters here: CR LF, or a character and the combining marks, joiners and variation
+    selectors after it (the clusters that can be that short)."""
+
+    def __init__(self, rules: dict):
+        self.rules = rules
+        self.table = {ord(k): v for k, v in rules.items() if len(k) == 1}
+        self.max_len = max(map(len, rules), default=1)
+        self.cluster = re.compile(f"\r\n|[^\r\n][{_extenders()}]+")
+
+    def __call__(self, text: str) -> str:
+        out, pos = [], 0
+        for m in self.cluster.finditer(text):
+            g = m.group()
+            if len(g.encode("utf-8")) >= 6:
+                continue
+            hit = next((self.rules[g[:k]] for k in range(1, min(len(g), self.max_len) + 1) if g[:k] in self.rules),
+                       None)
+            if hit is None:
+                continue
+            out.append(text[pos:m.start()].translate(self.table))
+            out.append(hit)
+            pos = m.end()
+        out.append(text[pos:].translate(self.table))
+        return "".join(out)
+
+
+_EXTENDERS = None
+
+
+def _extenders() -> str:
+    """A regex class of the characters that extend a grapheme cluster (marks, ZWJ, VS)."""
+    global _EXTENDERS
+    if _EXTENDERS is None:
+        import unicodedata
+        marks = [c for c in map(chr, range(0x300, 0x110000))
+                 if not 0xD800 <= ord(c) < 0xE000 and unicodedata.category(c) in ("Mn", "Mc", "Me")]
+        _EXTENDERS = "".join(re.escape(c) for c in marks) + "\u200d"
+    return _EXTENDERS
+
+
+def _strip(text: str, left: bool, right: bool) -> str:
+    if left:
+        text = _WHITESPACE_START.sub("", text)
+    if right:
+        text = _WHITESPACE_END.sub("", text)
+    return text
+
+
+_WS_CLASS = "[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_WHITESPACE_START = re.compile(f"^{_WS_CLASS}+")
+_WHITESPACE_END = re.compile(f"{_WS_CLASS}+$")
+
+
 def _legacy_normalizer(norm) -> bool:
     steps = norm.get("normalizers") if hf_type(norm) == "Sequence" else ([norm] if norm else [])
     return any(hf_type(s) in ("Prepend", "Precompiled") for s in steps)
+
+
+# ---------------------------------------------------------------------------- writing
+def _metaspace(scheme: str, split: bool) -> dict:
+    return {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": scheme, "split": split}
+
+
+def hf_document(tok) -> dict:
+    """The tokenizer.json stages and model of a sentencepiece model, as transformers'
+    converters write them: BPE with merges from the piece scores (every split of a piece
+    into two pieces, best-scored piece first) or Unigram with the scores; byte fallback;
+    Precompiled for the charsmap; WhitespaceSplit where sentencepiece folds whitespace."""
+    from . import spm_proto as proto
+
+    if tok.hf is not None and getattr(tok.hf, "stages", None) is not None:
+        out = dict(tok.hf.stages)
+        out["model"] = tok.hf.model_doc
+        return out
+    norm = tok.model.get("normalizer_spec", {})
+    dummy = proto.field(norm, "add_dummy_prefix")
+    charsmap = proto.field(norm, "precompiled_charsmap")
+    if not proto.field(norm, "escape_whitespaces"):
+        raise TokenizerError("a sentencepiece model that does not escape whitespace has no tokenizer.json form")
+    if proto.field(tok.model.get("trainer_spec", {}), "treat_whitespace_as_suffix"):
+        raise TokenizerError("a sentencepiece model with whitespace as suffix has no tokenizer.json form")
+    # sentencepiece's normalization as HF normalizers: the charsmap, whitespace runs folded
+    # and the ends stripped, the dummy prefix, spaces as ▁; the pre-tokenizer only cuts
+    # words at ▁ (unless pieces hold ▁ inside them, which BPE may then join across)
+    steps = []
+    if charsmap:
+        import base64
+        steps.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(charsmap).decode("ascii")})
+    if proto.field(norm, "remove_extra_whitespaces"):
+        steps += [{"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+                  {"type": "Strip", "strip_left": True, "strip_right": True}]
+    if dummy:
+        steps.append({"type": "Prepend", "prepend": SPACE})
+    steps.append({"type": "Replace", "pattern": {"String": " "}, "content": SPACE})
+    normalizer = {"type": "Sequence", "normalizers": steps}
+    inner = any(SPACE in p[1:] for p, t in zip(tok.pieces, tok.types)
+                if t in (proto.NORMAL, proto.USER_DEFINED))
+    pre = None if inner else _metaspace("never", True)
+    decoders = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if dummy:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    added = []
+    for i, (piece, t) in enumerate(zip(tok.pieces, tok.types)):
+        if t in (proto.CONTROL, proto.UNKNOWN, proto.USER_DEFINED):
+            added.append({"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": t != proto.USER_DEFINED})
+    unk = tok.pieces[tok.unk_id] if tok.unk_id is not None else None
+    if tok.model_type == "unigram":
+        model = {"type": "Unigram", "unk_id": tok.unk_id, "vocab": [[p, s] for p, s in zip(tok.pieces, tok.scores)],
+                 "byte_fallback": tok.byte_fallback}
+    else:
+        model = {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": tok.byte_fallback,
+                 "ignore_merges": False, "vocab": {p: i for i, p in enumerate(tok.pieces)},
+                 "merges": [list(m) for m in bpe_merges(tok)]}
+    return {"added_tokens": added, "normalizer": normalizer, "pre_tokenizer": pre, "post_processor": None,
+            "decoder": {"type": "Sequence", "decoders": decoders}, "model": model}
+
+
+def bpe_merges(tok) -> list[tuple[str, str]]:
+    """Merges for HF's BPE from sentencepiece's scored pieces: each piece that
+    segmentation may produce, split every way into two such pieces; pieces by score
+    (best first, then id), the splits of one piece by the ids of their halves."""
+    from . import spm_proto as proto
+
+    joinable = {p: i for p, i in tok.vocab.items() if tok.types[i] in (proto.NORMAL, proto.USER_DEFINED)}
+    merges = []
+    for piece, i in sorted(joinable.items(), key=lambda kv: (-tok.scores[kv[1]], kv[1])):
+        local = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in joinable and piece[k:] in joinable]
+        local.sort(key=lambda ab: (joinable[ab[0]], joinable[ab[1]]))
+        merges += local
+    return merges
