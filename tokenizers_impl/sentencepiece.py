@@ -436,7 +436,8 @@ class SentencePiece(Tokenizer):
         layout.stages = {k: doc.get(k) for k in ("added_tokens", "normalizer", "pre_tokenizer", "post_processor",
                                                  "decoder")}
         layout.model_doc = model
-        return cls(proto_model, name, specials, hf=layout, hf_merges=pairs)
+        raw = layout.set_added_tokens(doc.get("added_tokens") or [])
+        return cls(proto_model, name, raw, hf=layout, hf_merges=pairs)
 
     @classmethod
     def from_convkit(cls, doc, vocab, specials, name):

@@ -33,6 +33,7 @@ class HFLayout:
                  fuse_unk=True, byte_fallback=False, decoder="llama", charsmap=None):
         self.charsmap = charsmap
         self.unk_id = None  # the model's unknown token id (HF's BPE may have none)
+        self.normalized_tokens, self.normalized_splitter = {}, None
         self.steps = list(steps)  # the normalizers, in order: functions str -> str
         self.prepend, self.collapse = prepend, collapse
         self.whitespace_split, self.metaspace = whitespace_split, metaspace
@@ -43,9 +44,7 @@ class HFLayout:
 
     # ---------------------------------------------------------------- pre-processing
     def words(self, text: str, at_start: bool) -> list[str]:
-        """The pieces HF's normalizer and pre-tokenizer cut one part of the text into."""
-        for step in self.steps:
-            text = step(text)
+        """The pieces HF's pre-tokenizer cuts one normalized part of the text into."""
         if not text:
             return []
         if self.whitespace_split:
@@ -162,11 +161,38 @@ class HFLayout:
         return out
 
     def encode_part(self, tok, text: str, at_start: bool) -> list[int]:
+        """Ids of a part of the text between raw-matched added tokens: normalized, then
+        cut at the added tokens HF matches in normalized text, then pre-tokenized."""
         engine = self.bpe if self.model == "BPE" else self.unigram
-        ids = []
-        for word in self.words(text, at_start):
+        for step in self.steps:
+            text = step(text)
+        ids, start = [], 0
+        for m in (self.normalized_splitter.finditer(text) if self.normalized_splitter is not None else ()):
+            for word in self.words(text[start:m.start()], at_start and start == 0):
+                ids += engine(tok, word)
+            ids.append(self.normalized_tokens[m.group()])
+            start = m.end()
+        for word in self.words(text[start:], at_start and start == 0):
             ids += engine(tok, word)
         return ids
+
+    def set_added_tokens(self, added: list) -> dict:
+        """Split HF's added tokens: those matched in the raw text (returned, {content: id})
+        and those matched in the normalized text (kept here)."""
+        from .pretokenize import special_splitter
+
+        raw = {e["content"]: e["id"] for e in added if not e.get("normalized", False)}
+        # HF looks for the normalized form of these (its normalizers run on their content too)
+        self.normalized_tokens = {}
+        for e in added:
+            if e.get("normalized", False):
+                content = e["content"]
+                for step in self.steps:
+                    content = step(content)
+                if content:
+                    self.normalized_tokens[content] = e["id"]
+        self.normalized_splitter = special_splitter(self.normalized_tokens)
+        return raw
 
     # ---------------------------------------------------------------- decoding
     def decode(self, tok, ids) -> str:
