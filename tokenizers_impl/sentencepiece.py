@@ -417,6 +417,28 @@ class SentencePiece(Tokenizer):
     def convkit_tail(self) -> dict:
         return {"pieces": [[p, s, proto.PIECE_TYPES[t]] for p, s, t in zip(self.pieces, self.scores, self.types)]}
 
+    def gguf_metadata(self) -> dict:
+        """llama.cpp's "llama" (sentencepiece) vocab: pieces, scores, token types (BYTE
+        pieces included; user-defined pieces kept whole as sentencepiece keeps them), the
+        special ids of the trainer spec, add_space_prefix from the dummy prefix."""
+        from .serial import (TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
+                             TOKEN_USER_DEFINED)
+        kinds = {NORMAL: TOKEN_NORMAL, UNKNOWN: TOKEN_UNKNOWN, CONTROL: TOKEN_CONTROL,
+                 USER_DEFINED: TOKEN_USER_DEFINED, UNUSED: TOKEN_UNUSED, BYTE: TOKEN_BYTE}
+        trainer = self.model.get("trainer_spec", {})
+        norm = self.model.get("normalizer_spec", {})
+        meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+                "tokenizer.ggml.tokens": list(self.pieces), "tokenizer.ggml.scores": list(self.scores),
+                "tokenizer.ggml.token_type": [kinds[t] for t in self.types]}
+        for role, key in (("bos", "bos_id"), ("eos", "eos_id"), ("unknown", "unk_id"), ("padding", "pad_id")):
+            i = proto.field(trainer, key)
+            if 0 <= i < len(self.pieces):
+                meta[f"tokenizer.ggml.{role}_token_id"] = i
+        meta["tokenizer.ggml.add_bos_token"] = "tokenizer.ggml.bos_token_id" in meta
+        meta["tokenizer.ggml.add_eos_token"] = False
+        meta["tokenizer.ggml.add_space_prefix"] = bool(proto.field(norm, "add_dummy_prefix"))
+        return meta
+
     def to_hf(self) -> dict:
         """tokenizer.json as transformers lays out these models (see spm_hf); a model read
         from a tokenizer.json is written back with the stages it came with."""
