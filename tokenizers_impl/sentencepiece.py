@@ -45,6 +45,17 @@ def f32(x: float) -> float:
 _F32 = array("f", [0.0])
 
 
+def compiled() -> bool:
+    """Whether the compiled helper (_spm) is there to run the hot loops."""
+    return _spm is not None
+
+
+try:
+    from . import _spm
+except ImportError:  # the compiled helper is optional
+    _spm = None
+
+
 def byte_piece(b: int) -> str:
     return f"<0x{b:02X}>"
 
