@@ -127,3 +127,12 @@ def test_damaged_model_files_are_refused(tmp_path, damage):
         formats.load(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["unigram_nfkc", "bpe_llama", "unigram_bytes"])
+def test_python_reference_equals_sentencepiece(name, lines):
+    """The pure-Python path (what runs without the compiled helper) gives the same ids."""
+    sp, ours = _cached(spm_model(name))
+    assert [ours.encode_reference(s) for s in lines[-400:]] == sp.encode(lines[-400:])
+    text = python_docs_text()[:100_000]
+    assert ours.encode_reference(text) == sp.encode(text)

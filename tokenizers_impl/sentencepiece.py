@@ -115,6 +115,7 @@ class SentencePiece(Tokenizer):
             self._init_unigram()
         else:
             self._init_bpe()
+        self._compiled = self._compile() if hf is None else None
         if hf is not None and self.model_type == "unigram":
             # HF's Unigram: every piece in its trie with its score, in double precision
             self.hf_scores = {p: (i, self.scores[i]) for p, i in self.vocab.items()}
@@ -149,6 +150,25 @@ class SentencePiece(Tokenizer):
             raise TokenizerError(f"{name}: byte fallback without all 256 byte pieces; the model is damaged")
         self._byte_ids = byte_ids
         self.unk_token = self.pieces[self.unk_id]
+
+    def _compile(self):
+        """The tables of the compiled helper, or None to run the Python reference."""
+        if _spm is None:
+            return None
+        if self.model_type == "unigram":
+            table = self._lattice
+        else:
+            if any(self.types[i] == UNUSED for i in self._normal_ids.values()):
+                return None  # joins through unused pieces are split back in Python
+            table = {p: (i, self.scores[i]) for p, i in self._normal_ids.items()}
+        scores = array("f", [0.0] * len(self.pieces))
+        for i, score in table.values():
+            scores[i] = score
+        users = [p for p, t in zip(self.pieces, self.types) if t == USER_DEFINED]
+        byte_ids = array("i", [-1 if b is None else b for b in self._byte_ids])
+        return (_spm.Trie([p.encode("utf-8") for p in table], [i for i, _ in table.values()]), scores.tobytes(),
+                _spm.Trie([u.encode("utf-8") for u in users], [1] * len(users)) if users else None,
+                byte_ids.tobytes())
 
     def byte_id(self, b: int) -> int | None:
         return self._byte_ids[b] if self.byte_fallback else None
@@ -202,6 +222,20 @@ class SentencePiece(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         if self.hf is not None:
             return self.hf.encode_part(self, text, True)
+        normalized = self.normalizer.normalize(text)
+        if self._compiled is not None:
+            if not normalized:
+                return []
+            trie, scores, users, byte_ids = self._compiled
+            unk = -1 if self.unk_id is None else self.unk_id
+            data = normalized.encode("utf-8")
+            if self.model_type == "unigram":
+                return _spm.viterbi(trie, scores, unk, self._unk_score, self.byte_fallback, byte_ids, data)
+            return _spm.bpe(trie, scores, users, unk, self.byte_fallback, byte_ids, data)
+        return self.ids_of(self.segment(normalized))
+
+    def encode_reference(self, text: str) -> list[int]:
+        """The pure-Python path (no special tokens): the compiled helper's oracle."""
         return self.ids_of(self.segment(self.normalizer.normalize(text)))
 
     def sample_encode(self, text: str, *args, **kwargs):

@@ -15,6 +15,11 @@ import numpy as np
 
 from .errors import TokenizerError
 
+try:
+    from . import _spm
+except ImportError:  # the compiled helper is optional
+    _spm = None
+
 SPACE = "\u2581"  # sentencepiece's visible space
 
 
@@ -104,6 +109,19 @@ class Normalizer:
         # collapsing every run of spaces is the same thing unless a piece itself holds
         # two spaces in a row; then the piece-by-piece path runs
         self._collapse_exact = not any("  " in v for v in rules.values()) and not any("  " in u for u in users)
+        self._compiled = None
+        if _spm is not None and (rules or users):
+            sources = list(rules)
+            self._compiled = (_spm.Trie([k.encode("utf-8") for k in sources], list(range(len(sources)))),
+                              [rules[k].encode("utf-8") for k in sources],
+                              _spm.Trie([u.encode("utf-8") for u in users], [1] * len(users)) if users else None)
+
+    def replaced(self, text: str) -> str:
+        """text with every rule applied (user pieces kept): the pieces joined."""
+        if self._compiled is not None:
+            trie, replacements, users = self._compiled
+            return _spm.apply_rules(trie, replacements, users, text.encode("utf-8")).decode("utf-8")
+        return "".join(self.pieces(text))
 
     def pieces(self, text: str):
         """The replaced pieces of text in order (runs of unchanged characters together)."""
@@ -143,9 +161,9 @@ class Normalizer:
         if not text:
             return ""
         if not self.remove_extra_whitespaces:
-            body = "".join(self.pieces(text))
+            body = self.replaced(text)
         elif self._collapse_exact:
-            body = _SPACES.sub(" ", "".join(self.pieces(text))).strip(" ")
+            body = _SPACES.sub(" ", self.replaced(text)).strip(" ")
         else:
             body = self._collapse_by_piece(text)
         if self.remove_extra_whitespaces and not body:

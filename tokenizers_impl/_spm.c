@@ -1,0 +1,473 @@
+/* Hot loops of tokenizers_impl/sentencepiece.py (optional; the Python methods there are
+ * the reference and give the same ids):
+ *   Trie(keys, values)                 every prefix of every key in one hash table, so
+ *                                      that a walk along the text stops where no key
+ *                                      continues (value -1: only a prefix)
+ *   apply_rules(rules, users, text)    the charsmap replacement of spm_normalize
+ *   viterbi(...)                       sentencepiece 0.2.3's optimized Unigram Viterbi
+ *   bpe(...)                           sentencepiece's score-ordered BPE joins
+ * Texts are UTF-8 bytes; positions are byte offsets, moved one character at a time.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ hash trie */
+typedef struct {
+    uint64_t hash;
+    uint32_t off, len;  /* the prefix: bytes [off, off+len) of the key store */
+    int32_t value;      /* the key's value, or -1 for a prefix of longer keys only */
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    char *store;
+    Entry *slots;
+    size_t mask;
+    Py_ssize_t max_len;
+} Trie;
+
+#define FNV_START 1469598103934665603ULL
+#define FNV_STEP(h, b) (((h) ^ (uint8_t)(b)) * 1099511628211ULL)
+
+static Entry *trie_find(const Trie *t, uint64_t h, const char *s, Py_ssize_t len) {
+    size_t i = (size_t)(h ^ (h >> 29)) & t->mask;
+    for (;;) {
+        Entry *e = &t->slots[i];
+        if (e->len == 0) return NULL;
+        if (e->hash == h && (Py_ssize_t)e->len == len && memcmp(t->store + e->off, s, (size_t)len) == 0) return e;
+        i = (i + 1) & t->mask;
+    }
+}
+
+static void Trie_dealloc(Trie *t) {
+    free(t->store);
+    free(t->slots);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int Trie_init(Trie *t, PyObject *args, PyObject *kw) {
+    PyObject *keys, *values;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &keys, &PyList_Type, &values)) return -1;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(values) != n) {
+        PyErr_SetString(PyExc_ValueError, "keys and values differ in length");
+        return -1;
+    }
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_Check(k) || PyBytes_GET_SIZE(k) == 0) {
+            PyErr_SetString(PyExc_TypeError, "keys must be non-empty bytes");
+            return -1;
+        }
+        total += (size_t)PyBytes_GET_SIZE(k);
+    }
+    size_t cap = 16;
+    while (cap < 2 * total + 16) cap <<= 1;
+    t->store = malloc(total + 1);
+    t->slots = calloc(cap, sizeof(Entry));
+    if (!t->store || !t->slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->mask = cap - 1;
+    t->max_len = 0;
+    size_t pos = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        long v = PyLong_AsLong(PyList_GET_ITEM(values, i));
+        if (v == -1 && PyErr_Occurred()) return -1;
+        Py_ssize_t len = PyBytes_GET_SIZE(k);
+        memcpy(t->store + pos, PyBytes_AS_STRING(k), (size_t)len);
+        if (len > t->max_len) t->max_len = len;
+        uint64_t h = FNV_START;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            h = FNV_STEP(h, t->store[pos + j]);
+            Entry *e = trie_find(t, h, t->store + pos, j + 1);
+            int full = j + 1 == len;
+            if (e == NULL) {
+                size_t s = (size_t)(h ^ (h >> 29)) & t->mask;
+                while (t->slots[s].len != 0) s = (s + 1) & t->mask;
+                e = &t->slots[s];
+                e->hash = h;
+                e->off = (uint32_t)pos;
+                e->len = (uint32_t)(j + 1);
+                e->value = full ? (int32_t)v : -1;
+            } else if (full && e->value < 0) {
+                e->value = (int32_t)v;  /* the first key wins, as a dict's setdefault */
+            }
+        }
+        pos += (size_t)len;
+    }
+    return 0;
+}
+
+static PyTypeObject TrieType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tokenizers_impl._spm.Trie",
+    .tp_basicsize = sizeof(Trie),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Trie_init,
+    .tp_dealloc = (destructor)Trie_dealloc,
+    .tp_doc = "Every prefix of every key, hashed; values of keys, -1 for prefixes only.",
+};
+
+static inline Py_ssize_t char_len(const unsigned char *s, Py_ssize_t left) {
+    unsigned char c = s[0];
+    Py_ssize_t n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    return n < left ? n : left;
+}
+
+/* The longest key that starts at s (its value, and its length in *len); -1 if none. */
+static int32_t longest(const Trie *t, const char *s, Py_ssize_t left, Py_ssize_t *len) {
+    uint64_t h = FNV_START;
+    int32_t best = -1;
+    Py_ssize_t lim = left < t->max_len ? left : t->max_len;
+    for (Py_ssize_t j = 0; j < lim; j++) {
+        h = FNV_STEP(h, s[j]);
+        Entry *e = trie_find(t, h, s, j + 1);
+        if (e == NULL) break;
+        if (e->value >= 0) {
+            best = e->value;
+            *len = j + 1;
+        }
+    }
+    return best;
+}
+
+/* ------------------------------------------------------------------ growable buffers */
+typedef struct { char *p; size_t n, cap; } Buf;
+
+static int buf_put(Buf *b, const char *s, size_t n) {
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+/* apply_rules(rules: Trie, replacements: list[bytes], users: Trie | None, text: bytes) -> bytes */
+static PyObject *apply_rules(PyObject *self, PyObject *args) {
+    Trie *rules;
+    PyObject *repl, *users;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!O!Oy#", &TrieType, &rules, &PyList_Type, &repl, &users, &s, &n)) return NULL;
+    Trie *ut = users == Py_None ? NULL : (Trie *)users;
+    Buf out = {0};
+    Py_ssize_t i = 0, run = 0;  /* bytes [run, i) are copied unchanged */
+    while (i < n) {
+        Py_ssize_t len = 0;
+        if (ut != NULL && longest(ut, s + i, n - i, &len) >= 0) {
+            i += len;  /* a user-defined piece stays as it is */
+            continue;
+        }
+        int32_t r = longest(rules, s + i, n - i, &len);
+        if (r >= 0 && r < PyList_GET_SIZE(repl)) {
+            PyObject *rb = PyList_GET_ITEM(repl, r);
+            if (buf_put(&out, s + run, (size_t)(i - run)) < 0 ||
+                buf_put(&out, PyBytes_AS_STRING(rb), (size_t)PyBytes_GET_SIZE(rb)) < 0) {
+                free(out.p);
+                return PyErr_NoMemory();
+            }
+            i += len;
+            run = i;
+            continue;
+        }
+        i += char_len((const unsigned char *)s + i, n - i);
+    }
+    if (buf_put(&out, s + run, (size_t)(n - run)) < 0) {
+        free(out.p);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = PyBytes_FromStringAndSize(out.p ? out.p : "", (Py_ssize_t)out.n);
+    free(out.p);
+    return res;
+}
+
+/* ------------------------------------------------------------------ ids out */
+typedef struct {
+    PyObject *list;
+    int unk_id, byte_fallback, prev_unk;
+    const int32_t *byte_ids;
+} Ids;
+
+static int ids_add(Ids *o, int id, const char *piece, Py_ssize_t len) {
+    int is_unk = id == o->unk_id;
+    if (is_unk && o->byte_fallback) {
+        for (Py_ssize_t k = 0; k < len; k++) {
+            PyObject *v = PyLong_FromLong(o->byte_ids[(uint8_t)piece[k]]);
+            if (!v || PyList_Append(o->list, v) < 0) { Py_XDECREF(v); return -1; }
+            Py_DECREF(v);
+        }
+    } else if (!(is_unk && o->prev_unk)) {  /* a run of unknowns is one unknown id */
+        PyObject *v = PyLong_FromLong(id);
+        if (!v || PyList_Append(o->list, v) < 0) { Py_XDECREF(v); return -1; }
+        Py_DECREF(v);
+    }
+    o->prev_unk = is_unk;
+    return 0;
+}
+
+static int parse_bytes_ids(PyObject *obj, Py_buffer *view, Py_ssize_t want) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) return -1;
+    if (view->len != want) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "table of the wrong size");
+        return -1;
+    }
+    return 0;
+}
+
+/* viterbi(trie, scores: bytes of float32 per id, unk_id, unk_score, byte_fallback,
+ *         byte_ids: bytes of int32 x 256, text: bytes) -> list[int]
+ * trie values are piece ids; scores of user-defined pieces are already their bonus. */
+static PyObject *viterbi(PyObject *self, PyObject *args) {
+    Trie *t;
+    PyObject *scores_obj, *bytes_obj;
+    int unk_id, byte_fallback;
+    float unk_score;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!OifpOy#", &TrieType, &t, &scores_obj, &unk_id, &unk_score, &byte_fallback,
+                          &bytes_obj, &s, &n))
+        return NULL;
+    Py_buffer sv, bv;
+    if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
+    if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
+    const float *scores = sv.buf;
+    Py_ssize_t n_scores = sv.len / 4;
+    float *best = calloc((size_t)n + 1, sizeof(float));
+    int32_t *starts = malloc(((size_t)n + 1) * sizeof(int32_t));
+    int32_t *ids = malloc(((size_t)n + 1) * sizeof(int32_t));
+    PyObject *list = PyList_New(0);
+    if (!best || !starts || !ids || !list) {
+        free(best); free(starts); free(ids); Py_XDECREF(list);
+        PyBuffer_Release(&sv); PyBuffer_Release(&bv);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k <= n; k++) starts[k] = -1;
+    const float reset = 100000.0f;
+    Py_ssize_t frontier = 0, i = 0;
+    while (i < n) {
+        float here = best[i];
+        if (here < -reset || here > reset) {  /* sentencepiece rebases long sums to 0 */
+            for (Py_ssize_t k = i; k <= frontier; k++)
+                if (k == i || starts[k] != -1) best[k] -= here;
+            here = 0.0f;
+        }
+        Py_ssize_t mb = char_len((const unsigned char *)s + i, n - i);
+        int single = 0;
+        uint64_t h = FNV_START;
+        Py_ssize_t lim = n - i < t->max_len ? n - i : t->max_len;
+        for (Py_ssize_t j = 0; j < lim; j++) {
+            h = FNV_STEP(h, s[i + j]);
+            Entry *e = trie_find(t, h, s + i, j + 1);
+            if (e == NULL) break;
+            if (e->value < 0 || e->value >= n_scores) continue;
+            Py_ssize_t end = i + j + 1;
+            if (end > frontier) frontier = end;
+            float cand = scores[e->value] + here;
+            if (starts[end] == -1 || cand > best[end]) {
+                best[end] = cand;
+                starts[end] = (int32_t)i;
+                ids[end] = e->value;
+            }
+            if (j + 1 == mb) single = 1;
+        }
+        if (!single) {
+            Py_ssize_t end = i + mb;
+            if (end > frontier) frontier = end;
+            float cand = unk_score + here;
+            if (starts[end] == -1 || cand > best[end]) {
+                best[end] = cand;
+                starts[end] = (int32_t)i;
+                ids[end] = unk_id;
+            }
+        }
+        i += mb;
+    }
+    /* backtrack into reverse order, then emit forward */
+    Py_ssize_t count = 0;
+    for (Py_ssize_t j = n; j > 0; j = starts[j]) count++;
+    int32_t *path = malloc(((size_t)count + 1) * sizeof(int32_t));
+    if (!path) {
+        free(best); free(starts); free(ids); Py_DECREF(list);
+        PyBuffer_Release(&sv); PyBuffer_Release(&bv);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t k = count;
+    for (Py_ssize_t j = n; j > 0; j = starts[j]) path[--k] = (int32_t)j;
+    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
+    int err = 0;
+    for (k = 0; k < count && !err; k++) {
+        Py_ssize_t end = path[k], start = starts[end];
+        err = ids_add(&out, ids[end], s + start, end - start) < 0;
+    }
+    free(path); free(best); free(starts); free(ids);
+    PyBuffer_Release(&sv); PyBuffer_Release(&bv);
+    if (err) { Py_DECREF(list); return NULL; }
+    return list;
+}
+
+/* ------------------------------------------------------------------ BPE */
+typedef struct { float score; int32_t left, right; uint32_t size; } Pair;
+
+static inline int pair_before(const Pair *a, const Pair *b) {  /* a pops first */
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
+}
+
+typedef struct { Pair *p; size_t n, cap; } Heap;
+
+static int heap_push(Heap *h, Pair x) {
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 256;
+        Pair *p = realloc(h->p, cap * sizeof(Pair));
+        if (!p) return -1;
+        h->p = p;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (!pair_before(&x, &h->p[up])) break;
+        h->p[i] = h->p[up];
+        i = up;
+    }
+    h->p[i] = x;
+    return 0;
+}
+
+static Pair heap_pop(Heap *h) {
+    Pair top = h->p[0], last = h->p[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n) break;
+        if (c + 1 < h->n && pair_before(&h->p[c + 1], &h->p[c])) c++;
+        if (!pair_before(&h->p[c], &last)) break;
+        h->p[i] = h->p[c];
+        i = c;
+    }
+    if (h->n) h->p[i] = last;
+    return top;
+}
+
+typedef struct { int32_t start, len, prev, next; int frozen; } Sym;
+
+/* bpe(trie, scores, users: Trie | None, unk_id, byte_fallback, byte_ids, text) -> list[int]
+ * trie: the pieces joins may produce (values: ids), no unused pieces (those go the Python way). */
+static PyObject *bpe(PyObject *self, PyObject *args) {
+    Trie *t;
+    PyObject *scores_obj, *users, *bytes_obj;
+    int unk_id, byte_fallback;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!OOipOy#", &TrieType, &t, &scores_obj, &users, &unk_id, &byte_fallback,
+                          &bytes_obj, &s, &n))
+        return NULL;
+    Trie *ut = users == Py_None ? NULL : (Trie *)users;
+    Py_buffer sv, bv;
+    if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
+    if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
+    const float *scores = sv.buf;
+    Py_ssize_t n_scores = sv.len / 4;
+    Sym *sym = malloc(((size_t)n + 1) * sizeof(Sym));
+    Heap heap = {0};
+    PyObject *list = PyList_New(0);
+    if (!sym || !list) goto nomem;
+    Py_ssize_t m = 0;
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_ssize_t len = 0;
+        int frozen = ut != NULL && longest(ut, s + i, n - i, &len) >= 0;
+        if (!frozen) len = char_len((const unsigned char *)s + i, n - i);
+        sym[m] = (Sym){(int32_t)i, (int32_t)len, (int32_t)m - 1, (int32_t)m + 1, frozen};
+        m++;
+        i += len;
+    }
+    if (m) sym[m - 1].next = -1;
+#define TRY_PAIR(L, R)                                                                            \
+    do {                                                                                          \
+        int32_t l_ = (L), r_ = (R);                                                               \
+        if (l_ >= 0 && r_ >= 0 && !sym[l_].frozen && !sym[r_].frozen) {                            \
+            Py_ssize_t size_ = sym[l_].len + sym[r_].len, len_ = -1;                              \
+            if (size_ <= t->max_len) {                                                            \
+                uint64_t h_ = FNV_START;                                                          \
+                const char *p_ = s + sym[l_].start;                                               \
+                for (Py_ssize_t q_ = 0; q_ < size_; q_++) h_ = FNV_STEP(h_, p_[q_]);              \
+                Entry *e_ = trie_find(t, h_, p_, size_);                                          \
+                if (e_ && e_->value >= 0 && e_->value < n_scores) len_ = e_->value;               \
+            }                                                                                     \
+            if (len_ >= 0 && heap_push(&heap, (Pair){scores[len_], l_, r_, (uint32_t)size_}) < 0) \
+                goto nomem;                                                                       \
+        }                                                                                         \
+    } while (0)
+    for (Py_ssize_t k = 1; k < m; k++) TRY_PAIR((int32_t)k - 1, (int32_t)k);
+    while (heap.n) {
+        Pair top = heap_pop(&heap);
+        Sym *a = &sym[top.left], *b = &sym[top.right];
+        if (a->len == 0 || b->len == 0 || (uint32_t)(a->len + b->len) != top.size) continue;
+        a->len += b->len;
+        b->len = 0;
+        a->next = b->next;
+        if (b->next >= 0) sym[b->next].prev = top.left;
+        TRY_PAIR(a->prev, top.left);
+        TRY_PAIR(top.left, a->next);
+    }
+#undef TRY_PAIR
+    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
+    for (int32_t k = m ? 0 : -1; k != -1; k = sym[k].next) {
+        Py_ssize_t len = 0;
+        const char *p = s + sym[k].start;
+        int32_t id = -1;
+        uint64_t h = FNV_START;
+        for (Py_ssize_t q = 0; q < sym[k].len; q++) h = FNV_STEP(h, p[q]);
+        if (sym[k].len <= t->max_len) {
+            Entry *e = trie_find(t, h, p, sym[k].len);
+            if (e && e->value >= 0) id = e->value;
+        }
+        (void)len;
+        if (ids_add(&out, id >= 0 ? id : unk_id, p, sym[k].len) < 0) goto fail;
+    }
+    free(sym); free(heap.p);
+    PyBuffer_Release(&sv); PyBuffer_Release(&bv);
+    return list;
+nomem:
+    PyErr_NoMemory();
+fail:
+    free(sym); free(heap.p); Py_XDECREF(list);
+    PyBuffer_Release(&sv); PyBuffer_Release(&bv);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"apply_rules", apply_rules, METH_VARARGS, "The longest-match charsmap replacement (user pieces kept)."},
+    {"viterbi", viterbi, METH_VARARGS, "sentencepiece's Unigram Viterbi; final ids."},
+    {"bpe", bpe, METH_VARARGS, "sentencepiece's BPE joins; final ids."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spm", "sentencepiece hot loops.", -1, methods};
+
+PyMODINIT_FUNC PyInit__spm(void) {
+    if (PyType_Ready(&TrieType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&TrieType);
+    if (PyModule_AddObject(m, "Trie", (PyObject *)&TrieType) < 0) {
+        Py_DECREF(&TrieType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
