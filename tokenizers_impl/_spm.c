@@ -229,32 +229,17 @@ static int parse_bytes_ids(PyObject *obj, Py_buffer *view, Py_ssize_t want) {
     return 0;
 }
 
-/* viterbi(trie, scores: bytes of float32 per id, unk_id, unk_score, byte_fallback,
- *         byte_ids: bytes of int32 x 256, text: bytes) -> list[int]
- * trie values are piece ids; scores of user-defined pieces are already their bonus. */
-static PyObject *viterbi(PyObject *self, PyObject *args) {
-    Trie *t;
-    PyObject *scores_obj, *bytes_obj;
-    int unk_id, byte_fallback;
-    float unk_score;
-    const char *s;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "O!OifpOy#", &TrieType, &t, &scores_obj, &unk_id, &unk_score, &byte_fallback,
-                          &bytes_obj, &s, &n))
-        return NULL;
-    Py_buffer sv, bv;
-    if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
-    if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
-    const float *scores = sv.buf;
-    Py_ssize_t n_scores = sv.len / 4;
+/* sentencepiece 0.2.3's optimized Unigram Viterbi over s[0:n]; ids appended to out.
+ * scores: float32 per id (user-defined pieces carry their bonus). */
+static int viterbi_core(const Trie *t, const float *scores, Py_ssize_t n_scores, int unk_id, float unk_score,
+                        Ids *out, const char *s, Py_ssize_t n) {
     float *best = calloc((size_t)n + 1, sizeof(float));
     int32_t *starts = malloc(((size_t)n + 1) * sizeof(int32_t));
     int32_t *ids = malloc(((size_t)n + 1) * sizeof(int32_t));
-    PyObject *list = PyList_New(0);
-    if (!best || !starts || !ids || !list) {
-        free(best); free(starts); free(ids); Py_XDECREF(list);
-        PyBuffer_Release(&sv); PyBuffer_Release(&bv);
-        return PyErr_NoMemory();
+    if (!best || !starts || !ids) {
+        free(best); free(starts); free(ids);
+        PyErr_NoMemory();
+        return -1;
     }
     for (Py_ssize_t k = 0; k <= n; k++) starts[k] = -1;
     const float reset = 100000.0f;
@@ -297,26 +282,44 @@ static PyObject *viterbi(PyObject *self, PyObject *args) {
         }
         i += mb;
     }
-    /* backtrack into reverse order, then emit forward */
+    /* the path, reversed in place: starts[] becomes the forward links */
     Py_ssize_t count = 0;
     for (Py_ssize_t j = n; j > 0; j = starts[j]) count++;
     int32_t *path = malloc(((size_t)count + 1) * sizeof(int32_t));
-    if (!path) {
-        free(best); free(starts); free(ids); Py_DECREF(list);
-        PyBuffer_Release(&sv); PyBuffer_Release(&bv);
-        return PyErr_NoMemory();
-    }
-    Py_ssize_t k = count;
-    for (Py_ssize_t j = n; j > 0; j = starts[j]) path[--k] = (int32_t)j;
-    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
-    int err = 0;
-    for (k = 0; k < count && !err; k++) {
-        Py_ssize_t end = path[k], start = starts[end];
-        err = ids_add(&out, ids[end], s + start, end - start) < 0;
+    int err = path == NULL;
+    if (!err) {
+        Py_ssize_t k = count;
+        for (Py_ssize_t j = n; j > 0; j = starts[j]) path[--k] = (int32_t)j;
+        for (k = 0; k < count && !err; k++) {
+            Py_ssize_t end = path[k], start = starts[end];
+            err = ids_add(out, ids[end], s + start, end - start) < 0;
+        }
+    } else {
+        PyErr_NoMemory();
     }
     free(path); free(best); free(starts); free(ids);
+    return err ? -1 : 0;
+}
+
+/* viterbi(trie, scores: bytes of float32 per id, unk_id, unk_score, byte_fallback,
+ *         byte_ids: bytes of int32 x 256, text: bytes) -> list[int] */
+static PyObject *viterbi(PyObject *self, PyObject *args) {
+    Trie *t;
+    PyObject *scores_obj, *bytes_obj;
+    int unk_id, byte_fallback;
+    float unk_score;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!OifpOy#", &TrieType, &t, &scores_obj, &unk_id, &unk_score, &byte_fallback,
+                          &bytes_obj, &s, &n))
+        return NULL;
+    Py_buffer sv, bv;
+    if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
+    if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
+    PyObject *list = PyList_New(0);
+    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
+    if (list && viterbi_core(t, sv.buf, sv.len / 4, unk_id, unk_score, &out, s, n) < 0) Py_CLEAR(list);
     PyBuffer_Release(&sv); PyBuffer_Release(&bv);
-    if (err) { Py_DECREF(list); return NULL; }
     return list;
 }
 
@@ -365,27 +368,14 @@ static Pair heap_pop(Heap *h) {
 
 typedef struct { int32_t start, len, prev, next; int frozen; } Sym;
 
-/* bpe(trie, scores, users: Trie | None, unk_id, byte_fallback, byte_ids, text) -> list[int]
- * trie: the pieces joins may produce (values: ids), no unused pieces (those go the Python way). */
-static PyObject *bpe(PyObject *self, PyObject *args) {
-    Trie *t;
-    PyObject *scores_obj, *users, *bytes_obj;
-    int unk_id, byte_fallback;
-    const char *s;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "O!OOipOy#", &TrieType, &t, &scores_obj, &users, &unk_id, &byte_fallback,
-                          &bytes_obj, &s, &n))
-        return NULL;
-    Trie *ut = users == Py_None ? NULL : (Trie *)users;
-    Py_buffer sv, bv;
-    if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
-    if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
-    const float *scores = sv.buf;
-    Py_ssize_t n_scores = sv.len / 4;
+/* sentencepiece's BPE over s[0:n]: characters (user-defined pieces whole and frozen),
+ * the adjacent pair whose join is the best-scored piece joined first (leftmost on ties).
+ * trie: the pieces joins may produce, no unused ones (those run in Python). */
+static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, const Trie *ut, int unk_id,
+                    Ids *out, const char *s, Py_ssize_t n) {
     Sym *sym = malloc(((size_t)n + 1) * sizeof(Sym));
     Heap heap = {0};
-    PyObject *list = PyList_New(0);
-    if (!sym || !list) goto nomem;
+    if (!sym) goto nomem;
     Py_ssize_t m = 0;
     for (Py_ssize_t i = 0; i < n;) {
         Py_ssize_t len = 0;
@@ -400,15 +390,15 @@ static PyObject *bpe(PyObject *self, PyObject *args) {
     do {                                                                                          \
         int32_t l_ = (L), r_ = (R);                                                               \
         if (l_ >= 0 && r_ >= 0 && !sym[l_].frozen && !sym[r_].frozen) {                            \
-            Py_ssize_t size_ = sym[l_].len + sym[r_].len, len_ = -1;                              \
+            Py_ssize_t size_ = sym[l_].len + sym[r_].len, id_ = -1;                               \
             if (size_ <= t->max_len) {                                                            \
                 uint64_t h_ = FNV_START;                                                          \
                 const char *p_ = s + sym[l_].start;                                               \
                 for (Py_ssize_t q_ = 0; q_ < size_; q_++) h_ = FNV_STEP(h_, p_[q_]);              \
                 Entry *e_ = trie_find(t, h_, p_, size_);                                          \
-                if (e_ && e_->value >= 0 && e_->value < n_scores) len_ = e_->value;               \
+                if (e_ && e_->value >= 0 && e_->value < n_scores) id_ = e_->value;                \
             }                                                                                     \
-            if (len_ >= 0 && heap_push(&heap, (Pair){scores[len_], l_, r_, (uint32_t)size_}) < 0) \
+            if (id_ >= 0 && heap_push(&heap, (Pair){scores[id_], l_, r_, (uint32_t)size_}) < 0)   \
                 goto nomem;                                                                       \
         }                                                                                         \
     } while (0)
@@ -425,30 +415,231 @@ static PyObject *bpe(PyObject *self, PyObject *args) {
         TRY_PAIR(top.left, a->next);
     }
 #undef TRY_PAIR
-    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
     for (int32_t k = m ? 0 : -1; k != -1; k = sym[k].next) {
-        Py_ssize_t len = 0;
         const char *p = s + sym[k].start;
         int32_t id = -1;
-        uint64_t h = FNV_START;
-        for (Py_ssize_t q = 0; q < sym[k].len; q++) h = FNV_STEP(h, p[q]);
         if (sym[k].len <= t->max_len) {
+            uint64_t h = FNV_START;
+            for (Py_ssize_t q = 0; q < sym[k].len; q++) h = FNV_STEP(h, p[q]);
             Entry *e = trie_find(t, h, p, sym[k].len);
             if (e && e->value >= 0) id = e->value;
         }
-        (void)len;
-        if (ids_add(&out, id >= 0 ? id : unk_id, p, sym[k].len) < 0) goto fail;
+        if (ids_add(out, id >= 0 ? id : unk_id, p, sym[k].len) < 0) goto fail;
     }
     free(sym); free(heap.p);
-    PyBuffer_Release(&sv); PyBuffer_Release(&bv);
-    return list;
+    return 0;
 nomem:
     PyErr_NoMemory();
 fail:
-    free(sym); free(heap.p); Py_XDECREF(list);
-    PyBuffer_Release(&sv); PyBuffer_Release(&bv);
-    return NULL;
+    free(sym); free(heap.p);
+    return -1;
 }
+
+/* bpe(trie, scores, users: Trie | None, unk_id, byte_fallback, byte_ids, text) -> list[int] */
+static PyObject *bpe(PyObject *self, PyObject *args) {
+    Trie *t;
+    PyObject *scores_obj, *users, *bytes_obj;
+    int unk_id, byte_fallback;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!OOipOy#", &TrieType, &t, &scores_obj, &users, &unk_id, &byte_fallback,
+                          &bytes_obj, &s, &n))
+        return NULL;
+    Py_buffer sv, bv;
+    if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
+    if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
+    PyObject *list = PyList_New(0);
+    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
+    if (list && bpe_core(t, sv.buf, sv.len / 4, users == Py_None ? NULL : (Trie *)users, unk_id, &out, s, n) < 0)
+        Py_CLEAR(list);
+    PyBuffer_Release(&sv); PyBuffer_Release(&bv);
+    return list;
+}
+
+/* ------------------------------------------------------------------ the whole encoder */
+typedef struct {
+    PyObject_HEAD
+    PyObject *rules, *repl, *users, *pieces, *scores, *byte_ids;  /* rules/users may be None */
+    int unigram, unk_id, byte_fallback, dummy, remove_ws, escape, suffix;
+    float unk_score;
+    Py_buffer sv, bv;
+} Model;
+
+static void Model_dealloc(Model *m) {
+    if (m->sv.obj) PyBuffer_Release(&m->sv);
+    if (m->bv.obj) PyBuffer_Release(&m->bv);
+    Py_XDECREF(m->rules); Py_XDECREF(m->repl); Py_XDECREF(m->users);
+    Py_XDECREF(m->pieces); Py_XDECREF(m->scores); Py_XDECREF(m->byte_ids);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+/* Model(rules, replacements, users, pieces, scores, byte_ids, unigram, unk_id, unk_score, byte_fallback,
+ *       add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces, treat_whitespace_as_suffix) */
+static int Model_init(Model *m, PyObject *args, PyObject *kw) {
+    PyObject *rules, *repl, *users, *pieces, *scores, *byte_ids;
+    if (m->pieces != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is initialized once");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OOOO!OOpifppppp", &rules, &repl, &users, &TrieType, &pieces, &scores, &byte_ids,
+                          &m->unigram, &m->unk_id, &m->unk_score, &m->byte_fallback, &m->dummy, &m->remove_ws,
+                          &m->escape, &m->suffix))
+        return -1;
+    if ((rules != Py_None && !PyObject_TypeCheck(rules, &TrieType)) || !PyList_Check(repl) ||
+        (users != Py_None && !PyObject_TypeCheck(users, &TrieType))) {
+        PyErr_SetString(PyExc_TypeError, "rules and users are Tries (or None), replacements a list");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(repl); i++)
+        if (!PyBytes_Check(PyList_GET_ITEM(repl, i))) {
+            PyErr_SetString(PyExc_TypeError, "replacements are bytes");
+            return -1;
+        }
+    Py_INCREF(rules); Py_INCREF(repl); Py_INCREF(users); Py_INCREF(pieces); Py_INCREF(scores); Py_INCREF(byte_ids);
+    m->rules = rules; m->repl = repl; m->users = users; m->pieces = pieces; m->scores = scores; m->byte_ids = byte_ids;
+    if (PyObject_GetBuffer(m->scores, &m->sv, PyBUF_SIMPLE) < 0) return -1;
+    if (parse_bytes_ids(m->byte_ids, &m->bv, 256 * 4) < 0) return -1;
+    return 0;
+}
+
+static const char SPACE_SYMBOL[] = "\xe2\x96\x81";
+
+/* One step of sentencepiece's NormalizePrefix: the replaced text of the longest thing at s. */
+static Py_ssize_t norm_prefix(const Model *m, const char *s, Py_ssize_t left, const char **rep, Py_ssize_t *rep_len) {
+    Py_ssize_t len = 0;
+    if (m->users != Py_None && longest((Trie *)m->users, s, left, &len) >= 0) {
+        *rep = s;
+        *rep_len = len;
+        return len;
+    }
+    if (m->rules != Py_None) {
+        int32_t r = longest((Trie *)m->rules, s, left, &len);
+        if (r >= 0 && r < PyList_GET_SIZE(m->repl)) {
+            PyObject *b = PyList_GET_ITEM(m->repl, r);
+            *rep = PyBytes_AS_STRING(b);
+            *rep_len = PyBytes_GET_SIZE(b);
+            return len;
+        }
+    }
+    len = char_len((const unsigned char *)s, left);
+    *rep = s;
+    *rep_len = len;
+    return len;
+}
+
+/* sentencepiece's Normalizer::Normalize (0.2.3), into out. */
+static int normalize_into(const Model *m, const char *s, Py_ssize_t n, Buf *out) {
+    const char *space = m->escape ? SPACE_SYMBOL : " ";
+    size_t space_len = m->escape ? 3 : 1;
+    const char *rep;
+    Py_ssize_t rep_len;
+    if (m->remove_ws) {  /* leading pieces that are exactly one space */
+        while (n > 0) {
+            Py_ssize_t used = norm_prefix(m, s, n, &rep, &rep_len);
+            if (!(rep_len == 1 && rep[0] == ' ')) break;
+            s += used;
+            n -= used;
+        }
+    }
+    if (n == 0) return 0;
+    if (!m->suffix && m->dummy && buf_put(out, space, space_len) < 0) return -1;
+    int prev_space = m->remove_ws;
+    while (n > 0) {
+        Py_ssize_t used = norm_prefix(m, s, n, &rep, &rep_len);
+        while (prev_space && rep_len > 0 && rep[0] == ' ') { rep++; rep_len--; }
+        if (rep_len > 0) {
+            Py_ssize_t run = 0;
+            for (Py_ssize_t k = 0; k < rep_len; k++) {
+                if (rep[k] == ' ') {
+                    if (buf_put(out, rep + run, (size_t)(k - run)) < 0 || buf_put(out, space, space_len) < 0) return -1;
+                    run = k + 1;
+                }
+            }
+            if (buf_put(out, rep + run, (size_t)(rep_len - run)) < 0) return -1;
+            prev_space = rep[rep_len - 1] == ' ';
+        }
+        s += used;
+        n -= used;
+        if (!m->remove_ws) prev_space = 0;
+    }
+    if (m->remove_ws)
+        while (out->n >= space_len && memcmp(out->p + out->n - space_len, space, space_len) == 0) out->n -= space_len;
+    if (m->suffix && m->dummy && buf_put(out, space, space_len) < 0) return -1;
+    return 0;
+}
+
+static PyObject *Model_encode(Model *m, PyObject *arg) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
+    if (s == NULL) return NULL;
+    Buf norm = {0};
+    if (normalize_into(m, s, n, &norm) < 0) {
+        free(norm.p);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New(0);
+    Ids out = {list, m->unk_id, m->byte_fallback, 0, m->bv.buf};
+    int err = list == NULL;
+    if (!err && norm.n) {
+        if (m->unigram)
+            err = viterbi_core((Trie *)m->pieces, m->sv.buf, m->sv.len / 4, m->unk_id, m->unk_score, &out, norm.p,
+                               (Py_ssize_t)norm.n) < 0;
+        else
+            err = bpe_core((Trie *)m->pieces, m->sv.buf, m->sv.len / 4,
+                           m->users == Py_None ? NULL : (Trie *)m->users, m->unk_id, &out, norm.p,
+                           (Py_ssize_t)norm.n) < 0;
+    }
+    free(norm.p);
+    if (err) { Py_XDECREF(list); return NULL; }
+    return list;
+}
+
+static PyObject *Model_normalize(Model *m, PyObject *arg) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
+    if (s == NULL) return NULL;
+    Buf norm = {0};
+    if (normalize_into(m, s, n, &norm) < 0) {
+        free(norm.p);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = PyUnicode_DecodeUTF8(norm.p ? norm.p : "", (Py_ssize_t)norm.n, "strict");
+    free(norm.p);
+    return res;
+}
+
+static PyObject *Model_encode_batch(Model *m, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "encode_batch takes a sequence of str");
+    if (seq == NULL) return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    PyObject *res = PyList_New(k);
+    for (Py_ssize_t i = 0; res && i < k; i++) {
+        PyObject *ids = Model_encode(m, PySequence_Fast_GET_ITEM(seq, i));
+        if (ids == NULL) Py_CLEAR(res);
+        else PyList_SET_ITEM(res, i, ids);
+    }
+    Py_DECREF(seq);
+    return res;
+}
+
+static PyMethodDef model_methods[] = {
+    {"encode", (PyCFunction)Model_encode, METH_O, "Ids of a str (normalized here)."},
+    {"encode_batch", (PyCFunction)Model_encode_batch, METH_O, "Ids of each str."},
+    {"normalize", (PyCFunction)Model_normalize, METH_O, "sentencepiece's normalized form of a str."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tokenizers_impl._spm.Model",
+    .tp_basicsize = sizeof(Model),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = model_methods,
+    .tp_doc = "A sentencepiece model's normalizer and segmenter in one.",
+};
 
 static PyMethodDef methods[] = {
     {"apply_rules", apply_rules, METH_VARARGS, "The longest-match charsmap replacement (user pieces kept)."},
@@ -460,12 +651,18 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spm", "sentencepiece hot loops.", -1, methods};
 
 PyMODINIT_FUNC PyInit__spm(void) {
-    if (PyType_Ready(&TrieType) < 0) return NULL;
+    if (PyType_Ready(&TrieType) < 0 || PyType_Ready(&ModelType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&TrieType);
     if (PyModule_AddObject(m, "Trie", (PyObject *)&TrieType) < 0) {
         Py_DECREF(&TrieType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0) {
+        Py_DECREF(&ModelType);
         Py_DECREF(m);
         return NULL;
     }

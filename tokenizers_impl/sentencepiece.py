@@ -166,9 +166,19 @@ class SentencePiece(Tokenizer):
             scores[i] = score
         users = [p for p, t in zip(self.pieces, self.types) if t == USER_DEFINED]
         byte_ids = array("i", [-1 if b is None else b for b in self._byte_ids])
-        return (_spm.Trie([p.encode("utf-8") for p in table], [i for i, _ in table.values()]), scores.tobytes(),
-                _spm.Trie([u.encode("utf-8") for u in users], [1] * len(users)) if users else None,
-                byte_ids.tobytes())
+        norm = self.normalizer
+        rules = list(norm.rules)
+        trainer = self.model.get("trainer_spec", {})
+        spec = self.model.get("normalizer_spec", {})
+        return _spm.Model(
+            _spm.Trie([k.encode("utf-8") for k in rules], list(range(len(rules)))) if rules else None,
+            [norm.rules[k].encode("utf-8") for k in rules],
+            _spm.Trie([u.encode("utf-8") for u in users], [1] * len(users)) if users else None,
+            _spm.Trie([p.encode("utf-8") for p in table], [i for i, _ in table.values()]), scores.tobytes(),
+            byte_ids.tobytes(), self.model_type == "unigram", -1 if self.unk_id is None else self.unk_id,
+            self._unk_score if self.model_type == "unigram" else 0.0, self.byte_fallback,
+            bool(proto.field(spec, "add_dummy_prefix")), bool(proto.field(spec, "remove_extra_whitespaces")),
+            bool(proto.field(spec, "escape_whitespaces")), bool(proto.field(trainer, "treat_whitespace_as_suffix")))
 
     def byte_id(self, b: int) -> int | None:
         return self._byte_ids[b] if self.byte_fallback else None
@@ -222,17 +232,14 @@ class SentencePiece(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         if self.hf is not None:
             return self.hf.encode_part(self, text, True)
-        normalized = self.normalizer.normalize(text)
         if self._compiled is not None:
-            if not normalized:
-                return []
-            trie, scores, users, byte_ids = self._compiled
-            unk = -1 if self.unk_id is None else self.unk_id
-            data = normalized.encode("utf-8")
-            if self.model_type == "unigram":
-                return _spm.viterbi(trie, scores, unk, self._unk_score, self.byte_fallback, byte_ids, data)
-            return _spm.bpe(trie, scores, users, unk, self.byte_fallback, byte_ids, data)
-        return self.ids_of(self.segment(normalized))
+            return self._compiled.encode(text)
+        return self.ids_of(self.segment(self.normalizer.normalize(text)))
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        if self._compiled is not None and self._splitter is None and self.hf is None:
+            return self._compiled.encode_batch(list(texts))
+        return [self.encode(t) for t in texts]
 
     def encode_reference(self, text: str) -> list[int]:
         """The pure-Python path (no special tokens): the compiled helper's oracle."""
