@@ -15,41 +15,66 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------ hash trie */
+/* A byte trie whose nodes live in one open-addressing table keyed by (parent, byte):
+ * a child is found in O(1) and checked exactly by its parent and byte, no key compare. */
 typedef struct {
-    uint64_t hash;
-    uint32_t off, len;  /* the prefix: bytes [off, off+len) of the key store */
-    int32_t value;      /* the key's value, or -1 for a prefix of longer keys only */
-} Entry;
+    int32_t parent;  /* -1: the root */
+    int32_t value;   /* the key's value, -1 when only a prefix of longer keys */
+    uint32_t byte1;  /* byte + 1; 0 marks an empty slot */
+} Node;
 
 typedef struct {
     PyObject_HEAD
-    char *store;
-    Entry *slots;
+    Node *slots;
     size_t mask;
     Py_ssize_t max_len;
+    int32_t root[256];  /* children of the root, directly */
+    uint8_t pairs[8192];  /* bit (b0 << 8 | b1): some key starts with bytes b0 b1 */
 } Trie;
 
-#define FNV_START 1469598103934665603ULL
-#define FNV_STEP(h, b) (((h) ^ (uint8_t)(b)) * 1099511628211ULL)
+static inline size_t slot_of(int32_t parent, unsigned b, size_t mask) {
+    uint64_t x = ((uint64_t)(uint32_t)parent << 8 | b) * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(x >> 32) & mask;
+}
 
-static Entry *trie_find(const Trie *t, uint64_t h, const char *s, Py_ssize_t len) {
-    size_t i = (size_t)(h ^ (h >> 29)) & t->mask;
+static inline int has_pair(const Trie *t, unsigned char b0, unsigned char b1) {
+    unsigned k = (unsigned)b0 << 8 | b1;
+    return t->pairs[k >> 3] >> (k & 7) & 1;
+}
+
+static inline int32_t child(const Trie *t, int32_t node, unsigned char b) {
+    if (node < 0) return t->root[b];
+    size_t i = slot_of(node, b, t->mask);
     for (;;) {
-        Entry *e = &t->slots[i];
-        if (e->len == 0) return NULL;
-        if (e->hash == h && (Py_ssize_t)e->len == len && memcmp(t->store + e->off, s, (size_t)len) == 0) return e;
+        const Node *e = &t->slots[i];
+        if (e->byte1 == 0) return -1;
+        if (e->parent == node && e->byte1 == (uint32_t)b + 1) return (int32_t)i;
         i = (i + 1) & t->mask;
     }
 }
 
+/* The node of key s[0:len], or -1. */
+static inline int32_t walk(const Trie *t, const char *s, Py_ssize_t len) {
+    if (len > t->max_len) return -1;
+    int32_t node = -1;
+    for (Py_ssize_t j = 0; j < len; j++) {
+        node = child(t, node, (unsigned char)s[j]);
+        if (node < 0) return -1;
+    }
+    return node;
+}
+
 static void Trie_dealloc(Trie *t) {
-    free(t->store);
     free(t->slots);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
 static int Trie_init(Trie *t, PyObject *args, PyObject *kw) {
     PyObject *keys, *values;
+    if (t->slots != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Trie is initialized once");
+        return -1;
+    }
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &keys, &PyList_Type, &values)) return -1;
     Py_ssize_t n = PyList_GET_SIZE(keys);
     if (PyList_GET_SIZE(values) != n) {
@@ -65,42 +90,49 @@ static int Trie_init(Trie *t, PyObject *args, PyObject *kw) {
         }
         total += (size_t)PyBytes_GET_SIZE(k);
     }
-    size_t cap = 16;
+    /* built twice: first in a table sized by the key bytes, then, knowing the number of
+     * nodes, in one twice that size (a small table stays in cache) */
+    size_t cap = 16, nodes = 0;
     while (cap < 2 * total + 16) cap <<= 1;
-    t->store = malloc(total + 1);
-    t->slots = calloc(cap, sizeof(Entry));
-    if (!t->store || !t->slots) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    t->mask = cap - 1;
-    t->max_len = 0;
-    size_t pos = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = PyList_GET_ITEM(keys, i);
-        long v = PyLong_AsLong(PyList_GET_ITEM(values, i));
-        if (v == -1 && PyErr_Occurred()) return -1;
-        Py_ssize_t len = PyBytes_GET_SIZE(k);
-        memcpy(t->store + pos, PyBytes_AS_STRING(k), (size_t)len);
-        if (len > t->max_len) t->max_len = len;
-        uint64_t h = FNV_START;
-        for (Py_ssize_t j = 0; j < len; j++) {
-            h = FNV_STEP(h, t->store[pos + j]);
-            Entry *e = trie_find(t, h, t->store + pos, j + 1);
-            int full = j + 1 == len;
-            if (e == NULL) {
-                size_t s = (size_t)(h ^ (h >> 29)) & t->mask;
-                while (t->slots[s].len != 0) s = (s + 1) & t->mask;
-                e = &t->slots[s];
-                e->hash = h;
-                e->off = (uint32_t)pos;
-                e->len = (uint32_t)(j + 1);
-                e->value = full ? (int32_t)v : -1;
-            } else if (full && e->value < 0) {
-                e->value = (int32_t)v;  /* the first key wins, as a dict's setdefault */
-            }
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            free(t->slots);
+            cap = 16;
+            while (cap < 2 * nodes + 16) cap <<= 1;
         }
-        pos += (size_t)len;
+        t->slots = calloc(cap, sizeof(Node));
+        if (!t->slots) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->mask = cap - 1;
+        t->max_len = 0;
+        nodes = 0;
+        memset(t->pairs, 0, sizeof t->pairs);
+        for (int b = 0; b < 256; b++) t->root[b] = -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *k = PyList_GET_ITEM(keys, i);
+            long v = PyLong_AsLong(PyList_GET_ITEM(values, i));
+            if (v == -1 && PyErr_Occurred()) return -1;
+            const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(k);
+            Py_ssize_t len = PyBytes_GET_SIZE(k);
+            if (len > t->max_len) t->max_len = len;
+            if (len > 1) t->pairs[((unsigned)key[0] << 8 | key[1]) >> 3] |= 1 << (key[1] & 7);
+            int32_t node = -1;
+            for (Py_ssize_t j = 0; j < len; j++) {
+                int32_t next = child(t, node, key[j]);
+                if (next < 0) {
+                    size_t s = slot_of(node, key[j], t->mask);
+                    while (t->slots[s].byte1 != 0) s = (s + 1) & t->mask;
+                    t->slots[s] = (Node){node, -1, (uint32_t)key[j] + 1};
+                    next = (int32_t)s;
+                    nodes++;
+                    if (node < 0) t->root[key[j]] = next;
+                }
+                node = next;
+            }
+            if (t->slots[node].value < 0) t->slots[node].value = (int32_t)v;  /* the first key wins */
+        }
     }
     return 0;
 }
@@ -124,15 +156,14 @@ static inline Py_ssize_t char_len(const unsigned char *s, Py_ssize_t left) {
 
 /* The longest key that starts at s (its value, and its length in *len); -1 if none. */
 static int32_t longest(const Trie *t, const char *s, Py_ssize_t left, Py_ssize_t *len) {
-    uint64_t h = FNV_START;
-    int32_t best = -1;
+    int32_t best = -1, node = -1;
     Py_ssize_t lim = left < t->max_len ? left : t->max_len;
     for (Py_ssize_t j = 0; j < lim; j++) {
-        h = FNV_STEP(h, s[j]);
-        Entry *e = trie_find(t, h, s, j + 1);
-        if (e == NULL) break;
-        if (e->value >= 0) {
-            best = e->value;
+        if (j == 1 && !has_pair(t, (unsigned char)s[0], (unsigned char)s[1])) break;
+        node = child(t, node, (unsigned char)s[j]);
+        if (node < 0) break;
+        if (t->slots[node].value >= 0) {
+            best = t->slots[node].value;
             *len = j + 1;
         }
     }
@@ -253,20 +284,21 @@ static int viterbi_core(const Trie *t, const float *scores, Py_ssize_t n_scores,
         }
         Py_ssize_t mb = char_len((const unsigned char *)s + i, n - i);
         int single = 0;
-        uint64_t h = FNV_START;
+        int32_t node = -1;
         Py_ssize_t lim = n - i < t->max_len ? n - i : t->max_len;
         for (Py_ssize_t j = 0; j < lim; j++) {
-            h = FNV_STEP(h, s[i + j]);
-            Entry *e = trie_find(t, h, s + i, j + 1);
-            if (e == NULL) break;
-            if (e->value < 0 || e->value >= n_scores) continue;
+            if (j == 1 && !has_pair(t, (unsigned char)s[i], (unsigned char)s[i + 1])) break;
+            node = child(t, node, (unsigned char)s[i + j]);
+            if (node < 0) break;
+            int32_t value = t->slots[node].value;
+            if (value < 0 || value >= n_scores) continue;
             Py_ssize_t end = i + j + 1;
             if (end > frontier) frontier = end;
-            float cand = scores[e->value] + here;
+            float cand = scores[value] + here;
             if (starts[end] == -1 || cand > best[end]) {
                 best[end] = cand;
                 starts[end] = (int32_t)i;
-                ids[end] = e->value;
+                ids[end] = value;
             }
             if (j + 1 == mb) single = 1;
         }
@@ -391,13 +423,9 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
         int32_t l_ = (L), r_ = (R);                                                               \
         if (l_ >= 0 && r_ >= 0 && !sym[l_].frozen && !sym[r_].frozen) {                            \
             Py_ssize_t size_ = sym[l_].len + sym[r_].len, id_ = -1;                               \
-            if (size_ <= t->max_len) {                                                            \
-                uint64_t h_ = FNV_START;                                                          \
-                const char *p_ = s + sym[l_].start;                                               \
-                for (Py_ssize_t q_ = 0; q_ < size_; q_++) h_ = FNV_STEP(h_, p_[q_]);              \
-                Entry *e_ = trie_find(t, h_, p_, size_);                                          \
-                if (e_ && e_->value >= 0 && e_->value < n_scores) id_ = e_->value;                \
-            }                                                                                     \
+            int32_t node_ = walk(t, s + sym[l_].start, size_);                                    \
+            if (node_ >= 0 && t->slots[node_].value >= 0 && t->slots[node_].value < n_scores)     \
+                id_ = t->slots[node_].value;                                                      \
             if (id_ >= 0 && heap_push(&heap, (Pair){scores[id_], l_, r_, (uint32_t)size_}) < 0)   \
                 goto nomem;                                                                       \
         }                                                                                         \
@@ -417,13 +445,7 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
 #undef TRY_PAIR
     for (int32_t k = m ? 0 : -1; k != -1; k = sym[k].next) {
         const char *p = s + sym[k].start;
-        int32_t id = -1;
-        if (sym[k].len <= t->max_len) {
-            uint64_t h = FNV_START;
-            for (Py_ssize_t q = 0; q < sym[k].len; q++) h = FNV_STEP(h, p[q]);
-            Entry *e = trie_find(t, h, p, sym[k].len);
-            if (e && e->value >= 0) id = e->value;
-        }
+        int32_t node = walk(t, p, sym[k].len), id = node >= 0 ? t->slots[node].value : -1;
         if (ids_add(out, id >= 0 ? id : unk_id, p, sym[k].len) < 0) goto fail;
     }
     free(sym); free(heap.p);
