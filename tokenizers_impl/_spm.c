@@ -10,7 +10,13 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#include <unistd.h>
+#define SPM_THREADS 1
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -227,27 +233,46 @@ static PyObject *apply_rules(PyObject *self, PyObject *args) {
 }
 
 /* ------------------------------------------------------------------ ids out */
+/* Ids go into a C buffer (so that the segmenters run without the GIL), then a list. */
 typedef struct {
-    PyObject *list;
+    int32_t *p;
+    size_t n, cap;
     int unk_id, byte_fallback, prev_unk;
     const int32_t *byte_ids;
 } Ids;
 
+static int ids_push(Ids *o, int32_t v) {
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? 2 * o->cap : 64;
+        int32_t *p = realloc(o->p, cap * sizeof(int32_t));
+        if (!p) return -1;
+        o->p = p;
+        o->cap = cap;
+    }
+    o->p[o->n++] = v;
+    return 0;
+}
+
 static int ids_add(Ids *o, int id, const char *piece, Py_ssize_t len) {
     int is_unk = id == o->unk_id;
     if (is_unk && o->byte_fallback) {
-        for (Py_ssize_t k = 0; k < len; k++) {
-            PyObject *v = PyLong_FromLong(o->byte_ids[(uint8_t)piece[k]]);
-            if (!v || PyList_Append(o->list, v) < 0) { Py_XDECREF(v); return -1; }
-            Py_DECREF(v);
-        }
+        for (Py_ssize_t k = 0; k < len; k++)
+            if (ids_push(o, o->byte_ids[(uint8_t)piece[k]]) < 0) return -1;
     } else if (!(is_unk && o->prev_unk)) {  /* a run of unknowns is one unknown id */
-        PyObject *v = PyLong_FromLong(id);
-        if (!v || PyList_Append(o->list, v) < 0) { Py_XDECREF(v); return -1; }
-        Py_DECREF(v);
+        if (ids_push(o, id) < 0) return -1;
     }
     o->prev_unk = is_unk;
     return 0;
+}
+
+static PyObject *ids_list(const Ids *o) {
+    PyObject *list = PyList_New((Py_ssize_t)o->n);
+    for (size_t i = 0; list && i < o->n; i++) {
+        PyObject *v = PyLong_FromLong(o->p[i]);
+        if (!v) { Py_CLEAR(list); break; }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+    }
+    return list;
 }
 
 static int parse_bytes_ids(PyObject *obj, Py_buffer *view, Py_ssize_t want) {
@@ -269,7 +294,6 @@ static int viterbi_core(const Trie *t, const float *scores, Py_ssize_t n_scores,
     int32_t *ids = malloc(((size_t)n + 1) * sizeof(int32_t));
     if (!best || !starts || !ids) {
         free(best); free(starts); free(ids);
-        PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t k = 0; k <= n; k++) starts[k] = -1;
@@ -326,8 +350,6 @@ static int viterbi_core(const Trie *t, const float *scores, Py_ssize_t n_scores,
             Py_ssize_t end = path[k], start = starts[end];
             err = ids_add(out, ids[end], s + start, end - start) < 0;
         }
-    } else {
-        PyErr_NoMemory();
     }
     free(path); free(best); free(starts); free(ids);
     return err ? -1 : 0;
@@ -348,9 +370,10 @@ static PyObject *viterbi(PyObject *self, PyObject *args) {
     Py_buffer sv, bv;
     if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
     if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
-    PyObject *list = PyList_New(0);
-    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
-    if (list && viterbi_core(t, sv.buf, sv.len / 4, unk_id, unk_score, &out, s, n) < 0) Py_CLEAR(list);
+    Ids out = {NULL, 0, 0, unk_id, byte_fallback, 0, bv.buf};
+    PyObject *list = viterbi_core(t, sv.buf, sv.len / 4, unk_id, unk_score, &out, s, n) < 0 ? PyErr_NoMemory()
+                                                                                             : ids_list(&out);
+    free(out.p);
     PyBuffer_Release(&sv); PyBuffer_Release(&bv);
     return list;
 }
@@ -451,7 +474,6 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
     free(sym); free(heap.p);
     return 0;
 nomem:
-    PyErr_NoMemory();
 fail:
     free(sym); free(heap.p);
     return -1;
@@ -470,10 +492,10 @@ static PyObject *bpe(PyObject *self, PyObject *args) {
     Py_buffer sv, bv;
     if (PyObject_GetBuffer(scores_obj, &sv, PyBUF_SIMPLE) < 0) return NULL;
     if (parse_bytes_ids(bytes_obj, &bv, 256 * 4) < 0) { PyBuffer_Release(&sv); return NULL; }
-    PyObject *list = PyList_New(0);
-    Ids out = {list, unk_id, byte_fallback, 0, bv.buf};
-    if (list && bpe_core(t, sv.buf, sv.len / 4, users == Py_None ? NULL : (Trie *)users, unk_id, &out, s, n) < 0)
-        Py_CLEAR(list);
+    Ids out = {NULL, 0, 0, unk_id, byte_fallback, 0, bv.buf};
+    PyObject *list = bpe_core(t, sv.buf, sv.len / 4, users == Py_None ? NULL : (Trie *)users, unk_id, &out, s, n) < 0
+                         ? PyErr_NoMemory() : ids_list(&out);
+    free(out.p);
     PyBuffer_Release(&sv); PyBuffer_Release(&bv);
     return list;
 }
@@ -590,29 +612,34 @@ static int normalize_into(const Model *m, const char *s, Py_ssize_t n, Buf *out)
     return 0;
 }
 
+/* Normalize and segment s[0:n] into out; runs without the GIL. -1: out of memory. */
+static int encode_into(const Model *m, const char *s, Py_ssize_t n, Ids *out) {
+    Buf norm = {0};
+    int err = normalize_into(m, s, n, &norm) < 0;
+    if (!err && norm.n) {
+        if (m->unigram)
+            err = viterbi_core((Trie *)m->pieces, m->sv.buf, m->sv.len / 4, m->unk_id, m->unk_score, out, norm.p,
+                               (Py_ssize_t)norm.n) < 0;
+        else
+            err = bpe_core((Trie *)m->pieces, m->sv.buf, m->sv.len / 4,
+                           m->users == Py_None ? NULL : (Trie *)m->users, m->unk_id, out, norm.p,
+                           (Py_ssize_t)norm.n) < 0;
+    }
+    free(norm.p);
+    return err ? -1 : 0;
+}
+
 static PyObject *Model_encode(Model *m, PyObject *arg) {
     Py_ssize_t n;
     const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
     if (s == NULL) return NULL;
-    Buf norm = {0};
-    if (normalize_into(m, s, n, &norm) < 0) {
-        free(norm.p);
-        return PyErr_NoMemory();
-    }
-    PyObject *list = PyList_New(0);
-    Ids out = {list, m->unk_id, m->byte_fallback, 0, m->bv.buf};
-    int err = list == NULL;
-    if (!err && norm.n) {
-        if (m->unigram)
-            err = viterbi_core((Trie *)m->pieces, m->sv.buf, m->sv.len / 4, m->unk_id, m->unk_score, &out, norm.p,
-                               (Py_ssize_t)norm.n) < 0;
-        else
-            err = bpe_core((Trie *)m->pieces, m->sv.buf, m->sv.len / 4,
-                           m->users == Py_None ? NULL : (Trie *)m->users, m->unk_id, &out, norm.p,
-                           (Py_ssize_t)norm.n) < 0;
-    }
-    free(norm.p);
-    if (err) { Py_XDECREF(list); return NULL; }
+    Ids out = {NULL, 0, 0, m->unk_id, m->byte_fallback, 0, m->bv.buf};
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = encode_into(m, s, n, &out);
+    Py_END_ALLOW_THREADS
+    PyObject *list = err ? PyErr_NoMemory() : ids_list(&out);
+    free(out.p);
     return list;
 }
 
@@ -630,23 +657,105 @@ static PyObject *Model_normalize(Model *m, PyObject *arg) {
     return res;
 }
 
-static PyObject *Model_encode_batch(Model *m, PyObject *arg) {
+/* encode_batch: texts shared out to threads in blocks (sentencepiece's batch call uses
+ * threads too); each text's ids land in its own buffer, made into lists afterwards. */
+typedef struct {
+    Ids ids;                  /* the ids of a block of texts, back to back */
+    size_t ends[64];          /* where each text's ids end in it */
+} Block;
+
+typedef struct {
+    const Model *m;
+    const char **texts;
+    const Py_ssize_t *lens;
+    Block *blocks;
+    Py_ssize_t count;
+    _Atomic Py_ssize_t next;
+    _Atomic int failed;
+} Batch;
+
+#define BATCH_BLOCK 64
+
+static void *batch_worker(void *arg) {
+    Batch *b = arg;
+    for (;;) {
+        Py_ssize_t start = atomic_fetch_add(&b->next, BATCH_BLOCK);
+        if (start >= b->count || atomic_load(&b->failed)) break;
+        Py_ssize_t end = start + BATCH_BLOCK < b->count ? start + BATCH_BLOCK : b->count;
+        Block *blk = &b->blocks[start / BATCH_BLOCK];
+        for (Py_ssize_t i = start; i < end; i++) {
+            blk->ids.prev_unk = 0;
+            if (encode_into(b->m, b->texts[i], b->lens[i], &blk->ids) < 0) atomic_store(&b->failed, 1);
+            blk->ends[i - start] = blk->ids.n;
+        }
+    }
+    return NULL;
+}
+
+static int cpu_count(void) {
+#ifdef _SC_NPROCESSORS_ONLN
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 16 ? 16 : (int)n;
+#else
+    return 1;
+#endif
+}
+
+static PyObject *Model_encode_batch(Model *m, PyObject *args) {
+    PyObject *arg;
+    int threads = 0;
+    if (!PyArg_ParseTuple(args, "O|i", &arg, &threads)) return NULL;
     PyObject *seq = PySequence_Fast(arg, "encode_batch takes a sequence of str");
     if (seq == NULL) return NULL;
     Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
-    PyObject *res = PyList_New(k);
+    Py_ssize_t n_blocks = (k + BATCH_BLOCK - 1) / BATCH_BLOCK;
+    const char **texts = calloc((size_t)k + 1, sizeof(char *));
+    Py_ssize_t *lens = calloc((size_t)k + 1, sizeof(Py_ssize_t));
+    Block *blocks = calloc((size_t)n_blocks + 1, sizeof(Block));
+    PyObject *res = NULL;
+    if (!texts || !lens || !blocks) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        texts[i] = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &lens[i]);
+        if (texts[i] == NULL) goto done;
+    }
+    for (Py_ssize_t j = 0; j < n_blocks; j++) blocks[j].ids = (Ids){NULL, 0, 0, m->unk_id, m->byte_fallback, 0, m->bv.buf};
+    Batch batch = {m, texts, lens, blocks, k, 0, 0};
+    if (threads <= 0) threads = cpu_count();
+    if (threads > n_blocks) threads = (int)n_blocks;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef SPM_THREADS
+    pthread_t pool[16];
+    int started = 0;
+    for (; started < threads - 1 && started < 16; started++)
+        if (pthread_create(&pool[started], NULL, batch_worker, &batch) != 0) break;
+    batch_worker(&batch);
+    for (int i = 0; i < started; i++) pthread_join(pool[i], NULL);
+#else
+    batch_worker(&batch);
+#endif
+    Py_END_ALLOW_THREADS
+    if (atomic_load(&batch.failed)) { PyErr_NoMemory(); goto done; }
+    res = PyList_New(k);
     for (Py_ssize_t i = 0; res && i < k; i++) {
-        PyObject *ids = Model_encode(m, PySequence_Fast_GET_ITEM(seq, i));
+        Block *blk = &blocks[i / BATCH_BLOCK];
+        size_t j = (size_t)(i % BATCH_BLOCK), from = j ? blk->ends[j - 1] : 0, to = blk->ends[j];
+        Ids view = blk->ids;
+        view.p = blk->ids.p + from;
+        view.n = to - from;
+        PyObject *ids = ids_list(&view);
         if (ids == NULL) Py_CLEAR(res);
         else PyList_SET_ITEM(res, i, ids);
     }
+done:
+    for (Py_ssize_t j = 0; blocks && j < n_blocks; j++) free(blocks[j].ids.p);
+    free(texts); free(lens); free(blocks);
     Py_DECREF(seq);
     return res;
 }
 
 static PyMethodDef model_methods[] = {
     {"encode", (PyCFunction)Model_encode, METH_O, "Ids of a str (normalized here)."},
-    {"encode_batch", (PyCFunction)Model_encode_batch, METH_O, "Ids of each str."},
+    {"encode_batch", (PyCFunction)Model_encode_batch, METH_VARARGS, "Ids of each str (texts, threads=all CPUs)."},
     {"normalize", (PyCFunction)Model_normalize, METH_O, "sentencepiece's normalized form of a str."},
     {NULL, NULL, 0, NULL},
 };
