@@ -379,7 +379,7 @@ static PyObject *viterbi(PyObject *self, PyObject *args) {
 }
 
 /* ------------------------------------------------------------------ BPE */
-typedef struct { float score; int32_t left, right; uint32_t size; } Pair;
+typedef struct { float score; int32_t left, right; uint32_t size; int32_t node; } Pair;
 
 static inline int pair_before(const Pair *a, const Pair *b) {  /* a pops first */
     return a->score > b->score || (a->score == b->score && a->left < b->left);
@@ -421,7 +421,7 @@ static Pair heap_pop(Heap *h) {
     return top;
 }
 
-typedef struct { int32_t start, len, prev, next; int frozen; } Sym;
+typedef struct { int32_t start, len, prev, next, node; int frozen; } Sym;  /* node: its text's trie node */
 
 /* sentencepiece's BPE over s[0:n]: characters (user-defined pieces whole and frozen),
  * the adjacent pair whose join is the best-scored piece joined first (leftmost on ties).
@@ -436,7 +436,7 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
         Py_ssize_t len = 0;
         int frozen = ut != NULL && longest(ut, s + i, n - i, &len) >= 0;
         if (!frozen) len = char_len((const unsigned char *)s + i, n - i);
-        sym[m] = (Sym){(int32_t)i, (int32_t)len, (int32_t)m - 1, (int32_t)m + 1, frozen};
+        sym[m] = (Sym){(int32_t)i, (int32_t)len, (int32_t)m - 1, (int32_t)m + 1, walk(t, s + i, len), frozen};
         m++;
         i += len;
     }
@@ -446,10 +446,14 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
         int32_t l_ = (L), r_ = (R);                                                               \
         if (l_ >= 0 && r_ >= 0 && !sym[l_].frozen && !sym[r_].frozen) {                            \
             Py_ssize_t size_ = sym[l_].len + sym[r_].len, id_ = -1;                               \
-            int32_t node_ = walk(t, s + sym[l_].start, size_);                                    \
+            int32_t node_ = sym[l_].node; /* the join continues the left symbol's trie path */    \
+            const char *p_ = s + sym[r_].start;                                                   \
+            if (size_ > t->max_len) node_ = -1;                                                   \
+            for (Py_ssize_t q_ = 0; node_ >= 0 && q_ < sym[r_].len; q_++)                         \
+                node_ = child(t, node_, (unsigned char)p_[q_]);                                   \
             if (node_ >= 0 && t->slots[node_].value >= 0 && t->slots[node_].value < n_scores)     \
                 id_ = t->slots[node_].value;                                                      \
-            if (id_ >= 0 && heap_push(&heap, (Pair){scores[id_], l_, r_, (uint32_t)size_}) < 0)   \
+            if (id_ >= 0 && heap_push(&heap, (Pair){scores[id_], l_, r_, (uint32_t)size_, node_}) < 0) \
                 goto nomem;                                                                       \
         }                                                                                         \
     } while (0)
@@ -459,6 +463,7 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
         Sym *a = &sym[top.left], *b = &sym[top.right];
         if (a->len == 0 || b->len == 0 || (uint32_t)(a->len + b->len) != top.size) continue;
         a->len += b->len;
+        a->node = top.node;
         b->len = 0;
         a->next = b->next;
         if (b->next >= 0) sym[b->next].prev = top.left;
@@ -468,7 +473,7 @@ static int bpe_core(const Trie *t, const float *scores, Py_ssize_t n_scores, con
 #undef TRY_PAIR
     for (int32_t k = m ? 0 : -1; k != -1; k = sym[k].next) {
         const char *p = s + sym[k].start;
-        int32_t node = walk(t, p, sym[k].len), id = node >= 0 ? t->slots[node].value : -1;
+        int32_t node = sym[k].node, id = node >= 0 ? t->slots[node].value : -1;
         if (ids_add(out, id >= 0 ? id : unk_id, p, sym[k].len) < 0) goto fail;
     }
     free(sym); free(heap.p);
