@@ -19,14 +19,17 @@ HELPERS = {
     "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL) and f16/bf16 conversion",
     "tokenizers_impl._bpe": "BPE training, pre-tokenization and byte-level encoding",
     "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",
+    "tokenizers_impl._spm": "sentencepiece models: normalization, Unigram and BPE segmentation",
 }
 # What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
 # 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level
-# BPE training on the pydoc text 7x, encoding 300 KB of it 65x.
+# BPE training on the pydoc text 7x, encoding 300 KB of it 65x; sentencepiece models
+# (1 MB of the docs) 60x (Unigram, one string) to 8x (BPE, line by line).
 MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
     "quant._qdot": "generate decodes through dequantized weights instead, several times slower",
+    "tokenizers_impl._spm": "sentencepiece-model encoding 10-60x slower",
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
 # the K-quant loops carry AVX2 and AVX-512 clones that the loader picks for the running CPU.
