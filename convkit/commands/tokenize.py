@@ -32,7 +32,7 @@ PRETOKENIZERS = ("gpt2", "llama3", "smollm")
 
 @click.group()
 def tokenize():
-    """Train and use BPE, byte-level BPE and WordPiece tokenizers."""
+    """Train and use BPE, byte-level BPE and WordPiece tokenizers; use sentencepiece models."""
 
 
 # ------------------------------------------------------------------------ shared options
@@ -70,7 +70,7 @@ def _normalizer(kw) -> BertNormalizer:
 
 def tokenizer_option(f):
     return click.option("-t", "--tokenizer", "tokenizer_path", required=True, metavar="FILE",
-                        help="Tokenizer file: .convkit.json, HF tokenizer.json or vocab.txt.")(f)
+                        help="Tokenizer file: .convkit.json, HF tokenizer.json, sentencepiece tokenizer.model or vocab.txt.")(f)
 
 
 def _load(path, normalizer=None):
@@ -93,18 +93,24 @@ def _check_output(output, fmt, kind):
     if fmt == "vocab.txt" and kind != "wordpiece":
         raise ConvkitError(f"{output}: vocab.txt holds only WordPiece vocabularies; "
                            f"name the output .json or .convkit.json")
+    if fmt == "sentencepiece" and kind != "sentencepiece":
+        raise ConvkitError(f"{output}: tokenizer.model holds only sentencepiece models (Unigram, BPE with "
+                           f"byte fallback); name the output .json or .convkit.json")
     return fmt
 
 
 def _write(tok, output, fmt, inputs=()):
-    text = formats.dumps(tok, fmt)
+    data = formats.dumps(tok, fmt)
+    if isinstance(data, bytes):
+        with atomic_open(output, "wb", inputs=inputs) as f:
+            f.write(data)
+        return
     with atomic_open(output, "w", encoding="utf-8", inputs=inputs) as f:
-        f.write(text)
+        f.write(data)
 
 
 def _unk_id(tok):
-    unk = getattr(tok, "unk_token", None)
-    return tok.token_to_id(unk) if unk is not None else None
+    return tok.unknown_id()
 
 
 # ------------------------------------------------------------------------ train
@@ -286,7 +292,8 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
     else:
         chunks = read_text_chunks("-")
     unk = _unk_id(tok)
-    n_tokens = n_words = n_bytes = n_chars = n_unk = 0
+    byte_ids = tok.byte_fallback_ids()
+    n_tokens = n_words = n_bytes = n_chars = n_unk = n_byte = 0
     used = set()
     for chunk in chunks:
         ids = tok.encode(chunk)
@@ -297,6 +304,8 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
         used.update(ids)
         if unk is not None:
             n_unk += ids.count(unk)
+        if byte_ids:
+            n_byte += sum(1 for i in ids if i in byte_ids)
     if n_tokens == 0:
         raise ConvkitError("no tokens: the text is empty")
     result = {
@@ -305,6 +314,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
         "bytes_per_token": round(n_bytes / n_tokens, 4),
         "chars_per_token": round(n_chars / n_tokens, 4),
         "unknown_tokens": n_unk, "unknown_rate": round(n_unk / n_tokens, 6),
+        "byte_fallback_tokens": n_byte, "byte_fallback_rate": round(n_byte / n_tokens, 6),
         "vocab_size": tok.vocab_size, "vocab_used": len(used),
         "vocab_usage": round(len(used) / tok.vocab_size, 4),
     }
@@ -312,6 +322,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
              f"tokens per word  {result['tokens_per_word']:.3f}\n"
              f"bytes per token  {result['bytes_per_token']:.3f}\n"
              f"unknown rate     {result['unknown_rate']:.4%} ({n_unk} tokens)\n"
+             f"byte fallback    {result['byte_fallback_rate']:.4%} ({n_byte} tokens)\n"
              f"vocab usage      {result['vocab_usage']:.2%} ({len(used)} of {tok.vocab_size} tokens)")
     emit(result, as_json=as_json, text=human)
 
@@ -325,7 +336,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
 @normalizer_options(VOCAB_TXT_SCOPE)
 @json_option
 def convert(source, output, fmt, as_json, **norm_kw):
-    """Convert SOURCE between our format, HF tokenizer.json and vocab.txt.
+    """Convert SOURCE between our format, HF tokenizer.json, sentencepiece tokenizer.model and vocab.txt.
 
     Normalization options apply when SOURCE is a vocab.txt (which does not record them)."""
     tok = _load(source, _normalizer(norm_kw))
