@@ -147,3 +147,15 @@ def test_unsupported_tokenizer_json_is_refused(tmp_path, change, match):
     with pytest.raises(TokenizerError, match=match) as info:
         formats.load(path)
     assert str(path) in str(info.value)
+
+
+def test_unigram_scores_in_double_precision(tmp_path, lines):
+    """HF adds a tokenizer.json's scores as doubles: scores that float32 cannot hold (as
+    HF's own trainers write them) give HF's ids, not those of the rounded scores."""
+    doc = json.loads(open(transformers_file("unigram_t5", "T5Tokenizer"), encoding="utf-8").read())
+    for k, entry in enumerate(doc["model"]["vocab"]):
+        entry[1] = entry[1] * (1 + 1e-9 * (k % 7)) + 1e-12 * k
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    hf, ours = Tokenizer.from_file(str(path)), formats.load(path)
+    assert [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)] == ours.encode_batch(lines)

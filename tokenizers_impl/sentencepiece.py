@@ -117,9 +117,10 @@ class SentencePiece(Tokenizer):
             self._init_bpe()
         self._compiled = self._compile() if hf is None else None
         if hf is not None and self.model_type == "unigram":
-            # HF's Unigram: every piece in its trie with its score, in double precision
-            self.hf_scores = {p: (i, self.scores[i]) for p, i in self.vocab.items()}
-            self.hf_unk_score = min(self.scores, default=0.0) - UNK_PENALTY
+            # HF's Unigram: every piece in its trie with the file's score, in double precision
+            raw = getattr(hf, "scores", None) or self.scores
+            self.hf_scores = {p: (i, raw[i]) for p, i in self.vocab.items()}
+            self.hf_unk_score = min(raw, default=0.0) - UNK_PENALTY
             self.hf_max_len = max(map(len, self.hf_scores), default=1)
 
     # ---------------------------------------------------------------- set-up
@@ -556,6 +557,7 @@ def _model_from_hf(doc, model, vocab, specials, merges, layout, name) -> tuple[d
     scores, ranks = [0.0] * size, None
     if model["type"] == "Unigram":
         scores = [float(entry[1]) for entry in model["vocab"]] + [0.0] * (size - len(model["vocab"]))
+        layout.scores = scores  # HF adds the file's scores in double precision
     else:
         ranks = {}
         for r, (a, b) in enumerate(merges):
