@@ -18,7 +18,7 @@ import re
 
 from .errors import TokenizerError
 from .serial import hf_type
-from .spm_normalize import SPACE, Normalizer
+from .spm_normalize import SPACE
 
 # char::is_whitespace of Rust (Unicode White_Space), which HF's WhitespaceSplit splits on
 _WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
@@ -30,7 +30,7 @@ class HFLayout:
 
     def __init__(self, *, steps=(), prepend=False, whitespace_split=False, collapse=False,
                  metaspace=False, prepend_scheme="always", split=False, model="BPE", merges=None,
-                 fuse_unk=True, byte_fallback=False, decoder="llama", charsmap=None):
+                 fuse_unk=True, byte_fallback=False, charsmap=None):
         self.charsmap = charsmap
         self.unk_id = None  # the model's unknown token id (HF's BPE may have none)
         self.normalized_tokens, self.normalized_splitter = {}, None
@@ -40,7 +40,6 @@ class HFLayout:
         self.prepend_scheme, self.split = prepend_scheme, split
         self.model, self.merges = model, merges or {}
         self.fuse_unk, self.byte_fallback = fuse_unk, byte_fallback
-        self.decoder = decoder
 
     # ---------------------------------------------------------------- pre-processing
     def words(self, text: str, at_start: bool) -> list[str]:
