@@ -151,6 +151,7 @@ def added_special_tokens(tokenizer: dict, tcfg: dict) -> dict:
             flags.update(bos=True, eos=True, sep=True)
         elif kind == "TemplateProcessing":
             single = processor.get("single") or []
+            first = last = None
             if len(single) > 1:
                 first = (single[0].get("SpecialToken") or {}).get("id")
                 last = (single[-1].get("SpecialToken") or {}).get("id")
@@ -158,10 +159,37 @@ def added_special_tokens(tokenizer: dict, tcfg: dict) -> dict:
                     flags["bos"] = first == bos or not tcfg
                 if last:
                     flags["eos"] = last == eos or not tcfg
+            sep = _pair_separator(processor.get("pair") or [], first, last,
+                                  (_token_text(tcfg.get("sep_token")), eos))
+            if sep is not None:
+                flags["sep"] = sep
     for kind in ("bos", "eos"):
         if isinstance(tcfg.get(f"add_{kind}_token"), bool):
             flags.setdefault(kind, tcfg[f"add_{kind}_token"])
     return flags
+
+
+def _pair_separator(pair: list, first, last, separators) -> bool | None:
+    """Whether a pair template (A ... B) puts a separator between the sequences, as
+    gguf.SpecialVocab reads it: None when the template says nothing about it."""
+    def special(item):
+        return (item.get("SpecialToken") or {}).get("id") if isinstance(item, dict) else None
+
+    def sequence(item):
+        return (item.get("Sequence") or {}).get("id") if isinstance(item, dict) else None
+
+    if not pair:
+        return None
+    start = 1 if first and special(pair[0]) == first else 0
+    stop = -1 if last and special(pair[-1]) == last else None
+    pair = pair[start:stop]
+    if not pair or sequence(pair[0]) != "A" or sequence(pair[-1]) != "B" or len(pair) < 3:
+        return None
+    inner = pair[1:-1]
+    add = bool(special(inner[0]) and special(inner[0]) in separators and not last)
+    if len(inner) == 2 and special(inner[1]) in separators and special(inner[1]):
+        add = True
+    return add
 
 
 def _write_bpe(w, tokenizer, directory, config, tok_path, reads_prefix_space=False):
@@ -312,10 +340,13 @@ def _write_sentencepiece(w, model_path, directory, config):
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    # without a tokenizer.json llama.cpp's converter takes the special ids from config.json
-    _special_ids(w, tokens, directory, config, by_name=(directory / "tokenizer.json").is_file())
-    for flag, add in (("add_bos_token", w.add_add_bos_token), ("add_eos_token", w.add_add_eos_token)):
-        if isinstance(tcfg.get(flag), bool):
-            add(tcfg[flag])
+    # without a tokenizer.json llama.cpp's converter takes the special ids from config.json;
+    # with one, the added-token flags come from its post-processor first (gguf.SpecialVocab)
+    tok_json = directory / "tokenizer.json"
+    _special_ids(w, tokens, directory, config, by_name=tok_json.is_file())
+    flags = added_special_tokens(read_json_object(tok_json) if tok_json.is_file() else {}, tcfg)
+    for kind, add in (("bos", w.add_add_bos_token), ("eos", w.add_add_eos_token), ("sep", w.add_add_sep_token)):
+        if kind in flags:
+            add(flags[kind])
     if isinstance(tcfg.get("chat_template"), str):
         w.add_chat_template(tcfg["chat_template"])

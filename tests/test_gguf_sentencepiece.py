@@ -51,16 +51,24 @@ LLAMA2_CONFIG = {
 }
 
 
-@pytest.mark.parametrize("case", ["plain", "llama2"])
+@pytest.mark.parametrize("case", ["plain", "llama2", "with_tokenizer_json"])
 def test_tokenizer_keys_equal_convert_hf_to_gguf(tmp_path, capsys, case):
     if case == "plain":
         model = _llama_dir(tmp_path / case, "unigram_bytes")
+    elif case == "with_tokenizer_json":
+        # an HF llama repository: tokenizer.model beside the tokenizer.json transformers
+        # makes of it (llama.cpp's converter still reads the sentencepiece model)
+        from transformers import LlamaTokenizer
+
+        model = _llama_dir(tmp_path / case, "bpe_llama")
+        tok = LlamaTokenizer.from_pretrained(str(model), add_bos_token=True)
+        tok.save_pretrained(str(model))
     else:
         model = _llama_dir(tmp_path / case, "bpe_llama", vocab_extra=3, tokenizer_config=LLAMA2_CONFIG,
                            added_tokens={"<extra>": 1202})
     ours, theirs = _convert_both(model, tmp_path, "-", capsys)
-    keys = {k for k in set(ours) | set(theirs) if k.startswith("tokenizer.")}
-    assert keys == {k for k in theirs if k.startswith("tokenizer.")}
+    keys = {k for k in theirs if k.startswith("tokenizer.")}
+    assert {k for k in ours if k.startswith("tokenizer.")} == keys
     assert "tokenizer.ggml.scores" in keys and 6 in list(theirs["tokenizer.ggml.token_type"])
     for key in keys:
         a, b = ours[key], theirs[key]
