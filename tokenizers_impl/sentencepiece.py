@@ -237,9 +237,10 @@ class SentencePiece(Tokenizer):
             return self._compiled.encode(text)
         return self.ids_of(self.segment(self.normalizer.normalize(text)))
 
-    def encode_batch(self, texts) -> list[list[int]]:
+    def encode_batch(self, texts, threads: int = 0) -> list[list[int]]:
+        """Ids of each text; the compiled helper shares them out to `threads` threads (0: one per CPU)."""
         if self._compiled is not None and self._splitter is None and self.hf is None:
-            return self._compiled.encode_batch(list(texts))
+            return self._compiled.encode_batch(list(texts), threads)
         return [self.encode(t) for t in texts]
 
     def encode_reference(self, text: str) -> list[int]:
