@@ -1,5 +1,5 @@
 """tokenizer.json of the sentencepiece families: files that transformers makes from
-sentencepiece models (the Llama layout, the T5 layout) and files we write, encoded by us
+sentencepiece models (the Llama, Gemma and T5 layouts) and files we write, encoded by us
 exactly as HF `tokenizers` encodes them, and (where HF agrees with sentencepiece)
 as sentencepiece does; decoding as HF's decoders do."""
 import json
@@ -49,7 +49,7 @@ def transformers_file(name: str, tokenizer_class: str) -> str:
 
 
 CONVERTED = [("bpe_llama", "LlamaTokenizer"), ("bpe_bytes", "LlamaTokenizer"), ("bpe", "LlamaTokenizer"),
-             ("unigram_t5", "T5Tokenizer")]
+             ("bpe_llama", "GemmaTokenizer"), ("unigram_t5", "T5Tokenizer")]
 
 
 @pytest.mark.parametrize("name,cls", CONVERTED)
@@ -101,7 +101,8 @@ def test_written_tokenizer_json_loads_in_transformers(tmp_path):
         assert fast.encode(s, add_special_tokens=False) == sp.encode(s)
 
 
-@pytest.mark.parametrize("name,cls", [("bpe_llama", "LlamaTokenizer"), ("unigram_t5", "T5Tokenizer")])
+@pytest.mark.parametrize("name,cls", [("bpe_llama", "LlamaTokenizer"), ("unigram_t5", "T5Tokenizer"),
+                                      ("bpe_llama", "GemmaTokenizer")])
 @HYPO
 @given(text=st.text(ASSIGNED, max_size=30))
 def test_hypothesis_against_hf(name, cls, text):

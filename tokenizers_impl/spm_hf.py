@@ -4,6 +4,8 @@ The layouts transformers writes for sentencepiece models:
 - Llama 2 / Mistral (BPE with byte fallback): `Metaspace` pre-tokenizer (prepend "first",
   no split), or the legacy normalizers `Prepend("▁")` + `Replace(" ", "▁")`; decoders
   Replace(▁ -> space), ByteFallback, Fuse, Strip(one leading space);
+- Gemma (BPE with byte fallback): `Replace(" ", "▁")`, a Split after each space (which
+  the replacement leaves none of), decoders without Strip;
 - T5 (Unigram): `Precompiled` normalizer (the sentencepiece charsmap), `WhitespaceSplit`
   then `Metaspace` (prepend "always", split), decoder Metaspace.
 HF runs these stages, not sentencepiece's normalizer, so a file of this kind is encoded
@@ -30,8 +32,9 @@ class HFLayout:
 
     def __init__(self, *, steps=(), prepend=False, whitespace_split=False, collapse=False,
                  metaspace=False, prepend_scheme="always", split=False, model="BPE", merges=None,
-                 fuse_unk=True, byte_fallback=False, charsmap=None):
+                 fuse_unk=True, byte_fallback=False, charsmap=None, split_after=None):
         self.charsmap = charsmap
+        self.split_after = split_after  # Gemma's Split(" ", MergedWithPrevious): cut after each
         self.unk_id = None  # the model's unknown token id (HF's BPE may have none)
         self.normalized_tokens, self.normalized_splitter = {}, None
         self.steps = list(steps)  # the normalizers, in order: functions str -> str
@@ -46,6 +49,8 @@ class HFLayout:
         """The pieces HF's pre-tokenizer cuts one normalized part of the text into."""
         if not text:
             return []
+        if self.split_after is not None:
+            return [w for w in re.split(f"(?<={re.escape(self.split_after)})", text) if w]
         if self.whitespace_split:
             spans = [(m.start(), m.group()) for m in re.finditer(r"\S+", _WHITESPACE.sub(" ", text))]
         else:
@@ -250,6 +255,9 @@ def layout_of(doc: dict, model: dict, name: str) -> "HFLayout | None":
         kind = hf_type(step)
         if kind == "WhitespaceSplit":
             opts["whitespace_split"] = True
+        elif kind == "Split" and len(pres) == 1 and isinstance((step.get("pattern") or {}).get("String"), str) \
+                and step.get("behavior") == "MergedWithPrevious" and not step.get("invert") and step["pattern"]["String"]:
+            opts["split_after"] = step["pattern"]["String"]
         elif kind == "Metaspace" and step.get("replacement", SPACE) == SPACE:
             opts["metaspace"] = True
             scheme = step.get("prepend_scheme")
