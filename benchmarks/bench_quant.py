@@ -25,7 +25,9 @@ from quant import QuantType  # noqa: E402
 from report import result  # noqa: E402
 
 TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
-         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0"]
+# ggml ignores an importance vector for these
+NO_IMATRIX = ("F16", "BF16", "Q8_0", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0")
 
 
 def ggml_quantize(name, x, imatrix, threads, pool):
@@ -73,8 +75,8 @@ def main():
           f"{'ratio':>6}  same bytes")
     for name in args.types.split(","):
         for im in (None, imatrix):
-            if im is not None and name in ("F16", "BF16", "Q8_0"):
-                continue                                    # ggml ignores the vector for these
+            if im is not None and name in NO_IMATRIX:
+                continue
             probe = big[:16]
             t, _ = best_time(lambda: ggml_quantize(name, probe, im, 1, pool), 3)   # warm, then time
             rows = int(np.clip(16 * args.seconds / max(t, 1e-6), 16, big.shape[0])) // 16 * 16

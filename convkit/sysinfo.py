@@ -16,24 +16,28 @@ import convkit
 
 # compiled helper -> what it runs when built; without it the numpy twin gives the same bytes
 HELPERS = {
-    "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL) and f16/bf16 conversion",
+    "quant._kquants": "quantization (K-quants, Q4_0..Q8_0, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4) and f16/bf16 conversion",
     "tokenizers_impl._bpe": "BPE training, pre-tokenization and byte-level encoding",
+    "tokenizers_impl._spm_train": "sentencepiece-style training (Unigram and spm-bpe)",
     "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",
     "tokenizers_impl._spm": "sentencepiece models: normalization, Unigram and BPE segmentation",
 }
 # What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
 # 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level
-# BPE training on the pydoc text 7x, encoding 300 KB of it 65x; sentencepiece models
-# (1 MB of the docs) 60x (Unigram, one string) to 8x (BPE, line by line).
+# BPE training on the pydoc text 7x, encoding 300 KB of it 65x; sentencepiece-style training
+# on the pydoc text 10x (spm-bpe) to 14x (Unigram), spm-bpe on 20 MB about 45x; encoding
+# with sentencepiece models (1 MB of the docs) 60x (Unigram, one string) to 8x (BPE, line by line).
 MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
+    "tokenizers_impl._spm_train": "Unigram and spm-bpe training about 10x (pydoc text) to 45x (20 MB) slower",
     "quant._qdot": "generate decodes through dequantized weights instead, several times slower",
     "tokenizers_impl._spm": "sentencepiece-model encoding 10-60x slower",
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
 # the K-quant loops carry AVX2 and AVX-512 clones that the loader picks for the running CPU.
-HELPERS_ISA = "baseline instruction set, no -march; K-quant loops with AVX2/AVX-512 clones chosen at load time"
+HELPERS_ISA = ("baseline instruction set, no -march; K-quant loops with AVX2/AVX-512 clones chosen at load time, "
+               "block products with AVX2/AVX-512 VNNI paths chosen at run time")
 
 PACKAGES = ("numpy", "torch", "gguf", "safetensors", "sentencepiece", "click", "matplotlib")
 
@@ -169,7 +173,15 @@ def system_info() -> dict:
         "cpu": cpu_info(),
         "torch": torch_info(),
         "cpu_path": _cpu_path(),
+        "block_products": block_products(),
     }
+
+
+def block_products() -> dict:
+    """Which path quant._qdot's products (decoding, --numerics ggml) take on this CPU."""
+    from quant import qdot
+
+    return {"path": qdot.isa(), "forced": os.environ.get("CONVKIT_QDOT_ISA")}
 
 
 def _cpu_path() -> dict | None:

@@ -20,7 +20,7 @@ from .types import QuantType
 __all__ = ["QuantError", "QuantType", "TypeInfo", "quantize", "dequantize", "type_info",
            "register", "registers", "to_qtype", "types"]
 
-_BLOCK_MODULES = ("floats", "legacy", "iq4nl", "kquants")
+_BLOCK_MODULES = ("floats", "legacy", "iq4nl", "iq4xs", "kquants", "ternary", "mxfp4", "nvfp4", "q1_0")
 _loaded = False
 _load_lock = threading.Lock()
 

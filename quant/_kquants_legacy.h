@@ -323,17 +323,10 @@ static inline void lg_iq4_index(const float *v, uint8_t *idx) {
 
 #define LG_IQ4_TRIES 16   /* the first scale, then itry = -7..7 */
 
-static inline void lg_iq4nl_block(const float *x, const float *qw, uint8_t *y) {
-    float w[LG_QK], v[LG_QK], q[LG_IQ4_TRIES][LG_QK];
+/* The scale quantize_row_iq4_nl_impl picks for one 32-value block under weights w (0 below GROUP_MAX_EPS). */
+static inline float lg_iq4_scale(const float *x, const float *w) {
+    float v[LG_QK], q[LG_IQ4_TRIES][LG_QK];
     uint8_t idx[LG_QK];
-    if (qw) {
-        float s = 0;
-        for (int j = 0; j < LG_QK; ++j) s += x[j] * x[j];
-        s *= 2.f / LG_QK;
-        for (int j = 0; j < LG_QK; ++j) w[j] = qw[j] * sqrtf(s + x[j] * x[j]);
-    } else {
-        for (int j = 0; j < LG_QK; ++j) w[j] = x[j] * x[j];
-    }
     float amax = 0, vmax = 0;
     for (int j = 0; j < LG_QK; ++j) {
         float ax = fabsf(x[j]);
@@ -367,6 +360,21 @@ static inline void lg_iq4nl_block(const float *x, const float *qw, uint8_t *y) {
             }
         }
     }
+    return d;
+}
+
+static inline void lg_iq4nl_block(const float *x, const float *qw, uint8_t *y) {
+    float w[LG_QK], v[LG_QK];
+    uint8_t idx[LG_QK];
+    if (qw) {
+        float s = 0;
+        for (int j = 0; j < LG_QK; ++j) s += x[j] * x[j];
+        s *= 2.f / LG_QK;
+        for (int j = 0; j < LG_QK; ++j) w[j] = qw[j] * sqrtf(s + x[j] * x[j]);
+    } else {
+        for (int j = 0; j < LG_QK; ++j) w[j] = x[j] * x[j];
+    }
+    const float d = lg_iq4_scale(x, w);
     lg_put_f16(y, d);
     float id = d ? 1 / d : 0;
     for (int j = 0; j < LG_QK; ++j) v[j] = id * x[j];
@@ -403,6 +411,58 @@ KQ_CLONES static void lg_rows_iq4nl(const float *restrict x, const float *restri
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t b = 0; b < nb; ++b)
             lg_iq4nl_block(x + r * n + b * LG_QK, imatrix ? imatrix + b * LG_QK : NULL, out + (r * nb + b) * 18);
+}
+
+/* IQ4_XS: 256-value super-blocks of eight IQ4_NL-searched blocks, 6-bit block scales (quant/iq4xs.py). */
+#define LG_IQ4XS_QK 256
+#define LG_IQ4XS_BYTES 136
+
+static inline void lg_iq4xs_superblock(const float *x, const float *qw, uint8_t *y) {
+    float w[LG_QK], scales[8], v[LG_QK];
+    uint8_t idx[LG_QK];
+    float sigma2 = 0;
+    if (qw) {
+        for (int j = 0; j < LG_IQ4XS_QK; ++j) sigma2 += x[j] * x[j];
+        sigma2 *= 2.f / LG_IQ4XS_QK;
+    }
+    float max_scale = 0, amax_scale = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+        const float *xb = x + ib * LG_QK;
+        for (int j = 0; j < LG_QK; ++j)
+            w[j] = qw ? qw[ib * LG_QK + j] * sqrtf(sigma2 + xb[j] * xb[j]) : xb[j] * xb[j];
+        scales[ib] = lg_iq4_scale(xb, w);
+        const float a = fabsf(scales[ib]);
+        if (a > amax_scale) { amax_scale = a; max_scale = scales[ib]; }
+    }
+    const float d = -max_scale / 32;
+    lg_put_f16(y, d);
+    const float id = d ? 1 / d : 0.f;
+    uint16_t scales_h = 0;
+    uint8_t *scales_l = y + 4, *qs = y + 8;
+    memset(scales_l, 0, 4);
+    for (int ib = 0; ib < 8; ++ib) {
+        int l = kq_nearest_int(id * scales[ib]);
+        l = l < -32 ? -32 : l > 31 ? 31 : l;
+        const float dl = d * l;
+        const float idl = dl ? 1 / dl : 0.f;
+        for (int j = 0; j < LG_QK; ++j) v[j] = idl * x[ib * LG_QK + j];
+        lg_iq4_index(v, idx);
+        lg_pack_nibbles(idx, qs + ib * 16);
+        l += 32;
+        scales_l[ib / 2] |= (uint8_t)((l & 0xf) << (4 * (ib % 2)));
+        scales_h |= (uint16_t)((l >> 4) << (2 * ib));
+    }
+    y[2] = (uint8_t)scales_h;
+    y[3] = (uint8_t)(scales_h >> 8);
+}
+
+KQ_CLONES static void lg_rows_iq4xs(const float *restrict x, const float *restrict imatrix, int64_t rows,
+                                    int64_t n, uint8_t *restrict out) {
+    const int64_t nb = n / LG_IQ4XS_QK;
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < nb; ++b)
+            lg_iq4xs_superblock(x + r * n + b * LG_IQ4XS_QK, imatrix ? imatrix + b * LG_IQ4XS_QK : NULL,
+                                out + (r * nb + b) * LG_IQ4XS_BYTES);
 }
 
 /* F16 and BF16 rows: ggml_fp32_to_fp16_row / ggml_fp32_to_bf16_row_ref, value by value. */

@@ -10,27 +10,22 @@ The numpy code is the readable reference; quant._kquants converts faster when bu
 import numpy as np
 
 from ._threads import split_rows
+from .backend import compiled_or_none
 from .registry import register
 from .types import QuantType
 
 _CHUNK = 1 << 16     # values per step: bounds the temporaries
-
-try:                                    # optional compiled kernels
-    from . import _kquants as _compiled
-    if not hasattr(_compiled, "legacy"):
-        _compiled = None
-except ImportError:                     # pragma: no cover - depends on the build
-    _compiled = None
 
 
 def quantize_f32(x, imatrix=None, threads=1):
     return np.array(x, dtype=np.float32, order="C").view(np.uint8)    # a copy, never a view of x
 
 
-def _compiled_rows(type_id, x, threads):
+def _compiled_rows(compiled, qtype, x, threads):
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], 2 * x.shape[1]), dtype=np.uint8)
-    return split_rows(lambda xp, op, rows: _compiled.legacy(type_id, xp, None, op, rows, x.shape[1]),
+    tid = int(qtype)
+    return split_rows(lambda xp, op, rows: compiled.legacy(tid, xp, None, op, rows, x.shape[1]),
                       x, out, threads)
 
 
@@ -65,8 +60,9 @@ def _rowwise(x, convert):
 
 
 def quantize_f16(x, imatrix=None, threads=1, backend="auto"):
-    if backend != "numpy" and _compiled is not None and np.ndim(x) == 2:
-        return _compiled_rows(1, x, threads)
+    compiled = compiled_or_none(backend)
+    if compiled is not None and np.ndim(x) == 2:
+        return _compiled_rows(compiled, QuantType.F16, x, threads)
     return _rowwise(x, _f16_bits)
 
 
@@ -75,8 +71,9 @@ def dequantize_f16(data):
 
 
 def quantize_bf16(x, imatrix=None, threads=1, backend="auto"):
-    if backend != "numpy" and _compiled is not None and np.ndim(x) == 2:
-        return _compiled_rows(30, x, threads)
+    compiled = compiled_or_none(backend)
+    if compiled is not None and np.ndim(x) == 2:
+        return _compiled_rows(compiled, QuantType.BF16, x, threads)
     return _rowwise(x, _bf16_bits)
 
 
@@ -85,6 +82,6 @@ def dequantize_bf16(data):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-register(QuantType.F32, 1, 4, quantize_f32, dequantize_f32)
-register(QuantType.F16, 1, 2, quantize_f16, dequantize_f16)
-register(QuantType.BF16, 1, 2, quantize_bf16, dequantize_bf16)
+register(QuantType.F32, quantize_f32, dequantize_f32)
+register(QuantType.F16, quantize_f16, dequantize_f16)
+register(QuantType.BF16, quantize_bf16, dequantize_bf16)

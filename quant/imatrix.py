@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import QuantError
+from .types import QuantType
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 GGUF_ALIGNMENT = 32
 GGML_MAX_NAME = 64
-GGML_TYPE_F32 = 0
+GGML_TYPE_F32 = int(QuantType.F32)
 DEFAULT_CHUNK_SIZE = 512           # llama-imatrix: n_ctx 512 / n_parallel 1
 
 KEY_DATASETS = "imatrix.datasets"

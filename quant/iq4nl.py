@@ -12,12 +12,14 @@ the same arithmetic when it is built.
 import numpy as np
 
 from ._threads import split_rows
+from .backend import compiled_or_none
 from .errors import QuantError
 from .legacy import check_imatrix, fp16_bytes, pack_nibbles, signed_abs_max
 from .search import F32, GROUP_MAX_EPS, seq_sum
+from .types import QuantType, block_size, type_size
 
-QK = 32
-BLOCK_BYTES = 18
+QK = block_size(QuantType.IQ4_NL)
+BLOCK_BYTES = type_size(QuantType.IQ4_NL)
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _KV = KVALUES.astype(F32)
 _NTRY = 7
@@ -43,14 +45,11 @@ def _sums(x, w, idv):
     return sumqx, sumq2
 
 
-def _blocks(x, qw):
-    """float32 [B, 32], weights source qw [B, 32] or None -> uint8 [B, 18]."""
+def search_scales(x, w):
+    """The scale of each 32-value block [B, 32] under weights w [B, 32], as ggml's
+    quantize_row_iq4_nl_impl picks it (0 for a block below GROUP_MAX_EPS); float32 [B].
+    IQ4_XS runs the same search on the blocks of its super-blocks."""
     with np.errstate(all="ignore"):
-        if qw is None:
-            w = x * x
-        else:
-            sigma2 = seq_sum(np.ascontiguousarray((x * x).T)) * (F32(2) / F32(QK))
-            w = qw * np.sqrt(sigma2[:, None] + x * x)
         vmax, amax = signed_abs_max(x)
         empty = amax < GROUP_MAX_EPS
         d = -vmax / F32(KVALUES[0])
@@ -66,7 +65,18 @@ def _blocks(x, qw):
             d_t = c_sumqx[t] / c_sumq2[t]
             d = np.where(take, d_t, d)
             best = np.where(take, d_t * c_sumqx[t], best)
-        d = np.where(empty, F32(0), d).astype(F32)
+        return np.where(empty, F32(0), d).astype(F32)
+
+
+def _blocks(x, qw):
+    """float32 [B, 32], weights source qw [B, 32] or None -> uint8 [B, 18]."""
+    with np.errstate(all="ignore"):
+        if qw is None:
+            w = x * x
+        else:
+            sigma2 = seq_sum(np.ascontiguousarray((x * x).T)) * (F32(2) / F32(QK))
+            w = qw * np.sqrt(sigma2[:, None] + x * x)
+        d = search_scales(x, w)
         idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
         L = best_index(idv[:, None] * x)
     return np.concatenate([fp16_bytes(d), pack_nibbles(L)], axis=1)
@@ -97,16 +107,8 @@ def dequantize(data):
         return (d * _KV[idx]).reshape(rows, -1)
 
 
-try:                                    # optional compiled kernel; numpy above is the reference
-    from . import _kquants as _compiled
-    if not hasattr(_compiled, "legacy"):
-        _compiled = None
-except ImportError:                     # pragma: no cover - depends on the build
-    _compiled = None
-
-
 def has_compiled():
-    return _compiled is not None
+    return compiled_or_none() is not None
 
 
 def quantize(x, imatrix=None, threads=1, backend="auto"):
@@ -117,21 +119,19 @@ def quantize(x, imatrix=None, threads=1, backend="auto"):
     if x.ndim != 2 or x.shape[1] % QK:
         raise QuantError(f"IQ4_NL: rows of {x.shape[-1]} values cannot be cut into blocks of {QK}; "
                          "keep this tensor in F16")
-    if backend == "c" and _compiled is None:
-        raise QuantError("quant._kquants is not built; run `pip install -e .` with a C compiler")
-    if backend == "numpy" or _compiled is None:
+    compiled = compiled_or_none(backend)
+    if compiled is None:
         return quantize_numpy(x, imatrix)
     rows, n = x.shape
     qw = None if imatrix is None else check_imatrix("IQ4_NL", imatrix, n)
     out = np.empty((rows, n // QK * BLOCK_BYTES), dtype=np.uint8)
-    return split_rows(lambda xp, op, r: _compiled.legacy(20, xp, qw, op, r, n), x, out, threads)
+    tid = int(QuantType.IQ4_NL)
+    return split_rows(lambda xp, op, r: compiled.legacy(tid, xp, qw, op, r, n), x, out, threads)
 
 
 def _register():
     from .registry import register
-    from .types import QuantType
-    register(QuantType.IQ4_NL, QK, BLOCK_BYTES,
-             lambda x, imatrix, threads: quantize(x, imatrix, threads), dequantize)
+    register(QuantType.IQ4_NL, lambda x, imatrix, threads: quantize(x, imatrix, threads), dequantize)
 
 
 _register()

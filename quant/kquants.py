@@ -13,12 +13,15 @@ themselves with quant.registry (quant.quantize / quant.dequantize).
 """
 import numpy as np
 
+from ._threads import split_rows
+from .backend import compiled_or_none
 from .errors import QuantError
 from .search import (F32, GROUP_MAX_EPS, make_q3_quants, make_qkx_quants, make_qp_quants,
                      make_qx_quants, nearest_int, seq_sum)
+from .types import QuantType, block_size, type_size
 
-QK_K = 256
-BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
+QK_K = block_size(QuantType.Q4_K)
+BLOCK_BYTES = {name: type_size(QuantType[name]) for name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")}
 _CHUNK_BLOCKS = 512          # bounds the numpy work arrays ([candidates, n, groups]) to ~100 MB
 
 
@@ -304,21 +307,15 @@ def _q8_k_blocks(x, qw):
 
 # ---------------------------------------------------------------- public quantizers
 
-try:                                    # optional compiled kernels; numpy above is the reference
-    from . import _kquants as _compiled
-except ImportError:                     # pragma: no cover - depends on the build
-    _compiled = None
-
-_TYPE_IDS = {"Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15}
 _NUMPY_BLOCKS = {"Q2_K": _q2_k_blocks, "Q3_K": _q3_k_blocks, "Q4_K": _q4_k_blocks,
                  "Q5_K": _q5_k_blocks, "Q6_K": _q6_k_blocks, "Q8_K": _q8_k_blocks}
 
 
 def has_compiled():
-    return _compiled is not None
+    return compiled_or_none() is not None
 
 
-def _run_compiled(name, x, imatrix, threads):
+def _run_compiled(compiled, name, x, imatrix, threads):
     x = _as_rows(x, name)
     rows, n = x.shape
     qw = None
@@ -328,19 +325,8 @@ def _run_compiled(name, x, imatrix, threads):
             raise QuantError(f"{name}: importance vector has {qw.shape[0]} entries but rows have "
                              f"{n}; use the imatrix entry recorded for this tensor")
     out = np.empty((rows, n // QK_K * BLOCK_BYTES[name]), dtype=np.uint8)
-    tid = _TYPE_IDS[name]
-    threads = max(1, min(int(threads or 1), rows))
-    if threads == 1:
-        _compiled.kquant(tid, x, qw, out, rows, n)
-        return out
-    from concurrent.futures import ThreadPoolExecutor  # the kernel releases the GIL
-    bounds = np.linspace(0, rows, threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(_compiled.kquant, tid, x[a:b], qw, out[a:b], b - a, n)
-                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        for job in jobs:
-            job.result()
-    return out
+    tid = int(QuantType[name])
+    return split_rows(lambda xp, op, r: compiled.kquant(tid, xp, qw, op, r, n), x, out, threads)
 
 
 def quantize_k(name, x, imatrix=None, threads=1, backend="auto"):
@@ -348,12 +334,11 @@ def quantize_k(name, x, imatrix=None, threads=1, backend="auto"):
 
     backend: "auto" (compiled kernels when built), "c" (require them) or "numpy".
     """
-    if name not in _TYPE_IDS:
-        raise QuantError(f"{name}: not a K-quant type; use one of {', '.join(_TYPE_IDS)}")
-    if backend == "c" and _compiled is None:
-        raise QuantError("quant._kquants is not built; run `pip install -e .` with a C compiler")
-    if backend != "numpy" and _compiled is not None:
-        return _run_compiled(name, x, imatrix, threads)
+    if name not in BLOCK_BYTES:
+        raise QuantError(f"{name}: not a K-quant type; use one of {', '.join(BLOCK_BYTES)}")
+    compiled = compiled_or_none(backend)
+    if compiled is not None:
+        return _run_compiled(compiled, name, x, imatrix, threads)
     with np.errstate(all="ignore"):
         return _run_blocks(x, None if name == "Q8_K" else imatrix, name, BLOCK_BYTES[name],
                            _NUMPY_BLOCKS[name])
@@ -469,14 +454,12 @@ def _register():
     Q8_K stays out: it is ggml's activation format and never stored in a model file.
     """
     from .registry import register
-    from .types import QuantType
 
     for name, quantize, dequantize in (
             ("Q2_K", quantize_q2_k, dequantize_q2_k), ("Q3_K", quantize_q3_k, dequantize_q3_k),
             ("Q4_K", quantize_q4_k, dequantize_q4_k), ("Q5_K", quantize_q5_k, dequantize_q5_k),
             ("Q6_K", quantize_q6_k, dequantize_q6_k)):
-        register(QuantType[name], block_size=QK_K, type_size=BLOCK_BYTES[name],
-                 quantize=quantize, dequantize=dequantize)
+        register(QuantType[name], quantize=quantize, dequantize=dequantize)
 
 
 _register()

@@ -12,12 +12,14 @@ quant._kquants runs the same arithmetic faster and is used when it is built.
 import numpy as np
 
 from ._threads import split_rows
+from .backend import compiled_or_none
 from .errors import QuantError
 from .floats import _f16_bits
 from .search import F32, make_qkx_quants, make_qx_quants, seq_sum
+from .types import QuantType, type_size
 
 QK = 32
-BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+BLOCK_BYTES = {name: type_size(QuantType[name]) for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")}
 _CHUNK_BLOCKS = 1 << 14          # bounds the temporaries to a few MB per step
 _CHUNK_BLOCKS_WEIGHTED = 1 << 11 # the weighted searches hold [candidates, 32, blocks] arrays
 _FLT_MAX = np.finfo(np.float32).max
@@ -239,25 +241,15 @@ def dequantize(name, data):
 
 # ---------------------------------------------------------------- public entry and registration
 
-try:                                    # optional compiled kernels; numpy above is the reference
-    from . import _kquants as _compiled
-    if not hasattr(_compiled, "legacy"):
-        _compiled = None
-except ImportError:                     # pragma: no cover - depends on the build
-    _compiled = None
-
-_TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
-
-
 def has_compiled():
-    return _compiled is not None
+    return compiled_or_none() is not None
 
 
-def _run_compiled(name, x, qw, threads):
+def _run_compiled(compiled, name, x, qw, threads):
     rows, n = x.shape
     out = np.empty((rows, n // QK * BLOCK_BYTES[name]), dtype=np.uint8)
-    tid = _TYPE_IDS[name]
-    return split_rows(lambda xp, op, r: _compiled.legacy(tid, xp, qw, op, r, n), x, out, threads)
+    tid = int(QuantType[name])
+    return split_rows(lambda xp, op, r: compiled.legacy(tid, xp, qw, op, r, n), x, out, threads)
 
 
 def quantize(name, x, imatrix=None, threads=1, backend="auto"):
@@ -272,19 +264,17 @@ def quantize(name, x, imatrix=None, threads=1, backend="auto"):
     if x.ndim != 2 or x.shape[1] % QK:
         raise QuantError(f"{name}: rows of {x.shape[-1]} values cannot be cut into blocks of {QK}; "
                          "keep this tensor in F16")
-    if backend == "c" and _compiled is None:
-        raise QuantError("quant._kquants is not built; run `pip install -e .` with a C compiler")
-    if backend != "numpy" and _compiled is not None:
+    compiled = compiled_or_none(backend)
+    if compiled is not None:
         qw = None if imatrix is None or name == "Q8_0" else check_imatrix(name, imatrix, x.shape[1])
-        return _run_compiled(name, x, qw, threads)
+        return _run_compiled(compiled, name, x, qw, threads)
     return quantize_numpy(name, x, imatrix)
 
 
 def _register():
     from .registry import register
-    from .types import QuantType
-    for name, nbytes in BLOCK_BYTES.items():
-        register(QuantType[name], QK, nbytes,
+    for name in BLOCK_BYTES:
+        register(QuantType[name],
                  lambda x, imatrix, threads, _n=name: quantize(_n, x, imatrix, threads),
                  lambda data, _n=name: dequantize(_n, data))
 

@@ -15,88 +15,35 @@ from enum import IntEnum
 from typing import Iterable, Mapping, Sequence
 
 from .errors import QuantError
-
-try:
-    from .types import QuantType
-except ImportError:  # the shared type registry is optional here; the ids are ggml's
-    class QuantType(IntEnum):
-        F32 = 0
-        F16 = 1
-        Q4_0 = 2
-        Q4_1 = 3
-        Q5_0 = 6
-        Q5_1 = 7
-        Q8_0 = 8
-        Q2_K = 10
-        Q3_K = 11
-        Q4_K = 12
-        Q5_K = 13
-        Q6_K = 14
-        IQ4_NL = 20
-        BF16 = 30
-
-
-class FileType(IntEnum):
-    """llama.cpp's `llama_ftype` ids (the GGUF key general.file_type)."""
-    ALL_F32 = 0
-    MOSTLY_F16 = 1
-    MOSTLY_Q4_0 = 2
-    MOSTLY_Q4_1 = 3
-    MOSTLY_Q8_0 = 7
-    MOSTLY_Q5_0 = 8
-    MOSTLY_Q5_1 = 9
-    MOSTLY_Q2_K = 10
-    MOSTLY_Q3_K_S = 11
-    MOSTLY_Q3_K_M = 12
-    MOSTLY_Q3_K_L = 13
-    MOSTLY_Q4_K_S = 14
-    MOSTLY_Q4_K_M = 15
-    MOSTLY_Q5_K_S = 16
-    MOSTLY_Q5_K_M = 17
-    MOSTLY_Q6_K = 18
-    MOSTLY_BF16 = 32
-
+from .types import (FILE_TYPE_ALIASES, FILE_TYPE_BY_ID, FILE_TYPE_BY_NAME, FILE_TYPES, FileType,
+                    QuantType, block_size, is_quantized)
 
 T = QuantType
 F = FileType
 
-# llama_ftype_get_default_type
-DEFAULT_TYPE = {
-    F.ALL_F32: T.F32, F.MOSTLY_F16: T.F16, F.MOSTLY_BF16: T.BF16,
-    F.MOSTLY_Q4_0: T.Q4_0, F.MOSTLY_Q4_1: T.Q4_1, F.MOSTLY_Q5_0: T.Q5_0,
-    F.MOSTLY_Q5_1: T.Q5_1, F.MOSTLY_Q8_0: T.Q8_0, F.MOSTLY_Q2_K: T.Q2_K,
-    F.MOSTLY_Q3_K_S: T.Q3_K, F.MOSTLY_Q3_K_M: T.Q3_K, F.MOSTLY_Q3_K_L: T.Q3_K,
-    F.MOSTLY_Q4_K_S: T.Q4_K, F.MOSTLY_Q4_K_M: T.Q4_K,
-    F.MOSTLY_Q5_K_S: T.Q5_K, F.MOSTLY_Q5_K_M: T.Q5_K, F.MOSTLY_Q6_K: T.Q6_K,
-}
+# The file types whose mix rules _mix_rule carries (llama_tensor_get_type_impl's branches
+# for them). A file type is offered when it is here and its default type is registered.
+MIXES = frozenset({
+    F.ALL_F32, F.MOSTLY_F16, F.MOSTLY_BF16, F.MOSTLY_Q4_0, F.MOSTLY_Q4_1, F.MOSTLY_Q5_0,
+    F.MOSTLY_Q5_1, F.MOSTLY_Q8_0, F.MOSTLY_Q2_K, F.MOSTLY_Q2_K_S, F.MOSTLY_Q3_K_S,
+    F.MOSTLY_Q3_K_M, F.MOSTLY_Q3_K_L, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_S,
+    F.MOSTLY_Q5_K_M, F.MOSTLY_Q6_K, F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS, F.MOSTLY_TQ1_0,
+    F.MOSTLY_TQ2_0, F.MOSTLY_MXFP4_MOE,
+} | {getattr(F, n) for n in ("MOSTLY_Q1_0",) if n in F.__members__})
+# the IQ1/IQ2 file types share one branch of llama.cpp's rules
+_IQ12 = frozenset(getattr(F, n) for n in ("MOSTLY_IQ2_XXS", "MOSTLY_IQ2_XS", "MOSTLY_IQ1_S",
+                                          "MOSTLY_IQ2_S", "MOSTLY_IQ2_M", "MOSTLY_IQ1_M"))
+_TERNARY = frozenset(getattr(F, n) for n in ("MOSTLY_TQ1_0", "MOSTLY_TQ2_0", "MOSTLY_Q2_0")
+                     if n in F.__members__)
 
-# The names llama-quantize accepts for a file type (case-insensitive), with its aliases.
-FILE_TYPE_NAMES = {
-    "Q4_0": F.MOSTLY_Q4_0, "Q4_1": F.MOSTLY_Q4_1, "Q5_0": F.MOSTLY_Q5_0,
-    "Q5_1": F.MOSTLY_Q5_1, "Q2_K": F.MOSTLY_Q2_K, "Q3_K": F.MOSTLY_Q3_K_M,
-    "Q3_K_S": F.MOSTLY_Q3_K_S, "Q3_K_M": F.MOSTLY_Q3_K_M, "Q3_K_L": F.MOSTLY_Q3_K_L,
-    "Q4_K": F.MOSTLY_Q4_K_M, "Q4_K_S": F.MOSTLY_Q4_K_S, "Q4_K_M": F.MOSTLY_Q4_K_M,
-    "Q5_K": F.MOSTLY_Q5_K_M, "Q5_K_S": F.MOSTLY_Q5_K_S, "Q5_K_M": F.MOSTLY_Q5_K_M,
-    "Q6_K": F.MOSTLY_Q6_K, "Q8_0": F.MOSTLY_Q8_0, "F16": F.MOSTLY_F16,
-    "BF16": F.MOSTLY_BF16, "F32": F.ALL_F32,
-}
-
-# ggml_type_name spellings, which --tensor-type and friends accept case-insensitively
-TYPE_NAMES = {
-    "f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q4_0": T.Q4_0, "q4_1": T.Q4_1,
-    "q5_0": T.Q5_0, "q5_1": T.Q5_1, "q8_0": T.Q8_0, "q2_k": T.Q2_K, "q3_k": T.Q3_K,
-    "q4_k": T.Q4_K, "q5_k": T.Q5_K, "q6_k": T.Q6_K, "iq4_nl": T.IQ4_NL,
-}
-
-BLOCK_SIZE = {
-    T.F32: 1, T.F16: 1, T.BF16: 1,
-    T.Q4_0: 32, T.Q4_1: 32, T.Q5_0: 32, T.Q5_1: 32, T.Q8_0: 32, T.IQ4_NL: 32,
-    T.Q2_K: 256, T.Q3_K: 256, T.Q4_K: 256, T.Q5_K: 256, T.Q6_K: 256,
-}
-_UNQUANTIZED = (T.F32, T.F16, T.BF16)
-
-# tensor_type_fallback: a 256-block type whose row length does not divide goes here
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+# tensor_type_fallback: a type of more than 32 values per block whose row length does not
+# divide goes here (types on the left hold 256, those on the right 32)
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
+             T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
+             T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL,
+             T.IQ2_S: T.IQ4_NL, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL}
+if "Q2_0" in T.__members__:
+    _FALLBACK[T.Q2_0] = T.Q4_0
 
 # Substrings that keep a tensor unquantized (tensor_allows_quantization), whatever the arch.
 _NEVER_QUANTIZED_PARTS = (
@@ -118,38 +65,68 @@ _LAYERS_70B = {"llama": 80, "qwen2": 80, "olmo": 80, "deci": 80, "jais2": 68}
 
 # ---------------------------------------------------------------- parsing user strings
 
-def parse_file_type(text) -> FileType:
-    """A file type from llama-quantize's spelling ("q4_k_m", "Q8_0", "f16", "15", "MOSTLY_Q6_K")."""
-    if isinstance(text, FileType):
-        return text
-    if isinstance(text, int):
+def writable_file_types() -> list:
+    """The file types convkit writes: their mix rules are here and their default type is
+    registered with quant (so every tensor of the mix can be quantized), in table order."""
+    from . import type_info
+
+    found = []
+    for info in FILE_TYPES:
+        if info.ftype not in MIXES:
+            continue
         try:
-            return FileType(text)
-        except ValueError:
-            raise QuantError(_unknown_file_type(str(text))) from None
-    key = str(text).strip().upper()
-    if key in FILE_TYPE_NAMES:
-        return FILE_TYPE_NAMES[key]
-    if key in FileType.__members__:
-        return FileType[key]
-    if key.lstrip("+-").isdigit():
-        return parse_file_type(int(key))
-    raise QuantError(_unknown_file_type(str(text)))
+            type_info(info.default)
+        except QuantError:
+            continue
+        found.append(info)
+    return found
 
 
-def _unknown_file_type(text):
-    names = ", ".join(n.lower() for n in FILE_TYPE_NAMES)
-    return f"unknown file type '{text}'; use one of: {names}"
+def file_type_names() -> list:
+    """llama-quantize's names of the file types convkit writes (what --type takes)."""
+    return [info.name for info in writable_file_types()]
+
+
+def parse_file_type(text, writable: bool = True) -> FileType:
+    """A file type from llama-quantize's spelling ("q4_k_m", "Q8_0", "f16", "15", "MOSTLY_Q6_K").
+
+    One line naming the valid ones for a name that is unknown, or known to llama.cpp but not
+    written by convkit (with writable=False: whose mix rules are here, whether or not every
+    type of the mix can be quantized yet)."""
+    if isinstance(text, FileType):
+        ftype = text
+    else:
+        key = str(text).strip().lower()
+        key = FILE_TYPE_ALIASES.get(key, key)
+        if key.lstrip("+-").isdigit():
+            found = FILE_TYPE_BY_ID.get(int(key))
+            ftype = found and found.ftype
+        elif key in FILE_TYPE_BY_NAME:
+            ftype = FILE_TYPE_BY_NAME[key].ftype
+        else:
+            ftype = FileType.__members__.get(key.upper())
+        if ftype is None or ftype not in FILE_TYPE_BY_ID:
+            raise QuantError(f"unknown file type '{text}'; use one of: {', '.join(file_type_names())}")
+    allowed = {info.ftype for info in writable_file_types()} if writable else MIXES
+    if ftype not in allowed:
+        name = FILE_TYPE_BY_ID[ftype].name if ftype in FILE_TYPE_BY_ID else ftype.name
+        raise QuantError(f"file type '{name}' is not written by convkit yet; use one of: "
+                         f"{', '.join(file_type_names())}")
+    return ftype
+
+
+def default_type(ftype) -> QuantType:
+    """llama_ftype_get_default_type."""
+    return FILE_TYPE_BY_ID[parse_file_type(ftype)].default
 
 
 def parse_type_name(text) -> QuantType:
-    """A block type from its ggml name ("q8_0", "Q6_K", "f16"), case-insensitive."""
+    """A tensor type convkit can write, from its ggml name ("q8_0", "Q6_K", "f16"), case-insensitive."""
+    from . import type_info
+
     if isinstance(text, QuantType):
-        return text
-    key = str(text).strip().lower()
-    if key in TYPE_NAMES:
-        return TYPE_NAMES[key]
-    raise QuantError(f"unknown tensor type '{text}'; use one of: {', '.join(TYPE_NAMES)}")
+        return type_info(text).qtype
+    return type_info(str(text).strip().lower()).qtype
 
 
 def parse_tensor_type_option(text: str) -> tuple[str, QuantType]:
@@ -263,12 +240,12 @@ def allows_quantization(name: str, shape: Sequence[int], *, quantize_output: boo
 
 def fallback_type(row_length: int, qtype: QuantType, name: str = "tensor") -> QuantType:
     """tensor_type_fallback: a type whose block does not divide the row gets a 32-block type, else F16."""
-    if row_length % BLOCK_SIZE[qtype] == 0:
+    if row_length % block_size(qtype) == 0:
         return qtype
     result = _FALLBACK.get(qtype, qtype)
-    if BLOCK_SIZE[qtype] > 32 and result == qtype:
+    if block_size(qtype) > 32 and result == qtype:
         raise QuantError(f"{name}: no fallback is defined for type {qtype.name}; choose another type")
-    if row_length % BLOCK_SIZE[result]:
+    if row_length % block_size(result):
         result = T.F16
     return result
 
@@ -303,10 +280,12 @@ def plan_types(tensors: Iterable, ftype, *, n_layer: int | None = None,
       (--tensor-type); output_type / token_embedding_type as the flags of those names;
       pure: no mix rules (--pure); quantize_output=False: --leave-output-tensor;
       has_imatrix: an importance matrix is given (changes Q4_0/Q5_0 ffn_down).
-    Returns {name: QuantType} in the order given.
+    Returns {name: QuantType} in the order given. Without has_imatrix, a mix that
+    llama.cpp refuses to make without an importance matrix (tensor_requires_imatrix) is
+    refused here too, before any tensor is read.
     """
-    ftype = parse_file_type(ftype)
-    default = DEFAULT_TYPE[ftype]
+    ftype = parse_file_type(ftype, writable=False)
+    default = FILE_TYPE_BY_ID[ftype].default
     items = [_unpack(item) for item in tensors]
     names = [name for name, _, _ in items]
     if len(set(names)) != len(names):
@@ -341,7 +320,7 @@ def plan_types(tensors: Iterable, ftype, *, n_layer: int | None = None,
             chosen[name] = _checked(name, row, output_type, "--output-tensor-type")
             continue
         new_type = default
-        if default in _UNQUANTIZED:
+        if not is_quantized(default):
             chosen[name] = new_type
             continue
         manual = next((t for rx, t in patterns if rx.search(name)), None)
@@ -351,7 +330,22 @@ def plan_types(tensors: Iterable, ftype, *, n_layer: int | None = None,
             new_type = _mix_rule(state, model, new_type, name, shape, ftype, cat,
                                  output_type, has_imatrix)
         chosen[name] = fallback_type(row, new_type, name)
+        if not has_imatrix and requires_imatrix(name, chosen[name], ftype):
+            raise QuantError(f"{FILE_TYPE_BY_ID[ftype].name} needs an importance matrix ({name} gets "
+                             f"{chosen[name].name.lower()}, which is garbage without one); give --imatrix FILE "
+                             f"(`convkit imatrix` makes one) or choose another type")
     return {name: chosen[name] for name in names}
+
+
+# types whose ggml quantizer gives garbage without importance weights
+_NEEDS_IMATRIX = frozenset(getattr(T, n) for n in ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"))
+
+
+def requires_imatrix(name: str, qtype, ftype) -> bool:
+    """tensor_requires_imatrix: whether llama.cpp refuses this tensor's type without an imatrix."""
+    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+        return False
+    return qtype in _NEEDS_IMATRIX or (qtype == T.Q2_K and ftype == F.MOSTLY_Q2_K_S)
 
 
 def _unpack(item):
@@ -372,9 +366,9 @@ def _unpack(item):
 
 def _checked(name, row, qtype, flag):
     # llama.cpp takes these types as given and aborts on a row the block does not divide
-    if row % BLOCK_SIZE[qtype]:
+    if row % block_size(qtype):
         raise QuantError(f"{name}: rows of {row} values do not divide into {qtype.name} blocks of "
-                         f"{BLOCK_SIZE[qtype]}; choose another type for {flag}")
+                         f"{block_size(qtype)}; choose another type for {flag}")
     return qtype
 
 
@@ -404,7 +398,7 @@ def _layer_info(model, counter, n, name):
 
 
 def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_imatrix):
-    """llama_tensor_get_type_impl for the K-quant and legacy file types."""
+    """llama_tensor_get_type_impl for the file types in MIXES."""
     C = _Category
     falcon = model.arch == "falcon"
     n_expert = model.n_expert
@@ -412,19 +406,34 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
     if cat == C.OUTPUT or (model.tied and cat == C.TOKEN_EMBD):
         if output_type is not None:
             return output_type
-        if falcon or shape[-1] % BLOCK_SIZE[new_type]:
+        if ftype == F.MOSTLY_MXFP4_MOE or falcon or shape[-1] % block_size(new_type):
             return T.Q8_0
+        if ftype in _IQ12:
+            return T.Q5_K
         return T.Q6_K if new_type != T.Q8_0 else new_type
 
+    if ftype == F.MOSTLY_MXFP4_MOE:
+        # experts (3-D, ne[2] > 1) in MXFP4, everything else Q8_0
+        experts = len(shape) >= 3 and shape[-3] > 1
+        if model.arch == "bailingmoe3":
+            experts = experts and cat in (C.FFN_UP, C.FFN_GATE, C.FFN_DOWN)
+        return T.MXFP4 if experts else T.Q8_0
+
     if cat == C.TOKEN_EMBD:
+        if ftype in _TERNARY:
+            return T.Q4_K
         return new_type
 
     if _is_attn_v(cat):
         if ftype == F.MOSTLY_Q2_K:
             new_type = T.Q4_K if model.n_gqa >= 4 else T.Q3_K
+        elif ftype == F.MOSTLY_Q2_K_S and model.n_gqa >= 4:
+            new_type = T.Q4_K
         elif ftype == F.MOSTLY_Q3_K_M:
             new_type = T.Q5_K if qs.i_attention_wv < 2 else T.Q4_K
         elif ftype == F.MOSTLY_Q3_K_L:
+            new_type = T.Q5_K
+        elif ftype in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and model.n_gqa >= 4:
             new_type = T.Q5_K
         elif ftype in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and use_more_bits(qs.i_attention_wv, qs.n_attention_wv):
             new_type = T.Q6_K
@@ -442,6 +451,9 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
         i_layer, n_layer = _layer_info(model, qs.i_ffn_down, qs.n_ffn_down, name)
         if ftype == F.MOSTLY_Q2_K:
             new_type = T.Q3_K
+        elif ftype == F.MOSTLY_Q2_K_S:
+            if i_layer < _cdiv(n_layer, 8):
+                new_type = T.Q4_K
         elif ftype == F.MOSTLY_Q3_K_M:
             if i_layer < _cdiv(n_layer, 16):
                 new_type = T.Q5_K
@@ -457,6 +469,9 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
                             else T.Q5_K if use_more_bits(i_layer, n_layer) else T.Q4_K)
             elif use_more_bits(i_layer, n_layer):
                 new_type = T.Q6_K
+        elif (i_layer < _cdiv(n_layer, 8) and ftype in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS)
+              and not has_imatrix):
+            new_type = T.Q5_K
         elif ftype == F.MOSTLY_Q5_K_M and use_more_bits(i_layer, n_layer):
             new_type = T.Q6_K
         elif ftype == F.MOSTLY_Q4_K_S and not falcon and i_layer < _cdiv(n_layer, 8):
@@ -468,8 +483,8 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
     elif cat == C.ATTN_OUTPUT:
         if not falcon:
             if n_expert == 8:
-                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M,
-                             F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M):
+                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_IQ4_NL,
+                             F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ4_XS):
                     new_type = T.Q5_K
             elif ftype == F.MOSTLY_Q2_K:
                 new_type = T.Q3_K

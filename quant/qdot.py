@@ -14,22 +14,24 @@ blocks (uint8 [rows, bytes_per_row]) and float32 activations x [tokens, n]:
 The functions below are the readable reference, vectorized over rows and tokens with
 numpy and looping over blocks in ggml's order. The compiled helper quant._qdot computes
 the same numbers bit for bit (its vector paths only do the integer parts faster) and is
-used when it is built; CONVKIT_QDOT_ISA=scalar makes it use its plain C path.
+used when it is built. It takes the best path the CPU has (avx512vnni, avx2, scalar);
+CONVKIT_QDOT_ISA=avx2 or =scalar makes it use a lower one.
 """
 import os
 
 import numpy as np
 
-from .types import QuantType as T
+from . import iq4nl
+from .types import QuantType as T, block_size, type_size
 
 try:
     from . import _qdot as _compiled
 except ImportError:  # no compiler at install time: the numpy path below
     _compiled = None
 
-ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.Q4_1: "q8_1", T.Q4_K: "q8_k", T.Q6_K: "q8_k"}
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q8_0: (32, 34), T.Q4_K: (256, 144),
-         T.Q6_K: (256, 210)}
+ACTIVATION = {T.Q4_0: "q8_0", T.Q5_0: "q8_0", T.Q8_0: "q8_0", T.IQ4_NL: "q8_0", T.Q4_1: "q8_1", T.Q5_1: "q8_1",
+              T.Q2_K: "q8_k", T.Q3_K: "q8_k", T.Q4_K: "q8_k", T.Q5_K: "q8_k", T.Q6_K: "q8_k"}
+BLOCK = {t: (block_size(t), type_size(t)) for t in ACTIVATION}
 F32 = np.float32
 
 
@@ -48,8 +50,20 @@ def compiled_types() -> frozenset:
     return COMPILED_TYPES
 
 
+_tiled: frozenset | None = None  # cache of tiled_types(), reset by set_isa
+
+
+def tiled_types() -> frozenset:
+    """The types whose compiled product on the current path computes several activation rows
+    per pass over a weight row (fast for a prompt's rows too, not only for decoding)."""
+    global _tiled
+    if _tiled is None:
+        _tiled = frozenset(T(t) for t in _compiled.tiled_types()) if _compiled is not None else frozenset()
+    return _tiled
+
+
 def isa() -> str:
-    """The instruction set the compiled products use ('scalar', 'avx2'), or 'numpy'."""
+    """The instruction set the compiled products use ('scalar', 'avx2', 'avx512vnni'), or 'numpy'."""
     return _compiled.isa() if _compiled is not None else "numpy"
 
 
@@ -115,8 +129,14 @@ def weight_values(w: np.ndarray, qtype):
         qh = b[..., 2:6].copy().view("<u4")[..., 0]
         high = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int32) << 4
         return (_nibbles(b[..., 6:22]) | high) - 16, {"d": _half(b, 0)}
+    if qtype == T.Q5_1:
+        qh = b[..., 4:8].copy().view("<u4")[..., 0]
+        high = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int32) << 4
+        return _nibbles(b[..., 8:24]) | high, {"d": _half(b, 0), "m": _half(b, 2)}
     if qtype == T.Q8_0:
         return b[..., 2:34].view(np.int8).astype(np.int32), {"d": _half(b, 0)}
+    if qtype == T.IQ4_NL:
+        return iq4nl.KVALUES.astype(np.int32)[_nibbles(b[..., 2:18])], {"d": _half(b, 0)}
     raise ValueError(f"no 32-value product for {qtype!r}")
 
 
@@ -129,6 +149,63 @@ def q4_k_values(w: np.ndarray):
     qs = b[..., 16:144].reshape(*b.shape[:2], 4, 32)
     values = np.stack([qs & 0x0F, qs >> 4], -2).reshape(*b.shape[:2], 256).astype(np.int32)
     return values, scales, mins, _half(b, 0), _half(b, 2)
+
+
+def q5_k_values(w: np.ndarray):
+    """Q5_K: as Q4_K (scales and mins the same), with each value's fifth bit from qh: bit 2j of
+    qh[l] for value l of 32-value sub-block 2j, bit 2j + 1 for sub-block 2j + 1."""
+    b = _blocks(w, T.Q5_K)
+    sc = b[..., 4:16].astype(np.int32)
+    scales = np.concatenate([sc[..., 0:4] & 63, (sc[..., 8:12] & 0x0F) | ((sc[..., 0:4] >> 6) << 4)], -1)
+    mins = np.concatenate([sc[..., 4:8] & 63, (sc[..., 8:12] >> 4) | ((sc[..., 4:8] >> 6) << 4)], -1)
+    qh = b[..., 16:48].astype(np.int32)
+    qs = b[..., 48:176].reshape(*b.shape[:2], 4, 32).astype(np.int32)
+    high = np.stack([(qh >> k) & 1 for k in range(8)], -2)  # [rows, nb, 8 sub-blocks, 32]
+    low = np.stack([qs & 0x0F, qs >> 4], -2).reshape(*b.shape[:2], 8, 32)
+    values = (low | (high << 4)).reshape(*b.shape[:2], 256)
+    return values, scales, mins, _half(b, 0), _half(b, 2)
+
+
+def q3_k_values(w: np.ndarray):
+    """Q3_K: values [rows, nb, 256] in -4..3 (2 bits, minus 4 where the hmask bit is clear),
+    scales [rows, nb, 16] in -32..31, d."""
+    b = _blocks(w, T.Q3_K)
+    hm = b[..., 0:32].astype(np.int32)
+    q3 = b[..., 32:96].reshape(*b.shape[:2], 2, 32).astype(np.int32)
+    low = np.stack([(q3 >> (2 * s)) & 3 for s in range(4)], -2)  # [rows, nb, 2, 4, 32]
+    high = np.stack([(hm >> bit) & 1 for bit in range(8)], -2).reshape(*b.shape[:2], 2, 4, 32)
+    values = (low - 4 * (1 - high)).reshape(*b.shape[:2], 256)
+    a = b[..., 96:108].copy().view("<u4").astype(np.uint32)
+    tmp = a[..., 2]
+    m1, m2 = np.uint32(0x03030303), np.uint32(0x0F0F0F0F)
+    words = np.stack([(a[..., 0] & m2) | (((tmp >> 0) & m1) << 4), (a[..., 1] & m2) | (((tmp >> 2) & m1) << 4),
+                      ((a[..., 0] >> 4) & m2) | (((tmp >> 4) & m1) << 4),
+                      ((a[..., 1] >> 4) & m2) | (((tmp >> 6) & m1) << 4)], -1).astype("<u4")
+    scales = words.view(np.int8).astype(np.int32) - 32
+    return values, scales, _half(b, 108)
+
+
+def q2_k_values(w: np.ndarray):
+    """Q2_K: values [rows, nb, 256] in 0..3, 4-bit scales and mins [rows, nb, 16], d and dmin."""
+    b = _blocks(w, T.Q2_K)
+    sc = b[..., 0:16].astype(np.int32)
+    q2 = b[..., 16:80].reshape(*b.shape[:2], 2, 32).astype(np.int32)
+    values = np.stack([(q2 >> (2 * j)) & 3 for j in range(4)], -2).reshape(*b.shape[:2], 256)
+    return values, sc & 0xF, sc >> 4, _half(b, 80), _half(b, 82)
+
+
+def _q2_k_matmul(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """ggml_vec_dot_q2_K_q8_K: one integer sum per block, sumf += dall * isum - dmin * summs."""
+    q, dx, bsums = quantize_q8_k(x)
+    values, scales, mins, dw, dmin = q2_k_values(w)
+    sumf = np.zeros((values.shape[0], q.shape[0]), F32)
+    for i in range(values.shape[1]):
+        prod = (values[:, None, i, :] * q[None, :, i, :]).reshape(values.shape[0], q.shape[0], 16, 16).sum(-1)
+        isum = (prod * scales[:, None, i, :]).sum(-1).astype(F32)
+        summs = (bsums[None, :, i, :] * mins[:, None, i, :]).sum(-1).astype(F32)
+        dall, dm = dx[None, :, i] * dw[:, i, None], dx[None, :, i] * dmin[:, i, None]
+        sumf = sumf + (dall * isum - dm * summs)
+    return sumf.T
 
 
 def q6_k_values(w: np.ndarray):
@@ -145,7 +222,7 @@ def q6_k_values(w: np.ndarray):
 # ------------------------------------------------------------------ products (reference)
 def _legacy_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     values, fields = weight_values(w, qtype)
-    if qtype == T.Q4_1:
+    if qtype in (T.Q4_1, T.Q5_1):
         q, dx, sx = quantize_q8_1(x)
     else:
         q, dx, _ = quantize_q8_0(x)
@@ -157,8 +234,10 @@ def _legacy_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
         wd, xd = dw[:, i, None], dx[None, :, i]
         if qtype == T.Q4_0:
             sumf = sumf + s * wd * xd
-        elif qtype == T.Q4_1:
+        elif qtype in (T.Q4_1, T.Q5_1):
             sumf = sumf + ((wd * xd) * s + fields["m"][:, i, None] * sx[None, :, i])
+        elif qtype == T.IQ4_NL:
+            sumf = sumf + (xd * wd) * s
         elif qtype == T.Q5_0:
             sumf = sumf + (wd * xd) * s
         else:  # Q8_0
@@ -173,11 +252,11 @@ def _lanes(prod: np.ndarray, scale_per_value: np.ndarray) -> np.ndarray:
 
 def _kquant_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     q, dx, bsums = quantize_q8_k(x)
-    if qtype == T.Q4_K:
-        values, scales, mins, dw, dmin = q4_k_values(w)
+    if qtype in (T.Q4_K, T.Q5_K):
+        values, scales, mins, dw, dmin = q4_k_values(w) if qtype == T.Q4_K else q5_k_values(w)
         per_value = np.repeat(scales, 32, -1)
     else:
-        values, scales, dw = q6_k_values(w)
+        values, scales, dw = q6_k_values(w) if qtype == T.Q6_K else q3_k_values(w)
         per_value = np.repeat(scales, 16, -1)
     rows, tokens = values.shape[0], q.shape[0]
     sums = np.zeros((rows, tokens, 8), F32)
@@ -187,7 +266,7 @@ def _kquant_matmul(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
         aux32 = _lanes(prod, per_value[:, None, i, :]).astype(F32)
         d = dw[:, i, None] * dx[None, :, i]
         sums = sums + d[..., None] * aux32
-        if qtype == T.Q4_K:
+        if qtype in (T.Q4_K, T.Q5_K):
             sumi = (bsums[None, :, i, :] * np.repeat(mins[:, None, i, :], 2, -1)).sum(-1).astype(F32)
             sumf = sumf - (dmin[:, i, None] * dx[None, :, i]) * sumi
     for lane in range(8):
@@ -201,7 +280,9 @@ def matmul_reference(qtype, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     if qtype not in ACTIVATION:
         raise ValueError(f"no quantized product for {qtype.name}")
     x = np.atleast_2d(np.asarray(x, F32))
-    if qtype in (T.Q4_K, T.Q6_K):
+    if qtype == T.Q2_K:
+        return np.ascontiguousarray(_q2_k_matmul(w, x))
+    if qtype in (T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
         return np.ascontiguousarray(_kquant_matmul(qtype, w, x))
     return np.ascontiguousarray(_legacy_matmul(qtype, w, x))
 
@@ -229,7 +310,10 @@ def matmul(qtype, w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None,
 
 
 def set_isa(name: str) -> str:
-    """'scalar' or 'best' (for tests that compare the compiled paths); returns the one in use."""
+    """'scalar', 'avx2', 'avx512vnni' (ValueError where the CPU lacks it) or 'best', for tests
+    that compare the compiled paths; returns the one in use."""
+    global _tiled
     if _compiled is None:
         return "numpy"
+    _tiled = None
     return _compiled.set_isa(name)

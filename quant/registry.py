@@ -1,9 +1,9 @@
 """The type registry: for each ggml type its block geometry and its two functions.
 
-A block family registers itself with `register` (or the `registers` decorator):
+A block family registers itself with `register`; the block geometry comes from
+quant/types.py (gguf-py's table), never from the caller:
 
-    register(QuantType.Q4_0, block_size=32, type_size=18,
-             quantize=quantize_q4_0, dequantize=dequantize_q4_0)
+    register(QuantType.Q4_0, quantize=quantize_q4_0, dequantize=dequantize_q4_0)
 
 - `quantize(x, imatrix, threads)`: x is float32 C-contiguous [rows, n] with n already
   checked to be a multiple of block_size; imatrix is None or float32 [n]; returns uint8
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import QuantError
-from .types import QuantType
+from .types import QuantType, block_size, type_size
 
 
 @dataclass(frozen=True)
@@ -47,43 +47,46 @@ class TypeInfo:
 _TYPES: dict = {}
 
 
-def register(qtype, block_size: int, type_size: int, quantize: Callable, dequantize: Callable) -> TypeInfo:
+def register(qtype, quantize: Callable, dequantize: Callable) -> TypeInfo:
     """Make a type available to quant.quantize / quant.dequantize (later registrations win)."""
-    info = TypeInfo(QuantType(int(qtype)), int(block_size), int(type_size), quantize, dequantize)
+    qtype = QuantType(int(qtype))
+    info = TypeInfo(qtype, block_size(qtype), type_size(qtype), quantize, dequantize)
     _TYPES[info.qtype] = info
     return info
 
 
-def registers(qtype, block_size: int, type_size: int, dequantize: Callable):
+def registers(qtype, dequantize: Callable):
     """Decorator form of `register` for a quantize function."""
     def wrap(quantize):
-        register(qtype, block_size, type_size, quantize, dequantize)
+        register(qtype, quantize, dequantize)
         return quantize
     return wrap
 
 
+def _names() -> str:
+    return ", ".join(i.name.lower() for i in registered())
+
+
 def to_qtype(qtype) -> QuantType:
-    """QuantType from a QuantType, a gguf.GGMLQuantizationType, an int, or a name ("q4_k")."""
+    """QuantType from a QuantType (gguf.GGMLQuantizationType), an int, or a name ("q4_k")."""
     if isinstance(qtype, str):
         try:
             return QuantType[qtype.strip().upper()]
         except KeyError:
-            raise QuantError(f"unknown quantization type {qtype!r}; use one of "
-                             f"{', '.join(t.name for t in QuantType)}") from None
+            raise QuantError(f"unknown tensor type '{qtype.strip()}'; use one of: {_names()}") from None
     try:
         return QuantType(int(qtype))
     except (TypeError, ValueError):
         name = getattr(qtype, "name", qtype)
-        raise QuantError(f"unsupported quantization type {name!r}; use one of "
-                         f"{', '.join(t.name for t in QuantType)}") from None
+        raise QuantError(f"unknown tensor type '{name}'; use one of: {_names()}") from None
 
 
 def lookup(qtype) -> TypeInfo:
     t = to_qtype(qtype)
     info = _TYPES.get(t)
     if info is None:
-        raise QuantError(f"{t.name}: quantization is not available for this type; use one of "
-                         f"{', '.join(sorted(i.name for i in _TYPES.values()))}")
+        raise QuantError(f"tensor type {t.name.lower()} cannot be quantized by convkit yet; "
+                         f"use one of: {_names()}")
     return info
 
 

@@ -12,7 +12,7 @@ from convkit.cli import main
 from realdata import smollm2_gguf
 from smollm2_fixture import NEWER_CONVERTER_KEYS, smollm2_checkpoint
 
-FILE_TYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18}
+FILE_TYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30}
 # descriptive keys convert_hf_to_gguf takes from the model card, which a checkpoint does not carry
 CARD_KEYS = {"general.name", "general.organization", "general.finetune", "general.basename",
              "general.size_label", "general.license", "general.languages"}

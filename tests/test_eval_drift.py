@@ -18,6 +18,34 @@ def test_types_are_checked():
         drift.parse_types("q8_0,q9_x")
 
 
+def test_drift_takes_exactly_the_types_quantize_takes():
+    """One list: every name `convkit quantize --type` takes (iq4_nl included) is a drift type, and a
+    name llama.cpp knows but convkit does not write yet is refused by both."""
+    from quant.errors import QuantError
+    from quant.mixes import file_type_names, parse_file_type
+
+    names = file_type_names()
+    assert "iq4_nl" in names
+    assert drift.parse_types(",".join(names)) == names
+    for name in names:
+        parse_file_type(name)
+    with pytest.raises(ConvkitError, match="unknown type iq2_xxs"):
+        drift.parse_types("q8_0,iq2_xxs")
+    with pytest.raises(QuantError):
+        parse_file_type("iq2_xxs")
+
+
+def test_unknown_drift_type_stops_before_any_work(tmp_path, capsys):
+    """The type is checked before the text is read or the base model runs (neither exists here)."""
+    from convkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["drift", str(tmp_path / "missing.gguf"), "--types", "q8_0,q9_x", "--text", str(tmp_path / "none.txt")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "q9_x" in err and "missing" not in err
+
+
 def test_drift_report_from_cached_files(tmp_path):
     """MODEL's 'quantized' file is already in the cache (a copy of MODEL itself), so the report
     must show zero drift: KLD 0 up to the 16-bit base storage, same top token everywhere.
@@ -77,3 +105,32 @@ def test_plot_without_matplotlib_is_one_clear_error(tmp_path, monkeypatch, capsy
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matplotlib" in err[0]
+
+
+@pytest.mark.parametrize("bad", ["q2_k_s", "q1_0"])
+def test_type_this_model_cannot_take_stops_before_the_base_runs(tmp_path, capsys, monkeypatch, bad):
+    """q2_k_s needs an importance matrix (drift takes none) for the sample's 256-wide rows;
+    q1_0's 128-value blocks fit no row of a 64-wide model: both are found from the plan,
+    before the base model is evaluated."""
+    from pathlib import Path
+    from convkit.cli import main
+    from convkit.commands import drift as drift_command
+    from test_bad_checkpoints import _tiny_model
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the base model must not run")
+
+    monkeypatch.setattr(drift_command, "_evaluate", no_evaluation)
+    if bad == "q2_k_s":
+        model = Path(__file__).resolve().parents[1] / "samples" / "tiny-llama"
+    else:
+        model_dir = tmp_path / "model"
+        model_dir.mkdir()
+        model = _tiny_model(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text("some text to score " * 50)
+    with pytest.raises(SystemExit) as exit_:
+        main(["drift", str(model), "--types", f"q8_0,{bad}", "--text", str(text), "--cache", str(tmp_path / "c")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("importance matrix" in err or "fallback" in err), err

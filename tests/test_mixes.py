@@ -15,10 +15,12 @@ import pytest
 from quant.errors import QuantError
 from quant.mixes import (FileType, QuantType, allows_quantization, fallback_type,
                          parse_file_type, parse_tensor_type_option, parse_type_name,
-                         plan_types, use_more_bits)
+                         plan_types, use_more_bits, MIXES)
+from quant.types import FILE_TYPES
 from realdata import smollm2_gguf
 
-ALL_FILE_TYPES = list(FileType)
+# every file type whose mix rules quant.mixes carries (whether or not all its types are written yet)
+ALL_FILE_TYPES = [info.ftype for info in FILE_TYPES if info.ftype in MIXES]
 
 
 # ---------------------------------------------------------------- the llama.cpp oracle
@@ -124,7 +126,19 @@ def model_description(path):
     return tensors, hparams
 
 
+# file types llama.cpp refuses to write without an importance matrix (tensor_requires_imatrix)
+NEEDS_IMATRIX = {FileType.MOSTLY_Q2_K_S}
+
+
+def ones_imatrix(tensors):
+    """A neutral importance matrix: one entry per column (times the experts of a 3-D tensor)."""
+    return {name: np.ones(shape[-1] * (shape[-3] if len(shape) == 3 else 1), np.float32)
+            for name, shape, _ in tensors if allows_quantization(name, shape)}
+
+
 def ours(tensors, hparams, ftype, **kw):
+    if ftype in NEEDS_IMATRIX:
+        kw.setdefault("has_imatrix", True)
     return {name: int(t) for name, t in plan_types(tensors, ftype, **hparams, **kw).items()}
 
 
@@ -141,14 +155,62 @@ def smollm2():
     return smollm2_gguf(), *model_description(smollm2_gguf())
 
 
+# file types whose block no SmolLM2 row length holds and which llama.cpp has no fallback
+# for: llama_model_quantize refuses them there (tested below), and so does plan_types
+NO_FALLBACK = {f for f in ALL_FILE_TYPES if f.name == "MOSTLY_Q1_0"}
+WITH_FALLBACK = [f for f in ALL_FILE_TYPES if f not in NO_FALLBACK]
+
+
 @pytest.fixture(scope="module")
 def smollm2_oracle(smollm2, tmp_path_factory):
     src, _, _ = smollm2
     out = tmp_path_factory.mktemp("mixes") / "out.gguf"
-    return {ftype: llama_quantize(src, out, ftype, dry_run=True) for ftype in ALL_FILE_TYPES}
+    return {ftype: llama_quantize(src, out, ftype, dry_run=True) for ftype in WITH_FALLBACK}
 
 
-@pytest.mark.parametrize("ftype", ALL_FILE_TYPES, ids=lambda f: f.name)
+@pytest.mark.parametrize("ftype", sorted(NO_FALLBACK), ids=lambda f: f.name)
+def test_types_without_fallback_are_refused_like_llama_quantize(smollm2, tmp_path, ftype):
+    """SmolLM2's 576-wide rows hold no 128-value block; llama.cpp throws, so do we. On a model
+    whose rows all hold the block, the types equal llama_model_quantize's."""
+    src, tensors, hparams = smollm2
+    with pytest.raises(AssertionError, match="llama_model_quantize failed"):
+        llama_quantize(src, tmp_path / "out.gguf", ftype, dry_run=True)
+    with pytest.raises(QuantError, match="no fallback"):
+        plan_types(tensors, ftype, **hparams)
+    path = tmp_path / "wide.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    for key, value in (("block_count", 4), ("context_length", 64), ("embedding_length", 256),
+                       ("feed_forward_length", 512), ("head_count", 4), ("head_count_kv", 1)):
+        getattr(writer, f"add_{key}")(value)
+    writer.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (8, 256), "output_norm.weight": (256,), "output.weight": (8, 256)}
+    for i in range(4):
+        shapes.update({f"blk.{i}.attn_norm.weight": (256,), f"blk.{i}.attn_q.weight": (2, 256),
+                       f"blk.{i}.attn_k.weight": (2, 256), f"blk.{i}.attn_v.weight": (2, 256),
+                       f"blk.{i}.attn_output.weight": (2, 256), f"blk.{i}.ffn_norm.weight": (256,),
+                       f"blk.{i}.ffn_gate.weight": (2, 256), f"blk.{i}.ffn_up.weight": (2, 256),
+                       f"blk.{i}.ffn_down.weight": (2, 512)})
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    wide, wide_hparams = model_description(path)
+    expected = llama_quantize(path, tmp_path / "out.gguf", ftype)
+    got = ours(wide, wide_hparams, ftype)
+    assert got == expected, describe_diff(expected, got)
+    assert expected["blk.0.attn_q.weight"] == int(default_of(ftype))
+
+
+def default_of(ftype):
+    """The file type's default tensor type, from quant's table."""
+    from quant.types import FILE_TYPE_BY_ID
+    return FILE_TYPE_BY_ID[ftype].default
+
+
+@pytest.mark.parametrize("ftype", WITH_FALLBACK, ids=lambda f: f.name)
 def test_smollm2_types_match_llama_quantize(smollm2, smollm2_oracle, ftype):
     _, tensors, hparams = smollm2
     expected = smollm2_oracle[ftype]
@@ -214,8 +276,7 @@ def test_smollm2_overrides_match_llama_quantize(smollm2, tmp_path, case):
 def test_smollm2_imatrix_changes_q4_0_ffn_down(smollm2, tmp_path):
     """With an importance matrix, Q4_0 sends the first eighth of ffn_down to Q4_1."""
     src, tensors, hparams = smollm2
-    imatrix = {name: np.ones(shape[-1], np.float32) for name, shape, _ in tensors
-               if allows_quantization(name, shape)}
+    imatrix = ones_imatrix(tensors)
     expected = llama_quantize(src, tmp_path / "out.gguf", FileType.MOSTLY_Q4_0, imatrix=imatrix,
                               dry_run=True)
     got = ours(tensors, hparams, FileType.MOSTLY_Q4_0, has_imatrix=True)
@@ -301,8 +362,9 @@ def test_synthetic_models_match_llama_quantize(synthetic_models, tmp_path, label
     src = synthetic_models[label]
     tensors, hparams = model_description(src)
     failures = []
-    for ftype in ALL_FILE_TYPES:
-        expected = llama_quantize(src, tmp_path / "out.gguf", ftype)
+    for ftype in WITH_FALLBACK:
+        imatrix = ones_imatrix(tensors) if ftype in NEEDS_IMATRIX else None
+        expected = llama_quantize(src, tmp_path / "out.gguf", ftype, imatrix=imatrix)
         got = ours(tensors, hparams, ftype)
         if got != expected:
             failures.append(f"{ftype.name}:\n{describe_diff(expected, got)}")
@@ -373,3 +435,11 @@ def test_fallback_and_use_more_bits():
     assert fallback_type(512, QuantType.Q3_K) == QuantType.Q3_K
     more = [i for i in range(30) if use_more_bits(i, 30)]
     assert more == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+
+
+def test_mix_that_needs_an_importance_matrix_is_refused_without_one(smollm2):
+    """llama.cpp bails out of Q2_K_S without an imatrix; so does the plan, before any tensor is read."""
+    _, tensors, hparams = smollm2
+    with pytest.raises(QuantError, match="needs an importance matrix"):
+        plan_types(tensors, FileType.MOSTLY_Q2_K_S, **hparams)
+    assert plan_types(tensors, FileType.MOSTLY_Q2_K_S, **hparams, has_imatrix=True)

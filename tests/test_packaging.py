@@ -189,6 +189,16 @@ def test_version_and_env(tmp_path):
             if line:
                 got = {name for name, has in features.items() if has}
                 assert got == set(line.split()[1:]) & set(features), line
+    from quant import qdot
+
+    # the block products' path agrees with the CPU features read above
+    assert info["block_products"] == {"path": qdot.isa(), "forced": None}
+    if qdot.isa() == "avx512vnni":
+        assert features["avx512_vnni"] and features["avx512bw"] and features["avx512vl"]
+    forced = subprocess.run([sys.executable, "-m", "convkit", "env", "--json"], capture_output=True, text=True,
+                            env={**os.environ, "CONVKIT_QDOT_ISA": "scalar"})
+    assert json.loads(forced.stdout)["block_products"] == {"path": "scalar" if qdot.compiled_types() else "numpy",
+                                                         "forced": "scalar"}
     text = subprocess.run([sys.executable, "-m", "convkit", "env"], capture_output=True, text=True)
     assert text.returncode == 0 and text.stdout.startswith(f"convkit {convkit.__version__}\n")
     assert "compiled helpers missing" not in text.stderr  # env says it itself, not twice

@@ -18,7 +18,7 @@ from convkit.runtime.linear import QTensor, QuantLinear
 from quant import qdot
 from realdata import smollm2_gguf
 
-TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K, T.Q6_K]
+TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 compiled = pytest.mark.skipif(not qdot.compiled_types(), reason="quant._qdot is not built")
 
 
@@ -39,26 +39,33 @@ def _activations(tokens, n, seed):
 
 
 def _width(qtype):  # 18 blocks of 32 (not a multiple of 8: the vector paths' tail) or 2 of 256
-    return 512 if qtype in (T.Q4_K, T.Q6_K) else 576
+    return 512 if quant.type_info(qtype).block_size == 256 else 576
 
 
-def _both_paths(qtype, w, x):
+def _every_path(qtype, w, x):
+    """{path: result} for every compiled path this CPU can run (the best one last)."""
+    results = {}
     try:
-        assert qdot.set_isa("scalar") == "scalar"
-        scalar = qdot.matmul(qtype, w, x, threads=2)
+        for isa in ("scalar", "avx2", "avx512vnni"):
+            try:
+                assert qdot.set_isa(isa) == isa
+            except ValueError:  # not on this CPU
+                continue
+            results[isa] = qdot.matmul(qtype, w, x, threads=2)
     finally:
-        best = qdot.set_isa("best")
-    return scalar, qdot.matmul(qtype, w, x, threads=2), best
+        qdot.set_isa("best")
+    return results
 
 
 def _emulated(qtype, w, x):
     """The runtime's torch emulation of ggml (dequantized weight, one float32 GEMM)."""
     layer = QuantLinear(QTensor(torch.from_numpy(np.ascontiguousarray(w)), qtype))
-    saved, quantized_products.MAX_ROWS = quantized_products.MAX_ROWS, 0
+    saved = quantized_products.MAX_ROWS, quantized_products.MAX_TILED_ROWS
+    quantized_products.MAX_ROWS = quantized_products.MAX_TILED_ROWS = 0
     try:
         return GgmlNumerics().linear(layer, torch.from_numpy(x)).numpy(), layer.dense_weight(torch.float32).numpy()
     finally:
-        quantized_products.MAX_ROWS = saved
+        quantized_products.MAX_ROWS, quantized_products.MAX_TILED_ROWS = saved
 
 
 def _order_bound(dense, x):
@@ -88,15 +95,16 @@ def test_twin_quantizes_activations_as_ggml_numerics():
 
 @compiled
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("tokens", [1, 5, 8, 19])
 def test_compiled_paths_equal_the_twin_bit_for_bit(qtype, tokens):
     n = _width(qtype)
     w = _weights(qtype, 67, n, int(qtype))
     x = _activations(tokens, n, tokens)
     twin = qdot.matmul_reference(qtype, w, x)
-    scalar, best, isa = _both_paths(qtype, w, x)
-    assert np.array_equal(scalar.view(np.uint32), twin.view(np.uint32)), "scalar path"
-    assert np.array_equal(best.view(np.uint32), twin.view(np.uint32)), f"{isa} path"
+    paths = _every_path(qtype, w, x)
+    assert "scalar" in paths
+    for isa, got in paths.items():
+        assert np.array_equal(got.view(np.uint32), twin.view(np.uint32)), f"{isa} path"
     assert np.array_equal(qdot.matmul(qtype, w, x, threads=1).view(np.uint32), twin.view(np.uint32))
 
 
@@ -106,22 +114,24 @@ def test_long_rows_keep_one_running_sum():
     w = _weights(T.Q8_0, 5, n, 1)
     x = _activations(2, n, 2)
     twin = qdot.matmul_reference(T.Q8_0, w, x)
-    scalar, best, _ = _both_paths(T.Q8_0, w, x)
-    assert np.array_equal(scalar, twin) and np.array_equal(best, twin)
+    assert all(np.array_equal(got, twin) for got in _every_path(T.Q8_0, w, x).values())
 
 
 @compiled
-def test_forced_scalar_path_by_environment_gives_the_same_bits(tmp_path):
+@pytest.mark.parametrize("forced", ["scalar", "avx2"])
+def test_forced_path_by_environment_gives_the_same_bits(tmp_path, forced):
+    levels = ["scalar", "avx2", "avx512vnni"]
+    expected = levels[min(levels.index(forced), levels.index(qdot.isa()))]
     qtype, n = T.Q4_K, 512
     w, x = _weights(qtype, 40, n, 3), _activations(3, n, 4)
     np.save(tmp_path / "w.npy", w)
     np.save(tmp_path / "x.npy", x)
     script = ("import sys, numpy as np; from quant import qdot; d = sys.argv[1]; "
               "print(qdot.isa()); np.save(d + '/y.npy', qdot.matmul(12, np.load(d + '/w.npy'), np.load(d + '/x.npy')))")
-    env = dict(os.environ, CONVKIT_QDOT_ISA="scalar")
+    env = dict(os.environ, CONVKIT_QDOT_ISA=forced)
     run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
                          check=True)
-    assert run.stdout.strip() == "scalar"
+    assert run.stdout.strip() == expected
     assert np.array_equal(np.load(tmp_path / "y.npy"), qdot.matmul(qtype, w, x))
 
 
@@ -177,8 +187,9 @@ def test_real_smollm2_rows():
         n = quant.type_info(qtype).block_size * w.shape[1] // quant.type_info(qtype).type_size
         x = (g.standard_normal((2, n)) * np.linspace(0.1, 3, n)).astype(np.float32)
         twin = qdot.matmul_reference(qtype, w, x)
-        scalar, best, _ = _both_paths(qtype, w, x)
-        assert np.array_equal(scalar, twin) and np.array_equal(best, twin), name
+        paths = _every_path(qtype, w, x)
+        assert all(np.array_equal(got, twin) for got in paths.values()), name
+        best = paths[qdot.isa()]
         emulated, dense = _emulated(qtype, w, x)
         assert np.all(np.abs(best - emulated) <= _order_bound(dense, x)), name
 
@@ -217,6 +228,7 @@ def test_generate_default_uses_block_products_and_tracks_llama_cpp(monkeypatch):
     blocks = _teacher_forced(model, prompt, tokens)
     assert list(blocks.argmax(1)) == tokens  # the CLI's greedy choices are these logits'
     monkeypatch.setattr(quantized_products, "MAX_ROWS", 0)  # the torch emulation of the same arithmetic
+    monkeypatch.setattr(quantized_products, "MAX_TILED_ROWS", 0)
     emulated = _teacher_forced(model, prompt, tokens)
     # Quantizing activations to Q8 makes the logits jump when a value crosses a rounding
     # boundary, so two orders of float additions already differ visibly; the emulation's
@@ -227,3 +239,28 @@ def test_generate_default_uses_block_products_and_tracks_llama_cpp(monkeypatch):
     clear = top2[:, 1] - top2[:, 0] > 2 * yardstick  # steps where llama.cpp's choice is not a near tie
     assert clear.sum() >= 3
     assert np.array_equal(blocks.argmax(1)[clear], peer.argmax(1)[clear])
+
+
+@compiled
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_prompt_rows_use_tiled_products_and_dense_products_get_threads_back(qtype):
+    n = _width(qtype)
+    layer = QuantLinear(QTensor(torch.from_numpy(_weights(qtype, 24, n, 6)), qtype))
+    prompt = torch.from_numpy(_activations(40, n, 5))
+    assert (qtype in qdot.tiled_types()) == (qdot.isa() != "scalar")
+    assert quantized_products.usable(layer, prompt) == (qtype in qdot.tiled_types())
+    assert not quantized_products.usable(layer, torch.from_numpy(_activations(100, n, 5)))
+    if qtype in qdot.tiled_types():  # a prompt's rows: the block products, bit for bit
+        want = qdot.matmul_reference(qtype, layer.weight.data.numpy(), prompt.numpy())
+        got = GgmlNumerics().linear(layer, prompt).numpy()
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with quantized_products.few_rows():
+            assert torch.get_num_threads() == 1
+            with quantized_products.all_threads():
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -13,7 +13,7 @@ import quant
 from oracle import ggml_dequantize, ggml_quantize
 from quant import QuantError, QuantType
 
-ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL",
+ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0",
              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
 
@@ -78,8 +78,9 @@ def test_quantize_matches_ggml_and_round_trips_like_gguf(name):
     back = quant.dequantize(ours, name)
     assert back.dtype == np.float32 and back.shape == x.shape
     gtype = gguf.GGMLQuantizationType[name]
-    theirs = gguf.quants.dequantize(ours.view(np.float16) if name == "F16" else ours, gtype)
-    assert np.array_equal(back.view(np.uint32), np.asarray(theirs, np.float32).reshape(x.shape).view(np.uint32))
+    if gtype in gguf.quants._type_traits or name in ("F32", "F16"):       # gguf-py has no Q1_0
+        theirs = gguf.quants.dequantize(ours.view(np.float16) if name == "F16" else ours, gtype)
+        assert np.array_equal(back.view(np.uint32), np.asarray(theirs, np.float32).reshape(x.shape).view(np.uint32))
     if name != "F32":
         assert np.array_equal(back.view(np.uint32), ggml_dequantize(ours, gtype, x.shape[1]).view(np.uint32))
 
@@ -118,3 +119,28 @@ def test_memory_is_a_small_constant_times_the_input(name):
             tracemalloc.stop()
         assert peak <= 1.5 * x.nbytes, f"{name}: peak {peak / x.nbytes:.2f}x the input"
         del out
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_bytes_do_not_depend_on_the_thread_count(name):
+    x = _data(rows=11, n=512, seed=3)
+    im = np.random.default_rng(4).uniform(0.1, 2.0, 512).astype(np.float32)
+    for imatrix in (None, im):
+        one = quant.quantize(x, name, imatrix=imatrix, threads=1)
+        for threads in (2, 3, 8, 16):
+            assert np.array_equal(quant.quantize(x, name, imatrix=imatrix, threads=threads), one), (name, threads)
+
+
+def test_compiled_helper_writes_ggmls_geometry():
+    """The C kernels carry their block layouts; each must agree with gguf-py's table."""
+    from quant.backend import compiled_or_none
+
+    compiled = compiled_or_none("c")
+    checked = 0
+    for info in quant.types():
+        geometry = compiled.geometry(int(info.qtype))
+        if geometry is not None and info.block_size > 1:
+            assert tuple(geometry) == gguf.GGML_QUANT_SIZES[info.qtype], info.name
+            checked += 1
+    assert compiled.geometry(int(QuantType.Q8_K)) == gguf.GGML_QUANT_SIZES[QuantType.Q8_K]
+    assert checked >= 14

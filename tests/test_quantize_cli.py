@@ -182,3 +182,59 @@ def test_sharded_bf16_f16_checkpoint(model, tmp_path):
         name = {"model.layers.0.mlp.down_proj.weight": "blk.0.ffn_down.weight", "model.norm.weight": "output_norm.weight",
                 "model.layers.0.mlp.gate_proj.weight": "blk.0.ffn_gate.weight"}[hf]
         np.testing.assert_array_equal(got[name].reshape(expected.shape), expected)
+
+
+def test_unknown_type_is_one_line_before_the_model_is_read(tmp_path, capsys):
+    """Checked before the model is opened: the path does not even exist."""
+    from quant.mixes import file_type_names
+
+    missing = tmp_path / "no-such-model"
+    assert _run(["quantize", str(missing), "--type", "q9_x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "q9_x" in err and str(missing) not in err
+    assert all(name in err for name in file_type_names())
+    for bad in (["--type", "q4_0", "--tensor-type", "attn_v=q9_9"], ["--type", "q4_0", "--output-type", "iq9"],
+                ["--type", "q4_0", "--token-embedding-type", "nope"], ["--type", "iq2_xxs"]):
+        assert _run(["quantize", str(missing), *bad]) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "use one of" in err and str(missing) not in err, err
+
+
+def test_threads_default_to_the_usable_cores():
+    import os
+
+    from convkit.commands.quantize import available_cores, quantize
+    assert available_cores() == len(os.sched_getaffinity(0))
+    threads = next(p for p in quantize.params if p.name == "threads")
+    assert threads.default is available_cores      # evaluated when the command runs
+
+
+@pytest.mark.parametrize("ftype", ["q4_k_m", "iq4_nl", "q8_0"])
+def test_bytes_do_not_depend_on_the_thread_count(model, tmp_path, ftype):
+    outs = []
+    for threads in (1, 2, 3, 7):
+        out = tmp_path / f"{ftype}-{threads}.gguf"
+        assert _run(["quantize", str(model), "--type", ftype, "-o", str(out), "--threads", str(threads),
+                     "--quiet"]) == 0
+        outs.append(out.read_bytes())
+    assert all(o == outs[0] for o in outs[1:])
+
+
+def test_imatrix_of_the_wrong_length_stops_before_writing(model, tmp_path, capsys, monkeypatch):
+    from quant.imatrix import from_statistics, write_imatrix
+
+    from convkit import convert_pipeline
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the wrong imatrix must be found before the writer starts")
+
+    monkeypatch.setattr(convert_pipeline, "run", no_run)
+
+    imatrix = tmp_path / "imatrix.gguf"
+    stats = {"blk.0.attn_q.weight": (np.ones(63, np.float32), np.array([10]))}
+    write_imatrix(imatrix, from_statistics(stats, ["x"], 1, 512))
+    out = tmp_path / "o.gguf"
+    assert _run(["quantize", str(model), "--type", "q4_0", "--imatrix", str(imatrix), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "blk.0.attn_q.weight" in err and "63" in err
+    assert not out.exists() and list(tmp_path.glob("o.gguf*")) == []

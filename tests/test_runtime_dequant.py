@@ -11,7 +11,16 @@ from convkit.runtime.load import unpermute_index
 
 # byte offsets of the fp16 scales inside one block: random bytes there could be NaN/inf
 FP16_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0], T.Q2_K: [80, 82],
-               T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [210 - 2], T.IQ4_NL: [0], T.IQ4_XS: [0]}
+               T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [210 - 2], T.IQ4_NL: [0], T.IQ4_XS: [0],
+               T.TQ1_0: [52], T.TQ2_0: [64], T.MXFP4: [], T.NVFP4: [], T.Q1_0: [0]}
+
+
+def reference(data, qtype):
+    """gguf-py's values; for a type gguf-py lacks (Q1_0), quant's (equal to ggml's: tests/test_quant_*)."""
+    if qtype in gguf.quants._type_traits:
+        return gguf.quants.dequantize(data, qtype)
+    import quant
+    return quant.dequantize(data, qtype)
 
 
 def random_blocks(qtype, rows, row_length, seed=0):
@@ -36,7 +45,7 @@ def test_every_block_type_is_covered():
 @pytest.mark.parametrize("qtype", list(FP16_FIELDS), ids=lambda t: t.name)
 def test_block_types_equal_gguf_py(qtype):
     data = random_blocks(qtype, rows=48, row_length=512)
-    theirs = gguf.quants.dequantize(data, qtype)
+    theirs = reference(data, qtype)
     ours = dequantize(torch.from_numpy(data), qtype).numpy()
     assert same_bits(ours, theirs)
 

@@ -80,6 +80,10 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
                                "or drop --plot") from None
     text = read_text(text_file)
     config = check_model(model)
+    # each type's whole plan (imatrix needed, rows no block of it holds) before hours of work
+    from convkit.commands.quantize import make_plan
+    for qtype in qtypes:
+        make_plan(model, qtype)
     tok = load_tokenizer(model, config.vocab_size)
     tokens = tokenize_for_perplexity(tok, text)
     if n_ctx > config.context_limit:

@@ -41,6 +41,10 @@ def format_env(info: dict) -> str:
     path = info.get("cpu_path")
     if path:
         lines.append(f"bfloat16 products on CPU: {path['path']} ({path['description']}; {path['reason']})")
+    blocks = info["block_products"]
+    lines.append(f"block products (generate, --numerics ggml): {blocks['path']} path"
+                 + (f" (CONVKIT_QDOT_ISA={blocks['forced']})" if blocks["forced"] else
+                    " (CONVKIT_QDOT_ISA=avx2 or =scalar forces a lower one)"))
     return "\n".join(lines)
 
 

@@ -1,9 +1,18 @@
 """`convkit quantize MODEL --type q4_k_m`: HF checkpoint or GGUF -> GGUF with llama.cpp's mix."""
+import os
 from pathlib import Path
 
 import click
 
 from convkit.output import emit
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask), as llama-quantize uses all of them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
 
 
 def default_output(model: Path, label: str) -> Path:
@@ -30,13 +39,16 @@ def render_done(result) -> str:
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--type", "ftype", required=True, help="file type: q4_0, q4_k_m, q8_0, q6_k, ...")
+@click.option("--type", "ftype", required=True, help="file type as llama-quantize names it: q4_0, q4_k_m, "
+              "q8_0, q6_k, iq4_xs, ... (an unknown name lists them all)")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="output GGUF (default: MODEL-TYPE.gguf)")
 @click.option("--imatrix", type=click.Path(path_type=Path), help="importance matrix (llama-imatrix output)")
 @click.option("--tensor-type", "tensor_types", multiple=True, help="PATTERN=TYPE override (repeatable)")
 @click.option("--output-type", help="type of output.weight")
 @click.option("--token-embedding-type", help="type of token_embd.weight")
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=available_cores,
+              show_default="the cores this process may use",
+              help="threads for the block kernels; the bytes written do not depend on it")
 @click.option("--dry-run", is_flag=True, help="print the per-tensor plan and write nothing")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
@@ -61,11 +73,15 @@ def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_emb
 
 def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, token_embedding_type=None):
     """(source, plan, importance vectors): MODEL opened, every tensor's type chosen by llama.cpp's mix rules."""
-    from quant.mixes import parse_file_type, plan_types
+    from quant.mixes import parse_file_type, parse_tensor_type_option, parse_type_name, plan_types
 
     from convkit import convert_pipeline as cp
 
+    # every type the user named is checked before the model is opened
     file_type = parse_file_type(ftype)
+    tensor_types = [parse_tensor_type_option(t) for t in tensor_types]
+    output_type = None if output_type is None else parse_type_name(output_type)
+    token_embedding_type = None if token_embedding_type is None else parse_type_name(token_embedding_type)
     source = cp.open_source(model)
     vectors = None
     if imatrix is not None:
@@ -76,7 +92,13 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
                        n_head_kv=source.hparams["n_head_kv"], tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
                        has_imatrix=vectors is not None)
-    return source, cp.make_plan(source, types), vectors
+    plan = cp.make_plan(source, types)
+    if vectors is not None:  # a vector of the wrong length stops here, before any tensor is read
+        from quant.imatrix import importance_for
+        for t in plan:
+            if t.qtype != 0:
+                importance_for(vectors, t.name, t.shape)
+    return source, plan, vectors
 
 
 def quantize_model(model, ftype, target, *, threads=1, quiet=False) -> dict:

@@ -9,7 +9,6 @@ perplexity scoreboard for one type: file size, bits per weight, PPL, PPL - PPL(b
 mean KL divergence and the same-top-token rate.
 """
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,25 @@ from convkit.errors import ConvkitError
 from convkit.eval.kld import LogitsFile
 from convkit.eval.perplexity import PerplexityAccumulator
 
-# llama-quantize's file-type names that `convkit quantize --type` takes
-KNOWN_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
-               "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl")
 DEFAULT_TYPES = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
 
 
 def parse_types(spec: str) -> list[str]:
+    """The file types of --types, each one that `convkit quantize --type` takes (checked
+    here, before any model is run)."""
+    from quant.errors import QuantError
+    from quant.mixes import file_type_names, parse_file_type
+
     types = [t.strip().lower() for t in spec.split(",") if t.strip()]
-    unknown = [t for t in types if t not in KNOWN_TYPES]
+    unknown = []
+    for t in types:
+        try:
+            parse_file_type(t)
+        except QuantError:
+            unknown.append(t)
     if unknown or not types:
         raise ConvkitError(f"--types {spec}: unknown type {', '.join(unknown) or '(none given)'}; "
-                           f"choose from {', '.join(KNOWN_TYPES)}")
+                           f"choose from {', '.join(file_type_names())}")
     return list(dict.fromkeys(types))
 
 
@@ -46,9 +52,9 @@ def quantize_cached(model: Path, qtype: str, cache: Path, quiet: bool) -> Path:
     out = quantized_path(cache, model, qtype)
     if out.exists() and out.stat().st_mtime >= model_mtime(model):
         return out
-    from convkit.commands.quantize import quantize_model, render_done
+    from convkit.commands.quantize import available_cores, quantize_model, render_done
 
-    result = quantize_model(model, qtype, out, threads=os.cpu_count() or 1, quiet=quiet)
+    result = quantize_model(model, qtype, out, threads=available_cores(), quiet=quiet)
     if not quiet:
         print(render_done(result), file=sys.stderr)
     return out

@@ -174,20 +174,83 @@ def _iq4_xs(b, dtype):
     return _last(torch.mul, table[idx.long()], dl, dtype).view(n, QK_K)
 
 
+def _trits(b, start: int, count: int, k: int) -> torch.Tensor:
+    """ggml's base-3 digits: trit n of byte q is ((uint8)(q * 3^n) * 3) >> 8, minus 1;
+    bytes start..start+count -> int32 [n_blocks, k, count]."""
+    q = b[:, start:start + count].to(torch.int32).unsqueeze(1)
+    pow3 = torch.tensor([1, 3, 9, 27, 81][:k], dtype=torch.int32, device=b.device).view(1, k, 1)
+    return (((q * pow3) & 0xFF) * 3 >> 8) - 1
+
+
+def _tq1_0(b, dtype):
+    n = b.shape[0]
+    q = torch.cat([_trits(b, 0, 32, 5).view(n, 160), _trits(b, 32, 16, 5).view(n, 80),
+                   _trits(b, 48, 4, 4).view(n, 16)], dim=1).float()
+    return _last(torch.mul, q, _f16(b, 52), dtype)
+
+
+def _tq2_0(b, dtype):
+    n = b.shape[0]
+    q = _unpack(b, 0, 2, 32, (0, 2, 4, 6), 2, b.new_empty((n, 2, 4, 32), dtype=torch.float32)).view(n, QK_K)
+    return _last(torch.mul, q.sub_(1), _f16(b, 64), dtype)
+
+
+_FP4_VALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
+
+
+def _bits_to_float(bits: torch.Tensor) -> torch.Tensor:
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def _fp4_codes(qs: torch.Tensor) -> torch.Tensor:
+    """[..., k] bytes -> table values [..., 2k]: low nibbles first, then high ones."""
+    table = torch.tensor(_FP4_VALUES, dtype=torch.float32, device=qs.device)
+    return table[torch.cat([qs & 0x0F, qs >> 4], dim=-1).long()]
+
+
+def _mxfp4(b, dtype):
+    e = b[:, 0:1].to(torch.int32)
+    # ggml_e8m0_to_fp32_half: 2^(e - 128), subnormal for e < 2
+    d = _bits_to_float(torch.where(e < 2, 0x00200000 << e, (e - 1) << 23))
+    return _last(torch.mul, _fp4_codes(b[:, 1:17]), d, dtype)
+
+
+def _nvfp4(b, dtype):
+    n = b.shape[0]
+    u = b[:, 0:4].to(torch.int32)
+    e, m = (u >> 3) & 0xF, (u & 7).float()
+    # ggml_ue4m3_to_fp32: E4M3 halved (exact powers of two built from their bits)
+    normal = (1 + m / 8) * _bits_to_float((e - 7 + 127).clamp(min=1) << 23)
+    d = torch.where(e == 0, m * 2.0 ** -9, normal) * 0.5
+    d = torch.where((u == 0) | (u == 0x7F), 0.0, d).view(n, 4, 1)
+    return _last(torch.mul, _fp4_codes(b[:, 4:36].reshape(n, 4, 8)), d, dtype).view(n, 64)
+
+
+def _q1_0(b, dtype):
+    n = b.shape[0]
+    d = _f16(b, 0)
+    bits = (b[:, 2:18].to(torch.int32).unsqueeze(-1) >> torch.arange(8, device=b.device)) & 1
+    out = torch.where(bits.view(n, 128).bool(), d, -d)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
 BLOCK_DEQUANTIZERS = {
     T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1, T.Q8_0: _q8_0,
     T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
-    T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs,
+    T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs, T.TQ1_0: _tq1_0, T.TQ2_0: _tq2_0, T.MXFP4: _mxfp4,
+    T.NVFP4: _nvfp4, T.Q1_0: _q1_0,
 }
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 
 
 def _host_types() -> frozenset:
-    """Types with no torch dequantizer here that gguf-py still dequantizes (IQ2/IQ3/IQ1, TQ,
-    MXFP4...): read through numpy on the host, slower but exact."""
+    """Types with no torch dequantizer here that quant or gguf-py dequantizes (IQ2/IQ3/IQ1, TQ,
+    MXFP4, Q1_0...): read through numpy on the host, slower but exact."""
+    import quant
     from gguf import quants
 
-    return frozenset(t for t in quants._type_traits if t not in BLOCK_DEQUANTIZERS and t not in FLOAT_TYPES)
+    known = set(quants._type_traits) | {info.qtype for info in quant.types()}
+    return frozenset(t for t in known if t not in BLOCK_DEQUANTIZERS and t not in FLOAT_TYPES)
 
 
 HOST_TYPES = _host_types()

@@ -20,8 +20,9 @@ from ggml, far below what a PPL can see. The one term that is not a plain produc
 Q8_1's min term: ggml multiplies the weight's block min by the activation block's stored
 fp16 s, not by d * sum(q); a small [T, blocks] x [blocks, N] product adds that difference.
 
-For few activation rows (a decoding step: up to quantized_products.MAX_ROWS rows) and the
-types quant.qdot compiles (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), the product is not
+For few activation rows (a decoding step or a short prompt: up to quantized_products.MAX_ROWS
+rows, MAX_TILED_ROWS for the types with a tiled product) and the types quant.qdot compiles
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL and Q2_K..Q6_K), the product is not
 emulated but computed as ggml computes it: activations quantized, integer sums per block,
 read from the quantized weight in place, with ggml's generic order of float additions.
 That is both llama.cpp's arithmetic and the fast way to decode on a CPU (see
@@ -42,9 +43,10 @@ from .linear import Numerics, dense_linear
 Q8_0, Q8_1, Q8_K = "q8_0", "q8_1", "q8_k"
 
 VEC_DOT_TYPE = {
-    T.Q4_0: Q8_0, T.Q5_0: Q8_0, T.Q8_0: Q8_0, T.IQ4_NL: Q8_0,
+    T.Q4_0: Q8_0, T.Q5_0: Q8_0, T.Q8_0: Q8_0, T.IQ4_NL: Q8_0, T.MXFP4: Q8_0, T.NVFP4: Q8_0, T.Q1_0: Q8_0,
     T.Q4_1: Q8_1, T.Q5_1: Q8_1,
     T.Q2_K: Q8_K, T.Q3_K: Q8_K, T.Q4_K: Q8_K, T.Q5_K: Q8_K, T.Q6_K: Q8_K,
+    T.IQ4_XS: Q8_K, T.TQ1_0: Q8_K, T.TQ2_0: Q8_K,
     T.F16: torch.float16, T.BF16: torch.bfloat16, T.F32: None,
 }
 _BLOCK = {Q8_0: 32, Q8_1: 32, Q8_K: 256}
@@ -132,7 +134,7 @@ class GgmlNumerics(Numerics):
     name = "ggml"
 
     def forward_context(self, rows: int, device):
-        if rows <= quantized_products.MAX_ROWS and torch.device(device).type == "cpu":
+        if rows <= quantized_products.few_rows_limit() and torch.device(device).type == "cpu":
             return quantized_products.few_rows()
         return super().forward_context(rows, device)
 
@@ -142,6 +144,10 @@ class GgmlNumerics(Numerics):
         fmt = activation_format(layer.weight.qtype)
         if quantized_products.usable(layer, x):  # few rows (decoding): ggml's own block products
             return quantized_products.block_product(layer, x)
+        with quantized_products.all_threads():
+            return self._emulated_linear(layer, x, fmt)
+
+    def _emulated_linear(self, layer, x: torch.Tensor, fmt) -> torch.Tensor:
         if x.shape[-2:-1] == (0,) or x.numel() == 0:
             return dense_linear(x, layer.dense_weight(torch.float32), layer.bias)
         if fmt == Q8_1:

@@ -8,8 +8,12 @@ instead quantizes the activation row to Q8 per block and sums integer products b
 block, as ggml's CPU backend does, so its results are `--numerics ggml`'s (up to the
 order of float additions: quant.qdot keeps ggml's, the torch emulation sums in one GEMM).
 
-With more activation rows (a prompt), a dense float GEMM on the dequantized weight is
-faster: the dequantization is paid once for all rows. MAX_ROWS is where that turns.
+With more activation rows (a prompt), a dense float GEMM on the dequantized weight pays
+the dequantization once for all rows. Where quant.qdot has a tiled product for the type
+(several activation rows per pass over the weight, quant.qdot.tiled_types()), the block
+products stay as fast as that GEMM up to a prompt of MAX_TILED_ROWS rows on the CPUs
+measured (benchmarks/bench_generate.py), and they are ggml's own arithmetic; otherwise
+MAX_ROWS is where the GEMM becomes faster.
 """
 from contextlib import contextmanager
 
@@ -18,6 +22,7 @@ import torch
 from quant import qdot
 
 MAX_ROWS = 16  # activation rows (batch x positions) up to which the block products are used
+MAX_TILED_ROWS = 64  # the same for the types with a tiled product
 _NONE = ()
 _threads: int | None = None  # the block products' thread count while torch runs on one (see few_rows)
 
@@ -56,10 +61,34 @@ def _blocks_of(layer):
     return found
 
 
+def few_rows_limit() -> int:
+    """The most activation rows any layer runs on block products (see few_rows)."""
+    return max(MAX_ROWS, MAX_TILED_ROWS if qdot.tiled_types() else 0)
+
+
 def usable(layer, x: torch.Tensor) -> bool:
     """Whether `layer(x)` can run on the compiled block products."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and 0 < x.numel() <= MAX_ROWS * x.shape[-1]
-            and _blocks_of(layer) != _NONE)
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+        return False
+    found = _blocks_of(layer)
+    if found == _NONE:
+        return False
+    limit = MAX_TILED_ROWS if layer.weight.qtype in qdot.tiled_types() else MAX_ROWS
+    return x.numel() <= limit * x.shape[-1]
+
+
+@contextmanager
+def all_threads():
+    """Inside few_rows, a product that does not run on block products (a dense GEMM) gets
+    torch's threads back for its duration."""
+    if _threads is None:
+        yield
+        return
+    torch.set_num_threads(_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
 
 
 def block_product(layer, x: torch.Tensor) -> torch.Tensor:
