@@ -136,3 +136,20 @@ def test_python_reference_equals_sentencepiece(name, lines):
     assert [ours.encode_reference(s) for s in lines[-400:]] == sp.encode(lines[-400:])
     text = python_docs_text()[:100_000]
     assert ours.encode_reference(text) == sp.encode(text)
+
+
+@pytest.mark.parametrize("name", ["unigram", "bpe_bytes", "unigram_nfkc", "bpe_nfkc_cf"])
+def test_model_from_trainer_pieces(name, lines, tmp_path):
+    """What a trainer hands over ([(piece, score, type)] and the options) becomes a model
+    that encodes as sentencepiece's own, and a tokenizer.model that sentencepiece loads."""
+    sp, trained = _cached(spm_model(name))
+    options = VARIANTS[name]
+    tok = SentencePiece.from_pieces(list(zip(trained.pieces, trained.scores, trained.types)),
+                                    options["model_type"], byte_fallback=options.get("byte_fallback", False),
+                                    normalization=options.get("normalization_rule_name", "nmt_nfkc"),
+                                    add_dummy_prefix=options.get("add_dummy_prefix", True))
+    assert tok.encode_batch(lines) == sp.encode(lines)
+    path = tmp_path / "tokenizer.model"
+    formats.save(tok, path)
+    again = spm.SentencePieceProcessor(model_file=str(path))
+    assert again.encode(lines) == sp.encode(lines)

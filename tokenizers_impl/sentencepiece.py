@@ -451,6 +451,33 @@ class SentencePiece(Tokenizer):
 
     # ---------------------------------------------------------------- files
     @classmethod
+    def from_pieces(cls, entries, model_type: str, *, byte_fallback: bool = False, normalization: str = "nmt_nfkc",
+                    add_dummy_prefix: bool = True, remove_extra_whitespaces: bool = True,
+                    treat_whitespace_as_suffix: bool = False, unk_id: int = 0, bos_id: int = 1, eos_id: int = 2,
+                    pad_id: int = -1) -> "SentencePiece":
+        """A model from a trainer's [(piece, score, type)] in id order (types as
+        sentencepiece numbers them), with sentencepiece's normalization rule of that name
+        (its charsmap as the installed sentencepiece package ships it)."""
+        kinds = {"unigram": 1, "bpe": 2}
+        if model_type not in kinds:
+            raise TokenizerError(f"model type {model_type!r}: use unigram or bpe")
+        pieces = []
+        for piece, score, ptype in entries:
+            entry = {"piece": piece, "score": f32(score)}
+            if ptype != NORMAL:
+                entry["type"] = ptype
+            pieces.append(entry)
+        trainer = {"model_type": kinds[model_type], "vocab_size": len(pieces), "byte_fallback": byte_fallback,
+                   "treat_whitespace_as_suffix": treat_whitespace_as_suffix,
+                   "unk_id": unk_id, "bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}
+        norm = {"name": normalization, "add_dummy_prefix": add_dummy_prefix,
+                "remove_extra_whitespaces": remove_extra_whitespaces, "escape_whitespaces": True}
+        charsmap = builtin_charsmap(normalization)
+        if charsmap:
+            norm["precompiled_charsmap"] = charsmap
+        return cls({"pieces": pieces, "trainer_spec": trainer, "normalizer_spec": norm}, "trained model")
+
+    @classmethod
     def from_model_bytes(cls, data: bytes, name: str = "tokenizer.model") -> "SentencePiece":
         return cls(proto.read_model(data, name), name)
 
@@ -594,6 +621,27 @@ def _model_from_hf(doc, model, vocab, specials, merges, layout, name) -> tuple[d
         normalizer["name"] = "nmt_nfkc"  # a name for the precompiled rules; the rules themselves travel
         normalizer["precompiled_charsmap"] = layout.charsmap
     return {"pieces": entries, "trainer_spec": trainer, "normalizer_spec": normalizer}, ranks
+
+
+RULES = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
+
+
+def builtin_charsmap(name: str) -> bytes:
+    """The precompiled charsmap of one of sentencepiece's normalization rules, as the
+    sentencepiece package ships it (package_data/<name>.bin); identity has none."""
+    if name == "identity":
+        return b""
+    if name not in RULES:
+        raise TokenizerError(f"normalization rule {name!r} is not one of sentencepiece's: {', '.join(RULES)}")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sentencepiece")
+    path = Path(spec.origin).parent / "package_data" / f"{name}.bin" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise TokenizerError(f"the {name} rules come from the sentencepiece package, which is not installed here "
+                             f"(pip install sentencepiece), or use normalization 'identity'")
+    return path.read_bytes()
 
 
 def _jsonable(message: dict) -> dict:
