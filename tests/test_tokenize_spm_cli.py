@@ -92,3 +92,26 @@ def test_mutated_model_files_never_crash(tmp_path):
             assert str(path) in str(exc) and "\n" not in str(exc)
             continue
         tok.decode(tok.encode(TEXT))
+
+
+def test_train_unigram_and_spm_bpe_write_models_sentencepiece_loads(tmp_path):
+    """`tokenize train --type unigram|spm-bpe`: the trainers' pieces with the nmt_nfkc rules,
+    written as a tokenizer.model that sentencepiece encodes with our ids, and as a
+    tokenizer.json that HF encodes with ours."""
+    lines = python_docs_text()[-30_000:].split("\n")
+    for kind in ("unigram", "spm-bpe"):
+        out = tmp_path / f"{kind}.model"
+        result = run_cli("train", "--type", kind, "--vocab-size", 1200, "--byte-fallback", "--special-tokens",
+                         "<|im_start|>", "-o", out, "--pydoc", "--quiet", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["vocab_size"] == 1200
+        sp = spm.SentencePieceProcessor(model_file=str(out))
+        ours = formats.load(out)
+        assert ours.encode_batch(lines) == sp.encode(lines)
+        assert sp.piece_to_id("<|im_start|>") in sp.encode("a <|im_start|> b")
+        hf_out = tmp_path / f"{kind}.json"
+        assert run_cli("convert", out, "-o", hf_out).returncode == 0
+        hf = Tokenizer.from_file(str(hf_out))
+        assert [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)] == formats.load(hf_out).encode_batch(lines)
+    assert_user_error(run_cli("train", "--type", "bpe", "--vocab-size", 500, "--byte-fallback", "-o",
+                              tmp_path / "x.json", "--pydoc"), "--byte-fallback")
