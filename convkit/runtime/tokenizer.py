@@ -1,9 +1,11 @@
-"""Text <-> ids for the runtime, from a GGUF's vocabulary or an HF tokenizer.json.
+"""Text <-> ids for the runtime, from a GGUF's vocabulary or an HF checkpoint directory.
 
-Encoding is our own byte-level BPE (tokenizers_impl.ByteLevelBPE); this module only
-finds the vocabulary, merges, pre-tokenizer and special tokens in the model's files and
-adds what a runtime needs on top: BOS handling and streaming decode (bytes of one
-character can arrive in different tokens).
+Two kinds: byte-level BPE (tokenizer.ggml.model = gpt2, or an HF tokenizer.json; our own
+tokenizers_impl.ByteLevelBPE) and llama.cpp's SPM tokenizer (tokenizer.ggml.model = llama,
+or an HF directory with a sentencepiece tokenizer.model; llama_spm.LlamaSpm). This module
+finds the vocabulary and special tokens in the model's files and adds what a runtime needs
+on top: BOS handling and streaming decode (bytes of one character can arrive in
+different tokens).
 """
 import codecs
 import json
@@ -20,7 +22,7 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are matched as whol
 
 class Tokenizer:
     def __init__(self, bpe, bos_id: int | None, eos_ids: list[int], add_bos: bool):
-        self.bpe = bpe
+        self.bpe = bpe  # the encoder: ByteLevelBPE or _SpmRuntime
         self.bos_id, self.eos_ids, self.add_bos = bos_id, list(eos_ids), add_bos
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -31,7 +33,10 @@ class Tokenizer:
         return ids
 
     def decode(self, ids) -> str:
-        return self.bpe.decode(list(ids))
+        """Text of ids; special tokens print as their text (bytes that are not valid UTF-8
+        become U+FFFD). SPM: a space right after a leading BOS is dropped, as llama.cpp's
+        detokenize does."""
+        return self.bpe.decode_bytes(list(ids)).decode("utf-8", errors="replace")
 
     def stream(self) -> "StreamDecoder":
         return StreamDecoder(self.bpe)
@@ -49,6 +54,67 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self.utf8.decode(b"", final=True)
+
+
+class _SpmRuntime:
+    """llama.cpp's SPM tokenizer with the calls the runtime makes of an encoder."""
+
+    def __init__(self, spm, bos_id: int | None, source: Path):
+        self.spm, self.bos_id, self.source = spm, bos_id, source
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spm.vocab_size
+
+    def _encode(self, text: str, parse_special: bool) -> list[int]:
+        from .llama_spm import UnknownByte
+
+        try:
+            return self.spm.encode(text, parse_special)
+        except UnknownByte as exc:
+            raise ConvkitError(f"{self.source}: the text has byte 0x{exc.args[0]:02X}, which the vocabulary "
+                               f"has no <0x{exc.args[0]:02X}> token for (a model without byte fallback); "
+                               "remove that character from the text") from None
+
+    def encode(self, text: str) -> list[int]:
+        return self._encode(text, True)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self._encode(text, False)
+
+    def decode_bytes(self, ids) -> bytes:
+        try:
+            return self.spm.decode_bytes(ids, special=True, bos_id=self.bos_id)
+        except IndexError as exc:
+            raise ConvkitError(f"token id {exc.args[0]} is outside the vocabulary of {self.source} "
+                               f"({self.spm.vocab_size} tokens)") from None
+
+
+def _spm_tokenizer(source: Path, field) -> Tokenizer:
+    """A Tokenizer from tokenizer.ggml.* values (`field(key, default)`), with llama.cpp's
+    defaults for a "llama" vocabulary: BOS 1, EOS 2, add_bos and add_space_prefix on."""
+    from .llama_spm import LlamaSpm
+
+    tokens = field("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ConvkitError(f"{source}: tokenizer.ggml.tokens is missing or empty; convert the file again")
+    n = len(tokens)
+    scores, types = field("tokenizer.ggml.scores"), field("tokenizer.ggml.token_type")
+    for key, values in (("scores", scores), ("token_type", types)):
+        if values is not None and len(values) < n:
+            raise ConvkitError(f"{source}: tokenizer.ggml.{key} has {len(values)} entries for {n} tokens; "
+                               "convert the file again")
+    spm = LlamaSpm(tokens, scores, types, add_space_prefix=bool(field("tokenizer.ggml.add_space_prefix", True)),
+                   model_name=field("general.name", "") or "")
+
+    def token_id(key, default):
+        value = field(key, default)
+        return None if value is None or not 0 <= int(value) < n else int(value)  # llama.cpp keeps a bad id out
+
+    bos = token_id("tokenizer.ggml.bos_token_id", 1)
+    eos = [token_id(k, d) for k, d in (("tokenizer.ggml.eos_token_id", 2), ("tokenizer.ggml.eot_token_id", None))]
+    return Tokenizer(_SpmRuntime(spm, bos, source), bos, sorted({i for i in eos if i is not None}),
+                     bool(field("tokenizer.ggml.add_bos_token", True)))
 
 
 def _need_bpe():
@@ -69,9 +135,11 @@ def gguf_tokenizer(path: Path) -> Tokenizer:
     if model is None:
         raise ConvkitError(f"{path}: the file has no tokenizer metadata (tokenizer.ggml.*); "
                            f"convert it again with its tokenizer")
+    if model == "llama":
+        return _spm_tokenizer(path, field)
     if model != "gpt2":
         raise ConvkitError(f"{path}: tokenizer model {model!r} is not supported by the runtime "
-                           f"(byte-level BPE, tokenizer.ggml.model = gpt2, only)")
+                           f"(supported: gpt2, byte-level BPE; llama, sentencepiece)")
     pre = field("tokenizer.ggml.pre", "default")
     if pre not in GGUF_PRETOKENIZERS:
         raise ConvkitError(f"{path}: pre-tokenizer {pre!r} is not supported by the runtime; "
@@ -110,9 +178,47 @@ def _json_object(path: Path) -> dict:
     return read_json_object(path) if path.exists() else {}
 
 
+class _VocabKeys:
+    """Collects the tokenizer.ggml.* values convkit's converter would write (a GGUFWriter
+    stand-in for gguf_vocab.write_vocab)."""
+
+    def __init__(self):
+        import gguf
+
+        K = gguf.Keys.Tokenizer
+        self.values = {}
+        self._keys = {"add_tokenizer_model": K.MODEL, "add_tokenizer_pre": K.PRE, "add_token_list": K.LIST,
+                      "add_token_scores": K.SCORES, "add_token_types": K.TOKEN_TYPE,
+                      "add_add_space_prefix": K.ADD_PREFIX, "add_add_bos_token": K.ADD_BOS,
+                      "add_add_eos_token": K.ADD_EOS}
+
+    def add_uint32(self, key, value):
+        self.values[key] = value
+
+    def __getattr__(self, name):
+        key = self.__dict__["_keys"].get(name)
+        return (lambda value: self.values.__setitem__(key, value)) if key else (lambda *args, **kw: None)
+
+
+def hf_spm_tokenizer(path: Path) -> Tokenizer:
+    """An HF directory with a sentencepiece tokenizer.model: the vocabulary our converter
+    writes for it (as llama.cpp's llama converter does: tokenizer.model first, added tokens
+    and flags from the tokenizer configs), tokenized by llama.cpp's SPM rule. The ground
+    truth is llama.cpp on the converted GGUF, not sentencepiece or HF: the ids are the ones
+    the runtime gives for that file (they differ from sentencepiece's where llama.cpp's
+    merge rule does, e.g. on Unigram models or with normalization)."""
+    from convkit.gguf_vocab import write_vocab
+
+    keys = _VocabKeys()
+    write_vocab(keys, path, _json_object(path / "config.json"), reads_prefix_space=True)
+    return _spm_tokenizer(path / "tokenizer.model", lambda key, default=None: keys.values.get(key, default))
+
+
 def hf_tokenizer(path: Path) -> Tokenizer:
     from tokenizers_impl import formats
 
+    if (path / "tokenizer.model").is_file():
+        return hf_spm_tokenizer(path)
     file = path / "tokenizer.json"
     if not file.exists():
         raise ConvkitError(f"{path}: no tokenizer.json; the runtime needs one to turn text into ids")
@@ -149,7 +255,8 @@ def load_tokenizer(path, n_vocab: int | None = None) -> Tokenizer:
         tok = hf_tokenizer(path)
     else:
         raise ConvkitError(f"{path}: neither a GGUF file nor an HF checkpoint directory; give one of those")
-    top = max([*tok.bpe._id_to_token, *tok.eos_ids, tok.bos_id or 0], default=0)
+    ids = [tok.bpe.vocab_size - 1] if isinstance(tok.bpe, _SpmRuntime) else tok.bpe._id_to_token
+    top = max([*ids, *tok.eos_ids, tok.bos_id or 0], default=0)
     if n_vocab is not None and top >= n_vocab:
         raise ConvkitError(f"{path}: the tokenizer has ids up to {top} but the model's vocabulary holds {n_vocab} "
                            "tokens; the tokenizer belongs to another model")

@@ -1,0 +1,115 @@
+"""The runtime's tokenizer for sentencepiece models (tokenizer.ggml.model = llama): ids and
+text equal to llama.cpp's (llama_cpp.Llama(vocab_only=True).tokenize / detokenize) on the
+GGUF convkit writes, and the same ids from the model's HF directory."""
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convkit.cli import main
+from convkit.errors import ConvkitError
+from convkit.runtime import tokenizer as runtime_tokenizer
+from convkit.runtime.tokenizer import load_tokenizer
+from realdata import python_docs_text
+from test_gguf_sentencepiece import LLAMA2_CONFIG, _llama_dir
+from test_mixes import _quiet_llama
+
+# Llama 2's layout with added and special tokens; Unigram and BPE models with byte fallback
+CASES = {"llama2": ("bpe_llama", LLAMA2_CONFIG), "unigram_bytes": ("unigram_bytes", None),
+         "bpe_bytes": ("bpe_bytes", None)}
+
+LINES = ["日本語 😀 emoji ✓", "  two  spaces", "tabs\tand é", "", " ", "<s>hello</s> world", "a<|im_end|>b",
+         "x <tool> y▁tool▁call z", "<unk> <0x41> ▁▁", "Привет мир 한국어 ½ ① ｆｕｌｌ", "line\nbreak\r\n", "🤖🦙\u200d"]
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def model(request, tmp_path_factory):
+    """(HF directory, converted GGUF, llama_cpp.Llama on that GGUF)."""
+    name, tcfg = CASES[request.param]
+    base = tmp_path_factory.mktemp(request.param)
+    directory = _llama_dir(base / "hf", name, vocab_extra=3 if tcfg else 0, tokenizer_config=tcfg,
+                           added_tokens={"<extra>": 1202} if tcfg else None)
+    gguf_path = base / "model.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(directory), "--outtype", "f16", "-o", str(gguf_path), "--quiet"])
+    assert exit_.value.code == 0
+    llama_cpp = _quiet_llama()
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=16, verbose=False, vocab_only=True)
+    yield directory, gguf_path, llm
+    llm.close()
+
+
+def _text():
+    return python_docs_text()[-40_000:].split("\n") + LINES
+
+
+def _check(tok, llm, line):
+    data = line.encode()
+    assert tok.encode(line, add_bos=False) == llm.tokenize(data, add_bos=False, special=True), line
+    assert tok.bpe.encode_ordinary(line) == llm.tokenize(data, add_bos=False, special=False), line
+    ids = tok.encode(line)
+    assert ids == llm.tokenize(data, add_bos=True, special=True), line
+    want = llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+    assert tok.decode(ids) == want, line
+    assert tok.decode(ids[1:]) == llm.detokenize(ids[1:], special=True).decode("utf-8", errors="replace"), line
+
+
+def test_gguf_ids_and_text_equal_llama_cpp(model):
+    _, gguf_path, llm = model
+    tok = load_tokenizer(gguf_path)
+    assert tok.add_bos and tok.bos_id == llm.token_bos() and llm.token_eos() in tok.eos_ids
+    for line in _text():
+        _check(tok, llm, line)
+    whole = "\n".join(_text()[:400])  # one long text: the merge queue, not line by line
+    assert tok.encode(whole) == llm.tokenize(whole.encode(), add_bos=True, special=True)
+
+
+def test_spm_leading_space_after_bos_dropped_in_decode(model):
+    _, gguf_path, llm = model
+    tok = load_tokenizer(gguf_path)
+    spm = tok.bpe.spm
+    ids = tok.encode("hello world")
+    # llama-cpp-python's detokenize without special pieces drops the prefix space after BOS
+    assert spm.decode_bytes(ids, special=False, bos_id=tok.bos_id) == llm.detokenize(ids, special=False)
+    assert spm.decode_bytes(ids, special=False, bos_id=tok.bos_id) == b"hello world"
+
+
+def test_hf_directory_gives_the_gguf_ids(model):
+    directory, gguf_path, _ = model
+    from_gguf, from_hf = load_tokenizer(gguf_path), load_tokenizer(directory)
+    assert (from_hf.bos_id, from_hf.eos_ids, from_hf.add_bos) == (from_gguf.bos_id, from_gguf.eos_ids,
+                                                                   from_gguf.add_bos)
+    for line in _text()[-300:]:
+        assert from_hf.encode(line) == from_gguf.encode(line), line
+        ids = from_gguf.encode(line)
+        assert from_hf.decode(ids) == from_gguf.decode(ids)
+
+
+def test_stream_decoder_joins_bytes_of_one_character(model):
+    _, gguf_path, llm = model
+    tok = load_tokenizer(gguf_path)
+    for line in LINES + _text()[-50:]:
+        ids = tok.encode(line, add_bos=False)
+        stream = tok.stream()
+        parts = [stream.push(i) for i in ids] + [stream.flush()]
+        assert "".join(parts) == llm.detokenize(ids, special=True).decode("utf-8", errors="replace"), line
+        assert "\ufffd" not in "".join(parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_hypothesis_text(model, text):
+    _, gguf_path, llm = model
+    tok = load_tokenizer(gguf_path)
+    _check(tok, llm, text)
+
+
+def test_unsupported_gguf_tokenizer_model(monkeypatch, tmp_path):
+    from convkit.runtime import load
+
+    path = tmp_path / "m.gguf"
+    fields = {"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]}
+    monkeypatch.setattr(load, "gguf_info", lambda p: fields)
+    with pytest.raises(ConvkitError) as err:
+        runtime_tokenizer.gguf_tokenizer(path)
+    message = str(err.value)
+    assert str(path) in message and "'t5'" in message and "\n" not in message
