@@ -6,8 +6,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convkit.cli import main
-from convkit.errors import ConvkitError
-from convkit.runtime import tokenizer as runtime_tokenizer
 from convkit.runtime.tokenizer import load_tokenizer
 from realdata import python_docs_text
 from test_gguf_sentencepiece import LLAMA2_CONFIG, _llama_dir
@@ -103,13 +101,20 @@ def test_hypothesis_text(model, text):
     _check(tok, llm, text)
 
 
-def test_unsupported_gguf_tokenizer_model(monkeypatch, tmp_path):
-    from convkit.runtime import load
+def test_unsupported_gguf_tokenizer_model(model, tmp_path, capsys):
+    """A GGUF whose tokenizer.ggml.model the runtime does not know: one line, exit 2."""
+    import struct
 
-    path = tmp_path / "m.gguf"
-    fields = {"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]}
-    monkeypatch.setattr(load, "gguf_info", lambda p: fields)
-    with pytest.raises(ConvkitError) as err:
-        runtime_tokenizer.gguf_tokenizer(path)
-    message = str(err.value)
-    assert str(path) in message and "'t5'" in message and "\n" not in message
+    _, gguf_path, _ = model
+    data = gguf_path.read_bytes()
+    key = b"tokenizer.ggml.model"
+    value = key + struct.pack("<IQ", 8, 5) + b"llama"  # GGUF string: type 8, length, bytes
+    assert data.count(value) == 1
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(data.replace(value, key + struct.pack("<IQ", 8, 5) + b"bogus"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", str(bad), "--prompt", "hello", "--max-tokens", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and "'bogus'" in err and "\n" not in err and "Traceback" not in err

@@ -224,7 +224,9 @@ def hf_tokenizer(path: Path) -> Tokenizer:
         raise ConvkitError(f"{path}: no tokenizer.json; the runtime needs one to turn text into ids")
     bpe = formats.load(file)
     if not hasattr(bpe, "decode_bytes"):
-        raise ConvkitError(f"{file}: not a byte-level BPE tokenizer; the runtime supports byte-level BPE only")
+        raise ConvkitError(f"{file}: not a byte-level BPE tokenizer; the runtime reads byte-level BPE from "
+                           "tokenizer.json and sentencepiece models from tokenizer.model: put the model's "
+                           "tokenizer.model beside it")
     doc = json.loads(file.read_text(encoding="utf-8"))  # formats.load has parsed it already
     tok_config = _json_object(path / "tokenizer_config.json")
     model_config = _json_object(path / "config.json")
