@@ -118,3 +118,36 @@ def test_unsupported_gguf_tokenizer_model(model, tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert str(bad) in err and "'bogus'" in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name,with_bos", [("bpe_llama", True), ("bpe_llama", False), ("bpe_bytes", False)])
+def test_hf_tokenizer_json_without_tokenizer_model(tmp_path, name, with_bos):
+    """A Llama-layout tokenizer.json alone (transformers' conversion of the model): ids and
+    text as HF tokenizers gives them (the runtime's rule for tokenizer.json)."""
+    import shutil
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from test_sentencepiece_hf import transformers_file
+
+    directory = _llama_dir(tmp_path / "hf", name)
+    if with_bos:  # transformers' own save, with its BOS template
+        from transformers import LlamaTokenizer
+
+        LlamaTokenizer.from_pretrained(str(directory), add_bos_token=True).save_pretrained(str(directory))
+    else:
+        shutil.copy(transformers_file(name, "LlamaTokenizer"), directory / "tokenizer.json")
+    (directory / "tokenizer.model").unlink()
+    hf = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    tok = load_tokenizer(directory, n_vocab=hf.get_vocab_size())
+    assert tok.add_bos == with_bos == (hf.encode("a").ids[:1] == [1])
+    assert tok.bos_id == 1 and tok.eos_ids == [2]
+    for line in _text()[-300:] + ["</s> x <s>", "日本語 😀"]:
+        want = hf.encode(line).ids
+        assert tok.encode(line) == want, line
+        assert tok.decode(want) == hf.decode(want, skip_special_tokens=False), line
+        stream = tok.stream()
+        streamed = "".join([stream.push(i) for i in want] + [stream.flush()])
+        # pieces one by one keep the first one's leading space, which HF's Strip decoder drops
+        text = hf.decode(want, skip_special_tokens=False)
+        assert streamed in (text, " " + text) or (with_bos and streamed == "<s>" + " " + text[3:]), line

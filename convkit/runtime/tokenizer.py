@@ -50,7 +50,9 @@ class StreamDecoder:
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
-        return self.utf8.decode(self.bpe.decode_bytes([token_id]))
+        # one token's bytes as printed alone: no leading-space removal of a whole decode
+        piece = getattr(self.bpe, "piece_bytes", None)
+        return self.utf8.decode(piece(token_id) if piece else self.bpe.decode_bytes([token_id]))
 
     def flush(self) -> str:
         return self.utf8.decode(b"", final=True)
@@ -82,12 +84,47 @@ class _SpmRuntime:
     def encode_ordinary(self, text: str) -> list[int]:
         return self._encode(text, False)
 
-    def decode_bytes(self, ids) -> bytes:
+    def piece_bytes(self, token_id: int) -> bytes:
+        return self.decode_bytes([token_id], bos_id=None)
+
+    def decode_bytes(self, ids, bos_id: int | None | str = "model") -> bytes:
         try:
-            return self.spm.decode_bytes(ids, special=True, bos_id=self.bos_id)
+            return self.spm.decode_bytes(ids, special=True, bos_id=self.bos_id if bos_id == "model" else bos_id)
         except IndexError as exc:
             raise ConvkitError(f"token id {exc.args[0]} is outside the vocabulary of {self.source} "
                                f"({self.spm.vocab_size} tokens)") from None
+
+
+class _HfSentencePiece:
+    """A sentencepiece-family tokenizer.json (the Llama 2 / Mistral layout) without a
+    tokenizer.model beside it. The ground truth here is HF `tokenizers` on that file (the
+    runtime's rule for tokenizer.json), as for byte-level BPE: added tokens in the text are
+    matched, decode is HF's decoders (byte fallback, ▁ as space, leading space stripped)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.tok.encode_ordinary(text)
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        b = self.tok.byte_value(token_id)
+        if b is not None and self.tok.byte_fallback:
+            return bytes([b])
+        token = self.tok.id_to_token(token_id)
+        if token is None:
+            raise self.tok._bad_id(token_id)
+        return token.replace("\u2581", " ").encode("utf-8")
+
+    def decode_bytes(self, ids) -> bytes:
+        return self.tok.decode(list(ids)).encode("utf-8")
 
 
 def _spm_tokenizer(source: Path, field) -> Tokenizer:
@@ -223,6 +260,8 @@ def hf_tokenizer(path: Path) -> Tokenizer:
     if not file.exists():
         raise ConvkitError(f"{path}: no tokenizer.json; the runtime needs one to turn text into ids")
     bpe = formats.load(file)
+    if getattr(bpe, "kind", None) == "sentencepiece" and getattr(bpe, "hf", None) is not None:
+        bpe = _HfSentencePiece(bpe)
     if not hasattr(bpe, "decode_bytes"):
         raise ConvkitError(f"{file}: not a byte-level BPE tokenizer; the runtime reads byte-level BPE from "
                            "tokenizer.json and sentencepiece models from tokenizer.model: put the model's "
@@ -241,7 +280,7 @@ def hf_tokenizer(path: Path) -> Tokenizer:
     eos = [eos] if not isinstance(eos, list) and eos is not None else list(eos or [])
     eos = [checked_token_id(i, n_vocab, path / "config.json") for i in eos]
     if not eos and isinstance(tok_config.get("eos_token"), str):
-        eos = [i for i in [bpe.token_to_id(tok_config["eos_token"])] if i is not None]
+        eos = [i for i in [(bpe.tok if isinstance(bpe, _HfSentencePiece) else bpe).token_to_id(tok_config["eos_token"])] if i is not None]
     return Tokenizer(bpe, bos_id, eos, add_bos)
 
 
@@ -257,7 +296,7 @@ def load_tokenizer(path, n_vocab: int | None = None) -> Tokenizer:
         tok = hf_tokenizer(path)
     else:
         raise ConvkitError(f"{path}: neither a GGUF file nor an HF checkpoint directory; give one of those")
-    ids = [tok.bpe.vocab_size - 1] if isinstance(tok.bpe, _SpmRuntime) else tok.bpe._id_to_token
+    ids = [tok.bpe.vocab_size - 1] if isinstance(tok.bpe, (_SpmRuntime, _HfSentencePiece)) else tok.bpe._id_to_token
     top = max([*ids, *tok.eos_ids, tok.bos_id or 0], default=0)
     if n_vocab is not None and top >= n_vocab:
         raise ConvkitError(f"{path}: the tokenizer has ids up to {top} but the model's vocabulary holds {n_vocab} "
