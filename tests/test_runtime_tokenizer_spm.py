@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convkit.cli import main
+from convkit.eval.perplexity import tokenize_for_perplexity
 from convkit.runtime.tokenizer import load_tokenizer
 from realdata import python_docs_text
 from test_gguf_sentencepiece import LLAMA2_CONFIG, _llama_dir
@@ -13,7 +14,9 @@ from test_mixes import _quiet_llama
 
 # Llama 2's layout with added and special tokens; Unigram and BPE models with byte fallback
 CASES = {"llama2": ("bpe_llama", LLAMA2_CONFIG), "unigram_bytes": ("unigram_bytes", None),
-         "bpe_bytes": ("bpe_bytes", None)}
+         "bpe_bytes": ("bpe_bytes", None),
+         # a model that asks for EOS after the text and no space prefix
+         "eos_no_prefix": ("bpe_llama", {**LLAMA2_CONFIG, "add_eos_token": True, "add_prefix_space": False})}
 
 LINES = ["日本語 😀 emoji ✓", "  two  spaces", "tabs\tand é", "", " ", "<s>hello</s> world", "a<|im_end|>b",
          "x <tool> y▁tool▁call z", "<unk> <0x41> ▁▁", "Привет мир 한국어 ½ ① ｆｕｌｌ", "line\nbreak\r\n", "🤖🦙\u200d"]
@@ -36,6 +39,10 @@ def model(request, tmp_path_factory):
     llm.close()
 
 
+def request_case(gguf_path):
+    return gguf_path.parent.name.rstrip("0123456789")
+
+
 def _text():
     return python_docs_text()[-40_000:].split("\n") + LINES
 
@@ -46,6 +53,7 @@ def _check(tok, llm, line):
     assert tok.bpe.encode_ordinary(line) == llm.tokenize(data, add_bos=False, special=False), line
     ids = tok.encode(line)
     assert ids == llm.tokenize(data, add_bos=True, special=True), line
+    assert tokenize_for_perplexity(tok, line) == llm.tokenize(data, add_bos=True, special=False), line
     want = llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
     assert tok.decode(ids) == want, line
     assert tok.decode(ids[1:]) == llm.detokenize(ids[1:], special=True).decode("utf-8", errors="replace"), line
@@ -55,6 +63,7 @@ def test_gguf_ids_and_text_equal_llama_cpp(model):
     _, gguf_path, llm = model
     tok = load_tokenizer(gguf_path)
     assert tok.add_bos and tok.bos_id == llm.token_bos() and llm.token_eos() in tok.eos_ids
+    assert (tok.eos_suffix is not None) == (request_case(gguf_path) == "eos_no_prefix")
     for line in _text():
         _check(tok, llm, line)
     whole = "\n".join(_text()[:400])  # one long text: the merge queue, not line by line

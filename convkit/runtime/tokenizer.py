@@ -21,15 +21,21 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are matched as whol
 
 
 class Tokenizer:
-    def __init__(self, bpe, bos_id: int | None, eos_ids: list[int], add_bos: bool):
-        self.bpe = bpe  # the encoder: ByteLevelBPE or _SpmRuntime
+    def __init__(self, bpe, bos_id: int | None, eos_ids: list[int], add_bos: bool, eos_suffix: int | None = None):
+        self.bpe = bpe  # the encoder: ByteLevelBPE, _SpmRuntime or _HfSentencePiece
         self.bos_id, self.eos_ids, self.add_bos = bos_id, list(eos_ids), add_bos
+        self.eos_suffix = eos_suffix  # EOS appended with the specials (a GGUF's add_eos_token)
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Ids of text; special tokens written in the text are recognised."""
-        ids = self.bpe.encode(text)
+        """Ids of text; special tokens written in the text are recognised. add_bos=False
+        adds no special token at all (llama.cpp's add_special = false)."""
+        return self.with_specials(self.bpe.encode(text), add_bos)
+
+    def with_specials(self, ids: list[int], add_bos: bool | None = None) -> list[int]:
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
+        if add_bos is not False and self.eos_suffix is not None:
+            ids = ids + [self.eos_suffix]
         return ids
 
     def decode(self, ids) -> str:
@@ -150,8 +156,9 @@ def _spm_tokenizer(source: Path, field) -> Tokenizer:
 
     bos = token_id("tokenizer.ggml.bos_token_id", 1)
     eos = [token_id(k, d) for k, d in (("tokenizer.ggml.eos_token_id", 2), ("tokenizer.ggml.eot_token_id", None))]
+    add_eos = bool(field("tokenizer.ggml.add_eos_token", False))
     return Tokenizer(_SpmRuntime(spm, bos, source), bos, sorted({i for i in eos if i is not None}),
-                     bool(field("tokenizer.ggml.add_bos_token", True)))
+                     bool(field("tokenizer.ggml.add_bos_token", True)), eos[0] if add_eos else None)
 
 
 def _need_bpe():
