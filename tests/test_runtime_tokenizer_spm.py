@@ -16,7 +16,10 @@ from test_mixes import _quiet_llama
 CASES = {"llama2": ("bpe_llama", LLAMA2_CONFIG), "unigram_bytes": ("unigram_bytes", None),
          "bpe_bytes": ("bpe_bytes", None),
          # a model that asks for EOS after the text and no space prefix
-         "eos_no_prefix": ("bpe_llama", {**LLAMA2_CONFIG, "add_eos_token": True, "add_prefix_space": False})}
+         "eos_no_prefix": ("bpe_llama", {**LLAMA2_CONFIG, "add_eos_token": True, "add_prefix_space": False}),
+         # llama.cpp strips the spaces after most special tokens of a model named Phi-3
+         "phi3": ("bpe_llama", {**LLAMA2_CONFIG, "added_tokens_decoder": {
+             **LLAMA2_CONFIG["added_tokens_decoder"], "1202": {"content": "<|endoftext|>", "special": True}}})}
 
 LINES = ["日本語 😀 emoji ✓", "  two  spaces", "tabs\tand é", "", " ", "<s>hello</s> world", "a<|im_end|>b",
          "x <tool> y▁tool▁call z", "<unk> <0x41> ▁▁", "Привет мир 한국어 ½ ① ｆｕｌｌ", "line\nbreak\r\n", "🤖🦙\u200d"]
@@ -27,8 +30,9 @@ def model(request, tmp_path_factory):
     """(HF directory, converted GGUF, llama_cpp.Llama on that GGUF)."""
     name, tcfg = CASES[request.param]
     base = tmp_path_factory.mktemp(request.param)
-    directory = _llama_dir(base / "hf", name, vocab_extra=3 if tcfg else 0, tokenizer_config=tcfg,
-                           added_tokens={"<extra>": 1202} if tcfg else None)
+    (base / "case").write_text(request.param)
+    directory = _llama_dir(base / ("Phi-3-tiny" if request.param == "phi3" else "hf"), name, vocab_extra=3 if tcfg else 0, tokenizer_config=tcfg,
+                           added_tokens={"<extra>": 1202} if tcfg and request.param != "phi3" else None)
     gguf_path = base / "model.gguf"
     with pytest.raises(SystemExit) as exit_:
         main(["convert", str(directory), "--outtype", "f16", "-o", str(gguf_path), "--quiet"])
@@ -40,7 +44,7 @@ def model(request, tmp_path_factory):
 
 
 def request_case(gguf_path):
-    return gguf_path.parent.name.rstrip("0123456789")
+    return (gguf_path.parent / "case").read_text()
 
 
 def _text():
@@ -64,6 +68,7 @@ def test_gguf_ids_and_text_equal_llama_cpp(model):
     tok = load_tokenizer(gguf_path)
     assert tok.add_bos and tok.bos_id == llm.token_bos() and llm.token_eos() in tok.eos_ids
     assert (tok.eos_suffix is not None) == (request_case(gguf_path) == "eos_no_prefix")
+    assert bool(tok.bpe.spm.rstrip) == (request_case(gguf_path) == "phi3")
     for line in _text():
         _check(tok, llm, line)
     whole = "\n".join(_text()[:400])  # one long text: the merge queue, not line by line
@@ -108,6 +113,17 @@ def test_hypothesis_text(model, text):
     _, gguf_path, llm = model
     tok = load_tokenizer(gguf_path)
     _check(tok, llm, text)
+
+
+_PARTS = ["<s>", "</s>", "<unk>", "<|im_end|>", " tool call", "<extra>", "<tool>", " ", "  ", "\u2581", "\n", "\t",
+          "日本", "😀", "é", "a", "the", "<0x41>", "<"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.one_of(st.sampled_from(_PARTS), st.text(max_size=5)), max_size=12))
+def test_hypothesis_text_with_special_tokens(model, parts):
+    _, gguf_path, llm = model
+    _check(load_tokenizer(gguf_path), llm, "".join(parts))
 
 
 def test_unsupported_gguf_tokenizer_model(model, tmp_path, capsys):

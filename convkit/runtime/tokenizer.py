@@ -254,7 +254,10 @@ def hf_spm_tokenizer(path: Path) -> Tokenizer:
     from convkit.gguf_vocab import write_vocab
 
     keys = _VocabKeys()
-    write_vocab(keys, path, _json_object(path / "config.json"), reads_prefix_space=True)
+    config = _json_object(path / "config.json")
+    write_vocab(keys, path, config, reads_prefix_space=True)
+    # general.name as the converter writes it (llama.cpp sets Phi-3's token attributes by name)
+    keys.values["general.name"] = str(config.get("_name_or_path") or path.resolve().name).rstrip("/").split("/")[-1]
     return _spm_tokenizer(path / "tokenizer.model", lambda key, default=None: keys.values.get(key, default))
 
 
