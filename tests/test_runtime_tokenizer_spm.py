@@ -22,7 +22,8 @@ CASES = {"llama2": ("bpe_llama", LLAMA2_CONFIG), "unigram_bytes": ("unigram_byte
              **LLAMA2_CONFIG["added_tokens_decoder"], "1202": {"content": "<|endoftext|>", "special": True}}})}
 
 LINES = ["日本語 😀 emoji ✓", "  two  spaces", "tabs\tand é", "", " ", "<s>hello</s> world", "a<|im_end|>b",
-         "x <tool> y▁tool▁call z", "<unk> <0x41> ▁▁", "Привет мир 한국어 ½ ① ｆｕｌｌ", "line\nbreak\r\n", "🤖🦙\u200d"]
+         "x <tool> y▁tool▁call z", "<unk> <0x41> ▁▁", "Привет мир 한국어 ½ ① ｆｕｌｌ", "line\nbreak\r\n",
+         "🤖🦙\u200d"]
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -31,7 +32,8 @@ def model(request, tmp_path_factory):
     name, tcfg = CASES[request.param]
     base = tmp_path_factory.mktemp(request.param)
     (base / "case").write_text(request.param)
-    directory = _llama_dir(base / ("Phi-3-tiny" if request.param == "phi3" else "hf"), name, vocab_extra=3 if tcfg else 0, tokenizer_config=tcfg,
+    directory = _llama_dir(base / ("Phi-3-tiny" if request.param == "phi3" else "hf"), name,
+                           vocab_extra=3 if tcfg else 0, tokenizer_config=tcfg,
                            added_tokens={"<extra>": 1202} if tcfg and request.param != "phi3" else None)
     gguf_path = base / "model.gguf"
     with pytest.raises(SystemExit) as exit_:

@@ -290,7 +290,8 @@ def hf_tokenizer(path: Path) -> Tokenizer:
     eos = [eos] if not isinstance(eos, list) and eos is not None else list(eos or [])
     eos = [checked_token_id(i, n_vocab, path / "config.json") for i in eos]
     if not eos and isinstance(tok_config.get("eos_token"), str):
-        eos = [i for i in [(bpe.tok if isinstance(bpe, _HfSentencePiece) else bpe).token_to_id(tok_config["eos_token"])] if i is not None]
+        lookup = bpe.tok if isinstance(bpe, _HfSentencePiece) else bpe
+        eos = [i for i in [lookup.token_to_id(tok_config["eos_token"])] if i is not None]
     return Tokenizer(bpe, bos_id, eos, add_bos)
 
 
