@@ -152,7 +152,9 @@ def _spm_tokenizer(source: Path, field) -> Tokenizer:
 
     def token_id(key, default):
         value = field(key, default)
-        return None if value is None or not 0 <= int(value) < n else int(value)  # llama.cpp keeps a bad id out
+        if value is not None and not 0 <= int(value) < n:
+            value = default  # llama.cpp warns and keeps its default for an id outside the vocabulary
+        return None if value is None or not 0 <= int(value) < n else int(value)
 
     bos = token_id("tokenizer.ggml.bos_token_id", 1)
     eos = [token_id(k, d) for k, d in (("tokenizer.ggml.eos_token_id", 2), ("tokenizer.ggml.eot_token_id", None))]
