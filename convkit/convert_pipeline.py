@@ -50,13 +50,13 @@ def _hf_source(path: Path) -> Source:
     derived = dict(arch.extra_tensors())  # derived from config.json, written first as llama.cpp does
     names = arch.map_checkpoint(ckpt)  # checked against the architecture before any work
     tensors = [(name, tuple(np.shape(values())), gguf.GGMLQuantizationType.F32) for name, values in derived.items()]
-    tensors += [(name, arch.transformed_shape(name, ckpt.tensors[hf].shape), gguf.GGMLQuantizationType.F32)
+    tensors += [(name, arch.transformed_shape(name, arch.source_shape(ckpt, hf)), gguf.GGMLQuantizationType.F32)
                 for name, hf in names.items()]
 
     def read(name):
         if name in derived:
             return derived[name]()
-        return arch.transform(name, ckpt.read(names[name]))
+        return arch.transform(name, arch.read_source(ckpt, names[name]))
 
     def write_metadata(w):
         w.add_type("model")
@@ -64,7 +64,8 @@ def _hf_source(path: Path) -> Source:
         arch.write_hparams(w)
         write_vocab(w, ckpt.directory, ckpt.config, reads_prefix_space=arch.reads_prefix_space)
 
-    hp = {"n_layer": arch.n_layer, "n_head": getattr(arch, "n_head", 1), "n_head_kv": getattr(arch, "n_head_kv", 1)}
+    hp = {"n_layer": arch.n_layer, "n_head": getattr(arch, "n_head", 1), "n_head_kv": getattr(arch, "n_head_kv", 1),
+          "n_expert": arch.n_expert}
     files = tuple({e.file for e in ckpt.tensors.values()})
     return Source(ckpt.directory, arch.name, tensors, read, write_metadata, hp, files)
 
@@ -98,7 +99,8 @@ def _gguf_source(path: Path) -> Source:
     meta = gguf_model.Meta(layout, path)
     n_head = meta.int(f"{arch_name}.attention.head_count", 1)
     hp = {"n_layer": meta.int(f"{arch_name}.block_count", 0, low=0), "n_head": n_head,
-          "n_head_kv": meta.int(f"{arch_name}.attention.head_count_kv", n_head)}
+          "n_head_kv": meta.int(f"{arch_name}.attention.head_count_kv", n_head),
+          "n_expert": meta.int(f"{arch_name}.expert_count", 0, low=0)}
     return Source(path, arch_name, tensors, lambda name: gguf_in.read_stored(path, by_name[name]), write_metadata,
                   hp, (path,), stored)
 

@@ -77,6 +77,14 @@ def numpy_shape(t) -> tuple:
     return tuple(reversed(t.shape))
 
 
+def rope_and_rms(arch: str) -> bool:
+    """Whether the architecture's module describes rotary positions and RMSNorm."""
+    from convkit.arch import GGUF_REGISTRY
+
+    structure = GGUF_REGISTRY[arch].structure
+    return structure is not None and structure.positions == "rope" and structure.norm == "rms"
+
+
 def hparams(meta: Meta, arch: str, shapes: dict) -> dict:
     """The hyperparameters the tensor table needs, read and range-checked."""
     k = f"{arch}."
@@ -88,7 +96,7 @@ def hparams(meta: Meta, arch: str, shapes: dict) -> dict:
     if not meta.has(k + "attention.key_length") and hidden % n_head:
         meta.fail(k + "attention.head_count", f"= {n_head} does not divide embedding_length {hidden}")
     head_dim = meta.int(k + "attention.key_length", hidden // n_head)
-    if arch in ("llama", "qwen2"):
+    if rope_and_rms(arch):
         if head_dim % 2:
             meta.fail(k + "attention.key_length", f"= {head_dim} is odd; rotary positions need pairs")
         meta.int(k + "rope.dimension_count", head_dim, high=head_dim)
@@ -101,9 +109,14 @@ def hparams(meta: Meta, arch: str, shapes: dict) -> dict:
     embd = shapes.get("token_embd.weight")
     if embd is None or len(embd) != 2:
         raise ConvkitError(f"{meta.path}: tensor token_embd.weight is missing or not 2-D; the file is incomplete")
-    return {"n_layer": meta.int(k + "block_count"), "hidden": hidden, "n_head": n_head, "n_head_kv": n_head_kv,
-            "head_dim": head_dim, "ff": meta.int(k + "feed_forward_length"), "vocab": embd[0],
-            "n_ctx": meta.int(k + "context_length"), "tied": True}
+    hp = {"n_layer": meta.int(k + "block_count"), "hidden": hidden, "n_head": n_head, "n_head_kv": n_head_kv,
+          "head_dim": head_dim, "ff": meta.int(k + "feed_forward_length"), "vocab": embd[0],
+          "n_ctx": meta.int(k + "context_length"), "tied": True}
+    if meta.has(k + "expert_count"):
+        hp["n_expert"] = meta.int(k + "expert_count")
+        hp["ff_exp"] = meta.int(k + "expert_feed_forward_length", hp["ff"])  # llama's experts: feed_forward_length
+        meta.int(k + "expert_used_count", high=hp["n_expert"])
+    return hp
 
 
 def check_layers(meta: Meta, arch: str, shapes: dict) -> None:

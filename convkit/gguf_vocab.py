@@ -48,6 +48,15 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_
     add_prefix_space as add_space_prefix (llama.cpp's llama converter does; others do not)."""
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
+    if reads_prefix_space and (directory / "tokenizer.model").is_file():
+        # llama.cpp's llama converter tries the sentencepiece model first (and copies
+        # tokenizer_config's add_prefix_space before it)
+        tcfg_path = directory / "tokenizer_config.json"
+        tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
+        if isinstance(tcfg.get("add_prefix_space"), bool):
+            w.add_add_space_prefix(tcfg["add_prefix_space"])
+        _write_sentencepiece(w, directory / "tokenizer.model", directory, config)
+        return
     if tok_path.is_file():
         tokenizer = read_json_object(tok_path)
         model, _, _, _ = check_hf_document(tokenizer, str(tok_path))  # types and id ranges
@@ -94,9 +103,11 @@ def _tokens_and_types(tokenizer, vocab_size, tok_path):
     return tokens, types
 
 
-def _special_ids(w, tokens, directory, config):
+def _special_ids(w, tokens, directory, config, by_name=True):
+    """bos/eos/... ids: tokenizer_config.json's token names looked up in the vocab (when
+    by_name: llama.cpp finds them through tokenizer.json's added tokens), else config.json."""
     cfg_path = directory / "tokenizer_config.json"
-    tcfg = read_json_object(cfg_path) if cfg_path.is_file() else {}
+    tcfg = read_json_object(cfg_path) if cfg_path.is_file() and by_name else {}
     index = {t: i for i, t in enumerate(tokens)}
 
     def token_id(key):
@@ -140,6 +151,7 @@ def added_special_tokens(tokenizer: dict, tcfg: dict) -> dict:
             flags.update(bos=True, eos=True, sep=True)
         elif kind == "TemplateProcessing":
             single = processor.get("single") or []
+            first = last = None
             if len(single) > 1:
                 first = (single[0].get("SpecialToken") or {}).get("id")
                 last = (single[-1].get("SpecialToken") or {}).get("id")
@@ -147,10 +159,37 @@ def added_special_tokens(tokenizer: dict, tcfg: dict) -> dict:
                     flags["bos"] = first == bos or not tcfg
                 if last:
                     flags["eos"] = last == eos or not tcfg
+            sep = _pair_separator(processor.get("pair") or [], first, last,
+                                  (_token_text(tcfg.get("sep_token")), eos))
+            if sep is not None:
+                flags["sep"] = sep
     for kind in ("bos", "eos"):
         if isinstance(tcfg.get(f"add_{kind}_token"), bool):
             flags.setdefault(kind, tcfg[f"add_{kind}_token"])
     return flags
+
+
+def _pair_separator(pair: list, first, last, separators) -> bool | None:
+    """Whether a pair template (A ... B) puts a separator between the sequences, as
+    gguf.SpecialVocab reads it: None when the template says nothing about it."""
+    def special(item):
+        return (item.get("SpecialToken") or {}).get("id") if isinstance(item, dict) else None
+
+    def sequence(item):
+        return (item.get("Sequence") or {}).get("id") if isinstance(item, dict) else None
+
+    if not pair:
+        return None
+    start = 1 if first and special(pair[0]) == first else 0
+    stop = -1 if last and special(pair[-1]) == last else None
+    pair = pair[start:stop]
+    if not pair or sequence(pair[0]) != "A" or sequence(pair[-1]) != "B" or len(pair) < 3:
+        return None
+    inner = pair[1:-1]
+    add = bool(special(inner[0]) and special(inner[0]) in separators and not last)
+    if len(inner) == 2 and special(inner[1]) in separators and special(inner[1]):
+        add = True
+    return add
 
 
 def _write_bpe(w, tokenizer, directory, config, tok_path, reads_prefix_space=False):
@@ -244,37 +283,70 @@ def _template_specials(w, post, n_tokens: int, source):
     w.add_add_sep_token(last is None and any(m is not None for m in middle))
 
 
-def _write_sentencepiece(w, model_path, directory, config):
-    """tokenizer.model -> model "llama": pieces, scores and types from sentencepiece itself."""
-    from sentencepiece import SentencePieceProcessor
+def _looks_special(token: str) -> bool:
+    """Added tokens llama.cpp's converter makes control tokens although HF calls them not special."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))
+            or (token.startswith("<unused") and token.endswith(">")))
 
-    sp = SentencePieceProcessor()
-    try:
-        sp.LoadFromFile(str(model_path))
-    except (OSError, RuntimeError) as exc:
-        raise ConvkitError(f"{model_path}: not a sentencepiece model ({exc})") from None
-    n = int(config.get("vocab_size") or sp.vocab_size())
-    tokens, scores, types = [f"[PAD{i}]" for i in range(n)], [-1000.0] * n, [UNUSED] * n
-    for i in range(min(n, sp.vocab_size())):
-        tokens[i], scores[i] = sp.IdToPiece(i), float(sp.GetScore(i))
-        types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else
-                    UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
+
+def sentencepiece_vocab(model_path, directory, config) -> tuple[list, list, list]:
+    """tokens, scores and token types of a tokenizer.model as llama.cpp's converter builds
+    them: the model's pieces (user-defined ones count as normal), padded to config.json's
+    vocab_size with [PADn] (score -10000, unused), then added_tokens.json and
+    tokenizer_config.json's added_tokens_decoder on top (score -1000; control if special
+    or special-looking, else user-defined with ▁ read as a space)."""
+    from tokenizers_impl import formats
+    from tokenizers_impl import spm_proto as proto
+
+    tok = formats.load(model_path)
+    if tok.kind != "sentencepiece":
+        raise ConvkitError(f"{model_path}: not a sentencepiece model")
+    n = int(config.get("vocab_size") or len(tok.pieces))
+    tokens, scores, types = [f"[PAD{i}]" for i in range(n)], [-10000.0] * n, [UNUSED] * n
+    kinds = {proto.UNKNOWN: UNKNOWN, proto.CONTROL: CONTROL, proto.UNUSED: UNUSED, proto.BYTE: BYTE}
+    for i in range(min(n, len(tok.pieces))):
+        tokens[i], scores[i] = tok.pieces[i], tok.scores[i]
+        types[i] = kinds.get(tok.types[i], NORMAL)
+    added_path = directory / "added_tokens.json"
+    if added_path.is_file():
+        for key, i in read_json_object(added_path).items():
+            if isinstance(i, int) and 0 <= i < n:
+                tokens[i], scores[i], types[i] = key, -1000.0, USER_DEFINED
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     decoder = tcfg.get("added_tokens_decoder") or {}
     for key, entry in (decoder.items() if isinstance(decoder, dict) else ()):
-        i = int(key) if key.isdigit() else n
-        if i < n and isinstance(entry, dict) and isinstance(entry.get("content", ""), str):
-            tokens[i] = entry.get("content", tokens[i])
-            types[i] = CONTROL if entry.get("special") else USER_DEFINED
+        i = int(key) if isinstance(key, str) and key.isdigit() else n
+        if i >= n or not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+            continue
+        token = entry["content"]
+        if entry.get("special") or _looks_special(token):
+            types[i] = CONTROL
+        else:
+            token = token.replace("\u2581", " ")
+            types[i] = USER_DEFINED
+        tokens[i], scores[i] = token, -1000.0
+    return tokens, scores, types
+
+
+def _write_sentencepiece(w, model_path, directory, config):
+    """tokenizer.model -> model "llama", read with our own sentencepiece reader."""
+    tokens, scores, types = sentencepiece_vocab(model_path, directory, config)
+    tcfg_path = directory / "tokenizer_config.json"
+    tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    _special_ids(w, tokens, directory, config)
-    for flag, add in (("add_bos_token", w.add_add_bos_token), ("add_eos_token", w.add_add_eos_token)):
-        if flag in tcfg:
-            add(bool(tcfg[flag]))
+    # without a tokenizer.json llama.cpp's converter takes the special ids from config.json;
+    # with one, the added-token flags come from its post-processor first (gguf.SpecialVocab)
+    tok_json = directory / "tokenizer.json"
+    _special_ids(w, tokens, directory, config, by_name=tok_json.is_file())
+    flags = added_special_tokens(read_json_object(tok_json) if tok_json.is_file() else {}, tcfg)
+    for kind, add in (("bos", w.add_add_bos_token), ("eos", w.add_add_eos_token), ("sep", w.add_add_sep_token)):
+        if kind in flags:
+            add(flags[kind])
     if isinstance(tcfg.get("chat_template"), str):
         w.add_chat_template(tcfg["chat_template"])

@@ -12,7 +12,9 @@ n_ctx (rows of the learned positions); `tied` says whether output.weight may be 
 from convkit.errors import ConvkitError
 
 
-def _llama(hp: dict, biases_required: bool) -> dict:
+def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_norms: bool = False) -> dict:
+    """Llama and its kin; `qk_norm` "head" or "all" adds q/k norms of one head or of all heads,
+    `post_norms` puts OLMo 2's norms after the sublayers in place of llama's before them."""
     h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
     q, kv = hp["n_head"] * hp["head_dim"], hp["n_head_kv"] * hp["head_dim"]
     out = {"token_embd.weight": ((vocab, h), True), "output_norm.weight": ((h,), True),
@@ -21,13 +23,24 @@ def _llama(hp: dict, biases_required: bool) -> dict:
     for i in range(hp["n_layer"]):
         p = f"blk.{i}."
         out.update({
-            p + "attn_norm.weight": ((h,), True), p + "ffn_norm.weight": ((h,), True),
             p + "attn_q.weight": ((q, h), True), p + "attn_k.weight": ((kv, h), True),
             p + "attn_v.weight": ((kv, h), True), p + "attn_output.weight": ((h, q), True),
-            p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
-            p + "ffn_down.weight": ((h, ff), True),
             p + "attn_q.bias": ((q,), biases_required), p + "attn_k.bias": ((kv,), biases_required),
             p + "attn_v.bias": ((kv,), biases_required)})
+        n_exp, ff_exp = hp.get("n_expert", 0), hp.get("ff_exp")
+        if n_exp:  # a router and the experts' matrices stacked
+            out.update({p + "ffn_gate_inp.weight": ((n_exp, h), True),
+                        p + "ffn_gate_exps.weight": ((n_exp, ff_exp, h), True),
+                        p + "ffn_up_exps.weight": ((n_exp, ff_exp, h), True),
+                        p + "ffn_down_exps.weight": ((n_exp, h, ff_exp), True)})
+        else:
+            out.update({p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
+                        p + "ffn_down.weight": ((h, ff), True)})
+        norms = ("post_attention_norm", "post_ffw_norm") if post_norms else ("attn_norm", "ffn_norm")
+        out.update({f"{p}{n}.weight": ((h,), True) for n in norms})
+        if qk_norm is not None:
+            out[p + "attn_q_norm.weight"] = ((hp["head_dim"] if qk_norm == "head" else q,), True)
+            out[p + "attn_k_norm.weight"] = ((hp["head_dim"] if qk_norm == "head" else kv,), True)
         # llama's attention_bias / mlp_bias: required when config.json sets them, refused
         # when it says false, allowed when unknown (a GGUF states neither)
         extra = {"attention_bias": {p + "attn_output.bias": (h,)},
@@ -76,13 +89,20 @@ def _bert(hp: dict) -> dict:
     return out
 
 
-TABLES = {"llama": lambda hp: _llama(hp, False), "qwen2": lambda hp: _llama(hp, True), "gpt2": _gpt2, "bert": _bert}
+# an architecture's `tensor_table` names its table; "decoder" reads the rest from its structure
+TABLES = {"decoder": lambda hp, cls: _llama(hp, cls.qkv_bias_required, cls.structure.qk_norm, cls.structure.post_norms),
+          "gpt2": lambda hp, cls: _gpt2(hp), "bert": lambda hp, cls: _bert(hp)}
 
 
 def expected_tensors(arch: str, hp: dict) -> dict | None:
-    """GGUF name -> (numpy shape, required), or None for an architecture without a table."""
-    table = TABLES.get(arch)
-    return None if table is None else table(hp)
+    """GGUF name -> (numpy shape, required), or None for an architecture without a table.
+    `arch` is a GGUF architecture name; its convkit/arch module says which table applies."""
+    from convkit.arch import GGUF_REGISTRY  # the registry imports this module
+
+    cls = GGUF_REGISTRY.get(arch)
+    if cls is None or cls.tensor_table is None:
+        return None
+    return TABLES[cls.tensor_table](hp, cls)
 
 
 def shape_matches(expected: tuple, actual: tuple) -> bool:

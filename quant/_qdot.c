@@ -748,6 +748,25 @@ AVX2 static inline __m256i mins_x16(const uint8_t mins[8]) {
     return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
 }
 
+/* The float part of one Q4_K/Q5_K block for one activation row, dot_q4_k_with's operations
+ * in its order (lanes: the block's 8 integer lane sums; mins16: its mins, each twice) */
+AVX2 static inline void q45_k_float_step(const uint8_t *blk, const qact *a, int i, __m256i lanes, __m256i mins16,
+                                         __m256 *sums, float *sumf) {
+    const int sumi = hsum8(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->bsums + 16 * i)), mins16));
+    const float d = f16(blk) * a->d[i];
+    *sums = _mm256_add_ps(*sums, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes)));
+    const float dmin = f16(blk + 2) * a->d[i];
+    *sumf -= dmin * (float)sumi;
+}
+
+/* the end of a K-quant product: the 8 float lane sums added to sumf, lane 0 first */
+AVX2 static inline float k_lanes_total(__m256 sums, float sumf) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sums);
+    for (int l = 0; l < 8; l++) sumf += lanes[l];
+    return sumf;
+}
+
 /* Sub-blocks 2j and 2j + 1 of a Q4_K (has_qh 0) or Q5_K block as 32 unsigned bytes each, natural order */
 AVX2 static inline void q45_k_subblocks(const uint8_t *blk, int j, int has_qh, __m256i *lo, __m256i *hi) {
     const __m256i m = _mm256_set1_epi8(0x0F);
@@ -790,21 +809,9 @@ AVX2 static inline void tile_q45_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, 
                                                                    scales[2 * j], scales[2 * j + 1]));
                 }
             }
-            for (int t = 0; t < tt; t++) {
-                const qact *a = &at[t];
-                const int sumi = hsum8(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->bsums + 16 * i)), mins16));
-                const float d = f16(blk) * a->d[i];
-                sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc[t])));
-                const float dmin = f16(blk + 2) * a->d[i];
-                sumf[t] -= dmin * (float)sumi;
-            }
+            for (int t = 0; t < tt; t++) q45_k_float_step(blk, &at[t], i, acc[t], mins16, &sums[t], &sumf[t]);
         }
-        for (int t = 0; t < tt; t++) {
-            float lanes[8];
-            _mm256_storeu_ps(lanes, sums[t]);
-            for (int l = 0; l < 8; l++) sumf[t] += lanes[l];
-            out[t * stride + r] = sumf[t];
-        }
+        for (int t = 0; t < tt; t++) out[t * stride + r] = k_lanes_total(sums[t], sumf[t]);
     }
 }
 
@@ -912,12 +919,7 @@ AVX2 static inline void q2_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) 
                     sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc))); \
                 }                                                                                     \
             }                                                                                         \
-            for (int t = 0; t < tt; t++) {                                                            \
-                float lanes[8], sumf = 0.0f;                                                          \
-                _mm256_storeu_ps(lanes, sums[t]);                                                     \
-                for (int l = 0; l < 8; l++) sumf += lanes[l];                                         \
-                out[t * stride + r] = sumf;                                                           \
-            }                                                                                         \
+            for (int t = 0; t < tt; t++) out[t * stride + r] = k_lanes_total(sums[t], 0.0f);         \
         }                                                                                             \
     }
 
@@ -1002,19 +1004,10 @@ VNNI static inline void tile_q45_k_vnni(const uint8_t *w, Py_ssize_t row_bytes, 
                     const __m256i lanes = _mm256_dpbusd_epi32(zero, wq[k], _mm256_loadu_si256((const __m256i *)(y + 32 * k)));
                     acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(lanes, _mm256_set1_epi32(scales[k])));
                 }
-                const int sumi = hsum8(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->bsums + 16 * i)), mins16));
-                const float d = f16(blk) * a->d[i];
-                sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc)));
-                const float dmin = f16(blk + 2) * a->d[i];
-                sumf[t] -= dmin * (float)sumi;
+                q45_k_float_step(blk, a, i, acc, mins16, &sums[t], &sumf[t]);
             }
         }
-        for (int t = 0; t < tt; t++) {
-            float lanes[8];
-            _mm256_storeu_ps(lanes, sums[t]);
-            for (int l = 0; l < 8; l++) sumf[t] += lanes[l];
-            out[t * stride + r] = sumf[t];
-        }
+        for (int t = 0; t < tt; t++) out[t * stride + r] = k_lanes_total(sums[t], sumf[t]);
     }
 }
 

@@ -33,6 +33,29 @@ def simple_kernel(qtype, x, nbytes_per_row, threads, backend="auto"):
     return split_rows(lambda xp, op, r: compiled.simple(tid, xp, op, r, n), x, out, threads)
 
 
+def quantize_in_blocks(qtype, x, blocks, chunk, threads=1, backend="auto", compiled_kernel=True):
+    """float32 rows -> the bytes of a type that takes no importance vector: the compiled
+    `simple` kernel when it is built (and `compiled_kernel`), else `blocks` (numpy,
+    [blocks, block size] -> [blocks, bytes]) on `chunk` blocks at a time, which bounds
+    its temporaries."""
+    import numpy as np
+
+    from .types import block_size, type_size
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, n = x.shape
+    qk, nbytes = block_size(qtype), type_size(qtype)
+    row_bytes = n // qk * nbytes
+    done = simple_kernel(qtype, x, row_bytes, threads, backend) if compiled_kernel else None
+    if done is not None:
+        return done
+    xb = x.reshape(-1, qk)
+    out = np.empty((xb.shape[0], nbytes), dtype=np.uint8)
+    for s in range(0, xb.shape[0], chunk):
+        out[s:s + chunk] = blocks(xb[s:s + chunk])
+    return out.reshape(rows, row_bytes)
+
+
 def compiled_or_none(backend: str = "auto"):
     """The compiled module to use for `backend`, or None for the numpy path."""
     if backend not in BACKENDS:

@@ -7,12 +7,11 @@ each value takes the first code whose kvalues_mxfp4[code] * d is nearest to it.
 """
 import numpy as np
 
-from .backend import simple_kernel
+from .backend import quantize_in_blocks
 from .legacy import c_to_int8, pack_nibbles
 from .search import F32
-from .types import QuantType, block_size, type_size
+from .types import QuantType, type_size
 
-QK = block_size(QuantType.MXFP4)
 BLOCK_BYTES = type_size(QuantType.MXFP4)
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
 _KV = KVALUES.astype(F32)
@@ -54,16 +53,7 @@ def _blocks(x):
 
 def quantize(x, imatrix=None, threads=1, backend="auto"):
     """float32 [rows, n] (n a multiple of 32) -> MXFP4; an importance vector does not apply."""
-    x = np.ascontiguousarray(x, dtype=F32)
-    rows, n = x.shape
-    compiled = simple_kernel(QuantType.MXFP4, x, n // QK * BLOCK_BYTES, threads, backend)
-    if compiled is not None:
-        return compiled
-    xb = x.reshape(-1, QK)
-    out = np.empty((xb.shape[0], BLOCK_BYTES), dtype=np.uint8)
-    for s in range(0, xb.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = _blocks(xb[s:s + _CHUNK])
-    return out.reshape(rows, n // QK * BLOCK_BYTES)
+    return quantize_in_blocks(QuantType.MXFP4, x, _blocks, _CHUNK, threads, backend)
 
 
 def dequantize(data):

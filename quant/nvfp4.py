@@ -8,12 +8,11 @@ kvalues_mxfp4 whose value times d is nearest.
 """
 import numpy as np
 
-from .backend import simple_kernel
+from .backend import quantize_in_blocks
 from .mxfp4 import nearest_codes
 from .search import F32
-from .types import QuantType, block_size, type_size
+from .types import QuantType, type_size
 
-QK = block_size(QuantType.NVFP4)
 SUB = 16
 BLOCK_BYTES = type_size(QuantType.NVFP4)
 _KV = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=F32)
@@ -60,16 +59,7 @@ def _blocks(x):
 
 def quantize(x, imatrix=None, threads=1, backend="auto"):
     """float32 [rows, n] (n a multiple of 64) -> NVFP4; an importance vector does not apply."""
-    x = np.ascontiguousarray(x, dtype=F32)
-    rows, n = x.shape
-    compiled = simple_kernel(QuantType.NVFP4, x, n // QK * BLOCK_BYTES, threads, backend)
-    if compiled is not None:
-        return compiled
-    xb = x.reshape(-1, QK)
-    out = np.empty((xb.shape[0], BLOCK_BYTES), dtype=np.uint8)
-    for s in range(0, xb.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = _blocks(xb[s:s + _CHUNK])
-    return out.reshape(rows, n // QK * BLOCK_BYTES)
+    return quantize_in_blocks(QuantType.NVFP4, x, _blocks, _CHUNK, threads, backend)
 
 
 def dequantize(data):

@@ -6,6 +6,7 @@ ggml (quantize_row_q1_0_ref; an importance vector is ignored): d = (sum of |x|, 
 """
 import numpy as np
 
+from .backend import quantize_in_blocks
 from .legacy import fp16_bytes
 from .search import F32, seq_sum
 from .types import QuantType, block_size, type_size
@@ -24,13 +25,7 @@ def _blocks(x):
 
 def quantize(x, imatrix=None, threads=1):
     """float32 [rows, n] (n a multiple of 128) -> Q1_0."""
-    x = np.ascontiguousarray(x, dtype=F32)
-    rows, n = x.shape
-    xb = x.reshape(-1, QK)
-    out = np.empty((xb.shape[0], BLOCK_BYTES), dtype=np.uint8)
-    for s in range(0, xb.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = _blocks(xb[s:s + _CHUNK])
-    return out.reshape(rows, n // QK * BLOCK_BYTES)
+    return quantize_in_blocks(QuantType.Q1_0, x, _blocks, _CHUNK, compiled_kernel=False)
 
 
 def dequantize(data):

@@ -11,7 +11,7 @@ Both take d = max|x| of the super-block and store each value as round(x / d) in 
 """
 import numpy as np
 
-from .backend import simple_kernel
+from .backend import quantize_in_blocks
 from .legacy import c_roundf, fp16_bytes
 from .search import F32
 from .types import QuantType, block_size, type_size
@@ -56,17 +56,7 @@ def _tq1_0(x):
 
 
 def _quantize(blocks, qtype, x, threads, backend):
-    x = np.ascontiguousarray(x, dtype=F32)
-    rows, n = x.shape
-    nbytes = type_size(qtype)
-    compiled = simple_kernel(qtype, x, n // QK_K * nbytes, threads, backend)
-    if compiled is not None:
-        return compiled
-    xs = x.reshape(-1, QK_K)
-    out = np.empty((xs.shape[0], nbytes), dtype=np.uint8)
-    for s in range(0, xs.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = blocks(xs[s:s + _CHUNK])
-    return out.reshape(rows, n // QK_K * nbytes)
+    return quantize_in_blocks(qtype, x, blocks, _CHUNK, threads, backend)
 
 
 def quantize_tq2_0(x, imatrix=None, threads=1, backend="auto"):

@@ -1,4 +1,5 @@
-"""Tokenizers written here: byte-level BPE, classic character BPE (and WordPiece).
+"""Tokenizers written here: byte-level BPE, classic character BPE, WordPiece; each kind
+is a `base.Tokenizer` subclass registered by name (base.KINDS).
 
 Pipeline: special tokens are cut out, a pre-tokenizer (pretokenize.py) splits the rest
 into pieces, a model (BPE merges) turns each piece into ids. The hot loops live in an

@@ -8,13 +8,18 @@ joins tokens with single spaces (what HF's tokenizer does without a decoder).
 from typing import Callable, Iterable, Sequence
 
 from . import merges as bpe
+from .base import Tokenizer, register
 from .errors import TokenizerError
 from .pretokenize import count_pieces, pretokenize, special_splitter
+from .serial import bpe_model, hf_type, plain_bpe
 
 PRETOKENIZER = "whitespace"
 
 
-class CharBPE:
+@register
+class CharBPE(Tokenizer):
+    kind = "bpe"
+    hf_models = ("BPE",)
     pretokenizer = PRETOKENIZER
 
     def __init__(self, vocab: dict, merges: list, unk_token: str | None = "[UNK]",
@@ -23,8 +28,7 @@ class CharBPE:
         self.merges = bpe.merge_pairs(merges)
         self.unk_token = unk_token
         self.special_tokens = dict(special_tokens or {})
-        self._id_to_token = {i: t for t, i in self.vocab.items()}
-        self._id_to_token.update({i: t for t, i in self.special_tokens.items()})
+        self._index()
         self._unk_id = self.token_to_id(unk_token) if unk_token is not None else None
         if unk_token is not None and self._unk_id is None:
             raise TokenizerError(f"unknown token {unk_token!r} is not in the vocab: add it or pass unk_token=None")
@@ -35,33 +39,7 @@ class CharBPE:
                 self._ranks[key] = (rank, self.vocab[left + right])
             except KeyError:
                 raise TokenizerError(f"merge {left!r} {right!r} uses a token missing from the vocab") from None
-        self._splitter = special_splitter(self.special_tokens)
         self._cache: dict = {}
-
-    def id_to_token(self, i: int) -> str | None:
-        return self._id_to_token.get(i)
-
-    def token_to_id(self, s: str) -> int | None:
-        if s in self.special_tokens:
-            return self.special_tokens[s]
-        return self.vocab.get(s)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_token)
-
-    def encode(self, text: str) -> list[int]:
-        if self._splitter is None:
-            return self.encode_ordinary(text)
-        ids, start = [], 0
-        for m in self._splitter.finditer(text):
-            ids += self.encode_ordinary(text[start:m.start()])
-            ids.append(self.special_tokens[m.group()])
-            start = m.end()
-        return ids + self.encode_ordinary(text[start:])
-
-    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
 
     def encode_ordinary(self, text: str) -> list[int]:
         ids, cache = [], self._cache
@@ -86,7 +64,7 @@ class CharBPE:
         try:
             return " ".join(self._id_to_token[i] for i in ids)
         except KeyError as exc:
-            raise TokenizerError(f"token id {exc.args[0]} is not in the vocab ({self.vocab_size} tokens)") from None
+            raise self._bad_id(exc.args[0]) from None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 0,
@@ -126,3 +104,28 @@ class CharBPE:
         merges = [(id_to_token[a], id_to_token[b]) for a, b, _ in bpe.ordered_merges(raw)]
         vocab = {t: i for i, t in enumerate(id_to_token)}
         return cls(vocab, merges, unk_token, {t: vocab[t] for t in specials})
+
+    # ---------------------------------------------------------------- files
+    def convkit_fields(self) -> dict:
+        return {"unk_token": self.unk_token}
+
+    def convkit_tail(self) -> dict:
+        return {"merges": [list(m) for m in self.merges]}
+
+    @classmethod
+    def from_convkit(cls, doc, vocab, specials, name):
+        return cls(vocab, doc["merges"], doc["unk_token"], specials)
+
+    def to_hf(self) -> dict:
+        return {"normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None,
+                "decoder": None, "model": bpe_model(self, self.unk_token)}
+
+    @classmethod
+    def from_hf(cls, doc, model, vocab, specials, merges, name):
+        if model["type"] != "BPE" or not plain_bpe(doc, model) or hf_type(doc.get("pre_tokenizer")) != "Whitespace":
+            return None
+        return cls(vocab, merges, model.get("unk_token"), specials)
+
+    def gguf_metadata(self) -> dict:
+        raise TokenizerError("classic (character) BPE has no llama.cpp tokenizer model: "
+                             "train --type bytelevel for a GGUF vocab")

@@ -13,8 +13,11 @@ import numpy as np
 
 from . import merges as bpe
 from . import unicode_classes
+from .base import Tokenizer, register
 from .errors import TokenizerError
 from .pretokenize import PRESETS, count_pieces, preset_id, pretokenize_reference, special_splitter
+from .serial import (GGUF_PRE, bpe_model, byte_level, bytelevel_preset, gguf_special_ids,
+                     gguf_token_table, hf_pretokenizer, plain_bpe)
 
 try:
     from . import _bpe
@@ -55,7 +58,11 @@ def token_to_bytes(token: str) -> bytes:
     return token.encode("utf-8")  # not a byte-level token (e.g. a control token)
 
 
-class ByteLevelBPE:
+@register
+class ByteLevelBPE(Tokenizer):
+    kind = "bytelevel"
+    hf_models = ("BPE",)
+
     def __init__(self, vocab: dict, merges: list, pretokenizer: str = "gpt2",
                  special_tokens: dict | None = None):
         if preset_id(pretokenizer) == PRESETS["whitespace"]:
@@ -64,8 +71,7 @@ class ByteLevelBPE:
         self.merges = bpe.merge_pairs(merges)
         self.pretokenizer = pretokenizer
         self.special_tokens = dict(special_tokens or {})
-        self._id_to_token = {i: t for t, i in self.vocab.items()}
-        self._id_to_token.update({i: t for t, i in self.special_tokens.items()})
+        self._index()
         # bytes without a token (vocabs may leave out bytes that never occur) are dropped
         # when encoding, as HF's BPE model does when it has no unk token
         b2u = bytes_to_unicode()
@@ -82,40 +88,13 @@ class ByteLevelBPE:
                 column.append(i)
         self._merge_arrays = (ma, mb, mn)
         self._ranks = None
-        self._splitter = special_splitter(self.special_tokens)
         self._encoder = None
         if _bpe is not None:
             self._encoder = _bpe.Encoder(unicode_classes.class_table(), preset_id(pretokenizer),
                                          array("I", self._byte_ids), ma, mb, mn)
         self._bytes = None
 
-    # ---------------------------------------------------------------- lookups
-    def id_to_token(self, i: int) -> str | None:
-        return self._id_to_token.get(i)
-
-    def token_to_id(self, s: str) -> int | None:
-        if s in self.special_tokens:
-            return self.special_tokens[s]
-        return self.vocab.get(s)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_token)
-
     # ---------------------------------------------------------------- encoding
-    def encode(self, text: str) -> list[int]:
-        if self._splitter is None:
-            return self.encode_ordinary(text)
-        ids, start = [], 0
-        for m in self._splitter.finditer(text):
-            ids += self.encode_ordinary(text[start:m.start()])
-            ids.append(self.special_tokens[m.group()])
-            start = m.end()
-        return ids + self.encode_ordinary(text[start:])
-
-    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode with special tokens treated as plain text."""
         if self._encoder is not None:
@@ -141,7 +120,7 @@ class ByteLevelBPE:
         try:
             return b"".join([self._bytes[i] for i in ids])
         except KeyError as exc:
-            raise TokenizerError(f"token id {exc.args[0]} is not in the vocab ({self.vocab_size} tokens)") from None
+            raise self._bad_id(exc.args[0]) from None
 
     def decode(self, ids) -> str:
         """Text of ids; bytes that are not valid UTF-8 become U+FFFD (as HF's ByteLevel decoder)."""
@@ -173,6 +152,43 @@ class ByteLevelBPE:
         merges = [(id_to_token[a], id_to_token[b]) for a, b, _ in bpe.ordered_merges(raw)]
         vocab = {t: i for i, t in enumerate(id_to_token)}
         return cls(vocab, merges, pretokenizer, {t: vocab[t] for t in specials})
+
+    # ---------------------------------------------------------------- files
+    def convkit_fields(self) -> dict:
+        return {"pretokenizer": self.pretokenizer}
+
+    def convkit_tail(self) -> dict:
+        return {"merges": [list(m) for m in self.merges]}
+
+    @classmethod
+    def from_convkit(cls, doc, vocab, specials, name):
+        return cls(vocab, doc["merges"], doc["pretokenizer"], specials)
+
+    def to_hf(self) -> dict:
+        return {"normalizer": None, "pre_tokenizer": hf_pretokenizer(self.pretokenizer),
+                "post_processor": byte_level(True, trim_offsets=False), "decoder": byte_level(True),
+                "model": bpe_model(self, None)}
+
+    @classmethod
+    def from_hf(cls, doc, model, vocab, specials, merges, name):
+        if model["type"] != "BPE" or not plain_bpe(doc, model):
+            return None
+        preset = bytelevel_preset(doc.get("pre_tokenizer"), name)
+        return None if preset is None else cls(vocab, merges, preset, specials)
+
+    def gguf_metadata(self) -> dict:
+        vocab, tokens, types = gguf_token_table(self)
+        meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": GGUF_PRE[self.pretokenizer],
+                "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                "tokenizer.ggml.merges": [f"{a} {b}" for a, b in self.merges]}
+        gguf_special_ids(meta, vocab, {
+            "bos": ("<|begin_of_text|>", "<s>", "<|im_start|>", "<|endoftext|>"),
+            "eos": ("<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"),
+            "unknown": ("<unk>", "<|unk|>"),
+            "padding": ("<pad>", "<|pad|>"),
+        })
+        meta["tokenizer.ggml.add_bos_token"] = False
+        return meta
 
 
 def count_words(texts: Iterable[str], pretokenizer: str, special_tokens=()) -> dict:

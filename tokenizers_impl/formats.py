@@ -18,28 +18,21 @@ those marked "normalized" in the normalized text instead).
 import json
 from pathlib import Path
 
-from .bpe import CharBPE
-from .bytelevel import ByteLevelBPE
+from . import bpe, bytelevel, sentencepiece, wordpiece  # noqa: F401  (each registers its kind)
+from .base import KINDS, Tokenizer
 from .errors import TokenizerError
 from .normalize import BertNormalizer
+from .serial import GGUF_PRE, LLAMA3_PATTERN, added_tokens, by_id, BPE_OPTIONS, bytelevel_preset, hf_type  # noqa: F401
 from .wordpiece import BERT_SPECIAL_TOKENS, WordPiece, bert_template
 
-FORMATS = ("convkit", "hf", "vocab.txt")
-KINDS = {"bytelevel": ByteLevelBPE, "bpe": CharBPE, "wordpiece": WordPiece}
+FORMATS = ("convkit", "hf", "vocab.txt", "sentencepiece")
 FORMAT_TAG = "convkit-tokenizer"
 FORMAT_VERSION = 1
 
-# HF's Split pattern of the Llama 3 pre-tokenizer (the `llama3` preset)
-LLAMA3_PATTERN = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}|"
-                  " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
-# llama.cpp's names for our pre-tokenizer presets (tokenizer.ggml.pre)
-GGUF_PRE = {"gpt2": "gpt-2", "llama3": "llama-bpe", "smollm": "smollm"}
-
 
 def kind_of(tok) -> str:
-    for kind, cls in KINDS.items():
-        if isinstance(tok, cls):
-            return kind
+    if isinstance(tok, Tokenizer) and tok.kind in KINDS:
+        return tok.kind
     raise TypeError(f"not a tokenizer: {type(tok).__name__}")
 
 
@@ -54,14 +47,22 @@ def format_for_path(path, fmt: str | None = None) -> str:
         return "convkit"
     if name.endswith(".txt"):
         return "vocab.txt"
+    if name.endswith(".model"):
+        return "sentencepiece"
     if name.endswith(".json"):
         return "hf"
     raise TokenizerError(f"{path}: cannot tell the format from the name: end it in .convkit.json (ours), "
-                         f".json (HF tokenizer.json) or .txt (vocab.txt), or pass --format")
+                         f".json (HF tokenizer.json), .txt (vocab.txt) or .model (sentencepiece), or pass --format")
 
 
 # ---------------------------------------------------------------------------- writing
-def dumps(tok, fmt: str) -> str:
+def dumps(tok, fmt: str) -> str | bytes:
+    """The file's content: text, or bytes for a sentencepiece tokenizer.model."""
+    if fmt == "sentencepiece":
+        if not hasattr(tok, "to_model_bytes"):
+            raise TokenizerError(f"tokenizer.model holds only sentencepiece models, not {kind_of(tok)}: "
+                                 f"write .json or .convkit.json instead")
+        return tok.to_model_bytes()
     if fmt == "convkit":
         return json.dumps(to_convkit(tok), ensure_ascii=False, indent=1) + "\n"
     if fmt == "hf":
@@ -80,7 +81,7 @@ def save(tok, path, fmt: str | None = None) -> None:
     text = dumps(tok, format_for_path(path, fmt))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -88,80 +89,23 @@ def save(tok, path, fmt: str | None = None) -> None:
         raise
 
 
-def _by_id(vocab: dict) -> dict:
-    return dict(sorted(vocab.items(), key=lambda kv: kv[1]))
+_by_id = by_id
 
 
 def to_convkit(tok) -> dict:
     kind = kind_of(tok)
     out = {"format": FORMAT_TAG, "version": FORMAT_VERSION, "type": kind,
-           "special_tokens": _by_id(tok.special_tokens)}
-    if kind == "bytelevel":
-        out["pretokenizer"] = tok.pretokenizer
-    if kind in ("bpe", "wordpiece"):
-        out["unk_token"] = tok.unk_token
-    if kind == "wordpiece":
-        out["normalizer"] = tok.normalizer.to_dict() if tok.normalizer is not None else None
-        out["continuing_subword_prefix"] = tok.prefix
-        out["max_input_chars_per_word"] = tok.max_input_chars_per_word
-        out["post_processor"] = tok.post_processor
-    out["vocab"] = _by_id(tok.vocab)
-    if kind != "wordpiece":
-        out["merges"] = [list(m) for m in tok.merges]
+           "special_tokens": by_id(tok.special_tokens)}
+    out.update(tok.convkit_fields())
+    out["vocab"] = by_id(tok.vocab)
+    out.update(tok.convkit_tail())
     return out
 
 
-def _added_tokens(tok) -> list:
-    return [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True} for t, i in _by_id(tok.special_tokens).items()]
-
-
-def _bpe_model(tok, unk_token) -> dict:
-    vocab = dict(tok.vocab)
-    for t, i in tok.special_tokens.items():
-        vocab.setdefault(t, i)
-    return {"type": "BPE", "dropout": None, "unk_token": unk_token, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": _by_id(vocab), "merges": [list(m) for m in tok.merges]}
-
-
-def _byte_level(use_regex: bool, trim_offsets: bool = True) -> dict:
-    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": trim_offsets, "use_regex": use_regex}
-
-
-def _hf_pretokenizer(preset: str) -> dict:
-    if preset == "gpt2":
-        return _byte_level(True)
-    if preset == "llama3":
-        split = {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False}
-        return {"type": "Sequence", "pretokenizers": [split, _byte_level(False)]}
-    if preset == "smollm":
-        return {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
-                                                      _byte_level(True)]}
-    raise TokenizerError(f"pre-tokenizer {preset!r} has no tokenizer.json form")
-
-
 def to_hf(tok) -> dict:
-    kind = kind_of(tok)
-    out = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": _added_tokens(tok)}
-    if kind == "bytelevel":
-        out.update(normalizer=None, pre_tokenizer=_hf_pretokenizer(tok.pretokenizer),
-                   post_processor=_byte_level(True, trim_offsets=False), decoder=_byte_level(True),
-                   model=_bpe_model(tok, None))
-    elif kind == "bpe":
-        out.update(normalizer=None, pre_tokenizer={"type": "Whitespace"}, post_processor=None, decoder=None,
-                   model=_bpe_model(tok, tok.unk_token))
-    else:
-        norm = tok.normalizer
-        out.update(
-            normalizer=None if norm is None else {"type": "BertNormalizer", **norm.to_dict()},
-            pre_tokenizer={"type": "BertPreTokenizer"},
-            post_processor=tok.post_processor,
-            decoder={"type": "WordPiece", "prefix": tok.prefix, "cleanup": True},
-            model={"type": "WordPiece", "unk_token": tok.unk_token,
-                   "continuing_subword_prefix": tok.prefix,
-                   "max_input_chars_per_word": tok.max_input_chars_per_word,
-                   "vocab": _by_id(tok.vocab)})
+    kind_of(tok)
+    out = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added_tokens(tok)}
+    out.update(tok.to_hf())  # a kind may give its own added tokens
     return out
 
 
@@ -192,7 +136,8 @@ def load(path, *, normalizer: BertNormalizer | None = None):
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
-        _refuse_binary(head, str(path))  # before reading a whole model file
+        if not _is_model_proto(head, str(path)):
+            _refuse_binary(head, str(path))  # before reading a whole model file
         data = path.read_bytes()
     except FileNotFoundError:
         raise TokenizerError(f"{path}: no such tokenizer file") from None
@@ -206,13 +151,31 @@ def load(path, *, normalizer: BertNormalizer | None = None):
 def _refuse_binary(head: bytes, name: str) -> None:
     if head.startswith(b"GGUF"):
         raise TokenizerError(f"{name}: is a GGUF model file, not a tokenizer file: "
-                             f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
+                             f"pass a tokenizer.json, a tokenizer.model, a .convkit.json or a vocab.txt")
     if b"\x00" in head:
         raise TokenizerError(f"{name}: not a tokenizer file (binary data at byte {head.index(0)}): "
-                             f"pass a tokenizer.json, a .convkit.json or a vocab.txt")
+                             f"pass a tokenizer.json, a tokenizer.model, a .convkit.json or a vocab.txt")
+
+
+def _is_model_proto(head: bytes, name: str) -> bool:
+    """A sentencepiece tokenizer.model: named so, or binary data that opens with a piece
+    (ModelProto field 1), which no text tokenizer file does."""
+    if name.lower().endswith(".model"):
+        return True
+    if not head.startswith(b"\n"):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.end < len(head) - 4  # not merely a character cut by the 4096-byte window
+    return b"\x00" in head
 
 
 def loads(data: bytes, name: str = "<tokenizer>", *, normalizer: BertNormalizer | None = None):
+    if _is_model_proto(data[:4096], name):
+        if data[:4] == b"GGUF":
+            _refuse_binary(data[:4096], name)
+        return sentencepiece.SentencePiece.from_model_bytes(data, name)
     _refuse_binary(data[:4096], name)
     try:
         text = data.decode("utf-8")
@@ -306,20 +269,37 @@ def _check_merges(merges, name: str) -> list:
 def check_hf_document(doc, name: str) -> tuple:
     """A tokenizer.json's model, vocab, added tokens and merges, checked for type and range.
 
-    Returns (model, vocab, specials, merges); raises TokenizerError naming the file."""
+    Returns (model, vocab, specials, merges); raises TokenizerError naming the file. A
+    Unigram model's vocab (a list of [piece, score]) comes back as {piece: id}."""
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
         raise TokenizerError(f"{name}: JSON but not a tokenizer.json ('model' must be an object)")
     model = doc["model"]
     if not isinstance(model.get("type"), str):
         raise TokenizerError(f"{name}: model.type must be a string such as \"BPE\" or \"WordPiece\"")
-    if model["type"] not in ("BPE", "WordPiece"):
+    if model["type"] not in ("BPE", "WordPiece", "Unigram"):
         raise TokenizerError(f"{name}: tokenizer model {model['type']!r} is not supported: convkit reads BPE, "
-                             f"byte-level BPE and WordPiece")
-    vocab = _check_vocab(model.get("vocab"), name)
+                             f"byte-level BPE, WordPiece and Unigram")
+    if model["type"] == "Unigram":
+        vocab = _unigram_vocab(model.get("vocab"), name)
+    else:
+        vocab = _check_vocab(model.get("vocab"), name)
     specials = _added_specials(doc.get("added_tokens"), name)
     check_ids(vocab, specials, name)
     merges = _check_merges(model.get("merges"), name) if model["type"] == "BPE" else []
     return model, vocab, specials, merges
+
+
+def _unigram_vocab(entries, name) -> dict:
+    if not isinstance(entries, list) or not entries:
+        raise TokenizerError(f"{name}: the Unigram vocab is missing or empty; write the tokenizer again")
+    vocab = {}
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], (int, float)) and not isinstance(entry[1], bool)):
+            raise TokenizerError(f"{name}: Unigram vocab entry {i} ({str(entry)[:40]}) is not [piece, score]; "
+                                 f"write the tokenizer again")
+        vocab.setdefault(entry[0], i)
+    return vocab
 
 
 def from_convkit(doc: dict, name: str):
@@ -334,75 +314,35 @@ def from_convkit(doc: dict, name: str):
     specials = dict(doc.get("special_tokens") or {})
     check_ids(vocab, specials, name)
     _check_merges(doc.get("merges"), name)
-    if kind == "bytelevel":
-        return ByteLevelBPE(vocab, doc["merges"], doc["pretokenizer"], specials)
-    if kind == "bpe":
-        return CharBPE(vocab, doc["merges"], doc["unk_token"], specials)
-    norm = doc.get("normalizer")
-    return WordPiece(vocab, doc["unk_token"], specials,
-                     BertNormalizer.from_dict(norm) if norm is not None else None,
-                     doc["continuing_subword_prefix"], doc["max_input_chars_per_word"], doc.get("post_processor"))
-
-
-def _type(node) -> str | None:
-    return node.get("type") if isinstance(node, dict) else None
-
-
-def bytelevel_preset(pre, name: str) -> str | None:
-    """Our preset for an HF byte-level pre-tokenizer, None if it is not byte-level."""
-    def is_byte_level(node, use_regex):
-        return (_type(node) == "ByteLevel" and not node.get("add_prefix_space", False)
-                and node.get("use_regex", True) == use_regex)
-    if _type(pre) == "ByteLevel":
-        if is_byte_level(pre, True):
-            return "gpt2"
-    elif _type(pre) == "Sequence":
-        steps = pre.get("pretokenizers") or []
-        if len(steps) == 2 and _type(steps[0]) == "Digits" and steps[0].get("individual_digits") \
-                and is_byte_level(steps[1], True):
-            return "smollm"
-        if len(steps) == 2 and _type(steps[0]) == "Split" and is_byte_level(steps[1], False) \
-                and (steps[0].get("pattern") or {}).get("Regex") == LLAMA3_PATTERN \
-                and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
-            return "llama3"
-    else:
-        return None
-    raise TokenizerError(f"{name}: byte-level pre-tokenizer {json.dumps(pre)[:120]} is not one of ours "
-                         f"(gpt2, llama3, smollm)")
+    return KINDS[kind].from_convkit(doc, vocab, specials, name)
 
 
 def from_hf(doc: dict, name: str):
-    # HF cuts every added token out of the text before anything else, as we do with specials
+    """The first registered kind that claims the file (HF cuts every added token out of
+    the text before anything else, as our special tokens are)."""
     model, vocab, specials, merges = check_hf_document(doc, name)
-    mtype = model["type"]
-    pre, norm = doc.get("pre_tokenizer"), doc.get("normalizer")
-    if mtype == "WordPiece":
-        if norm is not None and _type(norm) != "BertNormalizer":
-            raise TokenizerError(f"{name}: WordPiece normalizer {_type(norm)!r} is not supported (only BertNormalizer)")
-        if _type(pre) != "BertPreTokenizer":
-            raise TokenizerError(f"{name}: WordPiece pre-tokenizer {_type(pre)!r} is not supported "
-                                 f"(only BertPreTokenizer)")
-        return WordPiece(vocab, model.get("unk_token", "[UNK]"), specials,
-                         BertNormalizer.from_dict(norm) if norm is not None else None,
-                         model.get("continuing_subword_prefix", "##"),
-                         model.get("max_input_chars_per_word", 100), doc.get("post_processor"))
-    if mtype == "BPE":
-        unsupported = [k for k in ("continuing_subword_prefix", "end_of_word_suffix", "byte_fallback",
-                                   "ignore_merges", "dropout") if model.get(k)]
-        if unsupported:
-            raise TokenizerError(f"{name}: BPE with {', '.join(unsupported)} is not supported "
-                                 f"(it would encode differently)")
-        if norm is not None:
-            raise TokenizerError(f"{name}: BPE with normalizer {_type(norm)!r} is not supported")
-        preset = bytelevel_preset(pre, name)
-        if preset is not None:
-            return ByteLevelBPE(vocab, merges, preset, specials)
-        if _type(pre) == "Whitespace":
-            return CharBPE(vocab, merges, model.get("unk_token"), specials)
-        raise TokenizerError(f"{name}: BPE pre-tokenizer {_type(pre)!r} is not supported "
-                             f"(ByteLevel presets or Whitespace)")
-    raise TokenizerError(f"{name}: tokenizer model {mtype!r} is not supported: convkit reads BPE, "
-                         f"byte-level BPE and WordPiece")
+    for cls in KINDS.values():
+        if model["type"] in cls.hf_models:
+            tok = cls.from_hf(doc, model, vocab, specials, merges, name)
+            if tok is not None:
+                return tok
+    if model["type"] == "BPE":
+        _refuse_bpe(doc, model, name)
+    raise TokenizerError(f"{name}: tokenizer model {model['type']!r} is not supported: convkit reads "
+                         f"{', '.join(sorted({m for c in KINDS.values() for m in c.hf_models}))}")
+
+
+def _refuse_bpe(doc, model, name):
+    """Why no kind took a BPE tokenizer.json: the first option we do not implement."""
+    unsupported = [k for k in BPE_OPTIONS if model.get(k)]
+    if unsupported:
+        raise TokenizerError(f"{name}: BPE with {', '.join(unsupported)} is not supported "
+                             f"(it would encode differently)")
+    norm = doc.get("normalizer")
+    if norm is not None:
+        raise TokenizerError(f"{name}: BPE with normalizer {hf_type(norm)!r} is not supported")
+    raise TokenizerError(f"{name}: BPE pre-tokenizer {hf_type(doc.get('pre_tokenizer'))!r} is not supported "
+                         f"(ByteLevel presets or Whitespace)")
 
 
 def read_vocab_txt(text: str, name: str = "vocab.txt", *, normalizer: BertNormalizer | None = None) -> WordPiece:
@@ -424,56 +364,7 @@ def read_vocab_txt(text: str, name: str = "vocab.txt", *, normalizer: BertNormal
 
 
 # ---------------------------------------------------------------------------- GGUF
-_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_UNUSED = 1, 3, 5
-
-
 def gguf_vocab_metadata(tok) -> dict:
     """The tokenizer.ggml.* keys llama.cpp reads, for a GGUF writer to store as they are."""
-    kind = kind_of(tok)
-    if kind == "bpe":
-        raise TokenizerError("classic (character) BPE has no llama.cpp tokenizer model: "
-                             "train --type bytelevel for a GGUF vocab")
-    vocab = dict(tok.vocab)
-    for t, i in tok.special_tokens.items():
-        vocab.setdefault(t, i)
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [_TOKEN_UNUSED] * size
-    for t, i in vocab.items():
-        tokens[i] = t
-        types[i] = _TOKEN_CONTROL if t in tok.special_tokens else _TOKEN_NORMAL
-    meta = {}
-    if kind == "bytelevel":
-        meta["tokenizer.ggml.model"] = "gpt2"
-        meta["tokenizer.ggml.pre"] = GGUF_PRE[tok.pretokenizer]
-        ids = {
-            "bos": ("<|begin_of_text|>", "<s>", "<|im_start|>", "<|endoftext|>"),
-            "eos": ("<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"),
-            "unknown": ("<unk>", "<|unk|>"),
-            "padding": ("<pad>", "<|pad|>"),
-        }
-    else:
-        # llama.cpp's BERT vocab marks word starts with U+2581 and drops the ## prefix
-        prefix = tok.prefix
-        for i, t in enumerate(tokens):
-            if types[i] == _TOKEN_NORMAL:
-                tokens[i] = t[len(prefix):] if t.startswith(prefix) else "\u2581" + t
-        meta["tokenizer.ggml.model"] = "bert"
-        meta["tokenizer.ggml.pre"] = "default"
-        # llama.cpp's BERT tokenizer starts with the bos id and ends with the separator
-        ids = {"bos": ("[CLS]",), "eos": ("[SEP]",), "unknown": (tok.unk_token,), "seperator": ("[SEP]",),
-               "padding": ("[PAD]",), "mask": ("[MASK]",)}
-    meta["tokenizer.ggml.tokens"] = tokens
-    meta["tokenizer.ggml.token_type"] = types
-    if kind == "bytelevel":
-        meta["tokenizer.ggml.merges"] = [f"{a} {b}" for a, b in tok.merges]
-    for role, names in ids.items():
-        hit = next((vocab[n] for n in names if n in vocab), None)
-        if hit is not None:
-            meta[f"tokenizer.ggml.{role}_token_id"] = hit
-    if kind == "wordpiece":
-        meta["tokenizer.ggml.add_bos_token"] = "tokenizer.ggml.bos_token_id" in meta
-        meta["tokenizer.ggml.add_eos_token"] = "tokenizer.ggml.eos_token_id" in meta
-    else:
-        meta["tokenizer.ggml.add_bos_token"] = False
-    return meta
+    kind_of(tok)
+    return tok.gguf_metadata()

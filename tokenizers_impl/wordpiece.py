@@ -24,8 +24,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .base import Tokenizer, register
 from .errors import TokenizerError
 from .normalize import BertNormalizer, bert_pretokenize
+from .serial import TOKEN_NORMAL, by_id, gguf_special_ids, gguf_token_table, hf_type
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SCORINGS = ("likelihood", "frequency")
@@ -77,7 +79,11 @@ def _cleanup(token: str) -> str:
     return token
 
 
-class WordPiece:
+@register
+class WordPiece(Tokenizer):
+    kind = "wordpiece"
+    hf_models = ("WordPiece",)
+
     def __init__(self, vocab: dict, unk_token: str = "[UNK]", special_tokens: dict | None = None,
                  normalizer: BertNormalizer | None = BertNormalizer(),
                  continuing_subword_prefix: str = "##", max_input_chars_per_word: int = 100,
@@ -93,28 +99,13 @@ class WordPiece:
         if unk_token not in self.vocab:
             raise TokenizerError(f"unknown token {unk_token!r} is not in the WordPiece vocab: add it to the vocab")
         self._unk = [self.vocab[unk_token]]
-        self._id_to_token = {i: t for t, i in self.vocab.items()}
-        self._id_to_token.update({i: t for t, i in self.special_tokens.items()})
-        self._splitter = _special_splitter(self.special_tokens)
+        self._index()
         n = len(self.prefix)
         self._max_head = max((len(t) for t in self.vocab if not t.startswith(self.prefix)), default=0)
         self._max_tail = max((len(t) - n for t in self.vocab if t.startswith(self.prefix)), default=0)
         self._cache: dict = {}
 
     pretokenizer = "bert"
-
-    # ---------------------------------------------------------------- lookups
-    def id_to_token(self, i: int) -> str | None:
-        return self._id_to_token.get(i)
-
-    def token_to_id(self, s: str) -> int | None:
-        if s in self.special_tokens:
-            return self.special_tokens[s]
-        return self.vocab.get(s)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_token)
 
     @property
     def unk_id(self) -> int:
@@ -138,6 +129,9 @@ class WordPiece:
 
     def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [self.encode(t, add_special_tokens) for t in texts]
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.encode_words(self.words(text))
 
     def encode_words(self, words: list[str]) -> list[int]:
         cache = self._cache
@@ -189,7 +183,7 @@ class WordPiece:
         try:
             tokens = [self._id_to_token[i] for i in ids]
         except KeyError as exc:
-            raise TokenizerError(f"token id {exc.args[0]} is not in the vocab ({self.vocab_size} tokens)") from None
+            raise self._bad_id(exc.args[0]) from None
         if skip_special_tokens:
             tokens = [t for t in tokens if t not in self.special_tokens]
         out = []
@@ -228,6 +222,62 @@ class WordPiece:
         template = bert_template(vocab["[CLS]"], vocab["[SEP]"]) if "[CLS]" in specials and "[SEP]" in specials else None
         return cls(vocab, unk_token, {t: vocab[t] for t in specials}, normalizer,
                    continuing_subword_prefix, max_input_chars_per_word, template)
+
+    # ---------------------------------------------------------------- files
+    def convkit_fields(self) -> dict:
+        return {"unk_token": self.unk_token,
+                "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
+                "continuing_subword_prefix": self.prefix,
+                "max_input_chars_per_word": self.max_input_chars_per_word,
+                "post_processor": self.post_processor}
+
+    @classmethod
+    def from_convkit(cls, doc, vocab, specials, name):
+        norm = doc.get("normalizer")
+        return cls(vocab, doc["unk_token"], specials, BertNormalizer.from_dict(norm) if norm is not None else None,
+                   doc["continuing_subword_prefix"], doc["max_input_chars_per_word"], doc.get("post_processor"))
+
+    def to_hf(self) -> dict:
+        norm = self.normalizer
+        return {"normalizer": None if norm is None else {"type": "BertNormalizer", **norm.to_dict()},
+                "pre_tokenizer": {"type": "BertPreTokenizer"},
+                "post_processor": self.post_processor,
+                "decoder": {"type": "WordPiece", "prefix": self.prefix, "cleanup": True},
+                "model": {"type": "WordPiece", "unk_token": self.unk_token,
+                          "continuing_subword_prefix": self.prefix,
+                          "max_input_chars_per_word": self.max_input_chars_per_word,
+                          "vocab": by_id(self.vocab)}}
+
+    @classmethod
+    def from_hf(cls, doc, model, vocab, specials, merges, name):
+        if model["type"] != "WordPiece":
+            return None
+        norm, pre = doc.get("normalizer"), doc.get("pre_tokenizer")
+        if norm is not None and hf_type(norm) != "BertNormalizer":
+            raise TokenizerError(f"{name}: WordPiece normalizer {hf_type(norm)!r} is not supported (only BertNormalizer)")
+        if hf_type(pre) != "BertPreTokenizer":
+            raise TokenizerError(f"{name}: WordPiece pre-tokenizer {hf_type(pre)!r} is not supported "
+                                 f"(only BertPreTokenizer)")
+        return cls(vocab, model.get("unk_token", "[UNK]"), specials,
+                   BertNormalizer.from_dict(norm) if norm is not None else None,
+                   model.get("continuing_subword_prefix", "##"),
+                   model.get("max_input_chars_per_word", 100), doc.get("post_processor"))
+
+    def gguf_metadata(self) -> dict:
+        vocab, tokens, types = gguf_token_table(self)
+        # llama.cpp's BERT vocab marks word starts with U+2581 and drops the ## prefix
+        prefix = self.prefix
+        for i, t in enumerate(tokens):
+            if types[i] == TOKEN_NORMAL:
+                tokens[i] = t[len(prefix):] if t.startswith(prefix) else "\u2581" + t
+        meta = {"tokenizer.ggml.model": "bert", "tokenizer.ggml.pre": "default",
+                "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}
+        # llama.cpp's BERT tokenizer starts with the bos id and ends with the separator
+        gguf_special_ids(meta, vocab, {"bos": ("[CLS]",), "eos": ("[SEP]",), "unknown": (self.unk_token,),
+                                       "seperator": ("[SEP]",), "padding": ("[PAD]",), "mask": ("[MASK]",)})
+        meta["tokenizer.ggml.add_bos_token"] = "tokenizer.ggml.bos_token_id" in meta
+        meta["tokenizer.ggml.add_eos_token"] = "tokenizer.ggml.eos_token_id" in meta
+        return meta
 
 
 def count_words(texts: Iterable[str], normalizer: BertNormalizer | None, special_tokens=()) -> Counter:

@@ -1,8 +1,9 @@
 """Architectures, one short module each, in a registry keyed by the HF `architectures` name."""
 from convkit.errors import ConvkitError
 
-from .base import REGISTRY, Architecture  # noqa: F401
-from . import bert, gpt2, llama, qwen2  # noqa: F401  (each registers itself)
+from .base import GGUF_REGISTRY, REGISTRY, Architecture  # noqa: F401
+# each module registers itself
+from . import bert, gpt2, granite, llama, mixtral, olmo2, qwen2, qwen3, qwen3moe, smollm3  # noqa: F401
 
 
 def architecture_class(config: dict, path="config.json"):

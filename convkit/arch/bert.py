@@ -9,6 +9,7 @@ from .base import Architecture, register
 @register("BertModel")
 class Bert(Architecture):
     gguf_arch = gguf.MODEL_ARCH.BERT
+    tensor_table = "bert"
     skip_suffixes = Architecture.skip_suffixes + ("pooler.dense.weight", "pooler.dense.bias")
 
     def read_hparams(self, f):

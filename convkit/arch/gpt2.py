@@ -5,11 +5,14 @@ from convkit.errors import ConvkitError
 from convkit.hf_config import MAX_TOKENS
 
 from .base import Architecture, register
+from .structure import Structure
 
 
 @register("GPT2LMHeadModel")
 class GPT2(Architecture):
     gguf_arch = gguf.MODEL_ARCH.GPT2
+    tensor_table = "gpt2"
+    structure = Structure(norm="layer", mlp="plain", activation="gelu_tanh", positions="learned")
     transposed = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
 
     def read_hparams(self, f):

@@ -8,6 +8,7 @@ from convkit.errors import ConvkitError
 from convkit.hf_config import MAX_TOKENS, ConfigFields, read_rope, shown
 
 from .base import Architecture, register
+from .structure import Structure
 
 
 def permute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -42,7 +43,8 @@ def llama3_rope_factors(rope, head_dim: int) -> np.ndarray:
 @register("LlamaForCausalLM", "MistralForCausalLM")
 class Llama(Architecture):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
-    permutes_qk = True
+    tensor_table = "decoder"
+    structure = Structure(rope_rows_permuted=True)  # the converter permutes q/k rows; the runtime undoes it
     reads_prefix_space = True
     rope_kinds = ("default", "linear", "llama3", "yarn", "dynamic")
     writes_vocab_and_rope_dim = True  # llama.cpp's llama converter does; its qwen2 one does not
@@ -97,7 +99,7 @@ class Llama(Architecture):
                 "tied": self.tie_embeddings, "attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias}
 
     def transform(self, name, weight):
-        if not self.permutes_qk:
+        if not self.structure.rope_rows_permuted:
             return weight
         if name.endswith(("attn_q.weight", "attn_q.bias")):
             return permute_rows(weight, self.n_head)

@@ -2,13 +2,15 @@
 import gguf
 
 from .base import register
+from .structure import Structure
 from .llama import Llama
 
 
 @register("Qwen2ForCausalLM")
 class Qwen2(Llama):
     gguf_arch = gguf.MODEL_ARCH.QWEN2
-    permutes_qk = False
+    structure = Structure()
+    qkv_bias_required = True
     reads_prefix_space = False
     writes_vocab_and_rope_dim = False
     # llama.cpp's qwen2 has no rope_freqs tensor, so Llama 3's scaling cannot be written for it

@@ -89,7 +89,8 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
         vectors = load_importance(imatrix)
     types = plan_types([(n, s, t) for n, s, t in source.tensors], file_type, arch=source.arch_name,
                        n_layer=source.hparams["n_layer"] or None, n_head=source.hparams["n_head"],
-                       n_head_kv=source.hparams["n_head_kv"], tensor_types=tensor_types,
+                       n_head_kv=source.hparams["n_head_kv"], n_expert=source.hparams.get("n_expert", 0),
+                       tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
                        has_imatrix=vectors is not None)
     plan = cp.make_plan(source, types)

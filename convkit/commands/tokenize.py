@@ -26,13 +26,16 @@ DEFAULT_SPECIAL_TOKENS = {
     "bytelevel": ("<|endoftext|>",),
     "bpe": ("[UNK]",),
     "wordpiece": BERT_SPECIAL_TOKENS,
+    "unigram": (),   # sentencepiece's <unk>, <s>, </s> are always there
+    "spm-bpe": (),
 }
+SPM_KINDS = {"unigram": "unigram", "spm-bpe": "bpe"}  # --type -> sentencepiece model type
 PRETOKENIZERS = ("gpt2", "llama3", "smollm")
 
 
 @click.group()
 def tokenize():
-    """Train and use BPE, byte-level BPE and WordPiece tokenizers."""
+    """Train and use BPE, byte-level BPE and WordPiece tokenizers; use sentencepiece models."""
 
 
 # ------------------------------------------------------------------------ shared options
@@ -70,7 +73,7 @@ def _normalizer(kw) -> BertNormalizer:
 
 def tokenizer_option(f):
     return click.option("-t", "--tokenizer", "tokenizer_path", required=True, metavar="FILE",
-                        help="Tokenizer file: .convkit.json, HF tokenizer.json or vocab.txt.")(f)
+                        help="Tokenizer file: .convkit.json, HF tokenizer.json, sentencepiece tokenizer.model or vocab.txt.")(f)
 
 
 def _load(path, normalizer=None):
@@ -93,24 +96,31 @@ def _check_output(output, fmt, kind):
     if fmt == "vocab.txt" and kind != "wordpiece":
         raise ConvkitError(f"{output}: vocab.txt holds only WordPiece vocabularies; "
                            f"name the output .json or .convkit.json")
+    if fmt == "sentencepiece" and kind not in ("sentencepiece", *SPM_KINDS):
+        raise ConvkitError(f"{output}: tokenizer.model holds only sentencepiece models (Unigram, BPE with "
+                           f"byte fallback); name the output .json or .convkit.json")
     return fmt
 
 
 def _write(tok, output, fmt, inputs=()):
-    text = formats.dumps(tok, fmt)
+    data = formats.dumps(tok, fmt)
+    if isinstance(data, bytes):
+        with atomic_open(output, "wb", inputs=inputs) as f:
+            f.write(data)
+        return
     with atomic_open(output, "w", encoding="utf-8", inputs=inputs) as f:
-        f.write(text)
+        f.write(data)
 
 
 def _unk_id(tok):
-    unk = getattr(tok, "unk_token", None)
-    return tok.token_to_id(unk) if unk is not None else None
+    return tok.unknown_id()
 
 
 # ------------------------------------------------------------------------ train
 @tokenize.command()
 @click.option("--type", "kind", type=click.Choice(sorted(DEFAULT_SPECIAL_TOKENS)), required=True,
-              help="bytelevel: GPT-2 style byte-level BPE; bpe: character BPE; wordpiece: BERT WordPiece.")
+              help="bytelevel: GPT-2 style byte-level BPE; bpe: character BPE; wordpiece: BERT WordPiece; "
+                   "unigram / spm-bpe: sentencepiece's Unigram / BPE (write .model, .json or .convkit.json).")
 @click.option("--vocab-size", type=click.IntRange(min=1), required=True, help="Tokens in the vocab, specials included.")
 @click.option("--min-frequency", type=click.IntRange(min=0), default=0, show_default=True,
               help="Merge only pairs seen at least this often.")
@@ -122,6 +132,10 @@ def _unk_id(tok):
 @normalizer_options("wordpiece")
 @click.option("--scoring", type=click.Choice(SCORINGS), default="likelihood", show_default=True,
               help="wordpiece: merge by likelihood gain, or by pair frequency as HF's WordPieceTrainer.")
+@click.option("--character-coverage", type=click.FloatRange(0.0, 1.0), default=0.9995, show_default=True,
+              help="unigram / spm-bpe: share of the corpus's characters the alphabet keeps.")
+@click.option("--byte-fallback", is_flag=True,
+              help="unigram / spm-bpe: characters outside the vocab become <0xNN> byte pieces.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the tokenizer.")
 @click.option("--format", "fmt", type=click.Choice(formats.FORMATS), default=None,
               help="Output format (default: from the -o name).")
@@ -129,13 +143,15 @@ def _unk_id(tok):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @json_option
 @click.argument("corpus", nargs=-1)
-def train(kind, vocab_size, min_frequency, pretokenizer, special_tokens, scoring, output, fmt, pydoc, quiet,
-          as_json, corpus, **norm_kw):
+def train(kind, vocab_size, min_frequency, pretokenizer, special_tokens, scoring, character_coverage, byte_fallback,
+          output, fmt, pydoc, quiet, as_json, corpus, **norm_kw):
     """Train a tokenizer on CORPUS files (`-` reads stdin) or --pydoc."""
     if not corpus and not pydoc:
         raise ConvkitError("no corpus: give one or more text files (- for stdin) or --pydoc")
     if pretokenizer is not None and kind != "bytelevel":
         raise ConvkitError("--pretokenizer applies to --type bytelevel only")
+    if byte_fallback and kind not in SPM_KINDS:
+        raise ConvkitError("--byte-fallback applies to --type unigram and spm-bpe only")
     fmt = _check_output(output, fmt, kind)
     specials = _special_tokens(special_tokens, kind)
     normalizer = _normalizer(norm_kw)
@@ -170,6 +186,8 @@ def train(kind, vocab_size, min_frequency, pretokenizer, special_tokens, scoring
         elif kind == "bpe":
             tok = CharBPE.train(texts(), vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                 progress=on_merges)
+        elif kind in SPM_KINDS:
+            tok = _train_sentencepiece(kind, texts(), vocab_size, specials, character_coverage, byte_fallback)
         else:
             tok = WordPiece.train(texts(), vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   normalizer=normalizer, scoring=scoring, progress=on_merges)
@@ -182,11 +200,39 @@ def train(kind, vocab_size, min_frequency, pretokenizer, special_tokens, scoring
     _write(tok, output, fmt, inputs)
     result = {"output": str(output), "format": fmt, "type": kind, "vocab_size": tok.vocab_size,
               "special_tokens": list(tok.special_tokens), "seconds": round(seconds, 3)}
-    if kind != "wordpiece":
+    has_merges = kind in ("bytelevel", "bpe")
+    if has_merges:
         result["merges"] = len(tok.merges)
     text = (f"wrote {output}: {kind} tokenizer, {tok.vocab_size} tokens"
-            + (f", {len(tok.merges)} merges" if kind != "wordpiece" else "") + f" ({fmt}, {seconds:.1f} s)")
+            + (f", {len(tok.merges)} merges" if has_merges else "") + f" ({fmt}, {seconds:.1f} s)")
     emit(result, as_json=as_json, text=text)
+
+
+def _train_sentencepiece(kind, texts, vocab_size, specials, character_coverage, byte_fallback):
+    """sentencepiece's Unigram or BPE trainer on the corpus's lines, normalized by the
+    exact nmt_nfkc rules the model then carries; special tokens become user-defined pieces."""
+    from tokenizers_impl.sentencepiece import SentencePiece, builtin_charsmap
+    from tokenizers_impl.spm_normalize import Normalizer, read_charsmap
+    from tokenizers_impl.spm_train_input import SpmTrainOptions
+
+    def lines():
+        rest = ""
+        for chunk in texts:  # lines as sentencepiece reads them: split at newlines only
+            parts = (rest + chunk).split("\n")
+            rest = parts.pop()
+            yield from parts
+        if rest:
+            yield rest
+
+    options = SpmTrainOptions(vocab_size=vocab_size, character_coverage=character_coverage,
+                              byte_fallback=byte_fallback, user_defined_symbols=tuple(specials))
+    normalizer = Normalizer(read_charsmap(builtin_charsmap("nmt_nfkc")), user_defined=specials)
+    if kind == "unigram":
+        from tokenizers_impl.unigram_train import train_unigram as trainer
+    else:
+        from tokenizers_impl.spm_bpe_train import train_spm_bpe as trainer
+    entries = trainer(lines(), options, normalizer.normalize)
+    return SentencePiece.from_pieces(entries, SPM_KINDS[kind], byte_fallback=byte_fallback)
 
 
 # ------------------------------------------------------------------------ encode / decode
@@ -286,7 +332,8 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
     else:
         chunks = read_text_chunks("-")
     unk = _unk_id(tok)
-    n_tokens = n_words = n_bytes = n_chars = n_unk = 0
+    byte_ids = tok.byte_fallback_ids()
+    n_tokens = n_words = n_bytes = n_chars = n_unk = n_byte = 0
     used = set()
     for chunk in chunks:
         ids = tok.encode(chunk)
@@ -297,6 +344,8 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
         used.update(ids)
         if unk is not None:
             n_unk += ids.count(unk)
+        if byte_ids:
+            n_byte += sum(1 for i in ids if i in byte_ids)
     if n_tokens == 0:
         raise ConvkitError("no tokens: the text is empty")
     result = {
@@ -305,6 +354,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
         "bytes_per_token": round(n_bytes / n_tokens, 4),
         "chars_per_token": round(n_chars / n_tokens, 4),
         "unknown_tokens": n_unk, "unknown_rate": round(n_unk / n_tokens, 6),
+        "byte_fallback_tokens": n_byte, "byte_fallback_rate": round(n_byte / n_tokens, 6),
         "vocab_size": tok.vocab_size, "vocab_used": len(used),
         "vocab_usage": round(len(used) / tok.vocab_size, 4),
     }
@@ -312,6 +362,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
              f"tokens per word  {result['tokens_per_word']:.3f}\n"
              f"bytes per token  {result['bytes_per_token']:.3f}\n"
              f"unknown rate     {result['unknown_rate']:.4%} ({n_unk} tokens)\n"
+             f"byte fallback    {result['byte_fallback_rate']:.4%} ({n_byte} tokens)\n"
              f"vocab usage      {result['vocab_usage']:.2%} ({len(used)} of {tok.vocab_size} tokens)")
     emit(result, as_json=as_json, text=human)
 
@@ -325,7 +376,7 @@ def stats(tokenizer_path, text, pydoc, as_json, files, **norm_kw):
 @normalizer_options(VOCAB_TXT_SCOPE)
 @json_option
 def convert(source, output, fmt, as_json, **norm_kw):
-    """Convert SOURCE between our format, HF tokenizer.json and vocab.txt.
+    """Convert SOURCE between our format, HF tokenizer.json, sentencepiece tokenizer.model and vocab.txt.
 
     Normalization options apply when SOURCE is a vocab.txt (which does not record them)."""
     tok = _load(source, _normalizer(norm_kw))

@@ -66,11 +66,9 @@ def plan_chunks(n_tokens: int, n_ctx: int, n_chunks: int | None = None, bos_id: 
 
 def tokenize_for_perplexity(tokenizer, text: str) -> list[int]:
     """Tokens as llama.cpp's common_tokenize(text, add_special=true, parse_special=false):
-    special-token strings in the text stay plain text; BOS in front when the model adds it."""
-    ids = tokenizer.bpe.encode_ordinary(text)
-    if tokenizer.add_bos and tokenizer.bos_id is not None:
-        ids = [tokenizer.bos_id] + ids
-    return ids
+    special-token strings in the text stay plain text; BOS in front when the model adds it
+    (and EOS at the end when a GGUF asks for it)."""
+    return tokenizer.with_specials(tokenizer.bpe.encode_ordinary(text))
 
 
 @dataclass

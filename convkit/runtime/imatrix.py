@@ -24,6 +24,7 @@ import torch
 from convkit.errors import ConvkitError
 
 from .linear import ConcatLinear, QuantLinear
+from .model import Experts
 
 MIN_ROWS = 16  # imatrix.cpp: "why are small batches ignored (<16 tokens)?"
 
@@ -40,8 +41,11 @@ def linear_names(model) -> list[tuple[QuantLinear, list[str]]]:
             out.append((module, names))
 
     for block in model.blocks:
+        if isinstance(block.mlp, Experts):  # llama-imatrix's per-expert statistics are not reproduced
+            raise ConvkitError(f"{getattr(model, 'source', 'the model')}: a mixture-of-experts model; "
+                               "importance matrices are collected for dense models only")
         p = f"blk.{block.layer}."
-        qkv = ["attn_qkv"] if model.config.arch == "gpt2" else ["attn_q", "attn_k", "attn_v"]
+        qkv = ["attn_qkv"] if block.attn.fused_qkv else ["attn_q", "attn_k", "attn_v"]
         add(block.attn.qkv, [f"{p}{n}.weight" for n in qkv])
         add(block.attn.out, [f"{p}attn_output.weight"])
         up = ["ffn_gate", "ffn_up"] if block.mlp.gated else ["ffn_up"]

@@ -5,7 +5,9 @@ to weights (matrices as `QTensor`, kept exactly as stored; norms and biases as f
 tensors in the compute dtype), on the target device.
 
 - GGUF: metadata through convkit.gguf_check (checked completely first); each tensor's
-  raw blocks are copied once (memory = the file's size). For architecture `llama` the converter permuted the rows
+  raw blocks are copied once (memory = the file's size). The file's general.architecture
+  selects the convkit/arch module that describes the model's structure. Where that module
+  says so (llama and its kin), the converter permuted the rows
   of attn_q/attn_k so that ggml's interleaved rotary applies; rows are independent in
   every block type, so those rows are put back in HF order here, on the raw bytes, and
   the model uses one rotary layout for every source.
@@ -25,7 +27,7 @@ from convkit.errors import ConvkitError
 from . import cpu_paths
 from .dequant_torch import FLOAT_TYPES, SUPPORTED
 from .linear import NUMERICS, Numerics, QTensor
-from .model import ARCHITECTURES, Model, ModelConfig
+from .model import Model, ModelConfig
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GGUF_MAGIC = b"GGUF"
@@ -193,11 +195,21 @@ def _f32_value(x: float) -> float:
     return float(str(np.float32(x)))
 
 
+def runtime_classes() -> dict:
+    """GGUF architecture name -> architecture class, for those the runtime runs."""
+    from convkit.arch import GGUF_REGISTRY
+
+    return {name: cls for name, cls in GGUF_REGISTRY.items() if cls.structure is not None}
+
+
 def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
     arch = info.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    classes = runtime_classes()
+    if arch not in classes:
         raise ConvkitError(f"{path}: architecture {arch!r} is not supported by the runtime; "
-                           f"supported: {', '.join(ARCHITECTURES)}")
+                           f"supported: {', '.join(sorted(classes))}")
+    cls = classes[arch]
+    structure = cls.structure
 
     def key(name, default=None):
         value = info.get(f"{arch}.{name}", default)
@@ -206,7 +218,7 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
         return value
 
     hidden, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
-    eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
+    eps_key = "attention.layer_norm_rms_epsilon" if structure.norm == "rms" else "attention.layer_norm_epsilon"
     scaling = None
     scaling_type = info.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type == "linear":
@@ -220,8 +232,11 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
     if "token_embd.weight" not in shapes:
         raise ConvkitError(f"{path}: tensor token_embd.weight is missing; the file is incomplete")
     eos = [info.get("tokenizer.ggml.eos_token_id"), info.get("tokenizer.ggml.eot_token_id")]
+    scales = cls.gguf_scales(lambda name, default=None: info.get(f"{arch}.{name}", default))
+    scales = {field: _f32_value(value) for field, value in scales.items()}
     return ModelConfig(
         arch=arch,
+        structure=structure,
         vocab_size=int(info.get(f"{arch}.vocab_size") or shapes["token_embd.weight"][1]),
         hidden_size=hidden,
         n_layers=int(key("block_count")),
@@ -231,11 +246,14 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
         ffn_size=int(key("feed_forward_length")),
         max_positions=int(key("context_length")),
         norm_eps=_f32_value(key(eps_key)),
-        rope_theta=_f32_value(key("rope.freq_base", 10000.0)) if arch != "gpt2" else 10000.0,
+        rope_theta=_f32_value(key("rope.freq_base", 10000.0)) if structure.positions == "rope" else 10000.0,
         rope_scaling=scaling,
         tie_embeddings="output.weight" not in shapes,
+        n_experts=int(info.get(f"{arch}.expert_count", 0)),
+        n_experts_used=int(info.get(f"{arch}.expert_used_count", 0)),
         bos_token_id=info.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=sorted({int(i) for i in eos if i is not None}),
+        **scales,
     )
 
 
@@ -291,7 +309,7 @@ def _gguf_tensor(f, t: GGUFTensor, config, heads, dtype, device):
     rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
     data = data.view(rows, -1)
     kind = t.name.split(".")[-2]
-    if config.arch == "llama" and kind in heads:  # undo the converter's rotary permutation (rows)
+    if config.structure.rope_rows_permuted and kind in heads:  # undo the converter's rotary permutation (rows)
         if len(t.shape) == 1:
             data = data.view(-1, 1)
         data = data.index_select(0, unpermute_index(data.shape[0], heads[kind]))
@@ -310,27 +328,18 @@ def hf_config(raw: dict, path: Path) -> ModelConfig:
 def _runtime_architecture(raw: dict, path: Path):
     """The checkpoint's architecture, once the runtime is known to run it (named before any
     hyperparameter is read)."""
-    import gguf
-
     from convkit.arch import REGISTRY, architecture_class
 
     name, cls = architecture_class(raw, path / "config.json")
-    if gguf.MODEL_ARCH_NAMES[cls.gguf_arch] not in ARCHITECTURES:
-        runs = sorted(n for n, c in REGISTRY.items() if gguf.MODEL_ARCH_NAMES[c.gguf_arch] in ARCHITECTURES)
+    if cls.structure is None:
+        runs = sorted(n for n, c in REGISTRY.items() if c.structure is not None)
         raise ConvkitError(f"{path / 'config.json'}: architecture {name} converts to GGUF but is not supported "
                            f"by the runtime; supported: {', '.join(runs)}")
     return cls(raw, path / "config.json", name)
 
 
 def _model_config(arch) -> ModelConfig:
-    rope = getattr(arch, "rope", None)
-    return ModelConfig(
-        arch=arch.name, vocab_size=arch.vocab, hidden_size=arch.hidden, n_layers=arch.n_layer,
-        n_heads=arch.n_head, n_kv_heads=arch.n_head_kv, head_dim=arch.head_dim, ffn_size=arch.ff,
-        max_positions=arch.context, norm_eps=arch.norm_eps,
-        rope_theta=rope.theta if rope else 10000.0, rope_scaling=rope.as_hf() if rope else None,
-        tie_embeddings=arch.tie_embeddings, sliding_window=getattr(arch, "sliding_window", None),
-        bos_token_id=arch.bos_token_id, eos_token_ids=arch.eos_token_ids)
+    return ModelConfig(**arch.runtime_hparams())
 
 
 _FLOAT_QTYPES = {torch.float32: GGMLQuantizationType.F32, torch.float16: GGMLQuantizationType.F16,
@@ -363,15 +372,15 @@ def read_hf(path: Path, dtype, device):
     ckpt = open_checkpoint(path)
     weights = {}
     for target, name in arch.map_checkpoint(ckpt).items():  # the converter's names, checked
-        entry = ckpt.tensors[name]
+        entry = ckpt.tensors[name[0] if isinstance(name, tuple) else name]  # experts: all alike
         if entry.dtype not in _TORCH_DTYPES:
             raise ConvkitError(f"{entry.file}: tensor {name} has dtype {entry.dtype}; "
                                f"the runtime reads float32, float16 and bfloat16 checkpoints")
-        tensor = torch.from_numpy(ckpt.read_raw(name)).view(_TORCH_DTYPES[entry.dtype])
+        tensor = torch.from_numpy(arch.read_source(ckpt, name, raw=True)).view(_TORCH_DTYPES[entry.dtype])
         if arch.transposes(target):  # gpt2's Conv1D
             tensor = tensor.t().contiguous()
-        if tensor.dim() == 2:
-            weights[target] = _matrix(tensor, _FLOAT_QTYPES[tensor.dtype], device)
+        if tensor.dim() >= 2:  # experts [n_expert, rows, cols]: their rows one after another, as in a GGUF
+            weights[target] = _matrix(tensor.reshape(-1, tensor.shape[-1]), _FLOAT_QTYPES[tensor.dtype], device)
         else:
             weights[target] = tensor.to(device, dtype)
     if "output.weight" in weights and config.tie_embeddings:

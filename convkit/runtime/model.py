@@ -1,10 +1,15 @@
-"""One decoder for llama, qwen2 and gpt2, in the spirit of nanoGPT's model.py.
+"""One decoder for every family the runtime runs, in the spirit of nanoGPT's model.py.
 
-The three families differ in a few places, all visible in `ModelConfig`:
-- llama / qwen2: RMSNorm, rotary positions (halves layout, "NEOX"), gated SiLU MLP,
-  grouped-query attention; qwen2 adds biases to q/k/v.
-- gpt2: LayerNorm with bias, learned position embeddings, GELU (tanh) MLP, biases
-  everywhere, one fused qkv projection.
+Families differ in a few places, all stated by their architecture module
+(convkit/arch, `Structure`) and carried here in `ModelConfig.structure`:
+- the norm: RMSNorm, or LayerNorm with bias; before each sublayer, or after it (OLMo 2);
+- RMSNorm of q and k per head (Qwen3) or over all heads (OLMo 2);
+- the MLP: gated (act(gate) * up) or plain, and its activation; or a router's top k
+  of n gated experts (Qwen3-MoE, Mixtral; from the expert count);
+- positions: rotary (halves layout, "NEOX"; some layers without, SmolLM3) or learned;
+- multipliers of the embedding, the residual branches, the attention scores and the
+  logits (Granite).
+Biases are added where the checkpoint holds them; gpt2's qkv is stored fused.
 
 Weights come as a mapping from GGUF tensor names (`token_embd.weight`,
 `blk.N.attn_q.weight`, ...) to `QTensor` (matrices, kept as stored) or float tensors
@@ -18,14 +23,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .linear import FloatNumerics, Numerics, QuantEmbedding, QuantLinear, fused_linear
+from convkit.arch.structure import Structure
 
-ARCHITECTURES = ("llama", "qwen2", "gpt2")
+from .linear import FloatNumerics, Numerics, QuantEmbedding, QuantLinear, fused_linear
 
 
 @dataclass
 class ModelConfig:
-    arch: str  # one of ARCHITECTURES
+    arch: str  # the GGUF architecture name, for messages
+    structure: Structure
     vocab_size: int
     hidden_size: int
     n_layers: int
@@ -41,6 +47,12 @@ class ModelConfig:
     sliding_window: int | None = None  # attention sees this many positions (refused beyond)
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    embedding_scale: float = 1.0   # Granite's multipliers; 1 (None for attention) means none
+    residual_scale: float = 1.0
+    attention_scale: float | None = None  # None: 1/sqrt(head_dim)
+    logit_scale: float = 1.0              # logits are divided by it
+    n_experts: int = 0                    # > 0: every layer a mixture of experts
+    n_experts_used: int = 0
 
     @property
     def context_limit(self) -> int:
@@ -49,7 +61,7 @@ class ModelConfig:
 
     @property
     def uses_rope(self) -> bool:
-        return self.arch != "gpt2"
+        return self.structure.positions == "rope"
 
 
 def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,10 +150,10 @@ class KVCache:
 
 
 class Norm(torch.nn.Module):
-    def __init__(self, config: ModelConfig, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, config: ModelConfig, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.weight, self.bias, self.eps = weight, bias, config.norm_eps
-        self.rms = config.arch != "gpt2"
+        self.rms = config.structure.norm == "rms"
 
     def forward(self, x):
         if not self.rms:
@@ -153,19 +165,39 @@ class Attention(torch.nn.Module):
     def __init__(self, config: ModelConfig, w, prefix: str):
         super().__init__()
         self.config = config
-        if f"{prefix}attn_qkv.weight" in w:  # gpt2: stored fused
+        self.fused_qkv = f"{prefix}attn_qkv.weight" in w  # gpt2: stored fused
+        if self.fused_qkv:
             self.qkv = QuantLinear(w[f"{prefix}attn_qkv.weight"], w.get(f"{prefix}attn_qkv.bias"))
         else:
             names = [f"{prefix}attn_{p}" for p in "qkv"]
             self.qkv = fused_linear([w[f"{n}.weight"] for n in names], [w.get(f"{n}.bias") for n in names])
         self.out = QuantLinear(w[f"{prefix}attn_output.weight"], w.get(f"{prefix}attn_output.bias"))
+        self.qk_norm = config.structure.qk_norm
+        if self.qk_norm is not None:
+            self.q_norm = Norm(config, w[f"{prefix}attn_q_norm.weight"])
+            self.k_norm = Norm(config, w[f"{prefix}attn_k_norm.weight"])
+        self.scale = config.attention_scale or 1.0 / math.sqrt(config.head_dim)
         self.numerics: Numerics = FloatNumerics()
+
+    def norm_qk(self, qk: torch.Tensor) -> torch.Tensor:
+        """q and k [B, T, H + Hkv, D] through their RMSNorms: per head, or over all heads."""
+        c = self.config
+        q, k = qk[:, :, : c.n_heads], qk[:, :, c.n_heads:]
+        if self.qk_norm == "all":
+            B, T = qk.shape[:2]
+            q = self.q_norm(q.reshape(B, T, -1)).view(q.shape)
+            k = self.k_norm(k.reshape(B, T, -1)).view(k.shape)
+        else:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return torch.cat([q, k], dim=2)
 
     def forward(self, x, rope, cache: KVCache | None, layer: int, start: int):
         c = self.config
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, c.n_heads + 2 * c.n_kv_heads, c.head_dim)
         qk, v = qkv[:, :, : c.n_heads + c.n_kv_heads], qkv[:, :, c.n_heads + c.n_kv_heads:]
+        if self.qk_norm is not None:
+            qk = self.norm_qk(qk)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # q and k rotated together
         q, k = qk[:, :, : c.n_heads].transpose(1, 2), qk[:, :, c.n_heads:].transpose(1, 2)
@@ -177,14 +209,18 @@ class Attention(torch.nn.Module):
                 query_pos = torch.arange(start, start + T, device=x.device)[:, None]
                 mask = torch.arange(start + T, device=x.device)[None, :] <= query_pos
         y = self.numerics.attention(q, k, v, causal=start == 0 or T > 1, mask=mask,
-                                    scale=1.0 / math.sqrt(c.head_dim))
+                                    scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class MLP(torch.nn.Module):
     def __init__(self, config: ModelConfig, w, prefix: str):
         super().__init__()
-        self.gated = config.arch != "gpt2"
+        self.gated = config.structure.mlp == "gated"
+        self.act = ACTIVATIONS[config.structure.activation]
         if self.gated:  # gate and up in one product, split after
             names = [f"{prefix}ffn_gate", f"{prefix}ffn_up"]
             self.up = fused_linear([w[f"{n}.weight"] for n in names], [w.get(f"{n}.bias") for n in names])
@@ -196,10 +232,44 @@ class MLP(torch.nn.Module):
         h = self.up(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = self.act(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = self.act(h)
         return self.down(h)
+
+
+class Experts(torch.nn.Module):
+    """Mixture of experts: the router's softmax over experts, the top k per token with their
+    weights renormalized to sum 1, and each chosen expert's gated MLP on its tokens.
+    The stacked GGUF matrices (expert e's rows after expert e-1's) are cut per expert."""
+
+    def __init__(self, config: ModelConfig, w, prefix: str):
+        super().__init__()
+        self.k = config.n_experts_used
+        self.router = QuantLinear(w[f"{prefix}ffn_gate_inp.weight"])
+        gate, up, down = (w[f"{prefix}ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))
+        n = config.n_experts
+        ff, h = gate.shape[0] // n, down.shape[0] // n
+
+        def cut(q, rows, e):
+            return q.row_range(e * rows, (e + 1) * rows)
+
+        self.up = torch.nn.ModuleList(fused_linear([cut(gate, ff, e), cut(up, ff, e)], [None, None]) for e in range(n))
+        self.down = torch.nn.ModuleList(QuantLinear(cut(down, h, e)) for e in range(n))
+        self.act = ACTIVATIONS[config.structure.activation]
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        weights, chosen = probs.topk(self.k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in chosen.unique().tolist():
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            gate, up = self.up[e](x[rows]).chunk(2, dim=-1)
+            out.index_add_(0, rows, self.down[e](self.act(gate) * up) * weights[rows, slot, None])
+        return out.view(shape)
 
 
 class Block(torch.nn.Module):
@@ -207,12 +277,22 @@ class Block(torch.nn.Module):
         super().__init__()
         p = f"blk.{layer}."
         self.layer = layer
-        self.attn_norm = Norm(config, w[f"{p}attn_norm.weight"], w.get(f"{p}attn_norm.bias"))
+        self.post_norms = config.structure.post_norms
+        self.uses_rope = config.structure.uses_rope(layer)
+        self.residual_scale = config.residual_scale
+        norms = ("post_attention_norm", "post_ffw_norm") if self.post_norms else ("attn_norm", "ffn_norm")
+        self.attn_norm, self.ffn_norm = (Norm(config, w[f"{p}{n}.weight"], w.get(f"{p}{n}.bias")) for n in norms)
         self.attn = Attention(config, w, p)
-        self.ffn_norm = Norm(config, w[f"{p}ffn_norm.weight"], w.get(f"{p}ffn_norm.bias"))
-        self.mlp = MLP(config, w, p)
+        self.mlp = Experts(config, w, p) if config.n_experts else MLP(config, w, p)
 
     def forward(self, x, rope, cache, start):
+        rope = rope if self.uses_rope else None
+        if self.post_norms:  # OLMo 2: each sublayer's output is normed, its input is not
+            x = x + self.attn_norm(self.attn(x, rope, cache, self.layer, start))
+            return x + self.ffn_norm(self.mlp(x))
+        if self.residual_scale != 1.0:
+            x = x + self.attn(self.attn_norm(x), rope, cache, self.layer, start) * self.residual_scale
+            return x + self.mlp(self.ffn_norm(x)) * self.residual_scale
         x = x + self.attn(self.attn_norm(x), rope, cache, self.layer, start)
         return x + self.mlp(self.ffn_norm(x))
 
@@ -276,6 +356,8 @@ class Model(torch.nn.Module):
                              f"{self.config.sliding_window}, which the runtime does not implement")
         with self.lm_head.numerics.forward_context(B * T, self.device):
             x = self.tok_embd(ids)
+            if self.config.embedding_scale != 1.0:
+                x = x * self.config.embedding_scale
             if self.pos_embd is not None:
                 x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
             rope = self.rope(start, T) if self.inv_freq is not None else None
@@ -285,4 +367,7 @@ class Model(torch.nn.Module):
                 cache.length = start + T
             if logits_for is not None:
                 x = x[:, logits_for]
-            return self.lm_head(self.norm(x)).float()
+            logits = self.lm_head(self.norm(x))
+            if self.config.logit_scale != 1.0:
+                logits = logits / self.config.logit_scale
+            return logits.float()

@@ -1,0 +1,92 @@
+"""Small checkpoints of the families released since Llama 2, made by transformers itself.
+
+Each is a scaled-down config of the real model (hidden sizes multiples of 256 so every
+K-quant applies, seeded random weights, norms perturbed away from 1) with SmolLM2's
+byte-level BPE tokenizer, saved as float32 safetensors in the test cache; nothing here is
+committed. A cached directory is reused while the config and transformers' version match.
+"""
+import functools
+import hashlib
+import json
+import shutil
+
+from realdata import CACHE
+from smollm2_fixture import smollm2_checkpoint
+
+VOCAB = 49152  # SmolLM2's tokenizer
+COMMON = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+              bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+# name -> (config class, model class, config arguments, GGUF architecture)
+FAMILIES = {
+    # QK-norm per head, explicit head_dim wider than hidden / heads
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM",
+              dict(COMMON, head_dim=128, tie_word_embeddings=True,
+                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), "qwen3"),
+    # every fourth layer without RoPE
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM",
+                dict(COMMON, tie_word_embeddings=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 2000000.0}), "smollm3"),
+    # norms after the sublayers, QK-norm over all heads
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM",
+              dict(COMMON, tie_word_embeddings=False,
+                   rope_parameters={"rope_type": "default", "rope_theta": 500000.0}), "olmo2"),
+    # the four multipliers (values of the released 2B model's kind)
+    "granite": ("GraniteConfig", "GraniteForCausalLM",
+                dict(COMMON, tie_word_embeddings=True, embedding_multiplier=12.0, residual_multiplier=0.22,
+                     attention_multiplier=0.015625, logits_scaling=8.0,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000000.0}), "granite"),
+    # mixture of experts, llama.cpp's llama with 8 experts (its mixes treat 8 experts apart), top 2
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(COMMON, intermediate_size=256, num_local_experts=8, num_experts_per_tok=2,
+                     tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+                "llama"),
+    # mixture of experts: 4 experts, top 2, weights renormalized
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                 dict(COMMON, head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                      norm_topk_prob=True, tie_word_embeddings=False,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), "qwen3moe"),
+}
+
+
+def _key(name) -> str:
+    import transformers
+
+    config_cls, model_cls, kwargs, _ = FAMILIES[name]
+    text = json.dumps([config_cls, model_cls, kwargs, transformers.__version__], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def build_model(name):
+    """The transformers model (float32, eval mode), made afresh from its seed."""
+    import torch
+    import transformers
+
+    config_cls, model_cls, kwargs, _ = FAMILIES[name]
+    torch.manual_seed(11)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs)).eval()
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them too
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@functools.cache
+def family_checkpoint(name):
+    """(directory, transformers model) for one family; the directory is cached."""
+    model = build_model(name)
+    target = CACHE / "families" / f"{name}-{_key(name)}"
+    if not (target / ".complete").exists():
+        if target.exists():
+            shutil.rmtree(target)
+        part = target.with_name(target.name + ".part")
+        if part.exists():
+            shutil.rmtree(part)
+        model.save_pretrained(part)
+        for file in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(smollm2_checkpoint() / file, part / file)
+        (part / ".complete").touch()
+        part.rename(target)
+    return target, model

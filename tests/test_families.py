@@ -1,0 +1,179 @@
+"""The families released since Llama 2, each converted, quantized and run exactly.
+
+For every family of family_fixtures (a small checkpoint transformers itself made):
+- convert: our GGUF equals llama.cpp's own converter's (pinned llama-cpp-python 0.3.36
+  tree) on the same directory, every tensor byte for byte and every metadata key outside
+  `general.*`, for f16, bf16 and q8_0; llama.cpp gives the same logits on both files;
+- quantize: `convkit quantize --type q4_k_m`, from the directory and from llama.cpp's
+  float32 file, gives the tensor types and bytes that
+  llama_model_quantize gives on llama.cpp's converted float32 file;
+- run: our float32 logits, from the directory and from our float32 GGUF, equal
+  transformers' within 1e-4 on a batch of two 96-token prompts.
+"""
+import ctypes
+import subprocess
+
+import llama_cpp
+import numpy as np
+import pytest
+import torch
+from gguf import LlamaFileType
+
+import gguf_lite
+from convkit.cli import main
+from convkit.runtime import load_model
+from family_fixtures import FAMILIES, VOCAB, family_checkpoint
+from realdata import llama_cpp_converter_command
+from test_mixes import _quiet_llama
+
+TOL = 1e-4
+OUTTYPES = ("f16", "bf16", "q8_0")
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    directory, model = family_checkpoint(request.param)
+    return request.param, directory, model
+
+
+def peer_convert(directory, outtype, target):
+    subprocess.run(llama_cpp_converter_command("smollm") + [str(directory), "--outtype", outtype,
+                                                             "--outfile", str(target)],
+                   check=True, capture_output=True)
+    return target
+
+
+def our_command(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    assert exit_.value.code == 0, capsys.readouterr().err
+
+
+def assert_same_gguf(ours, theirs):
+    (meta, mine), (peer_meta, peer) = gguf_lite.read(ours), gguf_lite.read(theirs)
+    assert list(mine) == list(peer)  # same tensors, in the same order
+    for tensor, (qtype, shape, data) in peer.items():
+        assert mine[tensor][:2] == (qtype, shape), tensor
+        assert np.array_equal(mine[tensor][2], data), tensor
+    drop = ("general.",)
+    assert {k: v for k, v in meta.items() if not k.startswith(drop)} == \
+        {k: v for k, v in peer_meta.items() if not k.startswith(drop)}
+    return meta
+
+
+def llama_quantize_file(src, dst, ftype):
+    """llama_model_quantize, keeping the file it writes."""
+    llama = _quiet_llama()  # one log callback for the whole process
+    params = llama.llama_model_quantize_default_params()
+    params.ftype, params.nthread = int(ftype), 2
+    assert llama.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    return dst
+
+
+def llama_cpp_logits(path, tokens):
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    try:
+        llm.eval(tokens)
+        return np.array(llm.scores[:len(tokens)])
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("outtype", OUTTYPES)
+def test_convert_equals_llama_cpp_converter(family, outtype, tmp_path, capsys):
+    name, directory, _ = family
+    theirs = peer_convert(directory, outtype, tmp_path / "theirs.gguf")
+    ours = tmp_path / "ours.gguf"
+    our_command(["convert", str(directory), "--outtype", outtype, "-o", str(ours)], capsys)
+    meta = assert_same_gguf(ours, theirs)
+    assert meta["general.architecture"] == FAMILIES[name][3]
+    if outtype == "f16":  # llama.cpp runs our file exactly as its own
+        tokens = list(range(100, 196))
+        assert np.array_equal(llama_cpp_logits(ours, tokens), llama_cpp_logits(theirs, tokens))
+
+
+def test_q4_k_m_equals_llama_quantize(family, tmp_path, capsys):
+    name, directory, _ = family
+    theirs_f32 = peer_convert(directory, "f32", tmp_path / "theirs-f32.gguf")
+    theirs = tmp_path / "theirs-q4_k_m.gguf"
+    llama_quantize_file(theirs_f32, theirs, LlamaFileType.MOSTLY_Q4_K_M)
+    (_, peer) = gguf_lite.read(theirs)
+    for source in (directory, theirs_f32):  # from the checkpoint, and from the same file llama.cpp read
+        ours = tmp_path / "ours-q4_k_m.gguf"
+        our_command(["quantize", str(source), "--type", "q4_k_m", "-o", str(ours)], capsys)
+        (_, mine) = gguf_lite.read(ours)
+        assert {n: t[0] for n, t in mine.items()} == {n: t[0] for n, t in peer.items()}, source
+        for tensor, (_, _, data) in peer.items():
+            assert np.array_equal(mine[tensor][2], data), tensor
+
+
+def test_runtime_equals_transformers(family, tmp_path, capsys):
+    """From the directory and from our float32 GGUF (the structure read back from its metadata)."""
+    name, directory, model = family
+    ids = torch.randint(0, VOCAB, (2, 96), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(ids).logits
+    assert (load_model(directory)(ids) - expected).abs().max().item() <= TOL
+    target = tmp_path / "f32.gguf"
+    our_command(["convert", str(directory), "--outtype", "f32", "-o", str(target)], capsys)
+    assert (load_model(target)(ids) - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "perplexity"])
+def test_unknown_architecture_lists_the_supported_ones(command, tmp_path, capsys):
+    import json
+    import shutil
+
+    from convkit.arch import REGISTRY
+
+    directory = tmp_path / "model"
+    shutil.copytree(family_checkpoint("qwen3")[0], directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["architectures"] = ["MadeUpForCausalLM"]
+    (directory / "config.json").write_text(json.dumps(config))
+    target = tmp_path / "out.gguf"
+    argv = {"convert": ["convert", str(directory), "-o", str(target)],
+            "quantize": ["quantize", str(directory), "--type", "q4_k_m", "-o", str(target)],
+            "perplexity": ["perplexity", str(directory), "--text", str(directory / "config.json")]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "MadeUpForCausalLM" in err
+    for family in ("Qwen3ForCausalLM", "SmolLM3ForCausalLM", "Olmo2ForCausalLM", "GraniteForCausalLM"):
+        assert family in err and family in REGISTRY
+    assert not target.exists()
+
+
+def _broken_experts(tmp_path, change):
+    """A copy of the MoE fixture with its weights file rewritten by `change(tensors)`."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / "moe"
+    shutil.copytree(family_checkpoint("qwen3moe")[0], directory)
+    tensors = load_file(directory / "model.safetensors")
+    change(tensors)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda t: t.pop("model.layers.1.mlp.experts.2.up_proj.weight"), "expert 2 is missing"),
+    (lambda t: t.update({"model.layers.0.mlp.experts.3.down_proj.weight":
+                         t["model.layers.0.mlp.experts.3.down_proj.weight"][:, :128].copy()}), "experts must match"),
+])
+@pytest.mark.parametrize("command", ["convert", "perplexity"])
+def test_bad_experts_are_one_line(change, needle, command, tmp_path, capsys):
+    directory = _broken_experts(tmp_path, change)
+    target = tmp_path / "out.gguf"
+    argv = {"convert": ["convert", str(directory), "-o", str(target)],
+            "perplexity": ["perplexity", str(directory), "--text", str(directory / "config.json")]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not target.exists()
