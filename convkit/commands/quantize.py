@@ -43,6 +43,8 @@ def render_done(result) -> str:
               "q8_0, q6_k, iq4_xs, ... (an unknown name lists them all)")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="output GGUF (default: MODEL-TYPE.gguf)")
 @click.option("--imatrix", type=click.Path(path_type=Path), help="importance matrix (llama-imatrix output)")
+@click.option("--calibrate", type=click.Path(path_type=Path), help="calibration text: round with GPTQ error "
+              "feedback on the model's own activations (same types and size; chunks of 512 tokens)")
 @click.option("--tensor-type", "tensor_types", multiple=True, help="PATTERN=TYPE override (repeatable)")
 @click.option("--output-type", help="type of output.weight")
 @click.option("--token-embedding-type", help="type of token_embd.weight")
@@ -52,7 +54,7 @@ def render_done(result) -> str:
 @click.option("--dry-run", is_flag=True, help="print the per-tensor plan and write nothing")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_embedding_type, threads,
+def quantize(model, ftype, output, imatrix, calibrate, tensor_types, output_type, token_embedding_type, threads,
              dry_run, as_json, quiet):
     """Quantize MODEL (HF directory, model.safetensors or GGUF) with llama.cpp's type mix."""
     from quant.mixes import parse_file_type
@@ -66,8 +68,16 @@ def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_emb
         return
     file_type = parse_file_type(ftype)
     target = output or default_output(model, file_type.name.replace("MOSTLY_", "").replace("ALL_", ""))
-    result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
-                    quiet=quiet or as_json)
+    if calibrate is not None:
+        if imatrix is not None:
+            from convkit.errors import ConvkitError
+            raise ConvkitError("--calibrate computes its own statistics; give --calibrate or --imatrix, not both")
+        from convkit.calibrate import run_calibrated
+        result = run_calibrated(source, plan, target, file_type=int(file_type), text_file=calibrate,
+                                threads=threads, quiet=quiet or as_json)
+    else:
+        result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
+                        quiet=quiet or as_json)
     emit(result, as_json=as_json, text=render_done(result))
 
 
