@@ -74,13 +74,13 @@ class HessianCollector:
 def collect_hessians(model_path, text_file: str, *, n_ctx: int = DEFAULT_CTX, n_chunks: int | None = None,
                      quiet: bool = False) -> dict:
     """X^T X of every `blk.*` linear input over `text_file`, in chunks of `n_ctx` tokens."""
-    from convkit.commands.perplexity import check_context, open_model, read_text
+    from convkit.commands.perplexity import open_model, read_text
     from convkit.eval.perplexity import ChunkPlan, tokenize_for_perplexity
     from convkit.progress import progress
 
     text = read_text(text_file)
     model, tok = open_model(str(model_path), "cpu", "fp32", "fp", True)
-    check_context(model, n_ctx, model_path)
+    n_ctx = min(n_ctx, model.config.context_limit)  # a model trained on shorter sequences: its own length
     tokens = tokenize_for_perplexity(tok, text)
     available = len(tokens) // n_ctx
     if available < 1:

@@ -61,6 +61,9 @@ def quantize(model, ftype, output, imatrix, calibrate, tensor_types, output_type
 
     from convkit import convert_pipeline as cp
 
+    if calibrate is not None and imatrix is not None:
+        from convkit.errors import ConvkitError
+        raise ConvkitError("--calibrate computes its own statistics; give --calibrate or --imatrix, not both")
     source, plan, vectors = make_plan(model, ftype, imatrix, tensor_types, output_type, token_embedding_type)
     if dry_run:
         summary = cp.plan_summary(plan)
@@ -69,9 +72,6 @@ def quantize(model, ftype, output, imatrix, calibrate, tensor_types, output_type
     file_type = parse_file_type(ftype)
     target = output or default_output(model, file_type.name.replace("MOSTLY_", "").replace("ALL_", ""))
     if calibrate is not None:
-        if imatrix is not None:
-            from convkit.errors import ConvkitError
-            raise ConvkitError("--calibrate computes its own statistics; give --calibrate or --imatrix, not both")
         from convkit.calibrate import run_calibrated
         result = run_calibrated(source, plan, target, file_type=int(file_type), text_file=calibrate,
                                 threads=threads, quiet=quiet or as_json)
