@@ -18,7 +18,7 @@ import torch
 from convkit.errors import ConvkitError
 
 DEFAULT_CTX = 512
-CHUNKS_PER_PASS = 1
+DAMP = 0.01  # GPTQ's dampening: this fraction of the mean diagonal is added to X^T X
 
 
 class HessianCollector:
@@ -55,14 +55,16 @@ class HessianCollector:
 
     def statistics(self) -> dict:
         """{weight name: (float64 numpy X^T X [n, n], token count)}."""
-        out = {}
-        for name, (h, count) in self.sums.items():
+        out, arrays = {}, {}
+        for name, entry in self.sums.items():
+            h, count = entry
             if h is None:
                 continue
-            h = h.cpu().numpy()
-            if not np.isfinite(h).all():
-                raise ConvkitError(f"non-finite activations reach {name}; the model overflows in float32")
-            out[name] = (h, count)
+            if id(entry) not in arrays:  # one array per input, shared by the weights reading it
+                arrays[id(entry)] = h.cpu().numpy()
+                if not np.isfinite(arrays[id(entry)]).all():
+                    raise ConvkitError(f"non-finite activations reach {name}; the model overflows in float32")
+            out[name] = (arrays[id(entry)], count)
         return out
 
     def close(self):
@@ -101,10 +103,18 @@ def collect_hessians(model_path, text_file: str, *, n_ctx: int = DEFAULT_CTX, n_
         collector.close()
 
 
-def check_calibration_text(text_file) -> None:
-    """A missing calibration file stops the run before the model is opened."""
-    if not Path(text_file).is_file():
-        raise ConvkitError(f"{text_file}: no such calibration text; give --calibrate a UTF-8 text file")
+def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """quant.gptq.inverse_cholesky in torch (float64): the same factor, on torch's threads."""
+    h = torch.from_numpy(np.array(h, dtype=np.float64))
+    diag = torch.diagonal(h).clone()
+    dead = diag <= 0
+    h[dead, :] = 0
+    h[:, dead] = 0
+    h[dead, dead] = 1
+    mean = diag[~dead].mean() if bool((~dead).any()) else torch.tensor(1.0, dtype=torch.float64)
+    h.diagonal().add_(damp * mean)
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky((hinv + hinv.T) / 2, upper=True).numpy()
 
 
 def run_calibrated(source, plan, target, *, file_type: int, text_file: str, n_ctx: int = DEFAULT_CTX,
@@ -121,6 +131,7 @@ def run_calibrated(source, plan, target, *, file_type: int, text_file: str, n_ct
     start = time.perf_counter()
     stats = collect_hessians(source.path, text_file, n_ctx=n_ctx, n_chunks=n_chunks, quiet=quiet)
     calibrated = 0
+    factors = {}  # id of a shared X^T X -> its factor: q/k/v (and gate/up) read one input
     bar = progress(total=len(plan), quiet=quiet, unit="tensor", desc="quantize")
 
     def write_metadata(w):
@@ -143,9 +154,12 @@ def run_calibrated(source, plan, target, *, file_type: int, text_file: str, n_ct
         if not gptq.supports(t.qtype):
             return encode(values, t.qtype, imatrix=importance, threads=threads)
         calibrated += 1
+        if id(h) not in factors:
+            factors.clear()
+            factors[id(h)] = inverse_cholesky(h / max(count, 1), DAMP)
         rows = values.reshape(-1, values.shape[-1])
-        return gptq.quantize_gptq(rows, h / max(count, 1), t.qtype, importance=importance,
-                                  threads=threads).reshape(-1)
+        return gptq.quantize_gptq(rows, h / max(count, 1), t.qtype, importance=importance, damp=DAMP,
+                                  threads=threads, factor=factors[id(h)]).reshape(-1)
 
     try:
         write_gguf(target, source.arch_name, write_metadata, plan, produce,

@@ -221,11 +221,12 @@ def inverse_cholesky(hessian, damp: float = 0.01):
     return np.linalg.cholesky(hinv).T
 
 
-def quantize_gptq(w, hessian, qtype, *, importance=None, damp: float = 0.01, threads: int = 1):
+def quantize_gptq(w, hessian, qtype, *, importance=None, damp: float = 0.01, threads: int = 1, factor=None):
     """float32 rows [rows, n] -> ggml's `qtype` bytes [rows, n / block * block bytes].
 
     hessian: [n, n] sum of x x^T over calibration inputs; importance: the vector ggml's
-    scale search weighs by (default diag(hessian)).
+    scale search weighs by (default diag(hessian)); factor: inverse_cholesky(hessian, damp)
+    when the caller has it already (weights that share one input share it).
     """
     qtype = to_qtype(qtype)
     layout = LAYOUTS.get(qtype)
@@ -239,7 +240,7 @@ def quantize_gptq(w, hessian, qtype, *, importance=None, damp: float = 0.01, thr
     info.check_row_length(n)
     if np.shape(hessian) != (n, n):
         raise QuantError(f"{qtype.name}: Hessian of shape {np.shape(hessian)} for rows of {n} values")
-    U = inverse_cholesky(hessian, damp).astype(F32)
+    U = np.asarray(inverse_cholesky(hessian, damp) if factor is None else factor, dtype=F32)
     imp = np.ascontiguousarray(np.diag(hessian) if importance is None else importance, dtype=F32)
     bs = info.block_size
     out = np.empty((rows, n // bs * info.type_size), dtype=np.uint8)
