@@ -5,9 +5,10 @@ For each file type, two files of the same per-tensor types (so the same bytes on
   --imatrix` (byte-identical to llama-imatrix + llama_model_quantize);
 - ours: `convkit quantize --calibrate` on the same calibration text (GPTQ error feedback
   inside ggml's blocks, quant/gptq.py).
-Both are compared with the unquantized model on held-out text by our runtime (float32):
+Both are compared with the unquantized model on held-out text by our runtime (float32
+products on the dequantized weights):
 mean KL divergence (± its standard error), same top-1 token, ΔPPL; and the ratio of the
-KLDs (ours / llama.cpp's; below 1 is better).
+KLDs (ours / llama.cpp's; below 1 is better). llama.cpp's seconds include the imatrix run.
 
 Texts: calibration = the first chunks of the pydoc topics' training part (the first 90%
 by key, convkit.samples.split_pydoc_topics); held-out "other source" = Debian's Python 3.11
@@ -134,13 +135,14 @@ def main():
             plan = plan_chunks(len(tokens), ctx, args.eval_chunks, tok.bos_id if tok.add_bos else None)
             r = Compare(base, tokens, plan).run(models)
             rows.append((qtype, label, ref.stat().st_size, r, t_ref, t_ours))
-            print(f"{qtype:7s} {label:32s} KLD llama.cpp {r['llama.cpp']['kld']:.6f} ± {r['llama.cpp']['kld_err']:.6f}"
-                  f"  ours {r['ours']['kld']:.6f} ± {r['ours']['kld_err']:.6f}  ratio {r['ours']['kld'] / r['llama.cpp']['kld']:.3f}"
-                  f" | top-1 {100 * r['llama.cpp']['top1']:.2f}% / {100 * r['ours']['top1']:.2f}%"
-                  f" | ΔPPL {r['llama.cpp']['dppl']:+.4f} / {r['ours']['dppl']:+.4f}", flush=True)
+            a, b = r["llama.cpp"], r["ours"]
+            print(f"{qtype:7s} {label:32s} KLD llama.cpp {a['kld']:.6f} ± {a['kld_err']:.6f}"
+                  f"  ours {b['kld']:.6f} ± {b['kld_err']:.6f}  ratio {b['kld'] / a['kld']:.3f}"
+                  f" | top-1 {100 * a['top1']:.2f}% / {100 * b['top1']:.2f}%"
+                  f" | ΔPPL {a['dppl']:+.4f} / {b['dppl']:+.4f}", flush=True)
     print()
-    print("| type | held-out text | size | KLD llama.cpp (imatrix) | KLD ours (calibrated) | ratio | same top-1 llama.cpp / ours "
-          "| ΔPPL llama.cpp / ours | seconds llama.cpp / ours |")
+    print("| type | held-out text | size | KLD llama.cpp (imatrix) | KLD ours (calibrated) | ratio "
+          "| same top-1 llama.cpp / ours | ΔPPL llama.cpp / ours | seconds llama.cpp / ours |")
     print("|---|---|---|---|---|---|---|---|---|")
     for qtype, label, size, r, t_ref, t_ours in rows:
         a, b = r["llama.cpp"], r["ours"]
