@@ -64,6 +64,19 @@ def _q4_0_encode(blk, q):
     return out
 
 
+def _q4_1_decode(blk):
+    d, m = _f16(blk, 0), _f16(blk, 2)
+    q = _nibbles(blk[:, 4:20], 32)
+    return np.broadcast_to(d, q.shape), np.broadcast_to(m, q.shape), q
+
+
+def _q4_1_encode(blk, q):
+    out = blk.copy()
+    q = q.astype(np.uint8)
+    out[:, 4:20] = q[:, :16] | (q[:, 16:] << 4)
+    return out
+
+
 def _q5_0_decode(blk):
     d = _f16(blk, 0)
     qh = np.ascontiguousarray(blk[:, 2:6]).view("<u4").reshape(-1, 1)
@@ -189,6 +202,7 @@ class Layout:
 
 LAYOUTS = {
     QuantType.Q4_0: Layout(_q4_0_decode, _q4_0_encode, 0, 15),
+    QuantType.Q4_1: Layout(_q4_1_decode, _q4_1_encode, 0, 15),
     QuantType.Q5_0: Layout(_q5_0_decode, _q5_0_encode, 0, 31),
     QuantType.Q8_0: Layout(_q8_0_decode, _q8_0_encode, -127, 127),
     QuantType.Q2_K: Layout(_q2_k_decode, _q2_k_encode, 0, 3),

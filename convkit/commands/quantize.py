@@ -64,7 +64,8 @@ def quantize(model, ftype, output, imatrix, calibrate, tensor_types, output_type
     if calibrate is not None and imatrix is not None:
         from convkit.errors import ConvkitError
         raise ConvkitError("--calibrate computes its own statistics; give --calibrate or --imatrix, not both")
-    source, plan, vectors = make_plan(model, ftype, imatrix, tensor_types, output_type, token_embedding_type)
+    source, plan, vectors = make_plan(model, ftype, imatrix, tensor_types, output_type, token_embedding_type,
+                                      calibrated=calibrate is not None)
     if dry_run:
         summary = cp.plan_summary(plan)
         emit(summary, as_json=as_json, text=render_plan(summary))
@@ -81,7 +82,8 @@ def quantize(model, ftype, output, imatrix, calibrate, tensor_types, output_type
     emit(result, as_json=as_json, text=render_done(result))
 
 
-def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, token_embedding_type=None):
+def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, token_embedding_type=None,
+              calibrated=False):
     """(source, plan, importance vectors): MODEL opened, every tensor's type chosen by llama.cpp's mix rules."""
     from quant.mixes import parse_file_type, parse_tensor_type_option, parse_type_name, plan_types
 
@@ -101,7 +103,7 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
                        n_layer=source.hparams["n_layer"] or None, n_head=source.hparams["n_head"],
                        n_head_kv=source.hparams["n_head_kv"], tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
-                       has_imatrix=vectors is not None)
+                       has_imatrix=vectors is not None or calibrated)  # calibration holds an imatrix
     plan = cp.make_plan(source, types)
     if vectors is not None:  # a vector of the wrong length stops here, before any tensor is read
         from quant.imatrix import importance_for
