@@ -43,6 +43,8 @@ def render_done(result) -> str:
               "q8_0, q6_k, iq4_xs, ... (an unknown name lists them all)")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="output GGUF (default: MODEL-TYPE.gguf)")
 @click.option("--imatrix", type=click.Path(path_type=Path), help="importance matrix (llama-imatrix output)")
+@click.option("--calibrate", type=click.Path(path_type=Path), help="calibration text: round with GPTQ error "
+              "feedback on the model's own activations (same types and size; chunks of 512 tokens)")
 @click.option("--tensor-type", "tensor_types", multiple=True, help="PATTERN=TYPE override (repeatable)")
 @click.option("--output-type", help="type of output.weight")
 @click.option("--token-embedding-type", help="type of token_embd.weight")
@@ -52,26 +54,36 @@ def render_done(result) -> str:
 @click.option("--dry-run", is_flag=True, help="print the per-tensor plan and write nothing")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def quantize(model, ftype, output, imatrix, tensor_types, output_type, token_embedding_type, threads,
+def quantize(model, ftype, output, imatrix, calibrate, tensor_types, output_type, token_embedding_type, threads,
              dry_run, as_json, quiet):
     """Quantize MODEL (HF directory, model.safetensors or GGUF) with llama.cpp's type mix."""
     from quant.mixes import parse_file_type
 
     from convkit import convert_pipeline as cp
 
-    source, plan, vectors = make_plan(model, ftype, imatrix, tensor_types, output_type, token_embedding_type)
+    if calibrate is not None and imatrix is not None:
+        from convkit.errors import ConvkitError
+        raise ConvkitError("--calibrate computes its own statistics; give --calibrate or --imatrix, not both")
+    source, plan, vectors = make_plan(model, ftype, imatrix, tensor_types, output_type, token_embedding_type,
+                                      calibrated=calibrate is not None)
     if dry_run:
         summary = cp.plan_summary(plan)
         emit(summary, as_json=as_json, text=render_plan(summary))
         return
     file_type = parse_file_type(ftype)
     target = output or default_output(model, file_type.name.replace("MOSTLY_", "").replace("ALL_", ""))
-    result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
-                    quiet=quiet or as_json)
+    if calibrate is not None:
+        from convkit.calibrate import run_calibrated
+        result = run_calibrated(source, plan, target, file_type=int(file_type), text_file=calibrate,
+                                threads=threads, quiet=quiet or as_json)
+    else:
+        result = cp.run(source, plan, target, file_type=int(file_type), imatrix=vectors, threads=threads,
+                        quiet=quiet or as_json)
     emit(result, as_json=as_json, text=render_done(result))
 
 
-def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, token_embedding_type=None):
+def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, token_embedding_type=None,
+              calibrated=False):
     """(source, plan, importance vectors): MODEL opened, every tensor's type chosen by llama.cpp's mix rules."""
     from quant.mixes import parse_file_type, parse_tensor_type_option, parse_type_name, plan_types
 
@@ -92,7 +104,7 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
                        n_head_kv=source.hparams["n_head_kv"], n_expert=source.hparams.get("n_expert", 0),
                        tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
-                       has_imatrix=vectors is not None)
+                       has_imatrix=vectors is not None or calibrated)  # calibration holds an imatrix
     plan = cp.make_plan(source, types)
     if vectors is not None:  # a vector of the wrong length stops here, before any tensor is read
         from quant.imatrix import importance_for
