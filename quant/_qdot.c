@@ -829,11 +829,16 @@ AVX2 static void tile_q5_k_avx2(const uint8_t *w, Py_ssize_t row_bytes, int nr, 
  * in lane-pair order and multiplied by its scale (|w * scale| <= 32 * 128 fits int16), once
  * for all of the tile's activation rows; then one pairwise int16 product per 16 values
  * (vpmaddwd, or vpdpwssd with AVX-512 VNNI) adds two values of one lane, scaled. */
+/* 16 int8 values in lane-pair order, widened to int16 and multiplied by their sub-block's scale */
+AVX2 static inline __m256i pair_scaled(__m128i v, int scale) {
+    const __m128i order = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    return _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, order)), _mm256_set1_epi16((short)scale));
+}
+
 AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) {
     const uint8_t *ql = blk, *qh = blk + 128;
     const int8_t *sc = (const int8_t *)(blk + 192);
     const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
-    const __m128i order = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
     for (int half = 0; half < 2; half++) {
         for (int part = 0; part < 2; part++) {
             const int o = 16 * part;
@@ -849,8 +854,7 @@ AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) 
                                 _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, 6), m2), 4));
             for (int k = 0; k < 4; k++) {
                 const int sub = 8 * half + 2 * k + part;
-                const __m256i w16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_sub_epi8(v[k], k32), order));
-                ws[sub] = _mm256_mullo_epi16(w16, _mm256_set1_epi16(sc[sub]));
+                ws[sub] = pair_scaled(_mm_sub_epi8(v[k], k32), sc[sub]);
             }
         }
         ql += 64;
@@ -859,11 +863,6 @@ AVX2 static inline void q6_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) 
 }
 
 /* Q3_K as Q6_K: 16-value sub-blocks (values -4..3, scales -32..31), in lane-pair order, scaled */
-AVX2 static inline __m256i pair_scaled(__m128i v, int scale) {
-    const __m128i order = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
-    return _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, order)), _mm256_set1_epi16((short)scale));
-}
-
 AVX2 static inline void q3_k_scaled_weights(const uint8_t *blk, __m256i ws[16]) {
     int8_t scales[16];
     q3k_scales(blk + 96, scales);
@@ -967,8 +966,7 @@ Q3_K_TILE(tile_q3_k_vnni, VNNI, _mm256_dpwssd_epi32)
 Q2_K_TILE(tile_q2_k_vnni, VNNI, _mm256_dpwssd_epi32)
 
 VNNI static inline __m256i quad_order(__m256i x) {  /* natural order -> lane-quad order */
-    const __m256i pairs = _mm256_shuffle_epi8(x, _mm256_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0,
-                                                                15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0));
+    const __m256i pairs = pair_order(x);  /* each 16 bytes: (l, l + 8) side by side */
     const __m256i words = _mm256_set_epi16(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
     return _mm256_permutexvar_epi16(words, pairs);
 }
