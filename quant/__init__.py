@@ -20,7 +20,7 @@ from .types import QuantType
 __all__ = ["QuantError", "QuantType", "TypeInfo", "quantize", "dequantize", "type_info",
            "register", "registers", "to_qtype", "types"]
 
-_BLOCK_MODULES = ("floats", "legacy", "iq4nl", "iq4xs", "kquants", "ternary", "mxfp4", "nvfp4", "q1_0")
+_BLOCK_MODULES = ("floats", "legacy", "iq4nl", "iq4xs", "kquants", "ternary", "mxfp4", "nvfp4", "q1_0", "iqgrid")
 _loaded = False
 _load_lock = threading.Lock()
 
@@ -126,8 +126,11 @@ def quantize_source(src, src_type, qtype, n_per_row, imatrix=None, threads=1, ou
     out = out.reshape(rows, info.row_bytes(n))
     tid, sid = int(info.qtype), int(src_type)
     from ._threads import row_results
-    found = row_results(lambda sp, op, r: compiled.from_source(tid, sid, sp, imatrix, op, r, n),
-                        src, out, max(1, int(threads)))
+    try:
+        found = row_results(lambda sp, op, r: compiled.from_source(tid, sid, sp, imatrix, op, r, n),
+                            src, out, max(1, int(threads)))
+    except ValueError as exc:          # the grid types' search on values too large (ggml aborts)
+        raise QuantError(f"{info.name}: {exc}; rescale the tensor or keep it in F16/F32") from None
     bad = [a + r for a, r in found if r >= 0]
     return out, (min(bad) if bad else -1)
 

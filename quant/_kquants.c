@@ -9,6 +9,7 @@
 #include "_kquants_k.h"
 #include "_kquants_legacy.h"
 #include "_kquants_simple.h"
+#include "_kquants_grid.h"
 
 /* bytes per 256-value block of Q2_K..Q8_K (ids 10..15) */
 static const int kq_type_bytes[6] = {84, 110, 144, 176, 210, 292};
@@ -166,6 +167,77 @@ static PyObject *py_simple(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ grid types (IQ3_XXS, IQ3_S) */
+
+/* grid_codes(type_id, codes): the type's grid points as uint16 codes (3 bits per coordinate),
+ * handed over once; the lookup tables are built from them at first use. */
+static PyObject *py_grid_codes(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer cb;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*", &type, &cb)) return NULL;
+    gr_iq3_table *t = gr_iq3_for(type);
+    const char *err = NULL;
+    if (!t) err = "not a grid type id";
+    else if (cb.len != (Py_ssize_t)(t->size * sizeof(uint16_t))) err = "codes must be one uint16 per grid point";
+    else if (!t->codes) {
+        uint16_t *codes = malloc(cb.len);
+        if (!codes) err = "out of memory";
+        else {
+            memcpy(codes, cb.buf, cb.len);
+            t->codes = codes;
+        }
+    }
+    PyBuffer_Release(&cb);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* grid(type_id, x, imatrix_or_None, out, rows, n_per_row) -> -1, or the first row whose values
+ * are too large for the grid search (ggml aborts on such rows). */
+static PyObject *py_grid(PyObject *self, PyObject *args) {
+    int type;
+    Py_buffer xb, ob, qb;
+    PyObject *imatrix;
+    Py_ssize_t rows, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*Ow*nn", &type, &xb, &imatrix, &ob, &rows, &n)) return NULL;
+    int have_q = imatrix != Py_None;
+    if (have_q && PyObject_GetBuffer(imatrix, &qb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    const int per_block = gr_block_values(type), bytes = gr_block_bytes(type);
+    const char *err = NULL;
+    int64_t bad = -1;
+    if (!per_block) err = "not a grid type id";
+    else if (!gr_prepare(type)) err = "grid tables unavailable: grid_codes was not called, or out of memory";
+    else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of 256";
+    else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
+    else if (ob.len < rows * (n / per_block) * bytes) err = "out is too small";
+    else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
+    if (!err) {
+        const float *x = (const float *)xb.buf;
+        const float *q = have_q ? (const float *)qb.buf : NULL;
+        uint8_t *o = (uint8_t *)ob.buf;
+        Py_BEGIN_ALLOW_THREADS
+        bad = gr_quantize_rows(type, x, q, rows, n, o);
+        Py_END_ALLOW_THREADS
+    }
+    if (have_q) PyBuffer_Release(&qb);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    if (err) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyLong_FromLongLong(bad);
+}
+
 /* ------------------------------------------------------------------ straight from the source's bytes */
 
 /* F16, BF16 or F32 source values -> float32, exactly (every F16/BF16 value is a float32).
@@ -208,6 +280,7 @@ static int any_quantize_rows(int type, const float *x, const float *q, int64_t r
     if (type == 23) { lg_rows_iq4xs(x, q, rows, n, o); return 0; }
     if (lg_block_values(type)) return lg_quantize_rows(type, x, q, rows, n, o);
     if (sm_block_values(type)) { sm_quantize_rows(type, x, rows, n, o); return 0; }
+    if (gr_block_values(type)) return gr_quantize_rows(type, x, q, rows, n, o) < 0 ? 0 : -2;
     return -1;
 }
 
@@ -216,6 +289,7 @@ static int any_geometry(int type, int *values, int *bytes) {
     else if (type == 23) { *values = LG_IQ4XS_QK; *bytes = LG_IQ4XS_BYTES; }
     else if (lg_block_values(type)) { *values = lg_block_values(type); *bytes = lg_block_bytes(type); }
     else if (sm_block_values(type)) { *values = sm_block_values(type); *bytes = sm_block_bytes(type); }
+    else if (gr_block_values(type) && gr_iq3_for(type)->codes) { *values = GR_QK; *bytes = gr_block_bytes(type); }
     else return 0;
     return 1;
 }
@@ -243,12 +317,14 @@ static PyObject *py_from_source(PyObject *self, PyObject *args) {
     const int vbytes = src_value_bytes(src_type);
     const char *err = NULL;
     if (!any_geometry(type, &per_block, &bytes)) err = "unknown block type id";
+    else if (gr_block_values(type) && !gr_prepare(type)) err = "grid tables unavailable (out of memory)";
     else if (!vbytes) err = "source type must be F32 (0), F16 (1) or BF16 (30)";
     else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of the block size";
     else if (rows < 0 || sb.len < (Py_ssize_t)(rows * n * vbytes)) err = "src is smaller than rows * n_per_row values";
     else if (ob.len < rows * (n / per_block) * bytes) err = "out is too small";
     else if (have_q && qb.len < (Py_ssize_t)(n * sizeof(float))) err = "imatrix is smaller than n_per_row floats";
     int64_t bad_row = -1;
+    int too_large = 0;
     if (!err) {
         const int64_t step = n >= SRC_CHUNK_VALUES ? 1 : SRC_CHUNK_VALUES / n;
         float *buf = (float *)malloc((size_t)(step * n) * sizeof(float));
@@ -266,10 +342,11 @@ static PyObject *py_from_source(PyObject *self, PyObject *args) {
                         if (src_to_f32(src_type, s + (r + j) * n * vbytes, n, buf)) bad_row = r + j;
                     break;
                 }
-                any_quantize_rows(type, buf, q, k, n, o + r * row_out);
+                if (any_quantize_rows(type, buf, q, k, n, o + r * row_out) == -2) { too_large = 1; break; }
             }
             Py_END_ALLOW_THREADS
             free(buf);
+            if (too_large) err = "values too large for the grid search (ggml aborts on them)";
         }
     }
     if (have_q) PyBuffer_Release(&qb);
@@ -324,6 +401,7 @@ static PyObject *py_geometry(PyObject *self, PyObject *args) {
     if (type == 23) return Py_BuildValue("(ii)", LG_IQ4XS_QK, LG_IQ4XS_BYTES);
     if (lg_block_values(type)) return Py_BuildValue("(ii)", lg_block_values(type), lg_block_bytes(type));
     if (sm_block_values(type)) return Py_BuildValue("(ii)", sm_block_values(type), sm_block_bytes(type));
+    if (gr_block_values(type) && gr_iq3_for(type)->codes) return Py_BuildValue("(ii)", GR_QK, gr_block_bytes(type));
     Py_RETURN_NONE;
 }
 
@@ -338,6 +416,11 @@ static PyMethodDef kquants_methods[] = {
      "iq4_xs(x, imatrix_or_None, out, rows, n_per_row): ggml's IQ4_XS bytes into out."},
     {"simple", py_simple, METH_VARARGS,
      "simple(type_id, x, out, rows, n_per_row): TQ1_0 / TQ2_0 / MXFP4 bytes into out."},
+    {"grid_codes", py_grid_codes, METH_VARARGS,
+     "grid_codes(type_id, codes): hand over a grid type's points (uint16, 3 bits per coordinate)."},
+    {"grid", py_grid, METH_VARARGS,
+     "grid(type_id, x, imatrix_or_None, out, rows, n_per_row): IQ3_XXS / IQ3_S bytes into out; -1, or "
+     "the first row too large for the grid search."},
     {"from_source", py_from_source, METH_VARARGS,
      "from_source(type_id, src_type, src, imatrix_or_None, out, rows, n_per_row): quantize F16/BF16/F32 "
      "source bytes directly; -1, or the first row holding an infinite or NaN value."},

@@ -1,0 +1,167 @@
+"""Grid types: IQ3_XXS and IQ3_S (ggml's "i-quants" whose groups of values are grid points).
+
+A 256-value super-block holds an fp16 d and eight 32-value blocks, each with a 4-bit scale;
+every group of 4 values is one point of a fixed grid (its index is stored) and the signs are
+stored apart. Value = d * block scale * grid coordinate * sign.
+
+- IQ3_XXS (98 bytes): d; 64 grid indices (256-point grid); per block a u32 holding four 7-bit
+  sign patterns (the 8th sign of each 8 makes the count of minus signs even) and the scale
+  in its top 4 bits; block scale (0.5 + s) * 0.5.
+- IQ3_S (110 bytes): d; 64 low index bytes; 8 bytes of 9th index bits (512-point grid);
+  32 bytes of signs, one bit per value; 4 bytes of two 4-bit scales; block scale 1 + 2s.
+
+The grids are data that gguf-py ships (gguf.quants.IQ3_XXS.grid_hex ...), read here once:
+coordinates for dequantization, and for the compiled quantizer each point's levels l
+(coordinate index 0..7) as a 12-bit code. The quantizer is ggml's grid search, in C only
+(quant/_kquants_grid.h builds the neighbour tables from the codes at first use); a numpy
+twin of that search would take minutes per tensor.
+
+ggml aborts on rows whose values are so large that the weights overflow (|x| > 1.8e19);
+quantize raises QuantError for them instead.
+"""
+import functools
+
+import numpy as np
+from gguf import quants as gguf_quants
+
+from .backend import compiled_or_none
+from .errors import QuantError
+from .legacy import check_imatrix
+from .types import QuantType, block_size, type_size
+
+F32 = np.float32
+QK_K = 256
+GRID_TYPES = (QuantType.IQ3_XXS, QuantType.IQ3_S)
+_GGUF_CLASS = {QuantType.IQ3_XXS: gguf_quants.IQ3_XXS, QuantType.IQ3_S: gguf_quants.IQ3_S}
+
+
+@functools.cache
+def grid_levels(qtype) -> np.ndarray:
+    """uint8 [points, 4]: each grid point's coordinate indices into the class's grid_map,
+    decoded from gguf-py's grid_hex (hex digits; 2 indices per byte, low nibble first)."""
+    cls = _GGUF_CLASS[QuantType(int(qtype))]
+    digits = np.frombuffer(cls.grid_hex, dtype=np.uint8).reshape(-1, 2)
+    nibble = np.where(digits > 0x40, digits + 9, digits) & 0x0F
+    packed = (nibble[:, 0] << 4) | nibble[:, 1]
+    levels = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(cls.grid_shape) & 7
+    return levels.astype(np.uint8)
+
+
+@functools.cache
+def grid_values(qtype) -> np.ndarray:
+    """float32 [points, 4]: the coordinates dequantization multiplies (gguf-py's grid_map)."""
+    cls = _GGUF_CLASS[QuantType(int(qtype))]
+    return np.asarray(cls.grid_map, dtype=F32)[grid_levels(qtype)]
+
+
+def grid_codes(qtype) -> np.ndarray:
+    """uint16 [points]: levels l0 | l1 << 3 | l2 << 6 | l3 << 9, the quantizer's point codes."""
+    lv = grid_levels(qtype).astype(np.uint16)
+    return (lv[:, 0] | lv[:, 1] << 3 | lv[:, 2] << 6 | lv[:, 3] << 9).astype(np.uint16)
+
+
+_handed_over = set()
+
+
+def _compiled(qtype, backend="auto"):
+    """The compiled module with this type's grid handed over, or a QuantError."""
+    compiled = compiled_or_none(backend)
+    name = QuantType(int(qtype)).name
+    if compiled is None or not hasattr(compiled, "grid"):
+        raise QuantError(f"{name}: quantizing needs the compiled helper quant._kquants; "
+                         "reinstall convkit with a C compiler (pip install -e .)")
+    if qtype not in _handed_over:
+        compiled.grid_codes(int(qtype), np.ascontiguousarray(grid_codes(qtype)))
+        _handed_over.add(qtype)
+    return compiled
+
+
+def has_compiled() -> bool:
+    compiled = compiled_or_none()
+    return compiled is not None and hasattr(compiled, "grid")
+
+
+def quantize(qtype, x, imatrix=None, threads=1, backend="auto"):
+    """float32 [rows, n] (n a multiple of 256) -> ggml's bytes of a grid type."""
+    from ._threads import row_results
+
+    qtype = QuantType(int(qtype))
+    x = np.ascontiguousarray(x, dtype=F32)
+    rows, n = x.shape
+    qw = None if imatrix is None else check_imatrix(qtype.name, imatrix, n)
+    compiled = _compiled(qtype, backend)
+    out = np.empty((rows, n // QK_K * type_size(qtype)), dtype=np.uint8)
+    tid = int(qtype)
+    found = row_results(lambda xp, op, r: compiled.grid(tid, xp, qw, op, r, n), x, out, max(1, int(threads)))
+    bad = [a + r for a, r in found if r >= 0]
+    if bad:
+        raise QuantError(f"{qtype.name}: row {min(bad)} holds values too large for the grid search "
+                         f"(largest magnitude {float(np.abs(x[min(bad)]).max()):.3g}); ggml aborts on such "
+                         "rows too: rescale the tensor or keep it in F16/F32")
+    return out
+
+
+def _signs_from_bits(bits):
+    """uint8 [...] -> float32 [..., 8]: +1 / -1 for each bit, low bit first."""
+    b = (bits[..., None] >> np.arange(8, dtype=np.uint8)) & 1
+    return np.where(b == 0, F32(1), F32(-1))
+
+
+@functools.cache
+def _even_signs() -> np.ndarray:
+    """ggml's ksigns_iq2xs: 7 sign bits -> 8, the 8th making the count of ones even."""
+    k = np.arange(128, dtype=np.uint8)
+    parity = np.unpackbits(k[:, None], axis=1).sum(axis=1) & 1
+    return (k | (parity.astype(np.uint8) << 7)).astype(np.uint8)
+
+
+def dequantize_iq3_xxs(data):
+    """gguf-py's arithmetic: d * (0.5 + s) * 0.5, times the grid coordinate, times the sign."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    rows = data.shape[0]
+    blk = data.reshape(-1, type_size(QuantType.IQ3_XXS))
+    S = blk.shape[0]
+    d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)                 # [S, 1]
+    qs = blk[:, 2:66].reshape(S, 8, 8)
+    ss = np.ascontiguousarray(blk[:, 66:98]).view("<u4")                               # [S, 8]
+    db = (d * (F32(0.5) + (ss >> 28).astype(F32)) * F32(0.5)).reshape(S, 8, 1, 1)
+    pat = ((ss[:, :, None] >> np.array([0, 7, 14, 21], dtype=np.uint32)) & 0x7F).astype(np.uint8)
+    signs = _signs_from_bits(_even_signs()[pat]).reshape(S, 8, 8, 4)                  # [S, blk, grp, 4]
+    grid = grid_values(QuantType.IQ3_XXS)[qs]                                          # [S, 8, 8, 4]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (db * grid * signs).reshape(rows, -1)
+
+
+def dequantize_iq3_s(data):
+    """gguf-py's arithmetic: d * (1 + 2 s), times the grid coordinate, times the sign."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    rows = data.shape[0]
+    blk = data.reshape(-1, type_size(QuantType.IQ3_S))
+    S = blk.shape[0]
+    d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)                 # [S, 1]
+    qh = ((blk[:, 66:74, None] >> np.arange(8, dtype=np.uint8)) & 1).astype(np.uint16)  # [S, 8, 8]
+    idx = blk[:, 2:66].reshape(S, 8, 8).astype(np.uint16) | (qh << 8)
+    signs = _signs_from_bits(blk[:, 74:106]).reshape(S, 8, 8, 4)
+    sc = blk[:, 106:110, None] >> np.array([0, 4], dtype=np.uint8)
+    sc = (sc & 0x0F).reshape(S, 8)
+    db = (d * (1 + 2 * sc).astype(F32)).reshape(S, 8, 1, 1)
+    grid = grid_values(QuantType.IQ3_S)[idx]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (db * grid * signs).reshape(rows, -1)
+
+
+DEQUANTIZE = {QuantType.IQ3_XXS: dequantize_iq3_xxs, QuantType.IQ3_S: dequantize_iq3_s}
+
+
+def _register():
+    from .registry import register
+    compiled = compiled_or_none()
+    for t in GRID_TYPES:
+        if compiled is not None and hasattr(compiled, "grid"):
+            _compiled(t)               # hand the codes over now (cheap): quantize_source may stream the type
+        assert block_size(t) == QK_K
+        register(t, functools.partial(lambda t, x, imatrix, threads: quantize(t, x, imatrix, threads), t),
+                 DEQUANTIZE[t])
+
+
+_register()
