@@ -234,11 +234,53 @@ def _q1_0(b, dtype):
     return out if dtype == torch.float32 else out.to(dtype)
 
 
+def _grid(cls, device) -> torch.Tensor:
+    """gguf-py's grid of an i-quant class (float32 [points, 4 or 8]), on `device`."""
+    cls.init_grid()
+    return torch.from_numpy(cls.grid.reshape(cls.grid_shape)).to(device)
+
+
+def _sign_bits(bits: torch.Tensor) -> torch.Tensor:
+    """uint8/int [...] -> float32 [..., 8]: +1 / -1 per bit, low bit first."""
+    b = (bits.to(torch.int32).unsqueeze(-1) >> torch.arange(8, device=bits.device)) & 1
+    return 1 - 2 * b.float()
+
+
+def _iq3_xxs(b, dtype):
+    from gguf import quants
+
+    n = b.shape[0]
+    d = _f16(b, 0)
+    ss = b[:, 66:98].reshape(n, 8, 4).to(torch.int64)
+    ss = ss[..., 0] | ss[..., 1] << 8 | ss[..., 2] << 16 | ss[..., 3] << 24          # [n, 8] u32
+    db = (d * (0.5 + (ss >> 28).float()) * 0.5).view(n, 8, 1, 1)
+    pat = (ss.unsqueeze(-1) >> torch.tensor([0, 7, 14, 21], device=b.device)) & 0x7F
+    ksigns = torch.frombuffer(bytearray(quants.IQ2_XXS.ksigns), dtype=torch.uint8).to(b.device)
+    signs = _sign_bits(ksigns[pat]).view(n, 8, 8, 4)
+    grid = _grid(quants.IQ3_XXS, b.device)[b[:, 2:66].long()].view(n, 8, 8, 4)
+    return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
+
+
+def _iq3_s(b, dtype):
+    from gguf import quants
+
+    n = b.shape[0]
+    d = _f16(b, 0)
+    qh = (b[:, 66:74].to(torch.int64).unsqueeze(-1) >> torch.arange(8, device=b.device)) & 1
+    idx = b[:, 2:66].to(torch.int64).view(n, 8, 8) | (qh << 8)
+    signs = _sign_bits(b[:, 74:106]).view(n, 8, 8, 4)
+    sc = b[:, 106:110].to(torch.int32)
+    sc = torch.stack([sc & 0x0F, sc >> 4], dim=2).view(n, 8)
+    db = (d * (1 + 2 * sc).float()).view(n, 8, 1, 1)
+    grid = _grid(quants.IQ3_S, b.device)[idx].view(n, 8, 8, 4)
+    return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
+
+
 BLOCK_DEQUANTIZERS = {
     T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1, T.Q8_0: _q8_0,
     T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
     T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs, T.TQ1_0: _tq1_0, T.TQ2_0: _tq2_0, T.MXFP4: _mxfp4,
-    T.NVFP4: _nvfp4, T.Q1_0: _q1_0,
+    T.NVFP4: _nvfp4, T.Q1_0: _q1_0, T.IQ3_XXS: _iq3_xxs, T.IQ3_S: _iq3_s,
 }
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 

@@ -47,6 +47,7 @@ VEC_DOT_TYPE = {
     T.Q4_1: Q8_1, T.Q5_1: Q8_1,
     T.Q2_K: Q8_K, T.Q3_K: Q8_K, T.Q4_K: Q8_K, T.Q5_K: Q8_K, T.Q6_K: Q8_K,
     T.IQ4_XS: Q8_K, T.TQ1_0: Q8_K, T.TQ2_0: Q8_K,
+    T.IQ3_XXS: Q8_K, T.IQ3_S: Q8_K, T.IQ2_XXS: Q8_K, T.IQ2_XS: Q8_K, T.IQ2_S: Q8_K, T.IQ1_S: Q8_K, T.IQ1_M: Q8_K,
     T.F16: torch.float16, T.BF16: torch.bfloat16, T.F32: None,
 }
 _BLOCK = {Q8_0: 32, Q8_1: 32, Q8_K: 256}

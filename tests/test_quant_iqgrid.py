@@ -1,0 +1,136 @@
+"""Grid types (IQ3_XXS, IQ3_S) against ggml: bytes of ggml_quantize_chunk with and without an
+importance vector, on awkward rows and SmolLM2's tensors; dequantization equal to ggml's,
+gguf-py's and the runtime's torch one; rows too large for the search refused where ggml aborts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import quant
+from oracle import ggml_dequantize, ggml_quantize
+from quant import QuantType, iqgrid
+from test_quant_legacy import CASES, _assert_same, _imatrices, _real_imatrix, _smollm2_sample
+
+TYPES = [QuantType.IQ3_XXS, QuantType.IQ3_S]
+# rows whose squares overflow float32: ggml's search finds no grid point and aborts
+ABORTS = ("normal_1e+30",)
+
+
+def _wide(x):
+    """Rows of a multiple of 256 values (the cases are 256 or 384 wide)."""
+    return np.ascontiguousarray(x[:, :x.shape[1] // 256 * 256])
+
+
+FINITE = {k: _wide(v) for k, v in CASES.items() if k != "non_finite" and k not in ABORTS}
+
+
+def test_compiled_kernel_is_built():
+    assert iqgrid.has_compiled(), "quant._kquants without grid: run `python setup.py build_ext --inplace`"
+
+
+def test_grids_are_gguf_py_grids():
+    """The levels decoded here give back gguf-py's own grid (the one its dequantizer uses)."""
+    for t in TYPES:
+        cls = {QuantType.IQ3_XXS: gguf.quants.IQ3_XXS, QuantType.IQ3_S: gguf.quants.IQ3_S}[t]
+        cls.init_grid()
+        assert np.array_equal(iqgrid.grid_values(t), cls.grid.reshape(cls.grid_shape))
+        assert len(set(iqgrid.grid_codes(t).tolist())) == cls.grid_shape[0]
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("case", sorted(FINITE))
+def test_bytes_match_ggml(case, qtype):
+    x = FINITE[case]
+    rng = np.random.default_rng(7)
+    for im_name, im in _imatrices(x.shape[1], rng).items():
+        _assert_same(qtype.name, quant.quantize(x, qtype, imatrix=im), ggml_quantize(x, qtype, im),
+                     f"{case}/imatrix={im_name}")
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_several_superblocks_per_row_and_importance_by_column(qtype):
+    """Super-block i of every row takes imatrix[256*i:256*(i+1)]; an empty block among full ones
+    (IQ3_S then moves the later blocks' indices and signs up, as ggml does)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_t(3, (9, 1280)) * 0.05).astype(np.float32)
+    x[4, 256:512] = 0                                   # an empty super-block
+    x[6, 288:320] = 0                                   # an empty 32-value block inside one
+    x[5, 600] = 40.0                                    # an outlier sets one super-block's d
+    im = _real_imatrix(1280, 9)
+    im[:32] = 0                                         # columns of no importance
+    for imatrix in (None, im):
+        ours = quant.quantize(x, qtype, imatrix=imatrix, threads=3)
+        _assert_same(qtype.name, ours, ggml_quantize(x, qtype, imatrix), f"imatrix={imatrix is not None}")
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_smollm2_tensors_match_ggml(qtype):
+    sample, whole = _smollm2_sample()
+    for what, x in {**sample, **whole}.items():
+        if x.shape[1] % 256:
+            continue
+        for im_name, im in (("none", None), ("gamma", _real_imatrix(x.shape[1], x.shape[1]))):
+            ours = quant.quantize(x, qtype, imatrix=im, threads=2)
+            _assert_same(qtype.name, ours, ggml_quantize(x, qtype, im), f"SmolLM2 {what} imatrix={im_name}")
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_streamed_source_gives_the_same_bytes(qtype):
+    x = (np.random.default_rng(5).standard_normal((6, 512)) * 0.03).astype(np.float16)
+    im = _real_imatrix(512, 2)
+    out, bad = quant.quantize_source(x.view(np.uint8), 1, qtype, 512, imatrix=im, threads=2)
+    assert bad == -1
+    assert np.array_equal(out, ggml_quantize(x.astype(np.float32), qtype, im))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequantize_matches_ggml_gguf_and_torch(qtype):
+    from convkit.runtime.dequant_torch import dequantize as torch_dequantize
+
+    x = np.concatenate([FINITE["heavy_tail"], FINITE["zeros"], FINITE["normal_1e-08"], FINITE["outlier"],
+                        FINITE["normal_60000"]])
+    for im in (None, _real_imatrix(x.shape[1], 1)):
+        data = ggml_quantize(x, qtype, im)
+        ours = quant.dequantize(data, qtype)
+        assert np.array_equal(ours.view(np.uint32), ggml_dequantize(data, qtype, x.shape[1]).view(np.uint32))
+        assert np.array_equal(ours.view(np.uint32), gguf.quants.dequantize(data, qtype).view(np.uint32))
+        back = torch_dequantize(torch.from_numpy(data), qtype).numpy()
+        assert np.array_equal(back.view(np.uint32), ours.view(np.uint32))
+
+
+_GGML_ON_HUGE = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from oracle import ggml_quantize
+x = (np.random.default_rng(0).standard_normal((2, 256)) * 1e30).astype(np.float32)
+ggml_quantize(x, {qtype})
+"""
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_values_too_large_are_refused_where_ggml_aborts(qtype):
+    """ggml aborts the process (GGML_ASSERT) on rows whose squares overflow; we refuse them."""
+    x = FINITE["normal_1"].copy()
+    x[3, 17] = 3e19
+    with pytest.raises(quant.QuantError, match="row 3 holds values too large"):
+        quant.quantize(x, qtype)
+    src = x.astype(np.float32)
+    with pytest.raises(quant.QuantError, match="too large"):
+        quant.quantize_source(src.view(np.uint8), 0, qtype, 256)
+    code = _GGML_ON_HUGE.format(tests=str(Path(__file__).parent), qtype=int(qtype))
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert ran.returncode != 0 and b"GGML_ASSERT" in ran.stderr
+
+
+def test_registered_and_refuses_rows_it_cannot_hold():
+    for t in TYPES:
+        info = quant.type_info(t)
+        assert (info.block_size, info.type_size) == gguf.GGML_QUANT_SIZES[t]
+        with pytest.raises(quant.QuantError, match="576"):
+            quant.quantize(np.zeros((2, 576), np.float32), t)
+        with pytest.raises(quant.QuantError, match="importance vector"):
+            quant.quantize(np.zeros((2, 512), np.float32), t, imatrix=np.ones(256, np.float32))
