@@ -29,10 +29,14 @@ MIXES = frozenset({
     F.MOSTLY_Q3_K_M, F.MOSTLY_Q3_K_L, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_S,
     F.MOSTLY_Q5_K_M, F.MOSTLY_Q6_K, F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS, F.MOSTLY_TQ1_0,
     F.MOSTLY_TQ2_0, F.MOSTLY_MXFP4_MOE,
+    F.MOSTLY_IQ3_XXS, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M,
+    F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M,
 } | {getattr(F, n) for n in ("MOSTLY_Q1_0",) if n in F.__members__})
 # the IQ1/IQ2 file types share one branch of llama.cpp's rules
 _IQ12 = frozenset(getattr(F, n) for n in ("MOSTLY_IQ2_XXS", "MOSTLY_IQ2_XS", "MOSTLY_IQ1_S",
                                           "MOSTLY_IQ2_S", "MOSTLY_IQ2_M", "MOSTLY_IQ1_M"))
+# and these give the output (or tied embedding) Q5_K
+_Q5K_OUTPUT = _IQ12 | {F.MOSTLY_IQ3_XXS}
 _TERNARY = frozenset(getattr(F, n) for n in ("MOSTLY_TQ1_0", "MOSTLY_TQ2_0", "MOSTLY_Q2_0")
                      if n in F.__members__)
 
@@ -408,7 +412,7 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
             return output_type
         if ftype == F.MOSTLY_MXFP4_MOE or falcon or shape[-1] % block_size(new_type):
             return T.Q8_0
-        if ftype in _IQ12:
+        if ftype in _Q5K_OUTPUT:
             return T.Q5_K
         return T.Q6_K if new_type != T.Q8_0 else new_type
 
@@ -422,12 +426,25 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
     if cat == C.TOKEN_EMBD:
         if ftype in _TERNARY:
             return T.Q4_K
+        if ftype in (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M):
+            return T.Q2_K
+        if ftype in (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ3_XXS):
+            return T.IQ3_S
         return new_type
+
+    if ftype in _IQ12:
+        return _iq12_rule(qs, model, new_type, ftype, cat)
 
     if _is_attn_v(cat):
         if ftype == F.MOSTLY_Q2_K:
             new_type = T.Q4_K if model.n_gqa >= 4 else T.Q3_K
         elif ftype == F.MOSTLY_Q2_K_S and model.n_gqa >= 4:
+            new_type = T.Q4_K
+        elif ftype == F.MOSTLY_IQ3_XXS:
+            new_type = T.Q4_K if model.n_gqa >= 4 else T.IQ3_XXS if has_imatrix else T.IQ3_S
+        elif ftype in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and model.n_gqa >= 4:
+            new_type = T.Q4_K
+        elif ftype == F.MOSTLY_IQ3_M:
             new_type = T.Q4_K
         elif ftype == F.MOSTLY_Q3_K_M:
             new_type = T.Q5_K if qs.i_attention_wv < 2 else T.Q4_K
@@ -447,6 +464,15 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
     elif cat == C.ATTN_K:
         if n_expert == 8:
             new_type = T.Q8_0
+        elif ftype == F.MOSTLY_IQ3_XS:
+            new_type = T.IQ3_XXS
+        elif ftype == F.MOSTLY_IQ3_XXS:
+            new_type = T.IQ2_S
+    elif cat == C.ATTN_Q:
+        if ftype == F.MOSTLY_IQ3_XS:
+            new_type = T.IQ3_XXS
+        elif ftype == F.MOSTLY_IQ3_XXS:
+            new_type = T.IQ2_S
     elif cat == C.FFN_DOWN:
         i_layer, n_layer = _layer_info(model, qs.i_ffn_down, qs.n_ffn_down, name)
         if ftype == F.MOSTLY_Q2_K:
@@ -454,6 +480,8 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
         elif ftype == F.MOSTLY_Q2_K_S:
             if i_layer < _cdiv(n_layer, 8):
                 new_type = T.Q4_K
+        elif ftype == F.MOSTLY_IQ3_XXS and not has_imatrix:
+            new_type = T.Q4_K if i_layer < _cdiv(n_layer, 8) else T.Q3_K
         elif ftype == F.MOSTLY_Q3_K_M:
             if i_layer < _cdiv(n_layer, 16):
                 new_type = T.Q5_K
@@ -461,6 +489,9 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
                 new_type = T.Q4_K
             else:
                 new_type = T.Q3_K
+        elif ftype == F.MOSTLY_IQ3_M and (i_layer < _cdiv(n_layer, 8)
+                                          or (n_expert == 8 and use_more_bits(i_layer, n_layer))):
+            new_type = T.Q4_K
         elif ftype == F.MOSTLY_Q3_K_L:
             new_type = T.Q4_K if falcon else T.Q5_K
         elif ftype == F.MOSTLY_Q4_K_M:
@@ -483,24 +514,60 @@ def _mix_rule(qs, model, new_type, name, shape, ftype, cat, output_type, has_ima
     elif cat == C.ATTN_OUTPUT:
         if not falcon:
             if n_expert == 8:
-                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_IQ4_NL,
-                             F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ4_XS):
+                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_Q3_K_S,
+                             F.MOSTLY_Q3_K_M, F.MOSTLY_IQ4_NL, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M,
+                             F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M, F.MOSTLY_IQ4_XS):
                     new_type = T.Q5_K
             elif ftype == F.MOSTLY_Q2_K:
                 new_type = T.Q3_K
+            elif ftype == F.MOSTLY_IQ3_XXS:
+                new_type = T.IQ3_S
             elif ftype == F.MOSTLY_Q3_K_M:
                 new_type = T.Q4_K
             elif ftype == F.MOSTLY_Q3_K_L:
                 new_type = T.Q5_K
+            elif ftype == F.MOSTLY_IQ3_M:
+                new_type = T.Q4_K
         elif ftype == F.MOSTLY_Q3_K_L:
             new_type = T.Q4_K
-    elif cat == C.FFN_GATE:
-        _layer_info(model, qs.i_ffn_gate, qs.n_ffn_gate, name)
-        qs.i_ffn_gate += 1
-    elif cat == C.FFN_UP:
-        _layer_info(model, qs.i_ffn_up, qs.n_ffn_up, name)
-        qs.i_ffn_up += 1
+    elif cat in (C.FFN_GATE, C.FFN_UP):
+        gate = cat == C.FFN_GATE
+        i_layer, n_layer = _layer_info(model, qs.i_ffn_gate if gate else qs.i_ffn_up,
+                                       qs.n_ffn_gate if gate else qs.n_ffn_up, name)
+        if ftype == F.MOSTLY_IQ3_XS and _cdiv(n_layer, 8) <= i_layer < _cdiv(7 * n_layer, 8):
+            new_type = T.IQ3_XXS
+        if gate:
+            qs.i_ffn_gate += 1
+        else:
+            qs.i_ffn_up += 1
     # (llama.cpp's attn_qkv branch is unreachable: attn_qkv takes the attn_v branch above)
+    return new_type
+
+
+def _iq12_rule(qs, model, new_type, ftype, cat):
+    """llama_tensor_get_type_impl's branch for the IQ1/IQ2 file types (past output and embedding)."""
+    C = _Category
+    wide = ftype in (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M)      # these keep more bits where the others take Q2_K
+    if _is_attn_v(cat):
+        if model.n_gqa >= 4 or model.n_expert >= 4:
+            new_type = T.Q4_K
+        else:
+            new_type = T.IQ3_S if wide else T.Q2_K
+        qs.i_attention_wv += 1
+    elif model.n_expert == 8 and cat == C.ATTN_K:
+        new_type = T.Q4_K
+    elif cat == C.FFN_DOWN:
+        # the counter, not the layer of the name, even with experts
+        if qs.i_ffn_down < _cdiv(qs.n_ffn_down, 8):
+            new_type = T.IQ3_S if wide else T.Q2_K
+        qs.i_ffn_down += 1
+    elif cat == C.ATTN_OUTPUT:
+        if model.n_expert == 8:
+            new_type = T.Q5_K
+        elif ftype in (F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M):
+            new_type = T.IQ2_XXS
+        elif wide:
+            new_type = T.IQ3_S
     return new_type
 
 

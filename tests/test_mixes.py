@@ -126,8 +126,11 @@ def model_description(path):
     return tensors, hparams
 
 
-# file types llama.cpp refuses to write without an importance matrix (tensor_requires_imatrix)
-NEEDS_IMATRIX = {FileType.MOSTLY_Q2_K_S}
+# file types llama.cpp refuses to write without an importance matrix (tensor_requires_imatrix),
+# on some model at least: the oracle and ours are both given one for them
+NEEDS_IMATRIX = {FileType.MOSTLY_Q2_K_S, FileType.MOSTLY_IQ3_XXS, FileType.MOSTLY_IQ3_XS,
+                 FileType.MOSTLY_IQ2_XXS, FileType.MOSTLY_IQ2_XS, FileType.MOSTLY_IQ2_S,
+                 FileType.MOSTLY_IQ2_M, FileType.MOSTLY_IQ1_S, FileType.MOSTLY_IQ1_M}
 
 
 def ones_imatrix(tensors):
@@ -163,9 +166,11 @@ WITH_FALLBACK = [f for f in ALL_FILE_TYPES if f not in NO_FALLBACK]
 
 @pytest.fixture(scope="module")
 def smollm2_oracle(smollm2, tmp_path_factory):
-    src, _, _ = smollm2
+    src, tensors, _ = smollm2
     out = tmp_path_factory.mktemp("mixes") / "out.gguf"
-    return {ftype: llama_quantize(src, out, ftype, dry_run=True) for ftype in WITH_FALLBACK}
+    return {ftype: llama_quantize(src, out, ftype, dry_run=True,
+                                  imatrix=ones_imatrix(tensors) if ftype in NEEDS_IMATRIX else None)
+            for ftype in WITH_FALLBACK}
 
 
 @pytest.mark.parametrize("ftype", sorted(NO_FALLBACK), ids=lambda f: f.name)
@@ -216,6 +221,17 @@ def test_smollm2_types_match_llama_quantize(smollm2, smollm2_oracle, ftype):
     expected = smollm2_oracle[ftype]
     got = ours(tensors, hparams, ftype)
     assert got.keys() == expected.keys()
+    assert got == expected, describe_diff(expected, got)
+
+
+@pytest.mark.parametrize("ftype", [FileType.MOSTLY_IQ3_XXS, FileType.MOSTLY_IQ4_XS, FileType.MOSTLY_IQ4_NL],
+                         ids=lambda f: f.name)
+def test_smollm2_types_without_imatrix_match_llama_quantize(smollm2, tmp_path, ftype):
+    """Mixes whose rules read whether an importance matrix is given (IQ3_XXS: attn_v and
+    ffn_down), here without one: on SmolLM2 every tensor that would need one falls back."""
+    src, tensors, hparams = smollm2
+    expected = llama_quantize(src, tmp_path / "out.gguf", ftype, dry_run=True)
+    got = {name: int(t) for name, t in plan_types(tensors, ftype, **hparams).items()}
     assert got == expected, describe_diff(expected, got)
 
 
