@@ -12,7 +12,8 @@ from convkit.cli import main
 from realdata import smollm2_gguf
 from smollm2_fixture import NEWER_CONVERTER_KEYS, smollm2_checkpoint
 
-FILE_TYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30}
+FILE_TYPES = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30,
+              "iq3_xxs": 23, "iq3_m": 27}
 # descriptive keys convert_hf_to_gguf takes from the model card, which a checkpoint does not carry
 CARD_KEYS = {"general.name", "general.organization", "general.finetune", "general.basename",
              "general.size_label", "general.license", "general.languages"}
@@ -105,7 +106,7 @@ def test_requantize_gguf_input_matches_llama_cpp(outputs, tmp_path):
 def test_imatrix_quantize_matches_llama_cpp(tmp_path):
     """`convkit quantize --imatrix F` on SmolLM2's GGUF: the same tensor bytes as
     llama_model_quantize given the vectors of the same file (params.imatrix), for a K-quant
-    mix and a legacy type; the imatrix changes the bytes."""
+    mix, a legacy type and IQ3_XXS (whose mix changes with an imatrix); the imatrix changes the bytes."""
     import ctypes
 
     from quant.imatrix import from_statistics, load_importance, write_imatrix
@@ -127,7 +128,7 @@ def test_imatrix_quantize_matches_llama_cpp(tmp_path):
         slot.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     entries[len(keep)].name = None
 
-    for name in ("q4_k_m", "q4_0"):
+    for name in ("q4_k_m", "q4_0", "iq3_xxs"):
         theirs, ours, plain = (tmp_path / f"{who}-{name}.gguf" for who in ("llama", "ours", "plain"))
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype, params.allow_requantize, params.nthread = FILE_TYPES[name], True, 2

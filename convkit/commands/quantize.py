@@ -105,6 +105,7 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
                        tensor_types=tensor_types,
                        output_type=output_type, token_embedding_type=token_embedding_type,
                        has_imatrix=vectors is not None or calibrated)  # calibration holds an imatrix
+    _check_writable(types, file_type)
     plan = cp.make_plan(source, types)
     if vectors is not None:  # a vector of the wrong length stops here, before any tensor is read
         from quant.imatrix import importance_for
@@ -112,6 +113,25 @@ def make_plan(model, ftype, imatrix=None, tensor_types=(), output_type=None, tok
             if t.qtype != 0:
                 importance_for(vectors, t.name, t.shape)
     return source, plan, vectors
+
+
+def _check_writable(types, file_type) -> None:
+    """Every block type the mix picked can be quantized here, before any tensor is read (a mix
+    may pick types other than its default: IQ3_XXS gives wide attn_q/attn_k IQ2_S)."""
+    import quant
+    from quant.errors import QuantError
+    from quant.types import FILE_TYPE_BY_ID, is_quantized
+
+    for name, qtype in types.items():
+        if isinstance(qtype, int) and not isinstance(qtype, quant.QuantType):
+            continue
+        if is_quantized(qtype):
+            try:
+                quant.type_info(qtype)
+            except QuantError:
+                raise QuantError(f"{name}: file type {FILE_TYPE_BY_ID[file_type].name} gives it "
+                                 f"{quant.QuantType(qtype).name.lower()}, which convkit cannot write yet; "
+                                 "choose another --type or set its type with --tensor-type") from None
 
 
 def quantize_model(model, ftype, target, *, threads=1, quiet=False) -> dict:
