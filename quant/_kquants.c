@@ -167,7 +167,7 @@ static PyObject *py_simple(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* ------------------------------------------------------------------ grid types (IQ3_XXS, IQ3_S) */
+/* ------------------------------------------------------------------ grid types (IQ3_XXS, IQ3_S, IQ2_*) */
 
 /* grid_codes(type_id, codes): the type's grid points as uint16 codes (3 bits per coordinate),
  * handed over once; the lookup tables are built from them at first use. */
@@ -176,7 +176,7 @@ static PyObject *py_grid_codes(PyObject *self, PyObject *args) {
     Py_buffer cb;
     (void)self;
     if (!PyArg_ParseTuple(args, "iy*", &type, &cb)) return NULL;
-    gr_iq3_table *t = gr_iq3_for(type);
+    gr_table *t = gr_table_for(type);
     const char *err = NULL;
     if (!t) err = "not a grid type id";
     else if (cb.len != (Py_ssize_t)(t->size * sizeof(uint16_t))) err = "codes must be one uint16 per grid point";
@@ -216,6 +216,7 @@ static PyObject *py_grid(PyObject *self, PyObject *args) {
     int64_t bad = -1;
     if (!per_block) err = "not a grid type id";
     else if (!gr_prepare(type)) err = "grid tables unavailable: grid_codes was not called, or out of memory";
+    else if (!have_q && gr_needs_imatrix(type)) err = "this type needs an importance vector";
     else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of 256";
     else if (rows < 0 || xb.len < (Py_ssize_t)(rows * n * sizeof(float))) err = "x is smaller than rows * n_per_row floats";
     else if (ob.len < rows * (n / per_block) * bytes) err = "out is too small";
@@ -289,7 +290,7 @@ static int any_geometry(int type, int *values, int *bytes) {
     else if (type == 23) { *values = LG_IQ4XS_QK; *bytes = LG_IQ4XS_BYTES; }
     else if (lg_block_values(type)) { *values = lg_block_values(type); *bytes = lg_block_bytes(type); }
     else if (sm_block_values(type)) { *values = sm_block_values(type); *bytes = sm_block_bytes(type); }
-    else if (gr_block_values(type) && gr_iq3_for(type)->codes) { *values = GR_QK; *bytes = gr_block_bytes(type); }
+    else if (gr_block_values(type) && gr_table_for(type)->codes) { *values = GR_QK; *bytes = gr_block_bytes(type); }
     else return 0;
     return 1;
 }
@@ -318,6 +319,7 @@ static PyObject *py_from_source(PyObject *self, PyObject *args) {
     const char *err = NULL;
     if (!any_geometry(type, &per_block, &bytes)) err = "unknown block type id";
     else if (gr_block_values(type) && !gr_prepare(type)) err = "grid tables unavailable (out of memory)";
+    else if (gr_block_values(type) && !have_q && gr_needs_imatrix(type)) err = "this type needs an importance vector";
     else if (!vbytes) err = "source type must be F32 (0), F16 (1) or BF16 (30)";
     else if (n <= 0 || n % per_block) err = "n_per_row must be a positive multiple of the block size";
     else if (rows < 0 || sb.len < (Py_ssize_t)(rows * n * vbytes)) err = "src is smaller than rows * n_per_row values";
@@ -401,7 +403,7 @@ static PyObject *py_geometry(PyObject *self, PyObject *args) {
     if (type == 23) return Py_BuildValue("(ii)", LG_IQ4XS_QK, LG_IQ4XS_BYTES);
     if (lg_block_values(type)) return Py_BuildValue("(ii)", lg_block_values(type), lg_block_bytes(type));
     if (sm_block_values(type)) return Py_BuildValue("(ii)", sm_block_values(type), sm_block_bytes(type));
-    if (gr_block_values(type) && gr_iq3_for(type)->codes) return Py_BuildValue("(ii)", GR_QK, gr_block_bytes(type));
+    if (gr_block_values(type) && gr_table_for(type)->codes) return Py_BuildValue("(ii)", GR_QK, gr_block_bytes(type));
     Py_RETURN_NONE;
 }
 
@@ -419,7 +421,7 @@ static PyMethodDef kquants_methods[] = {
     {"grid_codes", py_grid_codes, METH_VARARGS,
      "grid_codes(type_id, codes): hand over a grid type's points (uint16, 3 bits per coordinate)."},
     {"grid", py_grid, METH_VARARGS,
-     "grid(type_id, x, imatrix_or_None, out, rows, n_per_row): IQ3_XXS / IQ3_S bytes into out; -1, or "
+     "grid(type_id, x, imatrix_or_None, out, rows, n_per_row): IQ3_XXS / IQ3_S / IQ2_* bytes into out; -1, or "
      "the first row too large for the grid search."},
     {"from_source", py_from_source, METH_VARARGS,
      "from_source(type_id, src_type, src, imatrix_or_None, out, rows, n_per_row): quantize F16/BF16/F32 "

@@ -1,14 +1,24 @@
-"""Grid types: IQ3_XXS and IQ3_S (ggml's "i-quants" whose groups of values are grid points).
+"""Grid types: IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S (ggml's "i-quants" whose groups of
+values are grid points).
 
-A 256-value super-block holds an fp16 d and eight 32-value blocks, each with a 4-bit scale;
-every group of 4 values is one point of a fixed grid (its index is stored) and the signs are
-stored apart. Value = d * block scale * grid coordinate * sign.
+A 256-value super-block holds an fp16 d and blocks of 32 or 16 values, each with a 4-bit
+scale; every group of 4 (IQ3) or 8 (IQ2) values is one point of a fixed grid (its index is
+stored) and the signs are stored apart. Value = d * block scale * grid coordinate * sign.
 
 - IQ3_XXS (98 bytes): d; 64 grid indices (256-point grid); per block a u32 holding four 7-bit
   sign patterns (the 8th sign of each 8 makes the count of minus signs even) and the scale
   in its top 4 bits; block scale (0.5 + s) * 0.5.
 - IQ3_S (110 bytes): d; 64 low index bytes; 8 bytes of 9th index bits (512-point grid);
   32 bytes of signs, one bit per value; 4 bytes of two 4-bit scales; block scale 1 + 2s.
+- IQ2_XXS (66 bytes): d; per 32-value block two u32: four 8-bit grid indices (256 points of
+  8), then four 7-bit sign patterns and the scale; block scale (0.5 + s) * 0.25.
+- IQ2_XS (74 bytes): d; 32 u16 of a 9-bit index and 7 sign bits; 8 bytes of two 4-bit
+  scales of 16-value blocks; block scale (0.5 + s) * 0.25.
+- IQ2_S (82 bytes): d; 32 low index bytes; 32 sign bytes; 8 bytes of 2 high index bits
+  (1024 points); 8 bytes of two 4-bit scales of 16-value blocks; block scale (0.5 + s) * 0.25.
+
+ggml quantizes IQ2_XXS and IQ2_XS only with an importance vector (ggml_quantize_requires_imatrix);
+quantize refuses them without one.
 
 The grids are data that gguf-py ships (gguf.quants.IQ3_XXS.grid_hex ...), read here once:
 coordinates for dequantization, and for the compiled quantizer each point's levels l
@@ -31,20 +41,29 @@ from .types import QuantType, block_size, type_size
 
 F32 = np.float32
 QK_K = 256
-GRID_TYPES = (QuantType.IQ3_XXS, QuantType.IQ3_S)
-_GGUF_CLASS = {QuantType.IQ3_XXS: gguf_quants.IQ3_XXS, QuantType.IQ3_S: gguf_quants.IQ3_S}
+GRID_TYPES = (QuantType.IQ3_XXS, QuantType.IQ3_S, QuantType.IQ2_XXS, QuantType.IQ2_XS, QuantType.IQ2_S)
+NEEDS_IMATRIX = (QuantType.IQ2_XXS, QuantType.IQ2_XS)
+_GGUF_CLASS = {t: getattr(gguf_quants, t.name) for t in GRID_TYPES}
 
 
 @functools.cache
 def grid_levels(qtype) -> np.ndarray:
-    """uint8 [points, 4]: each grid point's coordinate indices into the class's grid_map,
-    decoded from gguf-py's grid_hex (hex digits; 2 indices per byte, low nibble first)."""
+    """uint8 [points, 4 or 8]: each grid point's coordinate indices into the class's grid_map,
+    decoded from gguf-py's grid_hex (hex digits; `bits` per index, 8 // (8 // bits) apart in
+    a byte, lowest first)."""
     cls = _GGUF_CLASS[QuantType(int(qtype))]
+    bits = _bits(qtype)
     digits = np.frombuffer(cls.grid_hex, dtype=np.uint8).reshape(-1, 2)
     nibble = np.where(digits > 0x40, digits + 9, digits) & 0x0F
     packed = (nibble[:, 0] << 4) | nibble[:, 1]
-    levels = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(cls.grid_shape) & 7
-    return levels.astype(np.uint8)
+    shifts = np.arange(0, 8, 8 // (8 // bits), dtype=np.uint8)
+    levels = (packed[:, None] >> shifts) & ((1 << bits) - 1)
+    return levels.reshape(cls.grid_shape).astype(np.uint8)
+
+
+def _bits(qtype) -> int:
+    """Bits per grid coordinate index: 3 for the 8 IQ3 levels, 2 for the 3 IQ2 ones."""
+    return int(np.ceil(np.log2(len(_GGUF_CLASS[QuantType(int(qtype))].grid_map))))
 
 
 @functools.cache
@@ -55,9 +74,11 @@ def grid_values(qtype) -> np.ndarray:
 
 
 def grid_codes(qtype) -> np.ndarray:
-    """uint16 [points]: levels l0 | l1 << 3 | l2 << 6 | l3 << 9, the quantizer's point codes."""
+    """uint16 [points]: the levels packed l0 | l1 << b | l2 << 2b ..., b bits each (3 for IQ3,
+    2 for IQ2), the quantizer's point codes."""
     lv = grid_levels(qtype).astype(np.uint16)
-    return (lv[:, 0] | lv[:, 1] << 3 | lv[:, 2] << 6 | lv[:, 3] << 9).astype(np.uint16)
+    shifts = (_bits(qtype) * np.arange(lv.shape[1])).astype(np.uint16)
+    return (lv << shifts).sum(axis=1).astype(np.uint16)
 
 
 _handed_over = set()
@@ -89,6 +110,9 @@ def quantize(qtype, x, imatrix=None, threads=1, backend="auto"):
     x = np.ascontiguousarray(x, dtype=F32)
     rows, n = x.shape
     qw = None if imatrix is None else check_imatrix(qtype.name, imatrix, n)
+    if qw is None and qtype in NEEDS_IMATRIX:
+        raise QuantError(f"{qtype.name}: ggml quantizes this type only with an importance vector; "
+                         "pass an imatrix (`convkit imatrix` makes one) or choose another type")
     compiled = _compiled(qtype, backend)
     out = np.empty((rows, n // QK_K * type_size(qtype)), dtype=np.uint8)
     tid = int(qtype)
@@ -150,7 +174,59 @@ def dequantize_iq3_s(data):
         return (db * grid * signs).reshape(rows, -1)
 
 
-DEQUANTIZE = {QuantType.IQ3_XXS: dequantize_iq3_xxs, QuantType.IQ3_S: dequantize_iq3_s}
+def _grid_blocks(data, qtype, db, idx, signs):
+    """db [S, blocks] * grid[idx] [S, blocks, groups, dim] * signs, in gguf-py's order."""
+    S = idx.shape[0]
+    grid = grid_values(qtype)[idx]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = db.reshape(S, -1, 1, 1) * grid.reshape(S, db.shape[1], -1, grid.shape[-1]) * signs.reshape(
+            S, db.shape[1], -1, grid.shape[-1])
+    return out.reshape(data.shape[0], -1)
+
+
+def _iq2_scale(d, s):
+    return d * (F32(0.5) + s.astype(F32)) * F32(0.25)
+
+
+def dequantize_iq2_xxs(data):
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    blk = data.reshape(-1, type_size(QuantType.IQ2_XXS))
+    S = blk.shape[0]
+    d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)
+    q = np.ascontiguousarray(blk[:, 2:66]).view("<u4").reshape(S, 8, 2)
+    db = _iq2_scale(d, q[..., 1] >> 28)                                                # [S, 8]
+    idx = np.ascontiguousarray(q[..., 0]).view(np.uint8).reshape(S, 8, 4)
+    pat = ((q[..., 1:2] >> np.array([0, 7, 14, 21], dtype=np.uint32)) & 0x7F).astype(np.uint8)
+    return _grid_blocks(data, QuantType.IQ2_XXS, db, idx, _signs_from_bits(_even_signs()[pat]))
+
+
+def dequantize_iq2_xs(data):
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    blk = data.reshape(-1, type_size(QuantType.IQ2_XS))
+    S = blk.shape[0]
+    d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)
+    qs = np.ascontiguousarray(blk[:, 2:66]).view("<u2").reshape(S, 32)
+    sc = blk[:, 66:74, None] >> np.array([0, 4], dtype=np.uint8)
+    db = _iq2_scale(d, (sc & 0x0F).reshape(S, 16))
+    signs = _signs_from_bits(_even_signs()[(qs >> 9).astype(np.uint8)])
+    return _grid_blocks(data, QuantType.IQ2_XS, db, qs & 511, signs)
+
+
+def dequantize_iq2_s(data):
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    blk = data.reshape(-1, type_size(QuantType.IQ2_S))
+    S = blk.shape[0]
+    d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)
+    qh = (blk[:, 66:74, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
+    idx = blk[:, 2:34].astype(np.uint16) | (qh.reshape(S, 32).astype(np.uint16) << 8)
+    sc = blk[:, 74:82, None] >> np.array([0, 4], dtype=np.uint8)
+    db = _iq2_scale(d, (sc & 0x0F).reshape(S, 16))
+    return _grid_blocks(data, QuantType.IQ2_S, db, idx, _signs_from_bits(blk[:, 34:66]))
+
+
+DEQUANTIZE = {QuantType.IQ3_XXS: dequantize_iq3_xxs, QuantType.IQ3_S: dequantize_iq3_s,
+              QuantType.IQ2_XXS: dequantize_iq2_xxs, QuantType.IQ2_XS: dequantize_iq2_xs,
+              QuantType.IQ2_S: dequantize_iq2_s}
 
 
 def _register():
