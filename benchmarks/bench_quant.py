@@ -22,11 +22,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import quant  # noqa: E402
 from oracle import lib, row_size  # noqa: E402
 from quant import QuantType  # noqa: E402
+from quant.types import requires_imatrix  # noqa: E402
 from report import result  # noqa: E402
 
 TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0",
-         "IQ3_XXS", "IQ3_S"]
+         "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S"]
 # ggml ignores an importance vector for these
 NO_IMATRIX = ("F16", "BF16", "Q8_0", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0")
 
@@ -77,6 +78,8 @@ def main():
     for name in args.types.split(","):
         for im in (None, imatrix):
             if im is not None and name in NO_IMATRIX:
+                continue
+            if im is None and requires_imatrix(QuantType[name]):   # ggml asserts one is given
                 continue
             probe = big[:16]
             t, _ = best_time(lambda: ggml_quantize(name, probe, im, 1, pool), 3)   # warm, then time

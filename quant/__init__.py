@@ -80,9 +80,18 @@ def quantize(x, qtype, imatrix=None, threads=1):
         if imatrix.shape[0] != x.shape[1]:
             raise QuantError(f"{info.name}: importance vector has {imatrix.shape[0]} entries but rows "
                              f"have {x.shape[1]}; use the imatrix entry recorded for this tensor")
+    _check_required_imatrix(info, imatrix)
     if x.size == 0:
         return np.empty((x.shape[0], info.row_bytes(x.shape[1])), dtype=np.uint8)
     return info.quantize(x, imatrix, max(1, int(threads)))
+
+
+def _check_required_imatrix(info, imatrix):
+    from .types import requires_imatrix
+
+    if imatrix is None and requires_imatrix(info.qtype):
+        raise QuantError(f"{info.name}: ggml quantizes this type only with an importance vector; "
+                         "pass an imatrix (`convkit imatrix` makes one) or choose another type")
 
 
 SOURCE_TYPES = {0: 4, 1: 2, 30: 2}   # F32, F16, BF16: bytes per value quantize_source reads
@@ -121,6 +130,7 @@ def quantize_source(src, src_type, qtype, n_per_row, imatrix=None, threads=1, ou
         if imatrix.shape[0] != n:
             raise QuantError(f"{info.name}: importance vector has {imatrix.shape[0]} entries but rows "
                              f"have {n}; use the imatrix entry recorded for this tensor")
+    _check_required_imatrix(info, imatrix)
     if out is None:
         out = np.empty((rows, info.row_bytes(n)), dtype=np.uint8)
     out = out.reshape(rows, info.row_bytes(n))

@@ -37,12 +37,12 @@ from gguf import quants as gguf_quants
 from .backend import compiled_or_none
 from .errors import QuantError
 from .legacy import check_imatrix
-from .types import QuantType, block_size, type_size
+from .types import QuantType, block_size, requires_imatrix, type_size
 
 F32 = np.float32
 QK_K = 256
 GRID_TYPES = (QuantType.IQ3_XXS, QuantType.IQ3_S, QuantType.IQ2_XXS, QuantType.IQ2_XS, QuantType.IQ2_S)
-NEEDS_IMATRIX = (QuantType.IQ2_XXS, QuantType.IQ2_XS)
+NEEDS_IMATRIX = tuple(t for t in GRID_TYPES if requires_imatrix(t))
 _GGUF_CLASS = {t: getattr(gguf_quants, t.name) for t in GRID_TYPES}
 
 

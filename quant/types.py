@@ -34,6 +34,14 @@ def is_quantized(qtype) -> bool:
     return block_size(qtype) > 1
 
 
+# ggml_quantize_requires_imatrix: ggml asserts an importance vector is given for these
+REQUIRES_IMATRIX = frozenset({QuantType.IQ2_XXS, QuantType.IQ2_XS, QuantType.IQ1_S})
+
+
+def requires_imatrix(qtype) -> bool:
+    return QuantType(int(qtype)) in REQUIRES_IMATRIX
+
+
 @dataclass(frozen=True)
 class FileTypeInfo:
     name: str            # llama-quantize's spelling, lower case ("q4_k_m")

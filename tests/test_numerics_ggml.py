@@ -14,6 +14,7 @@ from convkit.runtime.ggml_numerics import (GgmlNumerics, activation_format, quan
 from convkit.runtime.linear import FloatNumerics, QTensor, QuantLinear
 from llama_peer import scored_logits
 from oracle import ggml_quantize
+from quant.types import requires_imatrix
 from realdata import ggml_base_library, python_docs_text, smollm2_gguf
 
 pytestmark = pytest.mark.oracle
@@ -104,11 +105,12 @@ def test_activation_quantization_is_bit_exact(qtype):
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL,
                                    T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-                                   T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4, T.NVFP4, T.Q1_0, T.IQ3_XXS, T.IQ3_S])
+                                   T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4, T.NVFP4, T.Q1_0, T.IQ3_XXS, T.IQ3_S,
+                                   T.IQ2_XXS, T.IQ2_XS, T.IQ2_S])
 def test_products_equal_ggml_vec_dot(qtype):
     g = np.random.default_rng(int(qtype))
     w = (g.standard_normal((24, 512)) * 0.05).astype(np.float32)
-    blocks = ggml_quantize(w, qtype)
+    blocks = ggml_quantize(w, qtype, np.ones(512, np.float32) if requires_imatrix(qtype) else None)
     x = _activations(3, 512, 1)
     ref = ggml_matmul(blocks, qtype, x)
     layer = QuantLinear(QTensor(torch.from_numpy(blocks), qtype))

@@ -8,6 +8,7 @@ import pytest
 
 import quant
 from quant import iqgrid
+from quant.types import requires_imatrix
 from quant.backend import has_compiled
 
 pytestmark = pytest.mark.skipif(not has_compiled(), reason="quant._kquants is not built")
@@ -64,7 +65,7 @@ def test_same_bytes_as_quantize(src_type, qtype, threads):
     stored = _stored(values, src_type)
     exact = _widened(stored, src_type).reshape(rows, n)
     imatrix = rng.random(n).astype(np.float32) + 0.1
-    for weights in (None, imatrix):
+    for weights in ((imatrix,) if requires_imatrix(quant.type_info(qtype).qtype) else (None, imatrix)):
         expected = quant.quantize(exact, qtype, imatrix=weights)
         got, bad = quant.quantize_source(stored, src_type, qtype, n, imatrix=weights, threads=threads)
         assert bad == -1

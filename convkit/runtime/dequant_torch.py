@@ -276,11 +276,70 @@ def _iq3_s(b, dtype):
     return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
 
 
+def _u32(b, start: int, count: int) -> torch.Tensor:
+    """`count` little-endian u32 from byte `start` of each block, as int64 [n, count]."""
+    w = b[:, start:start + 4 * count].reshape(b.shape[0], count, 4).to(torch.int64)
+    return w[..., 0] | w[..., 1] << 8 | w[..., 2] << 16 | w[..., 3] << 24
+
+
+def _even_sign_table(device) -> torch.Tensor:
+    from gguf import quants
+
+    return torch.frombuffer(bytearray(quants.IQ2_XXS.ksigns), dtype=torch.uint8).to(device)
+
+
+def _iq2_db(d, s):
+    return d * (0.5 + s.float()) * 0.25
+
+
+def _iq2_xxs(b, dtype):
+    from gguf import quants
+
+    n = b.shape[0]
+    q = _u32(b, 2, 16).view(n, 8, 2)
+    db = _iq2_db(_f16(b, 0), q[..., 1] >> 28).view(n, 8, 1, 1)
+    pat = (q[..., 1:2] >> torch.tensor([0, 7, 14, 21], device=b.device)) & 0x7F
+    signs = _sign_bits(_even_sign_table(b.device)[pat]).view(n, 8, 4, 8)
+    idx = (q[..., 0:1] >> torch.tensor([0, 8, 16, 24], device=b.device)) & 0xFF
+    grid = _grid(quants.IQ2_XXS, b.device)[idx].view(n, 8, 4, 8)
+    return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
+
+
+def _iq2_scales(b, start: int) -> torch.Tensor:
+    sc = b[:, start:start + 8].to(torch.int32)
+    return torch.stack([sc & 0x0F, sc >> 4], dim=2).view(b.shape[0], 16)
+
+
+def _iq2_xs(b, dtype):
+    from gguf import quants
+
+    n = b.shape[0]
+    qs = b[:, 2:66].reshape(n, 32, 2).to(torch.int64)
+    qs = qs[..., 0] | qs[..., 1] << 8
+    db = _iq2_db(_f16(b, 0), _iq2_scales(b, 66)).view(n, 16, 1, 1)
+    signs = _sign_bits(_even_sign_table(b.device)[qs >> 9]).view(n, 16, 2, 8)
+    grid = _grid(quants.IQ2_XS, b.device)[qs & 511].view(n, 16, 2, 8)
+    return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
+
+
+def _iq2_s(b, dtype):
+    from gguf import quants
+
+    n = b.shape[0]
+    qh = (b[:, 66:74].to(torch.int64).unsqueeze(-1) >> torch.tensor([0, 2, 4, 6], device=b.device)) & 3
+    idx = b[:, 2:34].to(torch.int64) | (qh.reshape(n, 32) << 8)
+    db = _iq2_db(_f16(b, 0), _iq2_scales(b, 74)).view(n, 16, 1, 1)
+    signs = _sign_bits(b[:, 34:66]).view(n, 16, 2, 8)
+    grid = _grid(quants.IQ2_S, b.device)[idx].view(n, 16, 2, 8)
+    return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
+
+
 BLOCK_DEQUANTIZERS = {
     T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1, T.Q8_0: _q8_0,
     T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
     T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs, T.TQ1_0: _tq1_0, T.TQ2_0: _tq2_0, T.MXFP4: _mxfp4,
     T.NVFP4: _nvfp4, T.Q1_0: _q1_0, T.IQ3_XXS: _iq3_xxs, T.IQ3_S: _iq3_s,
+    T.IQ2_XXS: _iq2_xxs, T.IQ2_XS: _iq2_xs, T.IQ2_S: _iq2_s,
 }
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 
