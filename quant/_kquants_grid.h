@@ -47,9 +47,11 @@ static gr_table gr_tables[] = {
     {16, 256, 8, 2, 3, 2, 0, NULL, NULL, NULL, NULL, NULL},    /* IQ2_XXS */
     {17, 512, 8, 2, 3, 2, 0, NULL, NULL, NULL, NULL, NULL},    /* IQ2_XS */
     {22, 1024, 8, 2, 3, 1, 0, NULL, NULL, NULL, NULL, NULL},   /* IQ2_S */
+    {19, 2048, 8, 2, 3, 3, 0, NULL, NULL, NULL, NULL, NULL},   /* IQ1_S, and IQ1_M (one grid) */
 };
 
 static gr_table *gr_table_for(int type) {
+    if (type == 29) type = 19;                    /* IQ1_M searches IQ1_S's grid */
     for (size_t i = 0; i < sizeof gr_tables / sizeof gr_tables[0]; ++i)
         if (gr_tables[i].type == type) return &gr_tables[i];
     return NULL;
@@ -480,6 +482,290 @@ static int gr_iq2s(const gr_table *t, const float *x, const float *qw, uint8_t *
     return 0;
 }
 
+/* ------------------------------------------------------------------ IQ1_S, IQ1_M */
+
+/* The IQ1 types code a group of 8 as a grid point of levels 0..2 standing for -1, 0, 1 shifted
+ * by +-delta (x_p or x_m); the best split of a block's sorted values into three groups is found
+ * exhaustively (ggml's quantize_row_iq1_s_impl / _iq1_m_impl). The sort is the C library's
+ * qsort with ggml's comparison, so equal values land in the order ggml's run gives them. */
+
+#define GR_IQ1_DELTA 0.125f
+
+static int gr_iq1_compare(const void *a, const void *b) {
+    const float l = *(const float *)a, r = *(const float *)b;
+    return l < r ? -1 : l > r ? 1 : 0;
+}
+
+/* Sort the block's values with their positions (pairs of float value, int index, as ggml lays
+ * them out); order[j] = position of the j-th smallest. */
+static void gr_iq1_sort(const float *xb, int n, int *order) {
+    float pairs[2 * 32];
+    for (int j = 0; j < n; ++j) {
+        pairs[2 * j] = xb[j];
+        memcpy(&pairs[2 * j + 1], &j, sizeof(int));
+    }
+    qsort(pairs, (size_t)n, 2 * sizeof(float), gr_iq1_compare);
+    for (int j = 0; j < n; ++j) memcpy(&order[j], &pairs[2 * j + 1], sizeof(int));
+}
+
+/* The neighbour of least sum w (s xx[l] - x)^2 (ggml's iq1_find_best_neighbour2); -1 if none
+ * compares below FLT_MAX (ggml then scans the whole grid reading past its values: such rows,
+ * with non-finite weights, are refused here). */
+static inline int gr_iq1_neighbour(const gr_table *t, const uint16_t *nb, const float *xb, const float *w,
+                                   float s, const float *xx, int8_t *L) {
+    float best = FLT_MAX;
+    int found = -1;
+    for (int j = 1; j <= nb[0]; ++j) {
+        const uint8_t *lv = t->lev[nb[j]];
+        float d2 = 0;
+        for (int i = 0; i < 8; ++i) {
+            const float diff = s * xx[lv[i]] - xb[i];
+            d2 += w[i] * diff * diff;
+        }
+        if (d2 < best) { best = d2; found = nb[j]; }
+    }
+    if (found >= 0)
+        for (int i = 0; i < 8; ++i) L[i] = (int8_t)t->lev[found][i];
+    return found;
+}
+
+/* Grid points for the levels L of `groups` groups of 8 (neighbours where off the grid), the
+ * shift table of each group from xxk. Returns 1 when all were on the grid, 0 if not, -1 on failure. */
+static inline int gr_iq1_points(const gr_table *t, int groups, const float *xb, const float *w, float scale,
+                                const float *const *xxk, int8_t *L, uint16_t *index) {
+    int all_on = 1;
+    for (int k = 0; k < groups; ++k) {
+        int code = 0;
+        for (int j = 0; j < 8; ++j) code |= L[8 * k + j] << 2 * j;
+        int g = t->map[code];
+        if (g < 0) {
+            all_on = 0;
+            g = gr_iq1_neighbour(t, t->neigh - t->map[code] - 1, xb + 8 * k, w + 8 * k, scale, xxk[k], L + 8 * k);
+            if (g < 0) return -1;
+        }
+        index[k] = (uint16_t)g;
+    }
+    return all_on;
+}
+
+/* sum w q x and sum w q^2 over the groups' grid points, q = xx[level], in ggml's order. */
+static inline void gr_iq1_refit(const gr_table *t, int groups, const float *xb, const float *w,
+                                const float *const *xxk, const uint16_t *index, float *sqx, float *sq2) {
+    float a = 0, b = 0;
+    for (int k = 0; k < groups; ++k)
+        for (int j = 0; j < 8; ++j) {
+            const float q = xxk[k][t->lev[index[k]][j]];
+            a += w[8 * k + j] * q * xb[8 * k + j];
+            b += w[8 * k + j] * q * q;
+        }
+    *sqx = a;
+    *sq2 = b;
+}
+
+static const float GR_XP[3] = {-1 + GR_IQ1_DELTA, GR_IQ1_DELTA, 1 + GR_IQ1_DELTA};
+static const float GR_XM[3] = {-1 - GR_IQ1_DELTA, -GR_IQ1_DELTA, 1 - GR_IQ1_DELTA};
+
+/* IQ1_S (50 bytes): fp16 d; 32 low index bytes; 8 u16 of 3 high bits per group, a 3-bit scale
+ * (bits 12-14) and the shift sign (bit 15), per 32-value block. Needs an importance vector. */
+static int gr_iq1s(const gr_table *t, const float *x, const float *qw, uint8_t *y) {
+    float scales[8], w[32], sumx[33], sumw[33];
+    int8_t shifts[8], L[32];
+    uint16_t qh[8];
+    int order[32];
+    memset(y, 0, 50);
+    memset(qh, 0, sizeof qh);
+    const float sigma2 = 2 * gr_sumx2(x) / GR_QK;
+    float max_scale = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+        const float *xb = x + 32 * ib;
+        gr_weights(32, xb, qw + 32 * ib, sigma2, 0, w);
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < 32; ++i) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
+        scales[ib] = 0;
+        shifts[ib] = 1;
+        if (max < 1e-12f) continue;
+        gr_iq1_sort(xb, 32, order);
+        sumx[0] = sumw[0] = 0;
+        for (int j = 0; j < 32; ++j) {
+            const int i = order[j];
+            sumx[j + 1] = sumx[j] + w[i] * xb[i];
+            sumw[j + 1] = sumw[j] + w[i];
+        }
+        float best = -FLT_MAX, scale = max;
+        int b1 = -1, b2 = -1, shift = 0;
+        for (int i1 = 0; i1 <= 32; ++i1)
+            for (int i2 = i1; i2 <= 32; ++i2) {
+                const float a = sumx[i1] - sumx[0], b = sumx[i2] - sumx[i1], c = sumx[32] - sumx[i2];
+                const float wa = sumw[i1] - sumw[0], wb = sumw[i2] - sumw[i1], wc = sumw[32] - sumw[i2];
+                for (int m = 0; m < 2; ++m) {
+                    const float *v = m ? GR_XM : GR_XP;
+                    const float sqx = a * v[0] + b * v[1] + c * v[2];
+                    const float sq2 = wa * v[0] * v[0] + wb * v[1] * v[1] + wc * v[2] * v[2];
+                    if (sq2 > 0 && sqx * sqx > best * sq2) {
+                        scale = sqx / sq2;
+                        best = scale * sqx;
+                        b1 = i1; b2 = i2; shift = m ? -1 : 1;
+                    }
+                }
+            }
+        if (b1 < 0 || b2 < 0 || shift == 0) continue;
+        for (int j = 0; j < 32; ++j) L[order[j]] = (int8_t)(j < b1 ? 0 : j < b2 ? 1 : 2);
+        if (scale < 0) {
+            for (int j = 0; j < 32; ++j) L[j] = (int8_t)(2 - L[j]);
+            scale = -scale;
+            shift = -shift;
+        }
+        const float *xx = shift == 1 ? GR_XP : GR_XM;
+        const float *xxk[4] = {xx, xx, xx, xx};
+        uint16_t index[4];
+        const int on = gr_iq1_points(t, 4, xb, w, scale, xxk, L, index);
+        if (on < 0) return -1;
+        if (!on) {
+            float sqx, sq2;
+            gr_iq1_refit(t, 4, xb, w, xxk, index, &sqx, &sq2);
+            if (sqx > 0 && sq2 > 0) scale = sqx / sq2;
+        }
+        uint16_t h = 0;
+        for (int k = 0; k < 4; ++k) {
+            y[2 + 4 * ib + k] = (uint8_t)(index[k] & 255);
+            h |= (uint16_t)((index[k] >> 8) << 3 * k);
+        }
+        qh[ib] = h;
+        if (!(scale >= 0)) return -1;   /* ggml asserts scale >= 0 */
+        scales[ib] = scale;
+        shifts[ib] = (int8_t)shift;
+        max_scale = max_scale > scale ? max_scale : scale;
+    }
+    if (max_scale) {
+        const float d = max_scale / 15;
+        lg_put_f16(y, d * 1.125f);
+        const float id = 1 / d;
+        for (int ib = 0; ib < 8; ++ib) {
+            int l = kq_nearest_int(0.5f * (id * scales[ib] - 1));
+            l = l < 0 ? 0 : l > 7 ? 7 : l;
+            if (shifts[ib] == -1) l |= 8;
+            qh[ib] |= (uint16_t)(l << 12);
+        }
+    }
+    memcpy(y + 34, qh, 16);
+    return 0;
+}
+
+/* IQ1_M (56 bytes): 32 low index bytes; 16 bytes of two 3-bit high index parts and two shift
+ * signs (bits 3 and 7), per 16-value block; 8 bytes: 3-bit block scales, and the fp16 super-block
+ * scale spread over the top nibble of each u16. */
+static int gr_iq1m(const gr_table *t, const float *x, const float *qw, uint8_t *y) {
+    static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
+    float scales[16], w[16];
+    int8_t shifts[16], L[16];
+    int order[16];
+    memset(y, 0, 56);
+    uint8_t *qs = y, *qh = y + 32;
+    uint16_t sc[4] = {0, 0, 0, 0};
+    const float sigma2 = 2 * gr_sumx2(x) / GR_QK;
+    float max_scale = 0;
+    for (int ib = 0; ib < 16; ++ib) {
+        const float *xb = x + 16 * ib;
+        gr_weights(16, xb, qw ? qw + 16 * ib : NULL, sigma2, 0, w);
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < 16; ++i) max = max > fabsf(xb[i]) ? max : fabsf(xb[i]);
+        scales[ib] = 0;
+        shifts[ib] = 0;
+        if (max < 1e-7f) continue;
+        gr_iq1_sort(xb, 16, order);
+        /* prefix sums per half of the block: each half has its own shift sign */
+        float px[2][17], pw[2][17];
+        px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
+        for (int j = 0; j < 16; ++j) {
+            const int i = order[j], h = i < 8 ? 0 : 1;
+            px[h][j + 1] = px[h][j] + w[i] * xb[i];
+            px[1 - h][j + 1] = px[1 - h][j];
+            pw[h][j + 1] = pw[h][j] + w[i];
+            pw[1 - h][j + 1] = pw[1 - h][j];
+        }
+        const float txs[2] = {px[0][16], px[1][16]}, tws[2] = {pw[0][16], pw[1][16]};
+        const float p2 = GR_XP[2], m2 = GR_XM[2];
+        const float cp1 = GR_XP[0] * GR_XP[0] - GR_XP[1] * GR_XP[1], cp2 = GR_XP[1] * GR_XP[1] - GR_XP[2] * GR_XP[2];
+        const float cm1 = GR_XM[0] * GR_XM[0] - GR_XM[1] * GR_XM[1], cm2 = GR_XM[1] * GR_XM[1] - GR_XM[2] * GR_XM[2];
+        float best = -FLT_MAX, scale = max;
+        int b1 = -1, b2 = -1, bk = -1;
+        for (int i1 = 0; i1 <= 16; ++i1)
+            for (int i2 = i1; i2 <= 16; ++i2) {
+                float qxp[2], qxm[2], q2p[2], q2m[2], sqx[4], sq2[4];
+                for (int h = 0; h < 2; ++h) {
+                    const float sx = px[h][i1] + px[h][i2];
+                    qxp[h] = txs[h] * p2 - sx;
+                    qxm[h] = txs[h] * m2 - sx;
+                    q2p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                    q2m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                }
+                sqx[0] = qxp[0] + qxp[1]; sqx[1] = qxp[0] + qxm[1];
+                sqx[2] = qxm[0] + qxp[1]; sqx[3] = qxm[0] + qxm[1];
+                sq2[0] = q2p[0] + q2p[1]; sq2[1] = q2p[0] + q2m[1];
+                sq2[2] = q2m[0] + q2p[1]; sq2[3] = q2m[0] + q2m[1];
+                for (int k = 0; k < 4; ++k)
+                    if (sq2[k] > 0 && sqx[k] * sqx[k] > best * sq2[k]) {
+                        scale = sqx[k] / sq2[k];
+                        best = scale * sqx[k];
+                        b1 = i1; b2 = i2; bk = k;
+                    }
+            }
+        if (b1 < 0 || b2 < 0 || bk < 0) continue;
+        for (int j = 0; j < 16; ++j) L[order[j]] = (int8_t)(j < b1 ? 0 : j < b2 ? 1 : 2);
+        if (scale < 0) {
+            for (int j = 0; j < 16; ++j) L[j] = (int8_t)(2 - L[j]);
+            scale = -scale;
+            bk = 3 - bk;
+        }
+        const float *xxk[2] = {bk < 2 ? GR_XP : GR_XM, bk % 2 == 0 ? GR_XP : GR_XM};
+        uint16_t index[2];
+        const int on = gr_iq1_points(t, 2, xb, w, scale, xxk, L, index);
+        if (on < 0) return -1;
+        if (!on) {
+            float sqx, sq2;
+            gr_iq1_refit(t, 2, xb, w, xxk, index, &sqx, &sq2);
+            if (sqx > 0 && sq2 > 0) scale = sqx / sq2;
+        }
+        qs[2 * ib] = (uint8_t)(index[0] & 255);
+        qs[2 * ib + 1] = (uint8_t)(index[1] & 255);
+        qh[ib] = (uint8_t)((index[0] >> 8) | ((index[1] >> 8) << 4));
+        if (!(scale >= 0)) return -1;   /* ggml asserts scale >= 0 */
+        scales[ib] = scale;
+        shifts[ib] = (int8_t)bk;
+        max_scale = max_scale > scale ? max_scale : scale;
+    }
+    if (!max_scale) return 0;
+    float d = max_scale / 15;
+    const float id = 1 / d;
+    float sqx = 0, sq2 = 0;
+    for (int ib = 0; ib < 16; ++ib) {
+        int l = kq_nearest_int(0.5f * (id * scales[ib] - 1));
+        l = l < 0 ? 0 : l > 7 ? 7 : l;
+        sc[ib / 4] |= (uint16_t)(l << 3 * (ib % 4));
+        qh[ib] |= masks[shifts[ib]];
+        /* refit d over the whole super-block from the stored points (empty blocks included) */
+        const float *xb = x + 16 * ib;
+        gr_weights(16, xb, qw ? qw + 16 * ib : NULL, sigma2, 0, w);
+        for (int k = 0; k < 2; ++k) {
+            const float *xx = k == 0 ? (shifts[ib] < 2 ? GR_XP : GR_XM) : (shifts[ib] % 2 == 0 ? GR_XP : GR_XM);
+            const int g = qs[2 * ib + k] + (((int)qh[ib] << (8 - 4 * k)) & 0x700);
+            for (int j = 0; j < 8; ++j) {
+                const float q = xx[t->lev[g][j]] * (float)(2 * l + 1);
+                sqx += w[8 * k + j] * q * xb[8 * k + j];
+                sq2 += w[8 * k + j] * q * q;
+            }
+        }
+    }
+    if (sq2 > 0) d = sqx / sq2;
+    const uint16_t s = lg_f16_bits(d * 1.1125f);
+    sc[0] |= (uint16_t)((s & 0x000f) << 12);
+    sc[1] |= (uint16_t)((s & 0x00f0) << 8);
+    sc[2] |= (uint16_t)((s & 0x0f00) << 4);
+    sc[3] |= (uint16_t)(s & 0xf000);
+    memcpy(y + 48, sc, 8);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ rows */
 
 static int gr_block_values(int type) { return gr_table_for(type) ? GR_QK : 0; }
@@ -491,12 +777,14 @@ static int gr_block_bytes(int type) {
     case 16: return 66;
     case 17: return 74;
     case 22: return 82;
+    case 19: return 50;
+    case 29: return 56;
     default: return 0;
     }
 }
 
 /* Types ggml refuses to quantize without an importance vector. */
-static int gr_needs_imatrix(int type) { return type == 16 || type == 17; }
+static int gr_needs_imatrix(int type) { return type == 16 || type == 17 || type == 19; }
 
 /* Whether the type's tables are built or can be (codes handed over); builds them. GIL held. */
 static int gr_prepare(int type) {
@@ -513,7 +801,8 @@ static int64_t gr_quantize_rows(int type, const float *x, const float *imatrix, 
     const int bytes = gr_block_bytes(type);
     const int64_t nb = n / GR_QK;
     int (*superblock)(const gr_table *, const float *, const float *, uint8_t *) =
-        type == 18 ? gr_iq3xxs : type == 21 ? gr_iq3s : type == 16 ? gr_iq2xxs : type == 17 ? gr_iq2xs : gr_iq2s;
+        type == 18 ? gr_iq3xxs : type == 21 ? gr_iq3s : type == 16 ? gr_iq2xxs : type == 17 ? gr_iq2xs :
+        type == 22 ? gr_iq2s : type == 19 ? gr_iq1s : gr_iq1m;
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t b = 0; b < nb; ++b) {
             const float *xb = x + r * n + b * GR_QK;

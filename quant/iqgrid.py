@@ -17,8 +17,16 @@ stored) and the signs are stored apart. Value = d * block scale * grid coordinat
 - IQ2_S (82 bytes): d; 32 low index bytes; 32 sign bytes; 8 bytes of 2 high index bits
   (1024 points); 8 bytes of two 4-bit scales of 16-value blocks; block scale (0.5 + s) * 0.25.
 
-ggml quantizes IQ2_XXS and IQ2_XS only with an importance vector (ggml_quantize_requires_imatrix);
-quantize refuses them without one.
+- IQ1_S (50 bytes): d; 32 low index bytes (2048 points of 8 levels -1, 0, 1); per 32-value
+  block a u16: 3 high bits per group, a 3-bit scale and the sign of the shift delta = 1/8;
+  value = d * (2s + 1) * (level + delta).
+- IQ1_M (56 bytes): 32 low index bytes; per 16-value block a byte of two 3-bit high parts and
+  two shift signs; 8 bytes of 3-bit block scales with the fp16 d spread over their top nibbles.
+  gguf-py's IQ1_M dequantizer ignores the shift signs (an operator-precedence slip); this one
+  reads them as ggml does.
+
+ggml quantizes IQ2_XXS, IQ2_XS and IQ1_S only with an importance vector
+(ggml_quantize_requires_imatrix); quantize refuses them without one.
 
 The grids are data that gguf-py ships (gguf.quants.IQ3_XXS.grid_hex ...), read here once:
 coordinates for dequantization, and for the compiled quantizer each point's levels l
@@ -41,7 +49,8 @@ from .types import QuantType, block_size, requires_imatrix, type_size
 
 F32 = np.float32
 QK_K = 256
-GRID_TYPES = (QuantType.IQ3_XXS, QuantType.IQ3_S, QuantType.IQ2_XXS, QuantType.IQ2_XS, QuantType.IQ2_S)
+GRID_TYPES = (QuantType.IQ3_XXS, QuantType.IQ3_S, QuantType.IQ2_XXS, QuantType.IQ2_XS, QuantType.IQ2_S,
+              QuantType.IQ1_S, QuantType.IQ1_M)
 NEEDS_IMATRIX = tuple(t for t in GRID_TYPES if requires_imatrix(t))
 _GGUF_CLASS = {t: getattr(gguf_quants, t.name) for t in GRID_TYPES}
 
@@ -224,7 +233,46 @@ def dequantize_iq2_s(data):
     return _grid_blocks(data, QuantType.IQ2_S, db, idx, _signs_from_bits(blk[:, 34:66]))
 
 
-DEQUANTIZE = {QuantType.IQ3_XXS: dequantize_iq3_xxs, QuantType.IQ3_S: dequantize_iq3_s,
+def _iq1_values(data, qtype, dl, idx, negative):
+    """dl [S, groups] * (grid[idx] + delta), delta = -1/8 where `negative`, else 1/8 (ggml's order)."""
+    delta = np.where(negative, F32(-0.125), F32(0.125)).astype(F32)
+    grid = grid_values(qtype)[idx]                                                    # [S, groups, 8]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (dl[..., None] * (grid + delta[..., None])).reshape(data.shape[0], -1)
+
+
+def dequantize_iq1_s(data):
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    blk = data.reshape(-1, type_size(QuantType.IQ1_S))
+    S = blk.shape[0]
+    d = np.ascontiguousarray(blk[:, :2]).view(np.float16).astype(F32)                # [S, 1]
+    qh = np.ascontiguousarray(blk[:, 34:50]).view("<u2")                              # [S, 8]
+    dl = d * (2 * ((qh >> 12) & 7) + 1).astype(F32)
+    high = (qh[:, :, None] >> np.array([0, 3, 6, 9], dtype=np.uint16)) & 7
+    idx = blk[:, 2:34].astype(np.uint16) | (high.reshape(S, 32) << 8)
+    neg = np.repeat((qh & 0x8000) != 0, 4, axis=1)
+    return _iq1_values(data, QuantType.IQ1_S, np.repeat(dl, 4, axis=1), idx, neg)
+
+
+def dequantize_iq1_m(data):
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    blk = data.reshape(-1, type_size(QuantType.IQ1_M))
+    S = blk.shape[0]
+    sc = np.ascontiguousarray(blk[:, 48:56]).view("<u2")                              # [S, 4]
+    dbits = ((sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00)
+             | (sc[:, 3] & 0xF000)).astype(np.uint16)
+    d = dbits.view(np.float16).astype(F32)[:, None]
+    s3 = ((sc[:, :, None] >> np.array([0, 3, 6, 9], dtype=np.uint16)) & 7).reshape(S, 16)
+    dl = d * (2 * s3 + 1).astype(F32)                                                  # [S, 16]
+    qh = blk[:, 32:48]
+    high = np.stack([qh & 7, (qh >> 4) & 7], axis=2).reshape(S, 32).astype(np.uint16)
+    idx = blk[:, :32].astype(np.uint16) | (high << 8)
+    neg = np.stack([(qh & 0x08) != 0, (qh & 0x80) != 0], axis=2).reshape(S, 32)
+    return _iq1_values(data, QuantType.IQ1_M, np.repeat(dl, 2, axis=1), idx, neg)
+
+
+DEQUANTIZE = {QuantType.IQ1_S: dequantize_iq1_s, QuantType.IQ1_M: dequantize_iq1_m,
+              QuantType.IQ3_XXS: dequantize_iq3_xxs, QuantType.IQ3_S: dequantize_iq3_s,
               QuantType.IQ2_XXS: dequantize_iq2_xxs, QuantType.IQ2_XS: dequantize_iq2_xs,
               QuantType.IQ2_S: dequantize_iq2_s}
 
