@@ -106,7 +106,7 @@ def test_activation_quantization_is_bit_exact(qtype):
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL,
                                    T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
                                    T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4, T.NVFP4, T.Q1_0, T.IQ3_XXS, T.IQ3_S,
-                                   T.IQ2_XXS, T.IQ2_XS, T.IQ2_S])
+                                   T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M])
 def test_products_equal_ggml_vec_dot(qtype):
     g = np.random.default_rng(int(qtype))
     w = (g.standard_normal((24, 512)) * 0.05).astype(np.float32)

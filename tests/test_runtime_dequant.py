@@ -13,12 +13,14 @@ from convkit.runtime.load import unpermute_index
 FP16_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0], T.Q2_K: [80, 82],
                T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [210 - 2], T.IQ4_NL: [0], T.IQ4_XS: [0],
                T.TQ1_0: [52], T.TQ2_0: [64], T.MXFP4: [], T.NVFP4: [], T.Q1_0: [0],
-               T.IQ3_XXS: [0], T.IQ3_S: [0], T.IQ2_XXS: [0], T.IQ2_XS: [0], T.IQ2_S: [0]}
+               T.IQ3_XXS: [0], T.IQ3_S: [0], T.IQ2_XXS: [0], T.IQ2_XS: [0], T.IQ2_S: [0],
+               T.IQ1_S: [0], T.IQ1_M: []}
 
 
 def reference(data, qtype):
-    """gguf-py's values; for a type gguf-py lacks (Q1_0), quant's (equal to ggml's: tests/test_quant_*)."""
-    if qtype in gguf.quants._type_traits:
+    """gguf-py's values; for a type gguf-py lacks (Q1_0) or reads wrongly (IQ1_M: it ignores the
+    shift signs), quant's (equal to ggml's: tests/test_quant_*)."""
+    if qtype in gguf.quants._type_traits and qtype != T.IQ1_M:
         return gguf.quants.dequantize(data, qtype)
     import quant
     return quant.dequantize(data, qtype)

@@ -334,12 +334,48 @@ def _iq2_s(b, dtype):
     return _last(torch.mul, db * grid, signs, dtype).view(n, QK_K)
 
 
+def _iq1_values(b, dl, idx, negative, dtype):
+    """dl [n, groups] * (grid[idx] + delta), delta = -1/8 where `negative`, else 1/8."""
+    from gguf import quants
+
+    n = b.shape[0]
+    delta = torch.where(negative, -0.125, 0.125).unsqueeze(-1)
+    grid = _grid(quants.IQ1_S, b.device)[idx]
+    return _last(torch.mul, grid.add_(delta), dl.unsqueeze(-1), dtype).view(n, QK_K)
+
+
+def _iq1_s(b, dtype):
+    n = b.shape[0]
+    qh = b[:, 34:50].reshape(n, 8, 2).to(torch.int64)
+    qh = qh[..., 0] | qh[..., 1] << 8
+    dl = _f16(b, 0) * (2 * ((qh >> 12) & 7) + 1).float()
+    high = (qh.unsqueeze(-1) >> torch.tensor([0, 3, 6, 9], device=b.device)) & 7
+    idx = b[:, 2:34].to(torch.int64) | (high.reshape(n, 32) << 8)
+    neg = ((qh & 0x8000) != 0).repeat_interleave(4, dim=1)
+    return _iq1_values(b, dl.repeat_interleave(4, dim=1), idx, neg, dtype)
+
+
+def _iq1_m(b, dtype):
+    n = b.shape[0]
+    sc = b[:, 48:56].reshape(n, 4, 2).to(torch.int32)
+    sc = sc[..., 0] | sc[..., 1] << 8
+    bits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
+    d = bits.to(torch.int16).view(torch.float16).float().unsqueeze(1)
+    s3 = ((sc.unsqueeze(-1) >> torch.tensor([0, 3, 6, 9], device=b.device)) & 7).reshape(n, 16)
+    dl = d * (2 * s3 + 1).float()
+    qh = b[:, 32:48].to(torch.int64)
+    high = torch.stack([qh & 7, (qh >> 4) & 7], dim=2).reshape(n, 32)
+    idx = b[:, :32].to(torch.int64) | (high << 8)
+    neg = torch.stack([(qh & 0x08) != 0, (qh & 0x80) != 0], dim=2).reshape(n, 32)
+    return _iq1_values(b, dl.repeat_interleave(2, dim=1), idx, neg, dtype)
+
+
 BLOCK_DEQUANTIZERS = {
     T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1, T.Q8_0: _q8_0,
     T.Q2_K: _q2_k, T.Q3_K: _q3_k, T.Q4_K: _q4_k, T.Q5_K: _q5_k, T.Q6_K: _q6_k,
     T.IQ4_NL: _iq4_nl, T.IQ4_XS: _iq4_xs, T.TQ1_0: _tq1_0, T.TQ2_0: _tq2_0, T.MXFP4: _mxfp4,
     T.NVFP4: _nvfp4, T.Q1_0: _q1_0, T.IQ3_XXS: _iq3_xxs, T.IQ3_S: _iq3_s,
-    T.IQ2_XXS: _iq2_xxs, T.IQ2_XS: _iq2_xs, T.IQ2_S: _iq2_s,
+    T.IQ2_XXS: _iq2_xxs, T.IQ2_XS: _iq2_xs, T.IQ2_S: _iq2_s, T.IQ1_S: _iq1_s, T.IQ1_M: _iq1_m,
 }
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 
