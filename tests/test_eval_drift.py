@@ -29,10 +29,10 @@ def test_drift_takes_exactly_the_types_quantize_takes():
     assert drift.parse_types(",".join(names)) == names
     for name in names:
         parse_file_type(name)
-    with pytest.raises(ConvkitError, match="unknown type iq1_m"):
-        drift.parse_types("q8_0,iq1_m")
+    with pytest.raises(ConvkitError, match="unknown type nvfp4"):
+        drift.parse_types("q8_0,nvfp4")
     with pytest.raises(QuantError):
-        parse_file_type("iq1_m")
+        parse_file_type("nvfp4")
 
 
 def test_unknown_drift_type_stops_before_any_work(tmp_path, capsys):

@@ -194,7 +194,7 @@ def test_unknown_type_is_one_line_before_the_model_is_read(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "q9_x" in err and str(missing) not in err
     assert all(name in err for name in file_type_names())
     for bad in (["--type", "q4_0", "--tensor-type", "attn_v=q9_9"], ["--type", "q4_0", "--output-type", "iq9"],
-                ["--type", "q4_0", "--token-embedding-type", "nope"], ["--type", "iq1_m"]):
+                ["--type", "q4_0", "--token-embedding-type", "nope"], ["--type", "nvfp4"]):
         assert _run(["quantize", str(missing), *bad]) == 2, bad
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "use one of" in err and str(missing) not in err, err
