@@ -567,7 +567,7 @@ static const float GR_XM[3] = {-1 - GR_IQ1_DELTA, -GR_IQ1_DELTA, 1 - GR_IQ1_DELT
 
 /* IQ1_S (50 bytes): fp16 d; 32 low index bytes; 8 u16 of 3 high bits per group, a 3-bit scale
  * (bits 12-14) and the shift sign (bit 15), per 32-value block. Needs an importance vector. */
-static int gr_iq1s(const gr_table *t, const float *x, const float *qw, uint8_t *y) {
+KQ_CLONES static int gr_iq1s(const gr_table *t, const float *x, const float *qw, uint8_t *y) {
     float scales[8], w[32], sumx[33], sumw[33];
     int8_t shifts[8], L[32];
     uint16_t qh[8];
@@ -654,7 +654,7 @@ static int gr_iq1s(const gr_table *t, const float *x, const float *qw, uint8_t *
 /* IQ1_M (56 bytes): 32 low index bytes; 16 bytes of two 3-bit high index parts and two shift
  * signs (bits 3 and 7), per 16-value block; 8 bytes: 3-bit block scales, and the fp16 super-block
  * scale spread over the top nibble of each u16. */
-static int gr_iq1m(const gr_table *t, const float *x, const float *qw, uint8_t *y) {
+KQ_CLONES static int gr_iq1m(const gr_table *t, const float *x, const float *qw, uint8_t *y) {
     static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
     float scales[16], w[16];
     int8_t shifts[16], L[16];
