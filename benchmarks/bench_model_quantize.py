@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gguf_lite  # noqa: E402
 from report import measure, result  # noqa: E402
 
-FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q6_k": 18}
+FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q6_k": 18, "iq3_s": 26, "iq3_m": 27}
 THREADS = 2
 
 # the peer, in its own process: llama_model_quantize(src, dst, ftype) with THREADS threads
