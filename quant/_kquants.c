@@ -167,7 +167,7 @@ static PyObject *py_simple(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* ------------------------------------------------------------------ grid types (IQ3_XXS, IQ3_S, IQ2_*) */
+/* ------------------------------------------------------------------ grid types (IQ3_*, IQ2_*, IQ1_*) */
 
 /* grid_codes(type_id, codes): the type's grid points as uint16 codes (3 bits per coordinate),
  * handed over once; the lookup tables are built from them at first use. */
@@ -421,7 +421,7 @@ static PyMethodDef kquants_methods[] = {
     {"grid_codes", py_grid_codes, METH_VARARGS,
      "grid_codes(type_id, codes): hand over a grid type's points (uint16, 3 bits per coordinate)."},
     {"grid", py_grid, METH_VARARGS,
-     "grid(type_id, x, imatrix_or_None, out, rows, n_per_row): IQ3_XXS / IQ3_S / IQ2_* bytes into out; -1, or "
+     "grid(type_id, x, imatrix_or_None, out, rows, n_per_row): IQ3_* / IQ2_* / IQ1_* bytes into out; -1, or "
      "the first row too large for the grid search."},
     {"from_source", py_from_source, METH_VARARGS,
      "from_source(type_id, src_type, src, imatrix_or_None, out, rows, n_per_row): quantize F16/BF16/F32 "

@@ -1,4 +1,4 @@
-/* Grid types: IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, with ggml's exact float32 arithmetic.
+/* Grid types: IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, with ggml's exact float32 arithmetic.
  *
  * Included by _kquants.c after _kquants_k.h and _kquants_legacy.h. Groups of 4 (IQ3) or 8
  * (IQ2) values are coded as one point of a fixed grid whose coordinates are odd levels 2l+1

@@ -1,9 +1,10 @@
-"""Grid types: IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S (ggml's "i-quants" whose groups of
-values are grid points).
+"""Grid types: IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M (ggml's "i-quants" whose
+groups of values are grid points).
 
-A 256-value super-block holds an fp16 d and blocks of 32 or 16 values, each with a 4-bit
-scale; every group of 4 (IQ3) or 8 (IQ2) values is one point of a fixed grid (its index is
-stored) and the signs are stored apart. Value = d * block scale * grid coordinate * sign.
+A 256-value super-block holds an fp16 d and blocks of 32 or 16 values, each with a 3- or
+4-bit scale; every group of 4 (IQ3) or 8 (IQ2, IQ1) values is one point of a fixed grid (its
+index is stored). IQ3/IQ2: the signs are stored apart, value = d * block scale * grid
+coordinate * sign; IQ1: the grid holds -1, 0, 1 and a shift of +-1/8 is added.
 
 - IQ3_XXS (98 bytes): d; 64 grid indices (256-point grid); per block a u32 holding four 7-bit
   sign patterns (the 8th sign of each 8 makes the count of minus signs even) and the scale
@@ -16,7 +17,6 @@ stored) and the signs are stored apart. Value = d * block scale * grid coordinat
   scales of 16-value blocks; block scale (0.5 + s) * 0.25.
 - IQ2_S (82 bytes): d; 32 low index bytes; 32 sign bytes; 8 bytes of 2 high index bits
   (1024 points); 8 bytes of two 4-bit scales of 16-value blocks; block scale (0.5 + s) * 0.25.
-
 - IQ1_S (50 bytes): d; 32 low index bytes (2048 points of 8 levels -1, 0, 1); per 32-value
   block a u16: 3 high bits per group, a 3-bit scale and the sign of the shift delta = 1/8;
   value = d * (2s + 1) * (level + delta).
@@ -30,12 +30,14 @@ ggml quantizes IQ2_XXS, IQ2_XS and IQ1_S only with an importance vector
 
 The grids are data that gguf-py ships (gguf.quants.IQ3_XXS.grid_hex ...), read here once:
 coordinates for dequantization, and for the compiled quantizer each point's levels l
-(coordinate index 0..7) as a 12-bit code. The quantizer is ggml's grid search, in C only
+(coordinate index: 3 bits for IQ3's 8 levels, 2 for the 3 of IQ2/IQ1) packed into one code.
+The quantizer is ggml's grid search, in C only
 (quant/_kquants_grid.h builds the neighbour tables from the codes at first use); a numpy
 twin of that search would take minutes per tensor.
 
-ggml aborts on rows whose values are so large that the weights overflow (|x| > 1.8e19);
-quantize raises QuantError for them instead.
+On rows whose values are so large that the weights overflow (|x| > 1.8e19) ggml's search
+finds no grid point and aborts the process for most of these types; quantize raises
+QuantError there instead (and gives ggml's bytes where ggml writes some).
 """
 import functools
 
@@ -77,14 +79,14 @@ def _bits(qtype) -> int:
 
 @functools.cache
 def grid_values(qtype) -> np.ndarray:
-    """float32 [points, 4]: the coordinates dequantization multiplies (gguf-py's grid_map)."""
+    """float32 [points, 4 or 8]: the coordinates dequantization multiplies (gguf-py's grid_map)."""
     cls = _GGUF_CLASS[QuantType(int(qtype))]
     return np.asarray(cls.grid_map, dtype=F32)[grid_levels(qtype)]
 
 
 def grid_codes(qtype) -> np.ndarray:
     """uint16 [points]: the levels packed l0 | l1 << b | l2 << 2b ..., b bits each (3 for IQ3,
-    2 for IQ2), the quantizer's point codes."""
+    2 for IQ2/IQ1), the quantizer's point codes."""
     lv = grid_levels(qtype).astype(np.uint16)
     shifts = (_bits(qtype) * np.arange(lv.shape[1])).astype(np.uint16)
     return (lv << shifts).sum(axis=1).astype(np.uint16)
