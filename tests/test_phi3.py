@@ -101,7 +101,8 @@ def test_k_quant_mixes_equal_llama_quantize(name, ftype, tmp_path, capsys):
     """attn_qkv and the double-width ffn_up under the mixes' rules, tied embeddings (phi4)."""
     directory, _ = family_checkpoint(name)
     theirs_f32 = peer_convert(directory, "f32", tmp_path / "theirs-f32.gguf")
-    theirs = llama_quantize_file(theirs_f32, tmp_path / "theirs.gguf", getattr(LlamaFileType, f"MOSTLY_{ftype.upper()}"))
+    ftype_id = getattr(LlamaFileType, f"MOSTLY_{ftype.upper()}")
+    theirs = llama_quantize_file(theirs_f32, tmp_path / "theirs.gguf", ftype_id)
     ours = tmp_path / "ours.gguf"
     our_command(["quantize", str(directory), "--type", ftype, "-o", str(ours)], capsys)
     (_, mine), (_, peer) = gguf_lite.read(ours), gguf_lite.read(theirs)
