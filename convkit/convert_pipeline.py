@@ -18,7 +18,6 @@ from convkit.arch import architecture_for
 from convkit.checkpoint import open_checkpoint
 from convkit.errors import ConvkitError
 from convkit.gguf_out import PlannedTensor, encode, write_gguf
-from convkit.gguf_vocab import write_vocab
 
 SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
 
@@ -62,7 +61,7 @@ def _hf_source(path: Path) -> Source:
         w.add_type("model")
         w.add_name(_model_name(ckpt))
         arch.write_hparams(w)
-        write_vocab(w, ckpt.directory, ckpt.config, reads_prefix_space=arch.reads_prefix_space)
+        arch.write_vocab(w, ckpt.directory, ckpt.config)
 
     hp = {"n_layer": arch.n_layer, "n_head": getattr(arch, "n_head", 1), "n_head_kv": getattr(arch, "n_head_kv", 1),
           "n_expert": arch.n_expert}

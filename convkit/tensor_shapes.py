@@ -54,6 +54,23 @@ def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_nor
     return out
 
 
+def _phi3(hp: dict) -> dict:
+    """Phi-3: q, k, v in one matrix, gate and up in one (gate rows first); LongRoPE's two
+    sets of divisors, one per rotated pair, when the model scales its positions."""
+    h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
+    q, kv = hp["n_head"] * hp["head_dim"], hp["n_head_kv"] * hp["head_dim"]
+    pairs = hp["rope_dim"] // 2 if hp.get("rope_dim") else None
+    out = {"token_embd.weight": ((vocab, h), True), "output_norm.weight": ((h,), True),
+           "output.weight": ((vocab, h), not hp.get("tied", True)),
+           "rope_factors_long.weight": ((pairs,), False), "rope_factors_short.weight": ((pairs,), False)}
+    for i in range(hp["n_layer"]):
+        p = f"blk.{i}."
+        out.update({p + "attn_norm.weight": ((h,), True), p + "attn_qkv.weight": ((q + 2 * kv, h), True),
+                    p + "attn_output.weight": ((h, q), True), p + "ffn_norm.weight": ((h,), True),
+                    p + "ffn_up.weight": ((2 * ff, h), True), p + "ffn_down.weight": ((h, ff), True)})
+    return out
+
+
 def _gpt2(hp: dict) -> dict:
     h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
     out = {"token_embd.weight": ((vocab, h), True), "position_embd.weight": ((hp["n_ctx"], h), True),
@@ -91,7 +108,7 @@ def _bert(hp: dict) -> dict:
 
 # an architecture's `tensor_table` names its table; "decoder" reads the rest from its structure
 TABLES = {"decoder": lambda hp, cls: _llama(hp, cls.qkv_bias_required, cls.structure.qk_norm, cls.structure.post_norms),
-          "gpt2": lambda hp, cls: _gpt2(hp), "bert": lambda hp, cls: _bert(hp)}
+          "phi3": lambda hp, cls: _phi3(hp), "gpt2": lambda hp, cls: _gpt2(hp), "bert": lambda hp, cls: _bert(hp)}
 
 
 def expected_tensors(arch: str, hp: dict) -> dict | None:

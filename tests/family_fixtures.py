@@ -49,12 +49,65 @@ FAMILIES = {
                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), "qwen3moe"),
 }
 
+# Phi-3 (Phi-3-mini-128k's kind): fused qkv and gate_up, LongRoPE with a pretraining context
+# shorter than the test prompts (so the long divisors apply), a sliding window as long as
+# the context, a sentencepiece tokenizer with Phi's added tokens (vocabulary padded as Phi-3's is)
+PHI3_ORIGINAL_CONTEXT = 64
+_PAIRS = 32  # head_dim 64: 32 rotated pairs
+FAMILIES["phi3"] = ("Phi3Config", "Phi3ForCausalLM", dict(
+    COMMON, vocab_size=1216, bos_token_id=1, eos_token_id=1200, pad_token_id=1200, tie_word_embeddings=False,
+    sliding_window=512, original_max_position_embeddings=PHI3_ORIGINAL_CONTEXT,
+    rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                     "short_factor": [round(1.0 + 0.5 * (i / _PAIRS) ** 2, 4) for i in range(_PAIRS)],
+                     "long_factor": [round(1.0 + 11.0 * (i / _PAIRS) ** 1.5, 4) for i in range(_PAIRS)]}), "phi3")
+# Phi-4's kind: no rope scaling, no sliding window, byte-level BPE (tokenizer_class GPT2Tokenizer);
+# rotary on three quarters of each head as Phi-4-mini
+FAMILIES["phi4"] = ("Phi3Config", "Phi3ForCausalLM", dict(
+    COMMON, tie_word_embeddings=True, sliding_window=None, original_max_position_embeddings=512,
+    rope_parameters={"rope_type": "default", "rope_theta": 250000.0, "partial_rotary_factor": 0.75}), "phi3")
+
+
+def _smollm2_tokenizer(target):
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_checkpoint() / file, target / file)
+
+
+PHI3_ADDED = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+
+
+def _phi3_tokenizer(target):
+    """tokenizer.model (sentencepiece BPE trained on the Python docs, Llama's layout) with
+    Phi-3's added tokens after its pieces, the files transformers writes for it
+    (tokenizer.json, tokenizer_config.json), and added_tokens_decoder / added_tokens.json
+    as Phi-3's repository carries them."""
+    import transformers
+
+    from spm_models import spm_model
+
+    shutil.copy(spm_model("bpe_llama"), target / "tokenizer.model")
+    tok = transformers.LlamaTokenizer.from_pretrained(str(target), eos_token="<|endoftext|>",
+                                                      pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": PHI3_ADDED})
+    tok.add_tokens(["<|placeholder1|>"])  # not special: a user-defined token
+    tok.save_pretrained(str(target))
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    added = json.loads((target / "tokenizer.json").read_text())["added_tokens"]
+    config.update(add_bos_token=True, add_eos_token=False, tokenizer_class="LlamaTokenizer",
+                  chat_template="{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}",
+                  added_tokens_decoder={str(t["id"]): {"content": t["content"], "special": t["special"]}
+                                        for t in added})
+    (target / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    (target / "added_tokens.json").write_text(json.dumps({t["content"]: t["id"] for t in added if t["id"] >= 1200}))
+
+
+TOKENIZERS = {"phi3": _phi3_tokenizer}  # others: SmolLM2's byte-level BPE
+
 
 def _key(name) -> str:
     import transformers
 
     config_cls, model_cls, kwargs, _ = FAMILIES[name]
-    text = json.dumps([config_cls, model_cls, kwargs, transformers.__version__], sort_keys=True)
+    text = json.dumps([config_cls, model_cls, kwargs, transformers.__version__, name in TOKENIZERS], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -85,8 +138,7 @@ def family_checkpoint(name):
         if part.exists():
             shutil.rmtree(part)
         model.save_pretrained(part)
-        for file in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(smollm2_checkpoint() / file, part / file)
+        TOKENIZERS.get(name, _smollm2_tokenizer)(part)
         (part / ".complete").touch()
         part.rename(target)
     return target, model

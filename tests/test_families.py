@@ -22,7 +22,7 @@ from gguf import LlamaFileType
 import gguf_lite
 from convkit.cli import main
 from convkit.runtime import load_model
-from family_fixtures import FAMILIES, VOCAB, family_checkpoint
+from family_fixtures import FAMILIES, family_checkpoint
 from realdata import llama_cpp_converter_command
 from test_mixes import _quiet_llama
 
@@ -110,7 +110,7 @@ def test_q4_k_m_equals_llama_quantize(family, tmp_path, capsys):
 def test_runtime_equals_transformers(family, tmp_path, capsys):
     """From the directory and from our float32 GGUF (the structure read back from its metadata)."""
     name, directory, model = family
-    ids = torch.randint(0, VOCAB, (2, 96), generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(0, model.config.vocab_size, (2, 96), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = model(ids).logits
     assert (load_model(directory)(ids) - expected).abs().max().item() <= TOL

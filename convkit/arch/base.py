@@ -183,5 +183,13 @@ class Architecture:
         return {}
 
     # --- metadata --------------------------------------------------------------
+    @classmethod
+    def write_vocab(cls, w, directory, config: dict) -> None:
+        """The tokenizer's GGUF keys from the checkpoint's tokenizer files (a class method:
+        the runtime's tokenizer reads an HF directory's vocabulary the same way)."""
+        from convkit.gguf_vocab import write_vocab
+
+        write_vocab(w, directory, config, reads_prefix_space=cls.reads_prefix_space)
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         raise NotImplementedError

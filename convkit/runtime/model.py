@@ -6,10 +6,12 @@ Families differ in a few places, all stated by their architecture module
 - RMSNorm of q and k per head (Qwen3) or over all heads (OLMo 2);
 - the MLP: gated (act(gate) * up) or plain, and its activation; or a router's top k
   of n gated experts (Qwen3-MoE, Mixtral; from the expert count);
-- positions: rotary (halves layout, "NEOX"; some layers without, SmolLM3) or learned;
+- positions: rotary (halves layout, "NEOX", on all or the first `rope_dim` dimensions of a
+  head; some layers without, SmolLM3) or learned; LongRoPE's short and long divisors (Phi-3);
 - multipliers of the embedding, the residual branches, the attention scores and the
   logits (Granite).
-Biases are added where the checkpoint holds them; gpt2's qkv is stored fused.
+Biases are added where the checkpoint holds them; gpt2's and Phi-3's qkv are stored fused,
+as is Phi-3's gate and up (one ffn_up of twice the width, gate rows first).
 
 Weights come as a mapping from GGUF tensor names (`token_embd.weight`,
 `blk.N.attn_q.weight`, ...) to `QTensor` (matrices, kept as stored) or float tensors
@@ -53,6 +55,7 @@ class ModelConfig:
     logit_scale: float = 1.0              # logits are divided by it
     n_experts: int = 0                    # > 0: every layer a mixture of experts
     n_experts_used: int = 0
+    rope_dim: int | None = None           # rotated dimensions per head; None: all of head_dim
 
     @property
     def context_limit(self) -> int:
@@ -70,10 +73,13 @@ def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None)
 
     `freq_factors` is GGUF's `rope_freqs.weight`: per-frequency divisors that encode a
     scaling (llama3) the way ggml applies it."""
-    dim = config.head_dim
+    dim = config.rope_dim or config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "longrope":  # the divisors come with the call (short or long), as transformers applies them
+        shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+        return 1.0 / (freq_factors.float().cpu() * config.rope_theta ** shape)
     if kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif kind == "llama3":
@@ -114,8 +120,10 @@ def yarn_inv_freq(config: ModelConfig, scaling: dict) -> torch.Tensor:
 
 
 def rope_attention_factor(config: ModelConfig) -> float:
-    """YaRN scales cos and sin (so both q and k) by this; 1 for every other kind."""
+    """YaRN and LongRoPE scale cos and sin (so both q and k) by this; 1 for every other kind."""
     scaling = config.rope_scaling or {}
+    if scaling.get("rope_type") == "longrope":
+        return float(scaling.get("attention_factor", 1.0))
     if scaling.get("rope_type") != "yarn":
         return 1.0
     if scaling.get("attention_factor") is not None:
@@ -124,9 +132,20 @@ def rope_attention_factor(config: ModelConfig) -> float:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each head's two halves: x [B, T, H, D], cos/sin [T, 1, D/2]."""
+    """Rotate the two halves of each head's first R dimensions: x [B, T, H, D], cos/sin
+    [T, 1, R/2]; dimensions beyond R (partial rotary) pass unchanged."""
+    rotated = 2 * cos.shape[-1]
+    if rotated < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def longrope_factors(scaling: dict, w: dict, kind: str) -> torch.Tensor:
+    """LongRoPE's short or long divisors: from config.json, or a GGUF's rope_factors_* tensor."""
+    if scaling.get(f"{kind}_factor") is not None:
+        return torch.tensor(scaling[f"{kind}_factor"], dtype=torch.float32)
+    return w[f"rope_factors_{kind}.weight"]
 
 
 class KVCache:
@@ -221,7 +240,9 @@ class MLP(torch.nn.Module):
         super().__init__()
         self.gated = config.structure.mlp == "gated"
         self.act = ACTIVATIONS[config.structure.activation]
-        if self.gated:  # gate and up in one product, split after
+        if self.gated and f"{prefix}ffn_gate.weight" not in w:  # stored fused (Phi-3): gate rows, then up
+            self.up = QuantLinear(w[f"{prefix}ffn_up.weight"], w.get(f"{prefix}ffn_up.bias"))
+        elif self.gated:  # gate and up in one product, split after
             names = [f"{prefix}ffn_gate", f"{prefix}ffn_up"]
             self.up = fused_linear([w[f"{n}.weight"] for n in names], [w.get(f"{n}.bias") for n in names])
         else:
@@ -310,7 +331,14 @@ class Model(torch.nn.Module):
         self.norm = Norm(config, w["output_norm.weight"], w.get("output_norm.bias"))
         head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]  # tied: same rows
         self.lm_head = QuantLinear(head, w.get("output.bias"))
-        self.inv_freq = rope_inv_freq(config, w.get("rope_freqs.weight")) if config.uses_rope else None
+        self.inv_freq = self.inv_freq_long = None
+        scaling = config.rope_scaling or {}
+        if config.uses_rope and scaling.get("rope_type") == "longrope":
+            short, long = (longrope_factors(scaling, w, kind) for kind in ("short", "long"))
+            self.inv_freq, self.inv_freq_long = rope_inv_freq(config, short), rope_inv_freq(config, long)
+            self.long_beyond = scaling["original_max_position_embeddings"]
+        elif config.uses_rope:
+            self.inv_freq = rope_inv_freq(config, w.get("rope_freqs.weight"))
         self.rope_scale = rope_attention_factor(config)
 
     # ------------------------------------------------------------------ setup
@@ -331,7 +359,10 @@ class Model(torch.nn.Module):
     # ---------------------------------------------------------------- forward
     def rope(self, start: int, length: int):
         pos = torch.arange(start, start + length, dtype=torch.float32)
-        angles = torch.outer(pos, self.inv_freq)[:, None, :]  # [T, 1, D/2]
+        inv_freq = self.inv_freq
+        if self.inv_freq_long is not None and start + length > self.long_beyond:
+            inv_freq = self.inv_freq_long  # transformers' rule: the pass's last position decides, for all of it
+        angles = torch.outer(pos, inv_freq)[:, None, :]  # [T, 1, R/2]
         cos, sin = angles.cos(), angles.sin()
         if self.rope_scale != 1.0:
             cos, sin = cos * self.rope_scale, sin * self.rope_scale
