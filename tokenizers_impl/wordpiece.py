@@ -29,6 +29,11 @@ from .errors import TokenizerError
 from .normalize import BertNormalizer, bert_pretokenize
 from .serial import TOKEN_NORMAL, by_id, gguf_special_ids, gguf_token_table, hf_type
 
+try:
+    from . import _wordpiece_train
+except ImportError:  # the compiled helper is optional: _Trainer.run_python does the same
+    _wordpiece_train = None
+
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SCORINGS = ("likelihood", "frequency")
 _CACHE_LIMIT = 1 << 20
@@ -317,6 +322,18 @@ class _Trainer:
         self.word_counts = [counts[w] for w in words]
 
     def run(self, vocab_size, min_frequency, scoring, progress):
+        if _wordpiece_train is None:
+            return self.run_python(vocab_size, min_frequency, scoring, progress)
+        lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
+        offsets = np.zeros(len(self.words) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        symbols = np.fromiter(itertools.chain.from_iterable(self.words), dtype=np.int32, count=int(offsets[-1]))
+        counts = np.array(self.word_counts, dtype=np.int64)
+        _wordpiece_train.merges(symbols, offsets, counts, len(self.id_to_token), vocab_size,
+                                max(min_frequency, 1), scoring == "likelihood", self._new_token, progress)
+
+    def run_python(self, vocab_size, min_frequency, scoring, progress):
+        """The merge loop the compiled helper (_wordpiece_train.c) follows: the reference."""
         words, wc = self.words, self.word_counts
         n_sym = len(self.id_to_token)
         sym_freq = np.zeros(max(vocab_size, n_sym) + 1, dtype=np.int64)
