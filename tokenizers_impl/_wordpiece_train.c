@@ -1,18 +1,15 @@
-/* Compiled helper for WordPiece training: the merge loop of wordpiece._Trainer.run.
+/* Compiled helper for WordPiece training: the merge loop of wordpiece._Trainer.run, and
+ * the word count of ASCII text (wordpiece._count_ascii_words).
  *
- * _Trainer.run is the readable reference (same arguments, same merges, same tie rules);
- * tests check that both give the same vocab. Instead of scoring every pair at every
- * merge, the pairs sit in a lazy max-heap ordered by (score desc, count desc, left asc,
- * right asc), the order _PairTable.best picks in. Each pair carries a stamp: a push
- * gives the pair a new stamp, and an entry whose stamp is not its pair's latest is dead.
- * The latest entry of every pair is always an upper bound of the pair's current key,
- * because every change that can raise a key pushes a fresh entry:
- * - a pair whose count grew in a merge is pushed;
- * - with "likelihood" scoring (count / (freq(a) * freq(b))), a merge of (a, b) lowers
- *   freq(a) and freq(b), which raises the score of every pair holding a or b: those
- *   pairs are pushed too (each symbol keeps the list of pairs it appears in).
- * Keys that fall (a count that drops, a symbol whose frequency grows) are found stale
- * when popped and pushed again with their current key. The score is computed as numpy
+ * _Trainer.run_python is the readable reference for merges() (same arguments, same
+ * merges, same tie rules); tests check that both give the same vocab. Instead of scoring
+ * every pair at every merge, the live pairs (count >= threshold) sit in an indexed
+ * max-heap ordered as _PairTable.best picks: score desc, count desc, left asc, right asc.
+ * Every key in the heap is exact: a pair's key changes only when its count changes (the
+ * pairs of the words a merge rewrites) or, with "likelihood" scoring
+ * (count / (freq(a) * freq(b))), when the frequency of one of its symbols changes, which
+ * a merge of (a, b) into n does for a, b and n only: each symbol keeps the list of the
+ * pairs it appears in, and those pairs are re-keyed. The score is computed as numpy
  * computes it: double(count) / (double(freq(a)) * double(freq(b))).
  *
  * Words come as one flat int32 array of symbol ids with int64 offsets and int64 counts.
@@ -28,7 +25,7 @@
 typedef struct {
     int32_t a, b;
     int64_t count;
-    uint32_t stamp;
+    int32_t pos;       /* place in the heap, -1 when not there */
     uint32_t touched;  /* merge number of the last merge that changed the count */
     int64_t before;    /* the count before that merge */
     int32_t *words;    /* indices of words that hold (or held) the pair; may repeat */
@@ -39,10 +36,8 @@ typedef struct {
 typedef struct {
     double score;
     int64_t count;
-    int32_t a, b;
-    int32_t pair;
-    uint32_t stamp;
-} Entry;
+    uint64_t ab; /* a << 32 | b: smaller (a, b) first */
+} Key;
 
 typedef struct {
     int32_t *items;
@@ -66,9 +61,11 @@ typedef struct {
     int64_t *freq;
     IntVec *sym_pairs;
     int64_t n_sym_cap;
-    /* heap */
-    Entry *heap;
+    /* heap of pair indices, and each pair's key */
+    int32_t *heap;
     int64_t heap_n, heap_cap;
+    Key *keys_of;
+    int64_t cap_keys;
     /* pairs whose count changed in the current merge */
     int32_t *changed;
     int64_t n_changed, cap_changed;
@@ -183,17 +180,18 @@ static int32_t pair_of(T *t, int32_t a, int32_t b) {
     p->a = a;
     p->b = b;
     p->touched = UINT32_MAX;
+    p->pos = -1;
+    if (grow((void **)&t->keys_of, &t->cap_keys, t->n_pairs, sizeof(Key)) < 0) return -1;
     t->keys[j] = key;
     t->vals[j] = idx;
     t->used++;
     return idx;
 }
 
-static inline int better(const Entry *x, const Entry *y) {
+static inline int better(const Key *x, const Key *y) {
     if (x->score != y->score) return x->score > y->score;
     if (x->count != y->count) return x->count > y->count;
-    if (x->a != y->a) return x->a < y->a;
-    return x->b < y->b;
+    return x->ab < y->ab;
 }
 
 static inline double score_of(const T *t, const Pair *p) {
@@ -201,54 +199,68 @@ static inline double score_of(const T *t, const Pair *p) {
     return (double)p->count / ((double)t->freq[p->a] * (double)t->freq[p->b]);
 }
 
-static void sift_down(Entry *h, int64_t n, int64_t i) {
-    Entry e = h[i];
+static void sift_up(T *t, int64_t i) {
+    int32_t idx = t->heap[i];
+    const Key *k = &t->keys_of[idx];
+    while (i > 0) {
+        int64_t up = (i - 1) / 2;
+        if (!better(k, &t->keys_of[t->heap[up]])) break;
+        t->heap[i] = t->heap[up];
+        t->pairs[t->heap[i]].pos = (int32_t)i;
+        i = up;
+    }
+    t->heap[i] = idx;
+    t->pairs[idx].pos = (int32_t)i;
+}
+
+static void sift_down(T *t, int64_t i) {
+    int32_t idx = t->heap[i];
+    const Key *k = &t->keys_of[idx];
+    int64_t n = t->heap_n;
     for (;;) {
         int64_t c = 2 * i + 1;
         if (c >= n) break;
-        if (c + 1 < n && better(&h[c + 1], &h[c])) c++;
-        if (!better(&h[c], &e)) break;
-        h[i] = h[c];
+        if (c + 1 < n && better(&t->keys_of[t->heap[c + 1]], &t->keys_of[t->heap[c]])) c++;
+        if (!better(&t->keys_of[t->heap[c]], k)) break;
+        t->heap[i] = t->heap[c];
+        t->pairs[t->heap[i]].pos = (int32_t)i;
         i = c;
     }
-    h[i] = e;
+    t->heap[i] = idx;
+    t->pairs[idx].pos = (int32_t)i;
 }
 
-/* Pushes pair idx with its current key; its older entries become dead. */
-static int push(T *t, int32_t idx) {
+/* Puts pair idx in its place for its current key: in the heap if live, out if not. */
+static int rekey(T *t, int32_t idx) {
     Pair *p = &t->pairs[idx];
-    if (p->count < t->threshold) return 0;
-    if (grow((void **)&t->heap, &t->heap_cap, t->heap_n + 1, sizeof(Entry)) < 0) return -1;
-    Entry e = {score_of(t, p), p->count, p->a, p->b, idx, ++p->stamp};
-    int64_t i = t->heap_n++;
-    while (i > 0) {
-        int64_t up = (i - 1) / 2;
-        if (!better(&e, &t->heap[up])) break;
-        t->heap[i] = t->heap[up];
-        i = up;
+    if (p->count < t->threshold) {
+        if (p->pos >= 0) {
+            int64_t i = p->pos;
+            p->pos = -1;
+            int32_t last = t->heap[--t->heap_n];
+            if (i < t->heap_n) {
+                t->heap[i] = last;
+                sift_up(t, i);
+                sift_down(t, t->pairs[last].pos);
+            }
+        }
+        return 0;
     }
-    t->heap[i] = e;
+    Key k = {score_of(t, p), p->count, ((uint64_t)(uint32_t)p->a << 32) | (uint32_t)p->b};
+    Key *old = &t->keys_of[idx];
+    if (p->pos < 0) {
+        if (grow((void **)&t->heap, &t->heap_cap, t->heap_n + 1, sizeof(int32_t)) < 0) return -1;
+        *old = k;
+        t->heap[t->heap_n] = idx;
+        sift_up(t, t->heap_n++);
+    } else if (better(&k, old)) {
+        *old = k;
+        sift_up(t, p->pos);
+    } else {
+        *old = k;
+        sift_down(t, p->pos);
+    }
     return 0;
-}
-
-static Entry pop(T *t) {
-    Entry top = t->heap[0];
-    t->heap[0] = t->heap[--t->heap_n];
-    if (t->heap_n) sift_down(t->heap, t->heap_n, 0);
-    return top;
-}
-
-/* Drops dead entries once they outnumber the pairs, so the heap stays near the pair count. */
-static void compact(T *t) {
-    if (t->heap_n < 4 * (int64_t)t->n_pairs + 4096) return;
-    int64_t n = 0;
-    for (int64_t i = 0; i < t->heap_n; i++) {
-        const Entry *e = &t->heap[i];
-        const Pair *p = &t->pairs[e->pair];
-        if (e->stamp == p->stamp && p->count >= t->threshold) t->heap[n++] = *e;
-    }
-    t->heap_n = n;
-    for (int64_t i = n / 2 - 1; i >= 0; i--) sift_down(t->heap, n, i);
 }
 
 /* count of pair idx += delta, remembering its count before this merge. */
@@ -275,9 +287,9 @@ static int add_count(T *t, int32_t idx, int64_t delta, uint32_t merge_no) {
     return 0;
 }
 
-/* Pushes the live pairs holding symbol s (their score rose); pairs with no count left
+/* Re-keys the pairs holding symbol s (its frequency changed); pairs with no count left
  * leave s's list (add_count puts them back if they come back). */
-static int push_holding(T *t, int32_t s) {
+static int rekey_holding(T *t, int32_t s) {
     IntVec *v = &t->sym_pairs[s];
     int32_t n = 0;
     for (int32_t i = 0; i < v->n; i++) {
@@ -288,7 +300,7 @@ static int push_holding(T *t, int32_t s) {
             continue;
         }
         v->items[n++] = idx;
-        if (push(t, idx) < 0) return -1;
+        if (rekey(t, idx) < 0) return -1;
     }
     v->n = n;
     return 0;
@@ -303,6 +315,7 @@ static void t_free(T *t) {
     free(t->sym_pairs);
     free(t->freq);
     free(t->heap);
+    free(t->keys_of);
     free(t->changed);
     free(t->sym);
     free(t->start);
@@ -364,24 +377,13 @@ static PyObject *py_merges(PyObject *self, PyObject *args) {
         }
     }
     for (int32_t i = 0; i < t.n_pairs; i++)
-        if (push(&t, i) < 0) goto nomem;
+        if (rekey(&t, i) < 0) goto nomem;
     t.n_changed = 0;
 
     Py_ssize_t n_tokens = n_sym, n_merges = 0;
     while (n_tokens < vocab_size) {
-        /* the best live pair whose entry is current */
-        int32_t best = -1;
-        while (t.heap_n) {
-            Entry e = pop(&t);
-            Pair *p = &t.pairs[e.pair];
-            if (e.stamp != p->stamp || p->count < t.threshold) continue;
-            if (e.count == p->count && e.score == score_of(&t, p)) {
-                best = e.pair;
-                break;
-            }
-            if (push(&t, e.pair) < 0) goto nomem;
-        }
-        if (best < 0) break;
+        if (!t.heap_n) break;
+        int32_t best = t.heap[0];
         int32_t a = t.pairs[best].a, b = t.pairs[best].b;
         PyObject *r = PyObject_CallFunction(new_token, "ii", (int)a, (int)b);
         if (!r) goto done;
@@ -438,13 +440,13 @@ static PyObject *py_merges(PyObject *self, PyObject *args) {
             t.freq[new_id] += merged;
         }
         free(ws);
-        /* keys that rose: counts that grew, and (likelihood) every pair holding a or b */
-        for (int64_t i = 0; i < t.n_changed; i++) {
-            Pair *p = &t.pairs[t.changed[i]];
-            if (p->count > p->before && push(&t, t.changed[i]) < 0) goto nomem;
-        }
-        if (t.likelihood && (push_holding(&t, a) < 0 || (b != a && push_holding(&t, b) < 0))) goto nomem;
-        compact(&t);
+        /* new keys: the pairs whose count changed, and (likelihood) the pairs holding a
+         * symbol whose frequency changed */
+        for (int64_t i = 0; i < t.n_changed; i++)
+            if (t.pairs[t.changed[i]].count != t.pairs[t.changed[i]].before && rekey(&t, t.changed[i]) < 0) goto nomem;
+        if (t.likelihood && (rekey_holding(&t, a) < 0 || (b != a && rekey_holding(&t, b) < 0) ||
+                             rekey_holding(&t, new_id) < 0))
+            goto nomem;
         n_merges++;
         if (progress != Py_None && n_merges % 64 == 0) {
             PyObject *pr = PyObject_CallFunction(progress, "n", n_merges);
@@ -473,7 +475,143 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- ASCII word count */
+
+typedef struct {
+    uint64_t hash;
+    int64_t off; /* in the arena */
+    int64_t count;
+    int32_t len;
+} Word;
+
+typedef struct {
+    Word *slots;
+    int64_t mask, used;
+    char *arena;
+    int64_t arena_n, arena_cap;
+} WordTable;
+
+static uint64_t hash_bytes(const char *s, int32_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (int32_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static int wt_grow(WordTable *w) {
+    int64_t size = w->mask ? (w->mask + 1) * 2 : 1 << 12;
+    Word *slots = calloc((size_t)size, sizeof(Word));
+    if (!slots) return -1;
+    for (int64_t i = 0; w->mask && i <= w->mask; i++) {
+        if (!w->slots[i].len) continue;
+        int64_t j = (int64_t)(w->slots[i].hash & (uint64_t)(size - 1));
+        while (slots[j].len) j = (j + 1) & (size - 1);
+        slots[j] = w->slots[i];
+    }
+    free(w->slots);
+    w->slots = slots;
+    w->mask = size - 1;
+    return 0;
+}
+
+static int wt_add(WordTable *w, const char *s, int32_t n) {
+    if ((w->used + 1) * 2 > w->mask + 1 && wt_grow(w) < 0) return -1;
+    uint64_t h = hash_bytes(s, n);
+    int64_t j = (int64_t)(h & (uint64_t)w->mask);
+    while (w->slots[j].len) {
+        Word *e = &w->slots[j];
+        if (e->hash == h && e->len == n && !memcmp(w->arena + e->off, s, (size_t)n)) {
+            e->count++;
+            return 0;
+        }
+        j = (j + 1) & w->mask;
+    }
+    if (grow((void **)&w->arena, &w->arena_cap, w->arena_n + n, 1) < 0) return -1;
+    memcpy(w->arena + w->arena_n, s, (size_t)n);
+    w->slots[j] = (Word){h, w->arena_n, 1, n};
+    w->arena_n += n;
+    w->used++;
+    return 0;
+}
+
+/* counts[word] += occurrences for each word of an ASCII text, normalized and split as
+ * BertNormalizer (clean_text, lowercase; its other steps change no ASCII text) and
+ * bert_pretokenize do: the reference is wordpiece.count_words' Python path. */
+static PyObject *py_count_ascii(PyObject *self, PyObject *args) {
+    PyObject *text, *counts;
+    int clean, lower;
+    if (!PyArg_ParseTuple(args, "UppO!", &text, &clean, &lower, &PyDict_Type, &counts)) return NULL;
+    if (!PyUnicode_IS_ASCII(text)) {
+        PyErr_SetString(PyExc_ValueError, "count_ascii needs ASCII text");
+        return NULL;
+    }
+    /* 1: whitespace ends a word; 2: punctuation is a word of its own; 4: dropped by clean_text */
+    static const char punct[] = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+    uint8_t kind[128] = {0};
+    for (int c = 0x09; c <= 0x0D; c++) kind[c] = 1;
+    kind[' '] = 1;
+    for (const char *p = punct; *p; p++) kind[(uint8_t)*p] = 2;
+    if (clean) {
+        for (int c = 0; c < 0x20; c++)
+            if (c != '\t' && c != '\n' && c != '\r') kind[c] = 4;
+        kind[0x7F] = 4;
+    }
+    const char *s = (const char *)PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    WordTable w = {0};
+    char *buf = NULL;
+    int64_t cap = 0, len = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        uint8_t c = i < n ? (uint8_t)s[i] : ' ';
+        uint8_t k = kind[c];
+        if (k == 4) continue;
+        if (k) {
+            if (len && wt_add(&w, buf, (int32_t)len) < 0) goto nomem;
+            len = 0;
+            if (k == 2 && wt_add(&w, (const char *)&c, 1) < 0) goto nomem;
+            continue;
+        }
+        if (lower && c >= 'A' && c <= 'Z') c += 32;
+        if (len >= INT32_MAX - 1) {
+            PyErr_SetString(PyExc_ValueError, "word too long");
+            goto done;
+        }
+        if (grow((void **)&buf, &cap, len + 1, 1) < 0) goto nomem;
+        buf[len++] = (char)c;
+    }
+    for (int64_t j = 0; w.mask && j <= w.mask; j++) {
+        const Word *e = &w.slots[j];
+        if (!e->len) continue;
+        PyObject *key = PyUnicode_DecodeASCII(w.arena + e->off, e->len, NULL);
+        if (!key) goto done;
+        PyObject *old = PyDict_GetItemWithError(counts, key);
+        PyObject *value = NULL;
+        if (old) {
+            PyObject *add = PyLong_FromLongLong(e->count);
+            if (add) value = PyNumber_Add(old, add);
+            Py_XDECREF(add);
+        } else if (!PyErr_Occurred()) {
+            value = PyLong_FromLongLong(e->count);
+        }
+        int rc = value ? PyDict_SetItem(counts, key, value) : -1;
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        if (rc < 0) goto done;
+    }
+    result = Py_NewRef(Py_None);
+    goto done;
+nomem:
+    PyErr_NoMemory();
+done:
+    free(buf);
+    free(w.slots);
+    free(w.arena);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"count_ascii", py_count_ascii, METH_VARARGS,
+     "count_ascii(text, clean_text, lowercase, counts): counts[word] += n for the words of ASCII text"},
     {"merges", py_merges, METH_VARARGS,
      "merges(symbols, offsets, counts, n_sym, vocab_size, threshold, likelihood, new_token, progress) -> n_merges"},
     {NULL, NULL, 0, NULL},

@@ -291,13 +291,46 @@ def count_words(texts: Iterable[str], normalizer: BertNormalizer | None, special
         texts = [texts]
     splitter = _special_splitter(special_tokens)
     counts: Counter = Counter()
-    for chunk in texts:
+    for chunk in _batches(texts, joinable=not any("\n" in t for t in special_tokens)):
         for special, part in split_specials(chunk, splitter):
-            if not special:
-                if normalizer is not None:
-                    part = normalizer.normalize(part)
+            if special:
+                continue
+            if _wordpiece_train is not None and part.isascii():
+                # the compiled helper normalizes (only these two steps change ASCII text) and counts
+                clean, lower = (normalizer.clean_text, normalizer.lowercase) if normalizer else (False, False)
+                _wordpiece_train.count_ascii(part, clean, lower, counts)
+                continue
+            if normalizer is not None:
+                part = normalizer.normalize(part)
+            if _wordpiece_train is not None and part.isascii():
+                _wordpiece_train.count_ascii(part, False, False, counts)
+            else:
                 counts.update(bert_pretokenize(part))
     return counts
+
+
+def _batches(texts: Iterable[str], joinable: bool, size: int = 1 << 18) -> Iterable[str]:
+    """The texts, short ones joined by newlines into chunks of about size characters, the
+    ASCII ones apart from the others (the normalizer has a fast path for ASCII text).
+
+    Every step of the normalizer works character by character and a newline always ends a
+    word, so a joined chunk gives the words of its parts; special tokens holding no newline
+    cannot match across one. Joining saves the per-call cost of many short lines."""
+    if not joinable:
+        yield from texts
+        return
+    bufs: dict = {True: [], False: []}
+    sizes = {True: 0, False: 0}
+    for text in texts:
+        key = text.isascii()
+        bufs[key].append(text)
+        sizes[key] += len(text) + 1
+        if sizes[key] >= size:
+            yield "\n".join(bufs[key])
+            bufs[key], sizes[key] = [], 0
+    for key in (True, False):
+        if bufs[key]:
+            yield "\n".join(bufs[key])
 
 
 class _Trainer:
