@@ -21,6 +21,7 @@ HELPERS = {
     "tokenizers_impl._spm_train": "sentencepiece-style training (Unigram and spm-bpe)",
     "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",
     "tokenizers_impl._spm": "sentencepiece models: normalization, Unigram and BPE segmentation",
+    "tokenizers_impl._wordpiece_train": "WordPiece training (merge loop and word count)",
 }
 # What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
 # 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level

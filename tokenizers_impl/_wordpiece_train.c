@@ -13,7 +13,8 @@
  * computes it: double(count) / (double(freq(a)) * double(freq(b))).
  *
  * Words come as one flat int32 array of symbol ids with int64 offsets and int64 counts.
- * new_token(a, b) -> id names the merged symbol (it may reuse an existing token);
+ * new_token(a, b) -> id names the merged symbol (it may reuse an existing token, never a
+ * or b: a merged token is longer than both);
  * progress(n_merges), if not None, is called every 64 merges and at the end.
  */
 #define PY_SSIZE_T_CLEAN
