@@ -16,6 +16,8 @@ and repeatedly merges the adjacent pair with the best score:
 Ties go to the higher pair count, then to the smaller (left id, right id). Initial ids
 are special tokens, then characters in code point order, then their `##` forms in
 code point order, so the same corpus gives the same vocab on every machine.
+The merge loop and the word count of ASCII text run in the compiled helper
+(_wordpiece_train.c) when it is built; the Python code here is the reference it matches.
 """
 import itertools
 import re
@@ -334,8 +336,9 @@ def _batches(texts: Iterable[str], joinable: bool, size: int = 1 << 18) -> Itera
 
 
 class _Trainer:
-    """Merge loop over the distinct words. Pair counts live in numpy arrays so each step
-    scores every pair at once; a merge rewrites only the words holding that pair."""
+    """Merge loop over the distinct words. run_python keeps pair counts in numpy arrays so
+    each step scores every pair at once; a merge rewrites only the words holding that
+    pair. The compiled loop keeps the pairs in a heap instead, with the same results."""
 
     def __init__(self, counts: Counter, specials: list, prefix: str):
         self.prefix = prefix
