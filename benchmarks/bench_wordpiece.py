@@ -78,8 +78,19 @@ def child(which: str, path: str, vocab_size: int, out: str) -> None:
         else:
             n = WordPiece.train(lines, vocab_size, scoring=which).vocab_size
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(out).write_text(json.dumps({"seconds": seconds, "peak_mib": peak, "vocab_size": n}))
+    Path(out).write_text(json.dumps({"seconds": seconds, "peak_mib": peak_mib(), "vocab_size": n}))
+
+
+def peak_mib() -> float:
+    """This process's peak RSS. ru_maxrss would carry over the parent's peak at fork (Linux
+    keeps it across exec); the kernel's VmHWM belongs to this program's own memory map."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(which: str, path: Path, vocab_size: int, tmp: str) -> dict:
