@@ -361,6 +361,10 @@ static PyObject *py_merges(PyObject *self, PyObject *args) {
     if (!t.sym || !t.start || !t.len || sym_reserve(&t, n_sym > vocab_size ? n_sym : vocab_size) < 0) goto nomem;
     memcpy(t.sym, bsym.buf, (size_t)n_total * sizeof(int32_t));
     for (Py_ssize_t w = 0; w < n_words; w++) {
+        if (off[w + 1] < off[w] || off[w + 1] - off[w] > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "offsets must not decrease");
+            goto done;
+        }
         t.start[w] = off[w];
         t.len[w] = (int32_t)(off[w + 1] - off[w]);
         const int32_t *s = t.sym + off[w];
