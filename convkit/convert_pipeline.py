@@ -62,7 +62,9 @@ def _hf_source(path: Path) -> Source:
         w.add_type("model")
         w.add_name(_model_name(ckpt))
         arch.write_hparams(w)
-        write_vocab(w, ckpt.directory, ckpt.config, reads_prefix_space=arch.reads_prefix_space)
+        write_vocab(w, ckpt.directory, ckpt.config, reads_prefix_space=arch.reads_prefix_space,
+                    sentencepiece=arch.sentencepiece_vocab)
+        arch.write_vocab_extras(w, ckpt.directory)
 
     hp = {"n_layer": arch.n_layer, "n_head": getattr(arch, "n_head", 1), "n_head_kv": getattr(arch, "n_head_kv", 1),
           "n_expert": arch.n_expert}

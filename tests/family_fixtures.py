@@ -2,7 +2,7 @@
 
 Each is a scaled-down config of the real model (hidden sizes multiples of 256 so every
 K-quant applies, seeded random weights, norms perturbed away from 1) with SmolLM2's
-byte-level BPE tokenizer, saved as float32 safetensors in the test cache; nothing here is
+byte-level BPE tokenizer (Gemma: a sentencepiece model trained here, see SPM_FAMILIES), saved as float32 safetensors in the test cache; nothing here is
 committed. A cached directory is reused while the config and transformers' version match.
 """
 import functools
@@ -12,11 +12,21 @@ import shutil
 
 from realdata import CACHE
 from smollm2_fixture import smollm2_checkpoint
+from spm_models import spm_model
 
 VOCAB = 49152  # SmolLM2's tokenizer
 COMMON = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
               bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+GEMMA_VOCAB = 2048  # spm_models' bpe_gemma
+# Gemma's scaled-down shape: a window of 32 (shorter than the tests' 96-token prompts), head_dim 64
+# with the query scale llama.cpp uses for it, weights drawn wider than transformers' default so
+# that the soft caps and the window change the logits by far more than the tolerance
+GEMMA = dict(vocab_size=GEMMA_VOCAB, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, max_position_embeddings=512,
+             rms_norm_eps=1e-6, sliding_window=32, initializer_range=0.1, bos_token_id=2, eos_token_id=1,
+             pad_token_id=0, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh")
 
 # name -> (config class, model class, config arguments, GGUF architecture)
 FAMILIES = {
@@ -47,6 +57,20 @@ FAMILIES = {
                  dict(COMMON, head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
                       norm_topk_prob=True, tie_word_embeddings=False,
                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), "qwen3moe"),
+    # soft-capped scores and logits, every other layer sliding, four norms per layer, (1 + w) norms
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(GEMMA, num_hidden_layers=4, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), "gemma2"),
+}
+
+# families whose tokenizer is a sentencepiece model (spm_models variant) with Gemma's
+# tokenizer_config.json, in place of SmolLM2's tokenizer.json
+SPM_FAMILIES = {"gemma2": "bpe_gemma"}
+GEMMA_TOKENIZER_CONFIG = {
+    "add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
+    "pad_token": "<pad>", "unk_token": "<unk>",
+    "added_tokens_decoder": {str(i): {"content": t, "special": True} for i, t in enumerate(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"])},
 }
 
 
@@ -54,7 +78,8 @@ def _key(name) -> str:
     import transformers
 
     config_cls, model_cls, kwargs, _ = FAMILIES[name]
-    text = json.dumps([config_cls, model_cls, kwargs, transformers.__version__], sort_keys=True)
+    text = json.dumps([config_cls, model_cls, kwargs, transformers.__version__, SPM_FAMILIES.get(name)],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -85,8 +110,12 @@ def family_checkpoint(name):
         if part.exists():
             shutil.rmtree(part)
         model.save_pretrained(part)
-        for file in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(smollm2_checkpoint() / file, part / file)
+        if name in SPM_FAMILIES:
+            shutil.copy(spm_model(SPM_FAMILIES[name]), part / "tokenizer.model")
+            (part / "tokenizer_config.json").write_text(json.dumps(GEMMA_TOKENIZER_CONFIG, indent=1))
+        else:
+            for file in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(smollm2_checkpoint() / file, part / file)
         (part / ".complete").touch()
         part.rename(target)
     return target, model

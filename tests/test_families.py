@@ -22,7 +22,7 @@ from gguf import LlamaFileType
 import gguf_lite
 from convkit.cli import main
 from convkit.runtime import load_model
-from family_fixtures import FAMILIES, VOCAB, family_checkpoint
+from family_fixtures import FAMILIES, family_checkpoint
 from realdata import llama_cpp_converter_command
 from test_mixes import _quiet_llama
 
@@ -110,7 +110,7 @@ def test_q4_k_m_equals_llama_quantize(family, tmp_path, capsys):
 def test_runtime_equals_transformers(family, tmp_path, capsys):
     """From the directory and from our float32 GGUF (the structure read back from its metadata)."""
     name, directory, model = family
-    ids = torch.randint(0, VOCAB, (2, 96), generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(0, model.config.vocab_size, (2, 96), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = model(ids).logits
     assert (load_model(directory)(ids) - expected).abs().max().item() <= TOL
@@ -177,3 +177,54 @@ def test_bad_experts_are_one_line(change, needle, command, tmp_path, capsys):
     assert exit_.value.code == 2, err
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not target.exists()
+
+
+# ------------------------------------------------------------------ sliding windows
+SLIDING = [n for n, (_, _, kwargs, _) in FAMILIES.items() if kwargs.get("sliding_window")]
+
+
+def _stepwise_logits(net, ids, prefix):
+    """Logits of `ids` [1, T]: the first `prefix` positions at once, then one token at a time
+    through the KV cache (as generate runs)."""
+    cache = net.new_cache(1, ids.shape[1])
+    out = [net(ids[:, :prefix], cache)]
+    out += [net(ids[:, t:t + 1], cache) for t in range(prefix, ids.shape[1])]
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("name", SLIDING)
+def test_sliding_window_with_cache_equals_transformers(name):
+    """Past the window, prompt and decoding steps alike (a prompt longer than the window,
+    then steps; and a prompt shorter than it): local layers see only the last `window`."""
+    directory, model = family_checkpoint(name)
+    ids = torch.randint(0, model.config.vocab_size, (1, 96), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(ids).logits
+    net = load_model(directory)
+    assert net.config.sliding_window < 96
+    for prefix in (40, 8):
+        assert (_stepwise_logits(net, ids, prefix) - expected).abs().max().item() <= TOL
+
+
+def test_mistral_beyond_its_window_equals_transformers(tmp_path):
+    """Mistral slides in every layer: a 96-token prompt over a 32-token window, at once and
+    step by step through the cache."""
+    import transformers
+
+    torch.manual_seed(3)
+    config = transformers.MistralConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                        sliding_window=32, initializer_range=0.1, tie_word_embeddings=False)
+    model = transformers.MistralForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "mistral")
+    ids = torch.randint(0, 512, (2, 96), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = model(ids).logits
+        unwindowed = transformers.MistralForCausalLM(
+            transformers.MistralConfig(**{**config.to_dict(), "sliding_window": None}))
+        unwindowed.load_state_dict(model.state_dict())
+        far = (unwindowed.eval()(ids).logits - expected).abs().max().item()
+    assert far > 100 * TOL  # the window changes the logits: the comparison below can fail
+    net = load_model(tmp_path / "mistral")
+    assert (net(ids) - expected).abs().max().item() <= TOL
+    assert (_stepwise_logits(net, ids[:1], 40) - expected[:1]).abs().max().item() <= TOL

@@ -246,6 +246,14 @@ class _VocabKeys:
         return (lambda value: self.values.__setitem__(key, value)) if key else (lambda *args, **kw: None)
 
 
+def _architecture_class(config: dict):
+    from convkit.arch import REGISTRY
+
+    names = config.get("architectures")
+    return next((REGISTRY[n] for n in names if isinstance(n, str) and n in REGISTRY), None) \
+        if isinstance(names, list) else None
+
+
 def hf_spm_tokenizer(path: Path) -> Tokenizer:
     """An HF directory with a sentencepiece tokenizer.model: the vocabulary our converter
     writes for it (as llama.cpp's llama converter does: tokenizer.model first, added tokens
@@ -257,7 +265,12 @@ def hf_spm_tokenizer(path: Path) -> Tokenizer:
 
     keys = _VocabKeys()
     config = _json_object(path / "config.json")
-    write_vocab(keys, path, config, reads_prefix_space=True)
+    cls = _architecture_class(config)
+    if cls is not None and cls.sentencepiece_vocab:  # Gemma: as its converter writes the vocabulary
+        write_vocab(keys, path, config, sentencepiece=cls.sentencepiece_vocab)
+        cls.write_vocab_extras(keys, path)
+    else:
+        write_vocab(keys, path, config, reads_prefix_space=True)
     # general.name as the converter writes it (llama.cpp sets Phi-3's token attributes by name)
     keys.values["general.name"] = str(config.get("_name_or_path") or path.resolve().name).rstrip("/").split("/")[-1]
     return _spm_tokenizer(path / "tokenizer.model", lambda key, default=None: keys.values.get(key, default))
