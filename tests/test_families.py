@@ -228,3 +228,49 @@ def test_mistral_beyond_its_window_equals_transformers(tmp_path):
     net = load_model(tmp_path / "mistral")
     assert (net(ids) - expected).abs().max().item() <= TOL
     assert (_stepwise_logits(net, ids[:1], 40) - expected[:1]).abs().max().item() <= TOL
+
+
+# ------------------------------------------------------------------ Gemma's sentencepiece families
+GEMMA = [n for n in FAMILIES if FAMILIES[n][3].startswith("gemma")]
+
+
+@pytest.mark.parametrize("ftype", ["q3_k_m", "q2_k"])
+@pytest.mark.parametrize("name", GEMMA)
+def test_gemma_low_bit_mixes_equal_llama_quantize(name, ftype, tmp_path, capsys):
+    """The Q3_K_M and Q2_K mixes too (tied embedding, attn_v/ffn_down upgrades) on llama.cpp's f32 file."""
+    directory, _ = family_checkpoint(name)
+    theirs_f32 = peer_convert(directory, "f32", tmp_path / "theirs-f32.gguf")
+    ftype_id = {"q3_k_m": LlamaFileType.MOSTLY_Q3_K_M, "q2_k": LlamaFileType.MOSTLY_Q2_K}[ftype]
+    (_, peer) = gguf_lite.read(llama_quantize_file(theirs_f32, tmp_path / "theirs.gguf", ftype_id))
+    ours = tmp_path / "ours.gguf"
+    our_command(["quantize", str(theirs_f32), "--type", ftype, "-o", str(ours)], capsys)
+    (_, mine) = gguf_lite.read(ours)
+    assert {n: t[0] for n, t in mine.items()} == {n: t[0] for n, t in peer.items()}
+    for tensor, (_, _, data) in peer.items():
+        assert np.array_equal(mine[tensor][2], data), tensor
+
+
+@pytest.mark.parametrize("name", GEMMA)
+def test_gemma_commands_run_on_a_quantized_file(name, tmp_path, capsys):
+    """perplexity (chunks longer than the window, both numerics), generate (past the window
+    through the cache) and drift, on a Q4_K_M file of the family."""
+    import json
+
+    directory, _ = family_checkpoint(name)
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 60)
+    target = tmp_path / "q4_k_m.gguf"
+    our_command(["quantize", str(directory), "--type", "q4_k_m", "-o", str(target)], capsys)
+    capsys.readouterr()
+    for numerics in ("fp", "ggml"):
+        our_command(["perplexity", str(target), "--text", str(text), "--ctx", "128", "--numerics", numerics,
+                     "--json"], capsys)
+        result = json.loads(capsys.readouterr().out)
+        assert np.isfinite(result["ppl"]) and result["ppl"] > 1, result
+    our_command(["generate", str(target), "--prompt", "<start_of_turn>user\nThe fox", "--max-tokens", "48",
+                 "--json"], capsys)
+    assert json.loads(capsys.readouterr().out)["n_tokens"] == 48
+    our_command(["drift", str(directory), "--types", "q8_0", "--text", str(text), "--ctx", "128",
+                 "--cache", str(tmp_path / "drift"), "--json"], capsys)
+    (row,) = json.loads(capsys.readouterr().out)["types"]
+    assert row["type"] == "q8_0" and 0 <= row["kld"] < 0.01, row
