@@ -61,11 +61,17 @@ FAMILIES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                dict(GEMMA, num_hidden_layers=4, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), "gemma2"),
+    # QK-norm per head, five local layers to one global, the global RoPE scaled (linear) and the
+    # local layers' own base
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(GEMMA, num_hidden_layers=7,
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), "gemma3"),
 }
 
 # families whose tokenizer is a sentencepiece model (spm_models variant) with Gemma's
 # tokenizer_config.json, in place of SmolLM2's tokenizer.json
-SPM_FAMILIES = {"gemma2": "bpe_gemma"}
+SPM_FAMILIES = {"gemma2": "bpe_gemma", "gemma3": "bpe_gemma"}
 GEMMA_TOKENIZER_CONFIG = {
     "add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
     "pad_token": "<pad>", "unk_token": "<unk>",

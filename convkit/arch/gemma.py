@@ -16,7 +16,7 @@ from convkit.errors import ConvkitError
 from convkit.hf_config import ConfigFields, read_rope, shown
 
 from .base import register
-from .llama import Llama
+from .llama import Llama, write_rope
 from .structure import Structure
 
 GELU_TANH = ("gelu_pytorch_tanh",)  # transformers' name of GELU with the tanh approximation
@@ -133,3 +133,70 @@ class Gemma2(_Gemma):
         w.add_attn_logit_softcapping(self.attn_softcap)
         w.add_final_logit_softcapping(self.final_softcap)
         w.add_sliding_window(self.sliding_window)
+
+
+ROPE_KINDS_KEYS = ("full_attention", "sliding_attention")
+
+
+@register("Gemma3ForCausalLM")
+class Gemma3(_Gemma):
+    gguf_arch = gguf.MODEL_ARCH.GEMMA3
+    structure = Structure(sandwich_norms=True, qk_norm="head", activation="gelu_tanh", swa_pattern=6)
+    rope_kinds = ("default", "linear")  # of the global layers; the local ones are unscaled, as in llama.cpp
+    large_layers = 62  # Gemma 3 27B
+    neutral_keys = {**_Gemma.neutral_keys, "attn_logit_softcapping": (), "sliding_window_pattern": (6, 1)}
+
+    def read_hparams(self, f):
+        raw = dict(f.raw)
+        params = raw.get("rope_parameters")
+        self.swa_theta_given = None
+        if isinstance(params, dict) and any(k in params for k in ROPE_KINDS_KEYS):
+            # transformers 5: one RoPE setting per kind of layer
+            other = sorted(set(params) - set(ROPE_KINDS_KEYS))
+            if other or raw.get("rope_scaling"):
+                raise ConvkitError(f"{f.path}: rope_parameters mixes per-layer-kind settings with "
+                                   f"{', '.join(other) or 'a rope_scaling'}; the config is not understood")
+            local = params.get("sliding_attention") or {}
+            local_rope = read_rope(ConfigFields({"rope_parameters": local}, f"{f.path}: rope_parameters.sliding_attention"),
+                                   supported=("default",), arch_name=f"{self.hf_name}'s sliding layers")
+            if "rope_theta" in local:
+                self.swa_theta_given = local_rope.theta
+            raw["rope_parameters"] = dict(params.get("full_attention") or {})
+            raw.pop("rope_theta", None)
+            raw["rope_parameters"].setdefault("rope_theta", f.raw.get("rope_theta", 1000000.0))
+        else:  # transformers 4: rope_theta and rope_scaling for the global layers, rope_local_base_freq
+            if f.has("rope_local_base_freq"):
+                self.swa_theta_given = f.float("rope_local_base_freq")
+            if not f.has("rope_theta") and not (isinstance(params, dict) and "rope_theta" in params):
+                raw["rope_theta"] = 1000000.0  # transformers' and llama.cpp's default for the global layers
+        super().read_hparams(ConfigFields(raw, f.path))
+        self.swa_theta = self.swa_theta_given if self.swa_theta_given is not None else 10000.0
+        self.final_softcap = f.float("final_logit_softcapping") if f.raw.get("final_logit_softcapping") else None
+
+    def read_sliding_window(self, f):
+        if f.raw.get("sliding_window_pattern", 6) == 1:  # every layer global: llama.cpp writes no window
+            if any(t != "full_attention" for t in f.raw.get("layer_types") or []):
+                raise ConvkitError(f"{self.path}: sliding_window_pattern = 1 but layer_types has sliding layers; "
+                                   "the config contradicts itself")
+            return None
+        return super().read_sliding_window(f)
+
+    def scales(self):
+        return {**super().scales(), "final_softcap": self.final_softcap, "swa_rope_theta": self.swa_theta}
+
+    @classmethod
+    def gguf_scales(cls, key):
+        window = key("attention.sliding_window") or None
+        return {**super().gguf_scales(key), "final_softcap": key("final_logit_softcapping") or None,
+                "sliding_window": int(window) if window else None,
+                "swa_rope_theta": key("rope.freq_base_swa", 10000.0)}
+
+    def write_hparams(self, w):
+        self.write_common(w)
+        write_rope(w, self.rope)
+        if self.swa_theta_given is not None:
+            w.add_rope_freq_base_swa(self.swa_theta_given)
+        if self.final_softcap:
+            w.add_final_logit_softcapping(self.final_softcap)
+        if self.sliding_window is not None:
+            w.add_sliding_window(self.sliding_window)
