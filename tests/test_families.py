@@ -274,3 +274,75 @@ def test_gemma_commands_run_on_a_quantized_file(name, tmp_path, capsys):
                  "--cache", str(tmp_path / "drift"), "--json"], capsys)
     (row,) = json.loads(capsys.readouterr().out)["types"]
     assert row["type"] == "q8_0" and 0 <= row["kld"] < 0.01, row
+
+
+def test_gemma3_transformers4_layout(tmp_path, capsys):
+    """Gemma 3's config as transformers 4 wrote it (rope_theta, rope_scaling and
+    rope_local_base_freq at the top level, sliding_window_pattern for layer_types): the same
+    GGUF as llama.cpp's converter, and transformers' logits from the directory."""
+    import json
+    import shutil
+
+    import transformers
+
+    directory, model = family_checkpoint("gemma3")
+    old = tmp_path / "gemma3-t4"
+    shutil.copytree(directory, old)
+    config = json.loads((old / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    for key in ("layer_types", "_sliding_window_pattern"):
+        config.pop(key, None)
+    full = dict(rope["full_attention"])
+    config.update(rope_theta=full.pop("rope_theta"), rope_local_base_freq=rope["sliding_attention"]["rope_theta"],
+                  rope_scaling=full, sliding_window_pattern=6)
+    (old / "config.json").write_text(json.dumps(config))
+    theirs = peer_convert(old, "f16", tmp_path / "theirs.gguf")
+    ours = tmp_path / "ours.gguf"
+    our_command(["convert", str(old), "--outtype", "f16", "-o", str(ours)], capsys)
+    assert assert_same_gguf(ours, theirs)["gemma3.rope.scaling.factor"] == 8.0
+    reloaded = transformers.Gemma3ForCausalLM.from_pretrained(old, dtype=torch.float32).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 96), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = reloaded(ids).logits
+        assert (model(ids).logits - expected).abs().max().item() == 0  # transformers reads both alike
+    assert (load_model(old)(ids) - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name,change,needle", [
+    ("gemma2", {"query_pre_attn_scalar": 256}, "query_pre_attn_scalar"),
+    ("gemma2", {"layer_types": ["full_attention"] * 4}, "layer_types"),
+    ("gemma2", {"attn_logit_softcapping": None}, "attn_logit_softcapping"),
+    ("gemma2", {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}}, "rope_theta"),
+    ("gemma2", {"hidden_activation": "gelu"}, "hidden_activation"),
+    ("gemma2", {"tokenizer.model": None}, "tokenizer.model"),
+    ("gemma3", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ("gemma3", {"sliding_window_pattern": 4}, "sliding_window_pattern"),
+    ("gemma3", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "linear", "factor": 2.0}}}, "sliding"),
+    ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+])
+def test_gemma_configs_llama_cpp_cannot_run_are_refused(name, change, needle, tmp_path, capsys):
+    """What llama.cpp's Gemma files cannot express (its fixed window pattern and query scale,
+    no RoPE base for Gemma 2, no attention cap for Gemma 3) or what the runtime does not do:
+    one line, exit 2, nothing written."""
+    import json
+    import shutil
+
+    directory = tmp_path / name
+    shutil.copytree(family_checkpoint(name)[0], directory)
+    config = json.loads((directory / "config.json").read_text())
+    for key, value in change.items():
+        if key == "tokenizer.model":
+            (directory / key).unlink()
+        elif value is None:
+            config[key] = None
+        else:
+            config[key] = value
+    (directory / "config.json").write_text(json.dumps(config))
+    target = tmp_path / "out.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(directory), "-o", str(target), "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not target.exists()
