@@ -206,26 +206,36 @@ def test_sliding_window_with_cache_equals_transformers(name):
         assert (_stepwise_logits(net, ids, prefix) - expected).abs().max().item() <= TOL
 
 
-def test_mistral_beyond_its_window_equals_transformers(tmp_path):
-    """Mistral slides in every layer: a 96-token prompt over a 32-token window, at once and
-    step by step through the cache."""
+@pytest.mark.parametrize("family,extra", [
+    ("Mistral", {}),  # every layer slides
+    ("Qwen2", {"use_sliding_window": True, "max_window_layers": 1}),  # layers from index 1 on slide
+])
+def test_windows_beyond_them_equal_transformers(family, extra, tmp_path):
+    """Mistral's and Qwen2's windows from config.json: a 96-token prompt over a 32-token
+    window, at once and step by step through the cache."""
     import transformers
 
     torch.manual_seed(3)
-    config = transformers.MistralConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                        sliding_window=32, initializer_range=0.1, tie_word_embeddings=False)
-    model = transformers.MistralForCausalLM(config).eval()
-    model.save_pretrained(tmp_path / "mistral")
+    config_cls, model_cls = getattr(transformers, f"{family}Config"), getattr(transformers, f"{family}ForCausalLM")
+    kwargs = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1,
+                  tie_word_embeddings=False, **extra)
+    import json
+
+    model_cls(config_cls(**kwargs, sliding_window=32)).save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"  # as transformers 4 saved it: no layer_types
+    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items()
+                                       if k != "layer_types"}))
+    model = model_cls.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
     ids = torch.randint(0, 512, (2, 96), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         expected = model(ids).logits
-        unwindowed = transformers.MistralForCausalLM(
-            transformers.MistralConfig(**{**config.to_dict(), "sliding_window": None}))
+        unwindowed = model_cls(config_cls(**{**kwargs, "use_sliding_window": False}, sliding_window=None))
         unwindowed.load_state_dict(model.state_dict())
         far = (unwindowed.eval()(ids).logits - expected).abs().max().item()
     assert far > 100 * TOL  # the window changes the logits: the comparison below can fail
-    net = load_model(tmp_path / "mistral")
+    net = load_model(tmp_path / "model")
+    assert net.config.sliding_window == 32
     assert (net(ids) - expected).abs().max().item() <= TOL
     assert (_stepwise_logits(net, ids[:1], 40) - expected[:1]).abs().max().item() <= TOL
 
