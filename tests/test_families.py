@@ -356,3 +356,24 @@ def test_gemma_configs_llama_cpp_cannot_run_are_refused(name, change, needle, tm
     assert exit_.value.code == 2 and needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not target.exists()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", GEMMA)
+def test_gemma_half_checkpoint_equals_llama_cpp_converter(name, dtype, tmp_path, capsys):
+    """bfloat16 and float16 checkpoints: llama.cpp's converter widens bfloat16 to float32
+    before it adds the norms' 1 but adds it to float16 as float16 (the sum rounded), and so
+    must we."""
+    import shutil
+
+    directory, model = family_checkpoint(name)
+    bf16 = tmp_path / f"{name}-{dtype}"
+    model.to(getattr(torch, dtype)).save_pretrained(bf16)
+    model.to(torch.float32)
+    for file in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(directory / file, bf16 / file)
+    for outtype in ("f32", "bf16"):
+        theirs = peer_convert(bf16, outtype, tmp_path / f"theirs-{outtype}.gguf")
+        ours = tmp_path / f"ours-{outtype}.gguf"
+        our_command(["convert", str(bf16), "--outtype", outtype, "-o", str(ours)], capsys)
+        assert_same_gguf(ours, theirs)

@@ -27,20 +27,15 @@ def register(*hf_names):
     return wrap
 
 
-_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-
-
 def shifted(ckpt, hf: str, shift: float) -> np.ndarray:
-    """values + shift as float32, the sum rounded to the checkpoint's own dtype first, as
-    llama.cpp's converter adds to the tensor as loaded (a bfloat16 norm becomes bf16(1 + w))."""
-    import torch
+    """values + shift as float32, as llama.cpp's converter adds it: to the tensor as it
+    loads it, float16 kept as float16 (the sum rounded to float16), anything else widened to
+    float32 first."""
+    if ckpt.tensors[hf].dtype == "F16":
+        import torch
 
-    entry = ckpt.tensors[hf]
-    dtype = _TORCH_DTYPES.get(entry.dtype)
-    if dtype is None:
-        return ckpt.read(hf) + np.float32(shift)
-    values = torch.from_numpy(ckpt.read_raw(hf).copy()).view(getattr(torch, dtype))
-    return (values + shift).float().numpy()
+        return (torch.from_numpy(ckpt.read_raw(hf).copy()) + shift).float().numpy()
+    return ckpt.read(hf) + np.float32(shift)
 
 
 class Architecture:
