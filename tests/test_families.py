@@ -377,3 +377,23 @@ def test_gemma_half_checkpoint_equals_llama_cpp_converter(name, dtype, tmp_path,
         ours = tmp_path / f"ours-{outtype}.gguf"
         our_command(["convert", str(bf16), "--outtype", outtype, "-o", str(ours)], capsys)
         assert_same_gguf(ours, theirs)
+
+
+@pytest.mark.parametrize("name", GEMMA)
+def test_gemma_tokenizer_equals_llama_cpp(name, tmp_path, capsys):
+    """The runtime's ids for the directory and for our GGUF equal llama.cpp's on our GGUF
+    (turn markers parsed as special tokens, no space prefix, byte fallback)."""
+    from convkit.runtime.tokenizer import load_tokenizer
+
+    directory, _ = family_checkpoint(name)
+    target = tmp_path / "f16.gguf"
+    our_command(["convert", str(directory), "--outtype", "f16", "-o", str(target)], capsys)
+    text = "<start_of_turn>user\nHello  world, x = 12345 café — 日本<end_of_turn>\n<start_of_turn>model\n"
+    llm = llama_cpp.Llama(model_path=str(target), vocab_only=True, verbose=False)
+    try:
+        expected = llm.tokenize(text.encode(), add_bos=True, special=True)
+    finally:
+        llm.close()
+    assert expected[:2] == [2, 4]  # <bos> <start_of_turn>
+    assert load_tokenizer(directory).encode(text) == expected
+    assert load_tokenizer(target).encode(text) == expected
