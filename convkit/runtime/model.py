@@ -20,6 +20,7 @@ Weights come as a mapping from GGUF tensor names (`token_embd.weight`,
 matrix product goes through `QuantLinear`, so a layer's weight is dequantized only when
 the forward pass reaches it (see linear.py for the numerics hook).
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -349,8 +350,8 @@ class Model(torch.nn.Module):
         self.rope_scale = rope_attention_factor(config)
         self.inv_freq_local = None  # Gemma 3's sliding layers: their own base, no scaling
         if config.uses_rope and config.swa_rope_theta is not None:
-            local = ModelConfig(**{**config.__dict__, "rope_theta": config.swa_rope_theta, "rope_scaling": None})
-            self.inv_freq_local = rope_inv_freq(local)
+            self.inv_freq_local = rope_inv_freq(dataclasses.replace(config, rope_theta=config.swa_rope_theta,
+                                                                    rope_scaling=None))
 
     # ------------------------------------------------------------------ setup
     def set_numerics(self, numerics: Numerics) -> None:
