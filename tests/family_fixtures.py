@@ -2,8 +2,8 @@
 
 Each is a scaled-down config of the real model (hidden sizes multiples of 256 so every
 K-quant applies, seeded random weights, norms perturbed away from 1) with SmolLM2's
-byte-level BPE tokenizer (Gemma: a sentencepiece model trained here, see SPM_FAMILIES), saved as float32 safetensors in the test cache; nothing here is
-committed. A cached directory is reused while the config and transformers' version match.
+byte-level BPE tokenizer (Gemma: a sentencepiece model trained here, see SPM_FAMILIES),
+saved as float32 safetensors in the test cache; nothing here is committed. A cached directory is reused while the config and transformers' version match.
 """
 import functools
 import hashlib

@@ -157,8 +157,9 @@ class Gemma3(_Gemma):
                 raise ConvkitError(f"{f.path}: rope_parameters mixes per-layer-kind settings with "
                                    f"{', '.join(other) or 'a rope_scaling'}; the config is not understood")
             local = params.get("sliding_attention") or {}
-            local_rope = read_rope(ConfigFields({"rope_parameters": local}, f"{f.path}: rope_parameters.sliding_attention"),
-                                   supported=("default",), arch_name=f"{self.hf_name}'s sliding layers")
+            where = f"{f.path}: rope_parameters.sliding_attention"
+            local_rope = read_rope(ConfigFields({"rope_parameters": local}, where), supported=("default",),
+                                   arch_name=f"{self.hf_name}'s sliding layers")
             if "rope_theta" in local:
                 self.swa_theta_given = local_rope.theta
             raw["rope_parameters"] = dict(params.get("full_attention") or {})
