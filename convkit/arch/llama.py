@@ -85,13 +85,13 @@ class Llama(Architecture):
     def read_sliding_window(self, f: ConfigFields):
         """Mistral attends to the last `sliding_window` positions only, in every layer; the
         families that slide in some layers set `swa_layers` from layer_types."""
-        if not self.slides:
-            return None
         layer_types = f.raw.get("layer_types")
         if layer_types is not None and (not isinstance(layer_types, list) or any(
                 t not in ("full_attention", "sliding_attention") for t in layer_types)):
             raise ConvkitError(f"{self.path}: layer_types {shown(layer_types)} is not understood; "
                                "expected a list of full_attention / sliding_attention")
+        if not self.slides:
+            return None
         if layer_types is not None and "sliding_attention" not in layer_types:
             return None
         return f.int("sliding_window", hi=MAX_TOKENS) if f.has("sliding_window") else None
