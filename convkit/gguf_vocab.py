@@ -43,11 +43,20 @@ FINGERPRINTS = {
 }
 
 
-def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_space: bool = False) -> None:
+def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_space: bool = False,
+                sentencepiece: str | None = None) -> None:
     """The tokenizer's metadata. `reads_prefix_space`: write tokenizer_config.json's
-    add_prefix_space as add_space_prefix (llama.cpp's llama converter does; others do not)."""
+    add_prefix_space as add_space_prefix (llama.cpp's llama converter does; others do not).
+    `sentencepiece`: "first" reads tokenizer.model before tokenizer.json, "required" reads
+    only tokenizer.model (llama.cpp's Gemma converters), None tokenizer.json first."""
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
+    if sentencepiece == "required" and not (directory / "tokenizer.model").is_file():
+        raise ConvkitError(f"{directory}: no tokenizer.model; this architecture's GGUF vocabulary is its "
+                           "sentencepiece model, copy it from the model's source")
+    if sentencepiece and (directory / "tokenizer.model").is_file():
+        write_sentencepiece(w, directory / "tokenizer.model", directory, config)
+        return
     if reads_prefix_space and (directory / "tokenizer.model").is_file():
         # llama.cpp's llama converter tries the sentencepiece model first (and copies
         # tokenizer_config's add_prefix_space before it)

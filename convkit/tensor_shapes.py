@@ -12,9 +12,11 @@ n_ctx (rows of the learned positions); `tied` says whether output.weight may be 
 from convkit.errors import ConvkitError
 
 
-def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_norms: bool = False) -> dict:
+def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_norms: bool = False,
+           sandwich_norms: bool = False) -> dict:
     """Llama and its kin; `qk_norm` "head" or "all" adds q/k norms of one head or of all heads,
-    `post_norms` puts OLMo 2's norms after the sublayers in place of llama's before them."""
+    `post_norms` puts OLMo 2's norms after the sublayers in place of llama's before them,
+    `sandwich_norms` has both (Gemma 2/3)."""
     h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
     q, kv = hp["n_head"] * hp["head_dim"], hp["n_head_kv"] * hp["head_dim"]
     out = {"token_embd.weight": ((vocab, h), True), "output_norm.weight": ((h,), True),
@@ -37,6 +39,8 @@ def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_nor
             out.update({p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
                         p + "ffn_down.weight": ((h, ff), True)})
         norms = ("post_attention_norm", "post_ffw_norm") if post_norms else ("attn_norm", "ffn_norm")
+        if sandwich_norms:
+            norms += ("post_attention_norm", "post_ffw_norm")
         out.update({f"{p}{n}.weight": ((h,), True) for n in norms})
         if qk_norm is not None:
             out[p + "attn_q_norm.weight"] = ((hp["head_dim"] if qk_norm == "head" else q,), True)
@@ -107,7 +111,8 @@ def _bert(hp: dict) -> dict:
 
 
 # an architecture's `tensor_table` names its table; "decoder" reads the rest from its structure
-TABLES = {"decoder": lambda hp, cls: _llama(hp, cls.qkv_bias_required, cls.structure.qk_norm, cls.structure.post_norms),
+TABLES = {"decoder": lambda hp, cls: _llama(hp, cls.qkv_bias_required, cls.structure.qk_norm, cls.structure.post_norms,
+                                            cls.structure.sandwich_norms),
           "phi3": lambda hp, cls: _phi3(hp), "gpt2": lambda hp, cls: _gpt2(hp), "bert": lambda hp, cls: _bert(hp)}
 
 

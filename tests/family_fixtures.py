@@ -2,8 +2,8 @@
 
 Each is a scaled-down config of the real model (hidden sizes multiples of 256 so every
 K-quant applies, seeded random weights, norms perturbed away from 1) with SmolLM2's
-byte-level BPE tokenizer, saved as float32 safetensors in the test cache; nothing here is
-committed. A cached directory is reused while the config and transformers' version match.
+byte-level BPE tokenizer (Gemma: a sentencepiece model trained here, see SPM_FAMILIES),
+saved as float32 safetensors in the test cache; nothing here is committed. A cached directory is reused while the config and transformers' version match.
 """
 import functools
 import hashlib
@@ -12,11 +12,21 @@ import shutil
 
 from realdata import CACHE
 from smollm2_fixture import smollm2_checkpoint
+from spm_models import spm_model
 
 VOCAB = 49152  # SmolLM2's tokenizer
 COMMON = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
               bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+GEMMA_VOCAB = 2048  # spm_models' bpe_gemma
+# Gemma's scaled-down shape: a window of 32 (shorter than the tests' 96-token prompts), head_dim 64
+# with the query scale llama.cpp uses for it, weights drawn wider than transformers' default so
+# that the soft caps and the window change the logits by far more than the tolerance
+GEMMA = dict(vocab_size=GEMMA_VOCAB, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, max_position_embeddings=512,
+             rms_norm_eps=1e-6, sliding_window=32, initializer_range=0.1, bos_token_id=2, eos_token_id=1,
+             pad_token_id=0, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh")
 
 # name -> (config class, model class, config arguments, GGUF architecture)
 FAMILIES = {
@@ -47,6 +57,24 @@ FAMILIES = {
                  dict(COMMON, head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
                       norm_topk_prob=True, tie_word_embeddings=False,
                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), "qwen3moe"),
+    # soft-capped scores and logits, every other layer sliding, four norms per layer, (1 + w) norms
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(GEMMA, num_hidden_layers=4, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), "gemma2"),
+    # QK-norm per head, five local layers to one global, the global RoPE scaled (linear) and the
+    # local layers' own base
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(GEMMA, num_hidden_layers=7,
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), "gemma3"),
+}
+
+# Gemma's tokenizer: a sentencepiece model (spm_models' bpe_gemma) with Gemma's tokenizer_config.json
+GEMMA_TOKENIZER_CONFIG = {
+    "add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
+    "pad_token": "<pad>", "unk_token": "<unk>",
+    "added_tokens_decoder": {str(i): {"content": t, "special": True} for i, t in enumerate(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"])},
 }
 
 # Phi-3 (Phi-3-mini-128k's kind): fused qkv and gate_up, LongRoPE with a pretraining context
@@ -82,7 +110,6 @@ def _phi3_tokenizer(target):
     as Phi-3's repository carries them."""
     import transformers
 
-    from spm_models import spm_model
 
     shutil.copy(spm_model("bpe_llama"), target / "tokenizer.model")
     tok = transformers.LlamaTokenizer.from_pretrained(str(target), eos_token="<|endoftext|>",
@@ -100,7 +127,12 @@ def _phi3_tokenizer(target):
     (target / "added_tokens.json").write_text(json.dumps({t["content"]: t["id"] for t in added if t["id"] >= 1200}))
 
 
-TOKENIZERS = {"phi3": _phi3_tokenizer}  # others: SmolLM2's byte-level BPE
+def _gemma_tokenizer(target):
+    shutil.copy(spm_model("bpe_gemma"), target / "tokenizer.model")
+    (target / "tokenizer_config.json").write_text(json.dumps(GEMMA_TOKENIZER_CONFIG, indent=1))
+
+
+TOKENIZERS = {"phi3": _phi3_tokenizer, "gemma2": _gemma_tokenizer, "gemma3": _gemma_tokenizer}  # others: SmolLM2's
 
 
 def _key(name) -> str:

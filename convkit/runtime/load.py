@@ -238,7 +238,7 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
         scaling = gguf_longrope(info, arch, key, shapes, path)
     eos = [info.get("tokenizer.ggml.eos_token_id"), info.get("tokenizer.ggml.eot_token_id")]
     scales = cls.gguf_scales(lambda name, default=None: info.get(f"{arch}.{name}", default))
-    scales = {field: _f32_value(value) for field, value in scales.items()}
+    scales = {field: _f32_value(value) if isinstance(value, float) else value for field, value in scales.items()}
     return ModelConfig(
         arch=arch,
         structure=structure,
@@ -402,6 +402,9 @@ def read_hf(path: Path, dtype, device):
         if tensor.dim() >= 2:  # experts [n_expert, rows, cols]: their rows one after another, as in a GGUF
             weights[target] = _matrix(tensor.reshape(-1, tensor.shape[-1]), _FLOAT_QTYPES[tensor.dtype], device)
         else:
+            shift = arch.norm_shift(name) if isinstance(name, str) else 0.0
+            if shift:  # Gemma's 1 + w, in float32 as transformers computes it
+                tensor = tensor.float() + shift
             weights[target] = tensor.to(device, dtype)
     if "output.weight" in weights and config.tie_embeddings:
         config.tie_embeddings = False  # a stored head wins
