@@ -180,7 +180,8 @@ def test_bad_experts_are_one_line(change, needle, command, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ sliding windows
-SLIDING = [n for n, (_, _, kwargs, _) in FAMILIES.items() if kwargs.get("sliding_window")]
+# families whose window is shorter than the test prompts (Phi-3's fixture slides over its whole context)
+SLIDING = [n for n, (_, _, kwargs, _) in FAMILIES.items() if (kwargs.get("sliding_window") or 96) < 96]
 
 
 def _stepwise_logits(net, ids, prefix):
