@@ -41,3 +41,55 @@ def test_low_bit_mix_equals_llama_quantize(family_f32, qtype, tmp_path, capsys):
     for tensor, (_, shape, data) in peer.items():
         assert mine[tensor][1] == shape, tensor
         assert np.array_equal(mine[tensor][2], data), tensor
+
+
+def _llama_quantize_with_imatrix(src, dst, ftype, vectors):
+    """llama_model_quantize with importance vectors {name: flat float32}, as llama-quantize --imatrix passes them."""
+    import ctypes
+
+    from test_mixes import _quiet_llama
+
+    llama = _quiet_llama()
+    params = llama.llama_model_quantize_default_params()
+    params.ftype, params.nthread = int(ftype), 2
+    keep = [np.ascontiguousarray(v, np.float32).reshape(-1) for v in vectors.values()]
+    slots = (llama.llama_model_imatrix_data * (len(keep) + 1))()
+    for slot, name, values in zip(slots, vectors, keep):
+        slot.name, slot.size = name.encode(), values.size
+        slot.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    slots[len(keep)].name = None
+    params.imatrix = slots
+    assert llama.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    return dst
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("name", ["qwen3moe", "mixtral"])
+def test_expert_importance_vectors_equal_llama_quantize(name, tmp_path, capsys):
+    """An imatrix holds one vector per expert of a stacked tensor; each expert is quantized
+    with its own, from the checkpoint (experts read one by one) and from a float32 GGUF
+    (the stack streamed a slice at a time)."""
+    from quant.imatrix import from_statistics, load_importance, write_imatrix
+
+    directory, _ = family_checkpoint(name)
+    theirs_f32 = peer_convert(directory, "f32", tmp_path / "theirs-f32.gguf")
+    (_, peer_f32) = gguf_lite.read(theirs_f32)
+    rng = np.random.default_rng(3)
+    stats = {}
+    for tensor, (_, shape, _) in peer_f32.items():   # ggml order: (ne0, ne1[, n_expert])
+        if len(shape) >= 2 and tensor.startswith("blk."):
+            n_mat = shape[2] if len(shape) == 3 else 1
+            stats[tensor] = ((rng.random((n_mat, shape[0]), dtype=np.float32) ** 4) * 500,
+                             rng.integers(100, 500, n_mat))
+    assert any(v[0].shape[0] > 1 for v in stats.values())
+    imatrix = tmp_path / "imatrix.gguf"
+    write_imatrix(imatrix, from_statistics(stats, ["synthetic"], 4, 128))
+    vectors = load_importance(imatrix)
+    theirs = _llama_quantize_with_imatrix(theirs_f32, tmp_path / "theirs.gguf", LlamaFileType.MOSTLY_Q4_K_M, vectors)
+    (_, peer) = gguf_lite.read(theirs)
+    for source in (directory, theirs_f32):
+        ours = tmp_path / "ours.gguf"
+        our_command(["quantize", str(source), "--type", "q4_k_m", "--imatrix", str(imatrix), "-o", str(ours)], capsys)
+        (_, mine) = gguf_lite.read(ours)
+        for tensor, (qtype, _, data) in peer.items():
+            assert mine[tensor][0] == qtype and np.array_equal(mine[tensor][2], data), (source, tensor)
