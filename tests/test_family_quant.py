@@ -93,3 +93,57 @@ def test_expert_importance_vectors_equal_llama_quantize(name, tmp_path, capsys):
         (_, mine) = gguf_lite.read(ours)
         for tensor, (qtype, _, data) in peer.items():
             assert mine[tensor][0] == qtype and np.array_equal(mine[tensor][2], data), (source, tensor)
+
+
+# one expert tensor of each MoE layout, as transformers saves it
+_EXPERT = {"qwen3moe": "model.layers.{layer}.mlp.experts.{e}.{kind}.weight",
+           "mixtral": "model.layers.{layer}.block_sparse_moe.experts.{e}.{kind}.weight"}
+_KINDS = {"qwen3moe": ("up_proj", "down_proj"), "mixtral": ("w3", "w2")}
+
+
+def _broken(name, how, tmp_path):
+    """A copy of a MoE fixture whose experts are damaged: one missing, one of another shape,
+    one numbered beyond the config's expert count, or one of another dtype."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    directory = tmp_path / name
+    shutil.copytree(family_checkpoint(name)[0], directory)
+    tensors = load_file(directory / "model.safetensors")
+    first, second = _KINDS[name]
+    if how == "missing":
+        tensors.pop(_EXPERT[name].format(layer=1, e=2, kind=first))
+    elif how == "shape":
+        key = _EXPERT[name].format(layer=0, e=3, kind=second)
+        tensors[key] = tensors[key][:, :128].copy()
+    elif how == "beyond":
+        n_expert = FAMILIES[name][2].get("num_experts") or FAMILIES[name][2]["num_local_experts"]
+        tensors[_EXPERT[name].format(layer=0, e=n_expert, kind=first)] = \
+            tensors[_EXPERT[name].format(layer=0, e=0, kind=first)].copy()
+    else:
+        key = _EXPERT[name].format(layer=0, e=1, kind=first)
+        tensors[key] = tensors[key].astype(np.float16)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+@pytest.mark.parametrize("how,needle", [("missing", "expert 2 is missing"), ("shape", "the experts must match"),
+                                        ("beyond", "is beyond"), ("dtype", "the experts must match")])
+@pytest.mark.parametrize("name", ["qwen3moe", "mixtral"])
+@pytest.mark.parametrize("command", ["quantize", "convert"])
+def test_damaged_experts_are_one_line_and_write_nothing(command, name, how, needle, tmp_path, capsys):
+    from convkit.cli import main
+
+    directory = _broken(name, how, tmp_path)
+    target = tmp_path / "out" / "model.gguf"
+    target.parent.mkdir()
+    argv = {"quantize": ["quantize", str(directory), "--type", "q4_k_m", "-o", str(target)],
+            "convert": ["convert", str(directory), "--outtype", "f16", "-o", str(target)]}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and needle in err, err
+    assert str(directory) in err   # names the file
+    assert list(target.parent.iterdir()) == []   # nothing written, not even a temporary file
