@@ -8,7 +8,6 @@ checkpoint is cached in the test cache and reused while its key matches.
 """
 import hashlib
 import json
-import re
 import shutil
 import struct
 
@@ -35,8 +34,8 @@ def _names_and_shapes(config) -> dict:
     with safe_open(small / "model.safetensors", "np") as f:
         template = sorted(k for k in f.keys() if ".layers." not in k or ".layers.0." in k)
     h, ff, n_exp = config["hidden_size"], config["moe_intermediate_size"], config["num_experts"]
-    q, kv, hd = config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"], \
-        config["head_dim"]
+    hd = config["head_dim"]
+    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
     by_suffix = {"embed_tokens.weight": (config["vocab_size"], h), "lm_head.weight": (config["vocab_size"], h),
                  "norm.weight": (h,), "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
                  "q_proj.weight": (q, h), "k_proj.weight": (kv, h), "v_proj.weight": (kv, h), "o_proj.weight": (h, q),
@@ -50,8 +49,7 @@ def _names_and_shapes(config) -> dict:
     for name in template:
         for layer in range(config["num_hidden_layers"]) if ".layers.0." in name else [None]:
             named = name if layer is None else name.replace(".layers.0.", f".layers.{layer}.")
-            m = re.search(r"\.experts\.0\.", named)
-            if m is None:
+            if ".experts.0." not in named:
                 if ".experts." not in named:
                     out[named] = shape(named)
                 continue
