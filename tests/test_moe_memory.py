@@ -11,7 +11,6 @@ Marked `large`: about 2 minutes on 2 cores, 4.7 GB of test cache, 2.5 GB of outp
 moment (removed after each run).
 """
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -29,14 +28,25 @@ PEAK_RSS_LIMIT = 1_500_000_000  # bytes
 N_EXPERT, FF, HIDDEN = CONFIG["num_experts"], CONFIG["moe_intermediate_size"], CONFIG["hidden_size"]
 
 
+# A child forked (or vforked) from the test process starts with that process's pages, and
+# Linux carries the high-water mark across exec: the test process (torch, transformers, a
+# few hundred MB) would count as convkit's. A small Python process in between starts
+# convkit, and its RUSAGE_CHILDREN is convkit's own peak.
+_MEASURE = """
+import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+print(json.dumps([done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                  done.stderr.decode(errors="replace")]))
+"""
+
+
 def _peak_rss(argv) -> int:
     """Run convkit in a child process; its peak resident set in bytes (Linux: ru_maxrss in KiB)."""
-    child = subprocess.Popen([sys.executable, "-m", "convkit"] + argv + ["--quiet"], stderr=subprocess.PIPE)
-    err = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 0, err.decode(errors="replace")
-    return usage.ru_maxrss * 1024
+    out = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "convkit", *argv, "--quiet"],
+                         capture_output=True, text=True, check=True).stdout
+    returncode, max_rss_kib, err = json.loads(out)
+    assert returncode == 0, err
+    return max_rss_kib * 1024
 
 
 def _expert(directory, layer, expert, kind):
