@@ -17,6 +17,7 @@ HELPERS = {
     "tokenizers_impl._bpe": "tokenizers_impl/_bpe.c",
     "tokenizers_impl._spm": "tokenizers_impl/_spm.c",
     "tokenizers_impl._spm_train": "tokenizers_impl/_spm_train.c",
+    "tokenizers_impl._wordpiece_train": "tokenizers_impl/_wordpiece_train.c",
     "quant._kquants": "quant/_kquants.c",
     "quant._qdot": "quant/_qdot.c",
 }

@@ -61,7 +61,7 @@ def main():
     from realdata import python_docs_text, smollm2_gguf
     from smollm2_fixture import smollm2_checkpoint
 
-    from convkit.commands.quantize import quantize_model
+    from convkit.quantization import quantize_model
     from convkit.eval.perplexity import plan_chunks, tokenize_for_perplexity
     from convkit.runtime import ggml_numerics  # noqa: F401  (registers "ggml")
     from convkit.runtime.tokenizer import load_tokenizer

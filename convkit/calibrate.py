@@ -78,8 +78,8 @@ class HessianCollector:
 def collect_hessians(model_path, text_file: str, *, n_ctx: int = DEFAULT_CTX, n_chunks: int | None = None,
                      quiet: bool = False) -> dict:
     """X^T X of every `blk.*` linear input over `text_file`, in chunks of `n_ctx` tokens."""
-    from convkit.commands.perplexity import open_model, read_text
-    from convkit.eval.perplexity import ChunkPlan, tokenize_for_perplexity
+    from convkit.eval.perplexity import ChunkPlan, read_text, tokenize_for_perplexity
+    from convkit.runtime.open import open_model
     from convkit.progress import progress
 
     text = read_text(text_file)
@@ -120,8 +120,9 @@ def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
 
 
 def run_calibrated(source, plan, target, *, file_type: int, text_file: str, n_ctx: int = DEFAULT_CTX,
-                   n_chunks: int | None = None, threads: int = 1, quiet: bool = False) -> dict:
-    """Write `plan` (convert_pipeline's) to `target`, the rounding chosen on `text_file`."""
+                   n_chunks: int | None = None, stats=None, threads: int = 1, quiet: bool = False) -> dict:
+    """Write `plan` (convert_pipeline's) to `target`, the rounding chosen on `text_file`;
+    `stats()`, when given, returns collect_hessians' result for that text."""
     import gguf
 
     from quant import gptq
@@ -131,7 +132,8 @@ def run_calibrated(source, plan, target, *, file_type: int, text_file: str, n_ct
     from convkit.progress import progress
 
     start = time.perf_counter()
-    stats = collect_hessians(source.path, text_file, n_ctx=n_ctx, n_chunks=n_chunks, quiet=quiet)
+    stats = stats() if stats is not None else collect_hessians(source.path, text_file, n_ctx=n_ctx,
+                                                                n_chunks=n_chunks, quiet=quiet)
     calibrated = 0
     factors = {}  # id of a shared X^T X -> its factor: q/k/v (and gate/up) read one input
     bar = progress(total=len(plan), quiet=quiet, unit="tensor", desc="quantize")

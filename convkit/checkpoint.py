@@ -45,7 +45,9 @@ class Checkpoint:
             if entry.nbytes else np.zeros(0, np.uint8)
         values = raw.view(np_dtype)
         if entry.dtype == "BF16":
-            values = (values.astype(np.uint32) << 16).view(np.float32)
+            wide = values.astype(np.uint32)
+            wide <<= 16   # in place: one float32-sized copy, not two
+            values = wide.view(np.float32)
         return np.asarray(values, dtype=np.float32).reshape(entry.shape)
 
     def read_raw(self, name: str) -> np.ndarray:

@@ -3,6 +3,7 @@
 A source (HF checkpoint or GGUF) yields GGUF tensor names, shapes and float32 values one
 at a time; a plan gives each tensor its type; the writer streams them into the output.
 """
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from convkit.arch import architecture_for
 from convkit.checkpoint import open_checkpoint
 from convkit.errors import ConvkitError
 from convkit.gguf_out import PlannedTensor, encode, write_gguf
-from convkit.gguf_vocab import write_vocab
 
 SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
 
@@ -33,6 +33,7 @@ class Source:
     hparams: dict            # n_layer, n_head, n_head_kv
     inputs: tuple
     stored: Callable = None  # gguf name -> (offset, nbytes, ggml type) of its bytes in `path`, or None
+    parts: Callable = None   # gguf name -> zero-argument readers of its consecutive parts (experts), or None
 
 
 def open_source(path) -> Source:
@@ -58,16 +59,29 @@ def _hf_source(path: Path) -> Source:
             return derived[name]()
         return arch.transform(name, arch.read_source(ckpt, names[name]))
 
+    def parts(name):
+        # a layer's experts are separate tensors in the checkpoint and one stacked tensor in
+        # GGUF: read (and quantize) them one by one rather than gathering the stack
+        hf = names.get(name)
+        if not isinstance(hf, tuple):
+            return None
+        return [functools.partial(_read_expert, arch, ckpt, name, member) for member in hf]
+
     def write_metadata(w):
         w.add_type("model")
         w.add_name(_model_name(ckpt))
         arch.write_hparams(w)
-        write_vocab(w, ckpt.directory, ckpt.config, reads_prefix_space=arch.reads_prefix_space)
+        arch.write_vocab(w, ckpt.directory, ckpt.config)
 
     hp = {"n_layer": arch.n_layer, "n_head": getattr(arch, "n_head", 1), "n_head_kv": getattr(arch, "n_head_kv", 1),
           "n_expert": arch.n_expert}
     files = tuple({e.file for e in ckpt.tensors.values()})
-    return Source(ckpt.directory, arch.name, tensors, read, write_metadata, hp, files)
+    return Source(ckpt.directory, arch.name, tensors, read, write_metadata, hp, files, parts=parts)
+
+
+def _read_expert(arch, ckpt, name, member) -> np.ndarray:
+    """One expert's matrix as float32, transformed as it is within the stacked tensor."""
+    return arch.transform(name, ckpt.read(member)[None])[0]
 
 
 def _model_name(ckpt) -> str:
@@ -149,8 +163,7 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
         if imatrix is None or t.qtype == gguf.GGMLQuantizationType.F32:
             return None
         from quant.imatrix import importance_for
-        weights = importance_for(imatrix, t.name, t.shape)
-        return None if weights is None else weights.reshape(-1)
+        return importance_for(imatrix, t.name, t.shape)   # [n_expert, row length]
 
     def produce(t):
         bar.set_postfix_str(t.name, refresh=False)
@@ -158,11 +171,30 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
             offset, nbytes, src_type = source.stored(t.name)
             if quant.reads_source(t.qtype, src_type) and len(t.shape) > 0:
                 return streamed(t, offset, nbytes, src_type)
+        parts = source.parts(t.name) if source.parts is not None else None
+        if parts is not None:
+            return by_part(t, parts)
+        values = checked(t, source.read)
+        weights = importance(t)
+        if weights is not None and len(t.shape) >= 3:   # one vector per expert
+            return np.concatenate([encode(v, t.qtype, imatrix=w, threads=threads) for v, w in
+                                   zip(values.reshape(len(weights), -1, t.shape[-1]), weights)])
+        return encode(values, t.qtype, imatrix=weights, threads=threads)
+
+    def checked(t, read):
         with np.errstate(over="ignore", invalid="ignore"):  # damaged blocks: reported below, not warned
-            values = source.read(t.name)
+            values = read(t.name) if read is source.read else read()
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             not_finite(t)
-        return encode(values, t.qtype, imatrix=importance(t), threads=threads)
+        return values
+
+    def by_part(t, parts):
+        """The tensor's parts (a layer's experts) read, quantized and written one at a time,
+        each with its own importance vector, as llama.cpp quantizes expert by expert."""
+        weights = importance(t)
+        for i, part in enumerate(parts):
+            yield encode(checked(t, part), t.qtype, imatrix=None if weights is None else weights[i],
+                         threads=threads)
 
     def not_finite(t):
         # llama.cpp's quantize rejects such rows too (ggml_validate_row_data)
@@ -194,7 +226,10 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
         row_in, row_out = nbytes // rows, t.nbytes // rows
         step = max(1, STREAM_BYTES // row_in)
         weights = importance(t)
-        slices = [(r, min(step, rows - r)) for r in range(0, rows, step)]
+        # with an importance vector per expert, no slice spans two experts
+        per = rows if weights is None else rows // len(weights)
+        slices = [(r, min(step, end - r)) for end in range(per, rows + 1, per or 1)
+                  for r in range(end - per, end, step)]
         f = opened()
 
         def read(i):
@@ -209,7 +244,8 @@ def run(source: Source, plan, target, *, file_type: int, imatrix=None, threads=1
                 src = ahead.result()
                 ahead = _READER.submit(read, i + 1) if i + 1 < len(slices) else None
                 turn[0] ^= 1
-                out, bad = quant.quantize_source(src, src_type, t.qtype, n, imatrix=weights, threads=threads,
+                out, bad = quant.quantize_source(src, src_type, t.qtype, n, threads=threads,
+                                                 imatrix=None if weights is None else weights[r // per],
                                                  out=buffer(f"out{turn[0]}", k * row_out))
                 if bad >= 0:
                     not_finite(t)

@@ -99,7 +99,7 @@ def hparams(meta: Meta, arch: str, shapes: dict) -> dict:
     if rope_and_rms(arch):
         if head_dim % 2:
             meta.fail(k + "attention.key_length", f"= {head_dim} is odd; rotary positions need pairs")
-        meta.int(k + "rope.dimension_count", head_dim, high=head_dim)
+        rope_dim = meta.int(k + "rope.dimension_count", head_dim, high=head_dim)
         meta.float(k + "rope.freq_base", 10000.0)
         meta.float(k + "attention.layer_norm_rms_epsilon", high=1.0)
     else:
@@ -112,6 +112,8 @@ def hparams(meta: Meta, arch: str, shapes: dict) -> dict:
     hp = {"n_layer": meta.int(k + "block_count"), "hidden": hidden, "n_head": n_head, "n_head_kv": n_head_kv,
           "head_dim": head_dim, "ff": meta.int(k + "feed_forward_length"), "vocab": embd[0],
           "n_ctx": meta.int(k + "context_length"), "tied": True}
+    if rope_and_rms(arch):
+        hp["rope_dim"] = rope_dim
     if meta.has(k + "expert_count"):
         hp["n_expert"] = meta.int(k + "expert_count")
         hp["ff_exp"] = meta.int(k + "expert_feed_forward_length", hp["ff"])  # llama's experts: feed_forward_length

@@ -43,11 +43,20 @@ FINGERPRINTS = {
 }
 
 
-def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_space: bool = False) -> None:
+def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_space: bool = False,
+                sentencepiece: str | None = None) -> None:
     """The tokenizer's metadata. `reads_prefix_space`: write tokenizer_config.json's
-    add_prefix_space as add_space_prefix (llama.cpp's llama converter does; others do not)."""
+    add_prefix_space as add_space_prefix (llama.cpp's llama converter does; others do not).
+    `sentencepiece`: "first" reads tokenizer.model before tokenizer.json, "required" reads
+    only tokenizer.model (llama.cpp's Gemma converters), None tokenizer.json first."""
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
+    if sentencepiece == "required" and not (directory / "tokenizer.model").is_file():
+        raise ConvkitError(f"{directory}: no tokenizer.model; this architecture's GGUF vocabulary is its "
+                           "sentencepiece model, copy it from the model's source")
+    if sentencepiece and (directory / "tokenizer.model").is_file():
+        write_sentencepiece(w, directory / "tokenizer.model", directory, config)
+        return
     if reads_prefix_space and (directory / "tokenizer.model").is_file():
         # llama.cpp's llama converter tries the sentencepiece model first (and copies
         # tokenizer_config's add_prefix_space before it)
@@ -55,7 +64,7 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_
         tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
         if isinstance(tcfg.get("add_prefix_space"), bool):
             w.add_add_space_prefix(tcfg["add_prefix_space"])
-        _write_sentencepiece(w, directory / "tokenizer.model", directory, config)
+        write_sentencepiece(w, directory / "tokenizer.model", directory, config)
         return
     if tok_path.is_file():
         tokenizer = read_json_object(tok_path)
@@ -69,7 +78,7 @@ def write_vocab(w: gguf.GGUFWriter, directory: Path, config: dict, reads_prefix_
             raise ConvkitError(f"{tok_path}: tokenizer model {kind!r} is not supported (BPE, WordPiece)")
         return
     if (directory / "tokenizer.model").is_file():
-        _write_sentencepiece(w, directory / "tokenizer.model", directory, config)
+        write_sentencepiece(w, directory / "tokenizer.model", directory, config)
         return
     raise ConvkitError(f"{directory}: no tokenizer.json or tokenizer.model beside the weights")
 
@@ -290,12 +299,11 @@ def _looks_special(token: str) -> bool:
             or (token.startswith("<unused") and token.endswith(">")))
 
 
-def sentencepiece_vocab(model_path, directory, config) -> tuple[list, list, list]:
+def sentencepiece_vocab(model_path, directory, config, added_tokens=None) -> tuple[list, list, list]:
     """tokens, scores and token types of a tokenizer.model as llama.cpp's converter builds
     them: the model's pieces (user-defined ones count as normal), padded to config.json's
-    vocab_size with [PADn] (score -10000, unused), then added_tokens.json and
-    tokenizer_config.json's added_tokens_decoder on top (score -1000; control if special
-    or special-looking, else user-defined with ▁ read as a space)."""
+    vocab_size with [PADn] (score -10000, unused), then the checkpoint's added tokens on top
+    by `added_tokens(tokens, scores, types, directory)` (llama's rule by default)."""
     from tokenizers_impl import formats
     from tokenizers_impl import spm_proto as proto
 
@@ -308,17 +316,34 @@ def sentencepiece_vocab(model_path, directory, config) -> tuple[list, list, list
     for i in range(min(n, len(tok.pieces))):
         tokens[i], scores[i] = tok.pieces[i], tok.scores[i]
         types[i] = kinds.get(tok.types[i], NORMAL)
+    (added_tokens or llama_added_tokens)(tokens, scores, types, directory)
+    return tokens, scores, types
+
+
+def _added_tokens_json(tokens, scores, types, directory):
+    """added_tokens.json: user-defined, score -1000 (ids beyond the vocabulary are ignored)."""
     added_path = directory / "added_tokens.json"
     if added_path.is_file():
         for key, i in read_json_object(added_path).items():
-            if isinstance(i, int) and 0 <= i < n:
+            if isinstance(i, int) and 0 <= i < len(tokens):
                 tokens[i], scores[i], types[i] = key, -1000.0, USER_DEFINED
+
+
+def _decoder_entries(directory):
+    """tokenizer_config.json's added_tokens_decoder as (id, entry) pairs."""
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     decoder = tcfg.get("added_tokens_decoder") or {}
-    for key, entry in (decoder.items() if isinstance(decoder, dict) else ()):
-        i = int(key) if isinstance(key, str) and key.isdigit() else n
-        if i >= n or not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+    return [(int(key) if isinstance(key, str) and key.isdigit() else -1, entry)
+            for key, entry in (decoder.items() if isinstance(decoder, dict) else ())]
+
+
+def llama_added_tokens(tokens, scores, types, directory):
+    """llama's converter: added_tokens.json, then added_tokens_decoder (control if special
+    or special-looking, else user-defined with ▁ read as a space; ids beyond are skipped)."""
+    _added_tokens_json(tokens, scores, types, directory)
+    for i, entry in _decoder_entries(directory):
+        if not 0 <= i < len(tokens) or not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
             continue
         token = entry["content"]
         if entry.get("special") or _looks_special(token):
@@ -327,12 +352,34 @@ def sentencepiece_vocab(model_path, directory, config) -> tuple[list, list, list
             token = token.replace("\u2581", " ")
             types[i] = USER_DEFINED
         tokens[i], scores[i] = token, -1000.0
-    return tokens, scores, types
 
 
-def _write_sentencepiece(w, model_path, directory, config):
+def phi3_added_tokens(tokens, scores, types, directory):
+    """Phi-3's converter: added_tokens.json, then added_tokens_decoder, then tokenizer.json's
+    added_tokens, each token as written, control if special else user-defined (score -1000).
+    An id beyond config.json's vocab_size stops llama.cpp's converter; here it is an error."""
+    _added_tokens_json(tokens, scores, types, directory)
+    entries = [(i, e, directory / "tokenizer_config.json") for i, e in _decoder_entries(directory)]
+    tok_json = directory / "tokenizer.json"
+    if tok_json.is_file():
+        added = read_json_object(tok_json).get("added_tokens") or []
+        entries += [(e.get("id") if isinstance(e, dict) else -1, e, tok_json) for e in added]
+    for i, entry, source in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or \
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(tokens):
+            raise ConvkitError(f"{source}: added token {shown_entry(entry)} has no id inside the model's vocabulary "
+                               f"of {len(tokens)} (config.json vocab_size); the tokenizer belongs to another model")
+        tokens[i], scores[i] = entry["content"], -1000.0
+        types[i] = CONTROL if entry.get("special") else USER_DEFINED
+
+
+def shown_entry(entry) -> str:
+    return repr(entry.get("content") if isinstance(entry, dict) else entry)[:40]
+
+
+def write_sentencepiece(w, model_path, directory, config, added_tokens=None):
     """tokenizer.model -> model "llama", read with our own sentencepiece reader."""
-    tokens, scores, types = sentencepiece_vocab(model_path, directory, config)
+    tokens, scores, types = sentencepiece_vocab(model_path, directory, config, added_tokens)
     tcfg_path = directory / "tokenizer_config.json"
     tcfg = read_json_object(tcfg_path) if tcfg_path.is_file() else {}
     w.add_tokenizer_model("llama")

@@ -157,6 +157,9 @@ class Rope:
     beta_slow: float | None = None
     attention_factor: float | None = None
     extrapolation_factor: float | None = None
+    partial: float = 1.0                  # partial_rotary_factor: the share of each head that rotates
+    short_factor: tuple | None = None     # longrope: per-frequency divisors within original_context
+    long_factor: tuple | None = None      # ... and beyond it
 
     def as_hf(self) -> dict | None:
         """transformers' rope_parameters form, or None for plain RoPE."""
@@ -165,7 +168,9 @@ class Rope:
         keys = {"factor": self.factor, "original_max_position_embeddings": self.original_context,
                 "low_freq_factor": self.low_freq_factor, "high_freq_factor": self.high_freq_factor,
                 "beta_fast": self.beta_fast, "beta_slow": self.beta_slow,
-                "attention_factor": self.attention_factor, "extrapolation_factor": self.extrapolation_factor}
+                "attention_factor": self.attention_factor, "extrapolation_factor": self.extrapolation_factor,
+                "short_factor": list(self.short_factor) if self.short_factor else None,
+                "long_factor": list(self.long_factor) if self.long_factor else None}
         return {"rope_type": self.kind, "rope_theta": self.theta, **{k: v for k, v in keys.items() if v is not None}}
 
 
@@ -181,8 +186,9 @@ _ROPE_COMMON = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
 
 
 def read_rope(f: ConfigFields, *, supported=("default", "linear", "llama3", "yarn", "dynamic"),
-              arch_name="this architecture") -> Rope:
-    """RoPE from transformers 5's rope_parameters or transformers 4's rope_theta + rope_scaling."""
+              arch_name="this architecture", partial_ok=False) -> Rope:
+    """RoPE from transformers 5's rope_parameters or transformers 4's rope_theta + rope_scaling.
+    `partial_ok`: the architecture rotates part of each head (partial_rotary_factor below 1)."""
     # transformers 5 takes a non-empty legacy rope_scaling over rope_parameters
     params, key = f.raw.get("rope_scaling"), "rope_scaling"
     if not params:
@@ -205,7 +211,7 @@ def read_rope(f: ConfigFields, *, supported=("default", "linear", "llama3", "yar
         raise ConvkitError(f"{f.path}: {key}.rope_type = {kind!r} is not supported for {arch_name}; "
                            f"supported: {', '.join(supported)}")
     partial = p.float("partial_rotary_factor", default=f.float("partial_rotary_factor", default=1.0))
-    if partial != 1.0:
+    if partial != 1.0 and not (partial_ok and partial < 1.0):
         raise ConvkitError(f"{f.path}: partial_rotary_factor = {partial} (rotary on part of each head) "
                            f"is not implemented for {arch_name}")
     # transformers 5 keeps rope_theta inside rope_parameters; 4 keeps it at the top level
@@ -216,10 +222,10 @@ def read_rope(f: ConfigFields, *, supported=("default", "linear", "llama3", "yar
     if unknown:
         raise ConvkitError(f"{f.path}: {key} has {', '.join(unknown)} for rope_type {kind!r}, which convkit "
                            f"does not implement; it changes the computation, so the config is refused")
-    rope = {"kind": kind, "theta": theta}
+    rope = {"kind": kind, "theta": theta, "partial": partial}
     if kind in ("linear", "dynamic"):
         rope["factor"] = p.float("factor")
-    if kind in ("llama3", "yarn"):
+    if kind in ("llama3", "yarn", "longrope"):
         # transformers' rule: a top-level value wins (Phi-3 keeps it there), then the
         # rope settings', then the context length itself
         rope["original_context"] = f.int("original_max_position_embeddings", hi=MAX_TOKENS, default=-1) \
@@ -248,7 +254,20 @@ def read_rope(f: ConfigFields, *, supported=("default", "linear", "llama3", "yar
         if rope["extrapolation_factor"] not in (None, 1, 1.0):
             raise ConvkitError(f"{f.path}: {key}.extrapolation_factor = {rope['extrapolation_factor']} is not 1; "
                                "transformers ignores it and llama.cpp applies it, so the two would disagree")
+    if kind == "longrope":
+        rope.update(short_factor=_factor_list(p, "short_factor"), long_factor=_factor_list(p, "long_factor"),
+                    factor=_optional(p, "factor"), attention_factor=_optional(p, "attention_factor"))
     return Rope(**rope)
+
+
+def _factor_list(p: ConfigFields, key) -> tuple:
+    """LongRoPE's per-frequency divisors: a non-empty list of positive finite numbers."""
+    value = p.raw.get(key)
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
+        raise ConvkitError(f"{p.path}.{key} = {shown(value)} is not a list of positive numbers, which "
+                           "rope_type 'longrope' needs; fix config.json")
+    return tuple(float(v) for v in value)
 
 
 def _optional(p: ConfigFields, *keys):

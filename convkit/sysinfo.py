@@ -21,18 +21,21 @@ HELPERS = {
     "tokenizers_impl._spm_train": "sentencepiece-style training (Unigram and spm-bpe)",
     "quant._qdot": "decoding (generate): products on quantized blocks, as ggml's CPU kernels",
     "tokenizers_impl._spm": "sentencepiece models: normalization, Unigram and BPE segmentation",
+    "tokenizers_impl._wordpiece_train": "WordPiece training (merge loop and word count)",
 }
 # What the numpy twin costs (same bytes, more time), measured on an AMD EPYC with AVX-512,
 # 2 cores: K-quants of the sample's FFN weights 5x (Q4_K) to 19x (Q6_K) slower; byte-level
 # BPE training on the pydoc text 7x, encoding 300 KB of it 65x; sentencepiece-style training
 # on the pydoc text 10x (spm-bpe) to 14x (Unigram), spm-bpe on 20 MB about 45x; encoding
-# with sentencepiece models (1 MB of the docs) 60x (Unigram, one string) to 8x (BPE, line by line).
+# with sentencepiece models (1 MB of the docs) 60x (Unigram, one string) to 8x (BPE, line by line);
+# WordPiece training on the pydoc text 7x (likelihood) to 12x (frequency), on 20 MB 9x to 20x.
 MISSING_COST = {
     "quant._kquants": "quantizing 5-20x slower",
     "tokenizers_impl._bpe": "BPE training about 7x, encoding about 60x slower",
     "tokenizers_impl._spm_train": "Unigram and spm-bpe training about 10x (pydoc text) to 45x (20 MB) slower",
     "quant._qdot": "generate decodes through dequantized weights instead, several times slower",
     "tokenizers_impl._spm": "sentencepiece-model encoding 10-60x slower",
+    "tokenizers_impl._wordpiece_train": "WordPiece training about 7-12x (pydoc text) to 9-20x (20 MB) slower",
 }
 # The helpers are built without -march, for the baseline instruction set (SSE2 on x86-64);
 # the K-quant loops carry AVX2 and AVX-512 clones that the loader picks for the running CPU.

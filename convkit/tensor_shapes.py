@@ -12,9 +12,11 @@ n_ctx (rows of the learned positions); `tied` says whether output.weight may be 
 from convkit.errors import ConvkitError
 
 
-def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_norms: bool = False) -> dict:
+def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_norms: bool = False,
+           sandwich_norms: bool = False) -> dict:
     """Llama and its kin; `qk_norm` "head" or "all" adds q/k norms of one head or of all heads,
-    `post_norms` puts OLMo 2's norms after the sublayers in place of llama's before them."""
+    `post_norms` puts OLMo 2's norms after the sublayers in place of llama's before them,
+    `sandwich_norms` has both (Gemma 2/3)."""
     h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
     q, kv = hp["n_head"] * hp["head_dim"], hp["n_head_kv"] * hp["head_dim"]
     out = {"token_embd.weight": ((vocab, h), True), "output_norm.weight": ((h,), True),
@@ -37,6 +39,8 @@ def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_nor
             out.update({p + "ffn_gate.weight": ((ff, h), True), p + "ffn_up.weight": ((ff, h), True),
                         p + "ffn_down.weight": ((h, ff), True)})
         norms = ("post_attention_norm", "post_ffw_norm") if post_norms else ("attn_norm", "ffn_norm")
+        if sandwich_norms:
+            norms += ("post_attention_norm", "post_ffw_norm")
         out.update({f"{p}{n}.weight": ((h,), True) for n in norms})
         if qk_norm is not None:
             out[p + "attn_q_norm.weight"] = ((hp["head_dim"] if qk_norm == "head" else q,), True)
@@ -51,6 +55,23 @@ def _llama(hp: dict, biases_required: bool, qk_norm: str | None = None, post_nor
         for flag, tensors in extra.items():
             if hp.get(flag) is not False:
                 out.update({name: (shape, bool(hp.get(flag))) for name, shape in tensors.items()})
+    return out
+
+
+def _phi3(hp: dict) -> dict:
+    """Phi-3: q, k, v in one matrix, gate and up in one (gate rows first); LongRoPE's two
+    sets of divisors, one per rotated pair, when the model scales its positions."""
+    h, ff, vocab = hp["hidden"], hp["ff"], hp["vocab"]
+    q, kv = hp["n_head"] * hp["head_dim"], hp["n_head_kv"] * hp["head_dim"]
+    pairs = hp["rope_dim"] // 2 if hp.get("rope_dim") else None
+    out = {"token_embd.weight": ((vocab, h), True), "output_norm.weight": ((h,), True),
+           "output.weight": ((vocab, h), not hp.get("tied", True)),
+           "rope_factors_long.weight": ((pairs,), False), "rope_factors_short.weight": ((pairs,), False)}
+    for i in range(hp["n_layer"]):
+        p = f"blk.{i}."
+        out.update({p + "attn_norm.weight": ((h,), True), p + "attn_qkv.weight": ((q + 2 * kv, h), True),
+                    p + "attn_output.weight": ((h, q), True), p + "ffn_norm.weight": ((h,), True),
+                    p + "ffn_up.weight": ((2 * ff, h), True), p + "ffn_down.weight": ((h, ff), True)})
     return out
 
 
@@ -90,8 +111,9 @@ def _bert(hp: dict) -> dict:
 
 
 # an architecture's `tensor_table` names its table; "decoder" reads the rest from its structure
-TABLES = {"decoder": lambda hp, cls: _llama(hp, cls.qkv_bias_required, cls.structure.qk_norm, cls.structure.post_norms),
-          "gpt2": lambda hp, cls: _gpt2(hp), "bert": lambda hp, cls: _bert(hp)}
+TABLES = {"decoder": lambda hp, cls: _llama(hp, cls.qkv_bias_required, cls.structure.qk_norm, cls.structure.post_norms,
+                                            cls.structure.sandwich_norms),
+          "phi3": lambda hp, cls: _phi3(hp), "gpt2": lambda hp, cls: _gpt2(hp), "bert": lambda hp, cls: _bert(hp)}
 
 
 def expected_tensors(arch: str, hp: dict) -> dict | None:

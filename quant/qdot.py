@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from . import iq4nl
+from .errors import QuantError
 from .types import QuantType as T, block_size, type_size
 
 try:
@@ -45,8 +46,23 @@ COMPILED_TYPES = frozenset(T(t) for t in _compiled.types()) if _compiled is not 
 compiled_matmul = _compiled.matmul if _compiled is not None else None
 
 
+ISA_VARIABLE = "CONVKIT_QDOT_ISA"
+ISAS = ("scalar", "avx2", "avx512vnni")
+
+
+def forced_isa() -> str | None:
+    """The lower path CONVKIT_QDOT_ISA asks for, or None. A value the helper does not know
+    is an error: ignoring it would silently measure or test a path the user did not ask for."""
+    value = os.environ.get(ISA_VARIABLE) or None
+    if value is not None and value not in ISAS:
+        raise QuantError(f"{ISA_VARIABLE}={value!r} is not one of {', '.join(ISAS)}: "
+                         f"unset it, or name the path to force")
+    return value
+
+
 def compiled_types() -> frozenset:
     """The types the compiled helper has a product for (empty when it is not built)."""
+    forced_isa()
     return COMPILED_TYPES
 
 
@@ -57,6 +73,7 @@ def tiled_types() -> frozenset:
     """The types whose compiled product on the current path computes several activation rows
     per pass over a weight row (fast for a prompt's rows too, not only for decoding)."""
     global _tiled
+    forced_isa()
     if _tiled is None:
         _tiled = frozenset(T(t) for t in _compiled.tiled_types()) if _compiled is not None else frozenset()
     return _tiled
@@ -64,6 +81,7 @@ def tiled_types() -> frozenset:
 
 def isa() -> str:
     """The instruction set the compiled products use ('scalar', 'avx2', 'avx512vnni'), or 'numpy'."""
+    forced_isa()
     return _compiled.isa() if _compiled is not None else "numpy"
 
 

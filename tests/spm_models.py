@@ -28,6 +28,13 @@ VARIANTS = {
                       user_defined_symbols=["<tool>"]),
     "bpe_nfkc_cf": dict(model_type="bpe", vocab_size=800, normalization_rule_name="nmt_nfkc_cf",
                         add_dummy_prefix=False),
+    # the Gemma layout: BPE, byte fallback, no dummy prefix, Gemma's special ids (pad 0, eos 1,
+    # bos 2, unk 3) and its turn markers as user-defined pieces
+    "bpe_gemma": dict(model_type="bpe", vocab_size=2048, byte_fallback=True, normalization_rule_name="identity",
+                      remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+                      add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+                      eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+                      user_defined_symbols=["<start_of_turn>", "<end_of_turn>"]),
 }
 
 

@@ -114,13 +114,13 @@ def test_type_this_model_cannot_take_stops_before_the_base_runs(tmp_path, capsys
     before the base model is evaluated."""
     from pathlib import Path
     from convkit.cli import main
-    from convkit.commands import drift as drift_command
+    from convkit.eval import drift as drift_service
     from test_bad_checkpoints import _tiny_model
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("the base model must not run")
 
-    monkeypatch.setattr(drift_command, "_evaluate", no_evaluation)
+    monkeypatch.setattr(drift_service, "evaluate", no_evaluation)
     if bad == "q2_k_s":
         model = Path(__file__).resolve().parents[1] / "samples" / "tiny-llama"
     else:
@@ -134,3 +134,40 @@ def test_type_this_model_cannot_take_stops_before_the_base_runs(tmp_path, capsys
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("importance matrix" in err or "fallback" in err), err
+
+
+def test_calibrate_puts_llama_cpp_best_beside_ours(tmp_path):
+    """drift --calibrate: per type, the file `quantize --imatrix` makes from an importance
+    matrix of the calibration text (llama.cpp at its best) and the file `quantize
+    --calibrate` makes, both scored on the same chunks; float types keep one row."""
+    from pathlib import Path
+
+    from convkit.cli import main
+    from convkit.commands.drift import drift as drift_command
+    from test_calibrate import SAMPLE
+
+    pydoc = python_docs_text()
+    calib, text = tmp_path / "calib.txt", tmp_path / "held-out.txt"
+    calib.write_text(pydoc[:12000], encoding="utf-8")
+    text.write_text(pydoc[-8000:], encoding="utf-8")
+    cache = tmp_path / "cache"
+    args = [str(SAMPLE), "--types", "f16,q4_k_m", "--text", str(text), "--ctx", "128", "--chunks", "3",
+            "--calibrate", str(calib), "--cache", str(cache), "--json", "--quiet"]
+    res = CliRunner().invoke(drift_command, args, catch_exceptions=False)
+    doc = json.loads(res.output)
+    assert [(r["type"], r["method"]) for r in doc["types"]] == [("f16", ""), ("q4_k_m", "imatrix"),
+                                                                ("q4_k_m", "calibrated")]
+    assert doc["base"]["calibration_text"] == str(calib)
+    f16, llama_best, ours = doc["types"]
+    assert llama_best["size_bytes"] == ours["size_bytes"]  # same types, same size
+    assert 0 < llama_best["kld"] and 0 < ours["kld"] and f16["kld"] < min(llama_best["kld"], ours["kld"])
+    # each row's file is what the quantize command makes with the same inputs
+    (matrix,) = cache.glob("*.imatrix-*.gguf")
+    for row, option in ((llama_best, ["--imatrix", str(matrix)]), (ours, ["--calibrate", str(calib)])):
+        again = tmp_path / f"{row['method']}.gguf"
+        with pytest.raises(SystemExit) as exit_:
+            main(["quantize", str(SAMPLE), "--type", "q4_k_m", "-o", str(again), "--quiet", *option])
+        assert exit_.value.code == 0
+        assert again.read_bytes() == Path(row["file"]).read_bytes(), row["method"]
+    table = CliRunner().invoke(drift_command, args[:-2] + ["--quiet"], catch_exceptions=False).output
+    assert "q4_k_m imatrix" in table and "q4_k_m calibrated" in table  # from the cache, no new run

@@ -135,6 +135,15 @@ def test_forced_path_by_environment_gives_the_same_bits(tmp_path, forced):
     assert np.array_equal(np.load(tmp_path / "y.npy"), qdot.matmul(qtype, w, x))
 
 
+def test_unknown_forced_path_is_one_line_and_exit_2():
+    """A misspelt CONVKIT_QDOT_ISA must not silently run (and measure) the best path instead."""
+    env = dict(os.environ, CONVKIT_QDOT_ISA="avx512")
+    run = subprocess.run([sys.executable, "-m", "convkit", "env"], env=env, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "CONVKIT_QDOT_ISA='avx512'" in run.stderr
+    assert "avx2" in run.stderr and "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_twin_equals_ggml_numerics_up_to_summation_order(qtype):
     n = _width(qtype)

@@ -114,7 +114,7 @@ def test_gguf_input_streams_to_the_float32_paths_bytes(model, tmp_path, monkeypa
     (an odd count of them in some tensors) and a slow disk, the two reused output buffers
     alternate across tensors and a buffer reused while still being written would show."""
     from convkit import convert_pipeline as cp
-    from convkit.commands.quantize import quantize_model
+    from convkit.quantization import quantize_model
 
     src = _f16_gguf(tmp_path, model)
     if slice_bytes:
@@ -162,7 +162,7 @@ def test_gguf_input_with_an_imatrix_streams_to_the_float32_paths_bytes(model, tm
     from quant.imatrix import from_statistics, write_imatrix
 
     from convkit import convert_pipeline as cp
-    from convkit.commands.quantize import make_plan
+    from convkit.quantization import make_plan
 
     src = _f16_gguf(tmp_path, model)
     rng = np.random.default_rng(3)

@@ -203,7 +203,8 @@ def test_unknown_type_is_one_line_before_the_model_is_read(tmp_path, capsys):
 def test_threads_default_to_the_usable_cores():
     import os
 
-    from convkit.commands.quantize import available_cores, quantize
+    from convkit.commands.quantize import quantize
+    from convkit.quantization import available_cores
     assert available_cores() == len(os.sched_getaffinity(0))
     threads = next(p for p in quantize.params if p.name == "threads")
     assert threads.default is available_cores      # evaluated when the command runs

@@ -1,9 +1,12 @@
 """WordPiece and BERT normalization against HF tokenizers: MiniLM's real vocab, every
 code point, hypothesis text, and training against HF's WordPieceTrainer."""
 import os
+import random
 import subprocess
 import sys
+import sysconfig
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from realdata import minilm_dir, python_docs_text
-from tokenizers_impl import TokenizerError, WordPiece
+from tokenizers_impl import TokenizerError, WordPiece, wordpiece
 from tokenizers_impl.formats import read_vocab_txt
 from tokenizers_impl.normalize import BertNormalizer, bert_pretokenize
 from tokenizers_impl.wordpiece import BERT_SPECIAL_TOKENS, count_words
@@ -276,3 +279,113 @@ def test_training_bad_input():
         WordPiece({"a": 0})
     with pytest.raises(TokenizerError, match="token id 99"):
         WordPiece({"[UNK]": 0, "a": 1}).decode([99])
+
+
+# ---------------------------------------------------------------- compiled trainer and its Python reference
+
+compiled = pytest.mark.skipif(wordpiece._wordpiece_train is None, reason="compiled helper not built")
+
+
+def _multilingual_lines():
+    """Real documentation lines, the CJK sample texts that ship with Python's own tests (when
+    installed), and lines mixing the tricky characters above with real words."""
+    lines = _corpus_lines(80_000)
+    cjk = Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
+    for path in sorted(cjk.glob("*-utf8.txt")):
+        lines += path.read_text(encoding="utf-8", errors="replace").split("\n")
+    rng = random.Random(0)
+    words = " ".join(lines).split()[:5000]
+    for _ in range(3000):
+        lines.append("".join(rng.choice(TRICKY) if rng.random() < 0.3 else rng.choice(words) + " "
+                             for _ in range(rng.randrange(1, 12))))
+    return lines
+
+
+def _train_both(monkeypatch, lines, *args, **kwargs):
+    """(compiled, Python) results of WordPiece.train with the same arguments, and the
+    progress calls of each."""
+    out = []
+    for helper in (wordpiece._wordpiece_train, None):
+        calls = []
+        with monkeypatch.context() as m:
+            m.setattr(wordpiece, "_wordpiece_train", helper)
+            model = WordPiece.train(lines, *args, progress=calls.append, **kwargs)
+        out.append((model.vocab, model.special_tokens, model.post_processor, calls))
+    return out
+
+
+@compiled
+@pytest.mark.parametrize("scoring", ["likelihood", "frequency"])
+@pytest.mark.parametrize("vocab_size, min_frequency, specials", [
+    (1200, 0, BERT_SPECIAL_TOKENS),
+    (4000, 0, BERT_SPECIAL_TOKENS),
+    (3000, 3, ("[UNK]", "<s>", "</s>", "the", "##ing")),  # specials that are also words or merges
+    (30000, 2, ()),  # more than the corpus gives: the merges run out
+])
+def test_compiled_trainer_matches_the_python_one(monkeypatch, scoring, vocab_size, min_frequency, specials):
+    """Same vocab, same ids, same special tokens, same progress calls."""
+    lines = _multilingual_lines()
+    ours, reference = _train_both(monkeypatch, lines, vocab_size, min_frequency=min_frequency,
+                                  special_tokens=specials, scoring=scoring)
+    assert ours == reference
+
+
+@compiled
+@HYPO
+@given(lines=st.lists(st.text(alphabet="abcA\u00e9\u4e2d.' \n", max_size=12), min_size=1, max_size=12),
+       extra=st.integers(0, 40), min_frequency=st.integers(0, 3),
+       scoring=st.sampled_from(["likelihood", "frequency"]))
+def test_compiled_trainer_matches_the_python_one_on_tiny_corpora(lines, extra, min_frequency, scoring):
+    """Tiny corpora over a few characters: many pairs tie, so every tie rule is exercised."""
+    counts = count_words(lines, BertNormalizer(), BERT_SPECIAL_TOKENS)
+    if not counts:
+        return
+    n_alpha = (len(BERT_SPECIAL_TOKENS) + len({c for w in counts for c in w})
+               + len({c for w in counts for c in w[1:]}))
+    with pytest.MonkeyPatch.context() as m:
+        ours, reference = _train_both(m, lines, n_alpha + extra, min_frequency=min_frequency, scoring=scoring)
+    assert ours == reference
+
+
+@compiled
+@pytest.mark.parametrize("normalizer", [
+    BertNormalizer(), None, BertNormalizer(lowercase=False),
+    BertNormalizer(clean_text=False, handle_chinese_chars=False, strip_accents=True, lowercase=False)])
+def test_compiled_word_count_matches_the_python_one(monkeypatch, normalizer):
+    """Control characters, odd ASCII whitespace (\\x0b, \\x1c) and punctuation included."""
+    lines = _multilingual_lines() + ["a\x0bb\x1cc\x7fd\x00E\tF\r.G", "[CLS]x\x01y[SEP]", "\x1f\x1e,,"]
+    for specials in (BERT_SPECIAL_TOKENS, (), ("a\nb",)):
+        ours = count_words(lines, normalizer, specials)
+        monkeypatch.setattr(wordpiece, "_wordpiece_train", None)
+        reference = count_words(lines, normalizer, specials)
+        monkeypatch.undo()
+        assert ours == reference
+
+
+class _ReusingTrainer(wordpiece._Trainer):
+    """Names every fourth merge with an existing symbol that occurs in the words, so that a
+    merge raises the frequency of a symbol that already has pairs (real corpora reuse a
+    token only when two merges spell the same string), the others with a new name of
+    their own; records the merges."""
+
+    def _new_token(self, a, b):
+        self.merges.append((a, b))
+        if len(self.merges) % 4 == 0:
+            return next(i for i in range(self.first, len(self.id_to_token)) if i not in (a, b))
+        self.id_to_token.append(f"<merge {len(self.merges)}>")
+        return len(self.id_to_token) - 1
+
+
+@compiled
+@pytest.mark.parametrize("scoring", ["likelihood", "frequency"])
+def test_compiled_merge_loop_matches_the_python_one_when_tokens_are_reused(monkeypatch, scoring):
+    counts = count_words(_corpus_lines(40_000), BertNormalizer(), BERT_SPECIAL_TOKENS)
+    runs = []
+    for helper in (wordpiece._wordpiece_train, None):
+        monkeypatch.setattr(wordpiece, "_wordpiece_train", helper)
+        trainer = _ReusingTrainer(counts, list(BERT_SPECIAL_TOKENS), "##")
+        trainer.merges, trainer.first = [], len(BERT_SPECIAL_TOKENS)
+        trainer.run(1500, 0, scoring, None)
+        runs.append((trainer.merges, trainer.id_to_token))
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) > 1000

@@ -16,6 +16,8 @@ and repeatedly merges the adjacent pair with the best score:
 Ties go to the higher pair count, then to the smaller (left id, right id). Initial ids
 are special tokens, then characters in code point order, then their `##` forms in
 code point order, so the same corpus gives the same vocab on every machine.
+The merge loop and the word count of ASCII text run in the compiled helper
+(_wordpiece_train.c) when it is built; the Python code here is the reference it matches.
 """
 import itertools
 import re
@@ -28,6 +30,11 @@ from .base import Tokenizer, register
 from .errors import TokenizerError
 from .normalize import BertNormalizer, bert_pretokenize
 from .serial import TOKEN_NORMAL, by_id, gguf_special_ids, gguf_token_table, hf_type
+
+try:
+    from . import _wordpiece_train
+except ImportError:  # the compiled helper is optional: _Trainer.run_python does the same
+    _wordpiece_train = None
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SCORINGS = ("likelihood", "frequency")
@@ -286,18 +293,52 @@ def count_words(texts: Iterable[str], normalizer: BertNormalizer | None, special
         texts = [texts]
     splitter = _special_splitter(special_tokens)
     counts: Counter = Counter()
-    for chunk in texts:
+    for chunk in _batches(texts, joinable=not any("\n" in t for t in special_tokens)):
         for special, part in split_specials(chunk, splitter):
-            if not special:
-                if normalizer is not None:
-                    part = normalizer.normalize(part)
+            if special:
+                continue
+            if _wordpiece_train is not None and part.isascii():
+                # the compiled helper normalizes (only these two steps change ASCII text) and counts
+                clean, lower = (normalizer.clean_text, normalizer.lowercase) if normalizer else (False, False)
+                _wordpiece_train.count_ascii(part, clean, lower, counts)
+                continue
+            if normalizer is not None:
+                part = normalizer.normalize(part)
+            if _wordpiece_train is not None and part.isascii():
+                _wordpiece_train.count_ascii(part, False, False, counts)
+            else:
                 counts.update(bert_pretokenize(part))
     return counts
 
 
+def _batches(texts: Iterable[str], joinable: bool, size: int = 1 << 18) -> Iterable[str]:
+    """The texts, short ones joined by newlines into chunks of about size characters, the
+    ASCII ones apart from the others (the normalizer has a fast path for ASCII text).
+
+    Every step of the normalizer works character by character and a newline always ends a
+    word, so a joined chunk gives the words of its parts; special tokens holding no newline
+    cannot match across one. Joining saves the per-call cost of many short lines."""
+    if not joinable:
+        yield from texts
+        return
+    bufs: dict = {True: [], False: []}
+    sizes = {True: 0, False: 0}
+    for text in texts:
+        key = text.isascii()
+        bufs[key].append(text)
+        sizes[key] += len(text) + 1
+        if sizes[key] >= size:
+            yield "\n".join(bufs[key])
+            bufs[key], sizes[key] = [], 0
+    for key in (True, False):
+        if bufs[key]:
+            yield "\n".join(bufs[key])
+
+
 class _Trainer:
-    """Merge loop over the distinct words. Pair counts live in numpy arrays so each step
-    scores every pair at once; a merge rewrites only the words holding that pair."""
+    """Merge loop over the distinct words. run_python keeps pair counts in numpy arrays so
+    each step scores every pair at once; a merge rewrites only the words holding that
+    pair. The compiled loop keeps the pairs in a heap instead, with the same results."""
 
     def __init__(self, counts: Counter, specials: list, prefix: str):
         self.prefix = prefix
@@ -317,6 +358,18 @@ class _Trainer:
         self.word_counts = [counts[w] for w in words]
 
     def run(self, vocab_size, min_frequency, scoring, progress):
+        if _wordpiece_train is None:
+            return self.run_python(vocab_size, min_frequency, scoring, progress)
+        lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
+        offsets = np.zeros(len(self.words) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        symbols = np.fromiter(itertools.chain.from_iterable(self.words), dtype=np.int32, count=int(offsets[-1]))
+        counts = np.array(self.word_counts, dtype=np.int64)
+        _wordpiece_train.merges(symbols, offsets, counts, len(self.id_to_token), vocab_size,
+                                max(min_frequency, 1), scoring == "likelihood", self._new_token, progress)
+
+    def run_python(self, vocab_size, min_frequency, scoring, progress):
+        """The merge loop the compiled helper (_wordpiece_train.c) follows: the reference."""
         words, wc = self.words, self.word_counts
         n_sym = len(self.id_to_token)
         sym_freq = np.zeros(max(vocab_size, n_sym) + 1, dtype=np.int64)

@@ -3,7 +3,7 @@ from convkit.errors import ConvkitError
 
 from .base import GGUF_REGISTRY, REGISTRY, Architecture  # noqa: F401
 # each module registers itself
-from . import bert, gpt2, granite, llama, mixtral, olmo2, qwen2, qwen3, qwen3moe, smollm3  # noqa: F401
+from . import bert, gemma, gpt2, granite, llama, mixtral, olmo2, phi3, qwen2, qwen3, qwen3moe, smollm3  # noqa: F401
 
 
 def architecture_class(config: dict, path="config.json"):

@@ -27,12 +27,24 @@ def register(*hf_names):
     return wrap
 
 
+def shifted(ckpt, hf: str, shift: float) -> np.ndarray:
+    """values + shift as float32, as llama.cpp's converter adds it: to the tensor as it
+    loads it, float16 kept as float16 (the sum rounded to float16), anything else widened to
+    float32 first."""
+    if ckpt.tensors[hf].dtype == "F16":
+        import torch
+
+        return (torch.from_numpy(ckpt.read_raw(hf).copy()) + shift).float().numpy()
+    return ckpt.read(hf) + np.float32(shift)
+
+
 class Architecture:
     gguf_arch: gguf.MODEL_ARCH = None
     structure: Structure | None = None  # how the runtime builds the decoder; None: the runtime does not run it
     tensor_table: str | None = None  # which table of convkit/tensor_shapes.py checks its tensors
     qkv_bias_required = False        # (the "decoder" table) q/k/v biases always present, as qwen2's
     reads_prefix_space = False  # llama.cpp's llama converter copies tokenizer_config's add_prefix_space
+    sentencepiece_vocab = None  # "first" / "required": tokenizer.model before / instead of tokenizer.json
     skip_suffixes = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attn.bias", "position_ids")
 
     def __init__(self, config: dict, path="config.json", hf_name=None):
@@ -137,14 +149,21 @@ class Architecture:
             return (len(hf),) + tuple(ckpt.tensors[hf[0]].shape)
         return tuple(ckpt.tensors[hf].shape)
 
-    @staticmethod
-    def read_source(ckpt, hf, raw=False) -> np.ndarray:
-        """A tensor as float32 (or as stored, with raw), experts stacked: one layer's
-        experts of one kind at a time, never the whole model."""
+    def read_source(self, ckpt, hf, raw=False) -> np.ndarray:
+        """A tensor as float32 with the converter's value shift (or as stored, with raw),
+        experts stacked: one layer's experts of one kind at a time, never the whole model."""
         read = ckpt.read_raw if raw else ckpt.read
         if isinstance(hf, tuple):
             return np.stack([read(n) for n in hf])
+        shift = 0.0 if raw else self.norm_shift(hf)
+        if shift:
+            return shifted(ckpt, hf, shift)
         return read(hf)
+
+    def norm_shift(self, hf_name: str) -> float:
+        """What the converter adds to a tensor's values (Gemma's RMSNorm scales by 1 + w, and
+        the GGUF stores 1 + w). The runtime reading an HF checkpoint adds it too."""
+        return 0.0
 
     def transform(self, gguf_name: str, weight: np.ndarray) -> np.ndarray:
         return weight
@@ -171,17 +190,33 @@ class Architecture:
                     ffn_size=self.ff, max_positions=self.context, norm_eps=self.norm_eps,
                     rope_theta=rope.theta if rope else 10000.0, rope_scaling=rope.as_hf() if rope else None,
                     tie_embeddings=self.tie_embeddings, sliding_window=getattr(self, "sliding_window", None),
+                    swa_layers=getattr(self, "swa_layers", None),
                     bos_token_id=self.bos_token_id, eos_token_ids=self.eos_token_ids, **self.scales())
 
     def scales(self) -> dict:
-        """Multipliers beyond the usual ones (Granite's), as ModelConfig fields."""
+        """Multipliers and other hyperparameters beyond the usual ones (Granite's, Gemma's), as
+        ModelConfig fields."""
         return {}
 
     @classmethod
     def gguf_scales(cls, key) -> dict:
-        """The same multipliers from a GGUF's metadata; `key(name, default)` reads `{arch}.name`."""
+        """The same from a GGUF's metadata; `key(name, default)` reads `{arch}.name`."""
         return {}
 
     # --- metadata --------------------------------------------------------------
+    @classmethod
+    def write_vocab(cls, w, directory, config: dict) -> None:
+        """The tokenizer's GGUF keys from the checkpoint's tokenizer files (a class method:
+        the runtime's tokenizer reads an HF directory's vocabulary the same way)."""
+        from convkit.gguf_vocab import write_vocab
+
+        write_vocab(w, directory, config, reads_prefix_space=cls.reads_prefix_space,
+                    sentencepiece=cls.sentencepiece_vocab)
+        cls.write_vocab_extras(w, directory)
+
+    @classmethod
+    def write_vocab_extras(cls, w: gguf.GGUFWriter, directory) -> None:
+        """Tokenizer keys the architecture's converter writes beside the vocabulary."""
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         raise NotImplementedError

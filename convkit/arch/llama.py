@@ -40,7 +40,7 @@ def llama3_rope_factors(rope, head_dim: int) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-@register("LlamaForCausalLM", "MistralForCausalLM")
+@register("LlamaForCausalLM")
 class Llama(Architecture):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
     tensor_table = "decoder"
@@ -48,6 +48,7 @@ class Llama(Architecture):
     reads_prefix_space = True
     rope_kinds = ("default", "linear", "llama3", "yarn", "dynamic")
     writes_vocab_and_rope_dim = True  # llama.cpp's llama converter does; its qwen2 one does not
+    slides = False  # whether config.json's sliding_window applies (transformers' Llama ignores it)
 
     def read_hparams(self, f: ConfigFields):
         self.hidden = f.int("hidden_size")
@@ -82,13 +83,15 @@ class Llama(Architecture):
                     "num_local_experts": (), "num_experts": (), "no_rope_layers": (), "use_sliding_window": (False,)}
 
     def read_sliding_window(self, f: ConfigFields):
-        """Mistral attends to the last `sliding_window` positions only; within that many
-        positions attention is plain causal, so the runtime refuses longer sequences."""
+        """Mistral attends to the last `sliding_window` positions only, in every layer; the
+        families that slide in some layers set `swa_layers` from layer_types."""
         layer_types = f.raw.get("layer_types")
         if layer_types is not None and (not isinstance(layer_types, list) or any(
                 t not in ("full_attention", "sliding_attention") for t in layer_types)):
             raise ConvkitError(f"{self.path}: layer_types {shown(layer_types)} is not understood; "
                                "expected a list of full_attention / sliding_attention")
+        if not self.slides:
+            return None
         if layer_types is not None and "sliding_attention" not in layer_types:
             return None
         return f.int("sliding_window", hi=MAX_TOKENS) if f.has("sliding_window") else None
@@ -127,6 +130,12 @@ class Llama(Architecture):
         if self.writes_vocab_and_rope_dim:
             w.add_vocab_size(self.vocab)
             w.add_rope_dimension_count(self.head_dim)
+
+
+@register("MistralForCausalLM")
+class Mistral(Llama):
+    """Llama with a sliding window in every layer (transformers' Mistral ignores layer_types)."""
+    slides = True
 
 
 def write_rope(w: gguf.GGUFWriter, rope) -> None:

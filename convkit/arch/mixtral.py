@@ -7,6 +7,7 @@ from .llama import Llama
 
 @register("MixtralForCausalLM")
 class Mixtral(Llama):
+    slides = True  # in every layer, as Mistral
     neutral_keys = {k: v for k, v in Llama.neutral_keys.items() if k != "num_local_experts"}
 
     def read_hparams(self, f):

@@ -14,6 +14,7 @@ from .qwen3 import Qwen3
 class Qwen3Moe(Qwen3):
     gguf_arch = gguf.MODEL_ARCH.QWEN3MOE
     neutral_keys = {k: v for k, v in Qwen3.neutral_keys.items() if k not in ("num_experts", "num_local_experts")}
+    window_layers_key = None  # transformers' Qwen3-MoE slides in every layer
 
     def read_hparams(self, f):
         super().read_hparams(f)

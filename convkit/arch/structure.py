@@ -27,6 +27,10 @@ class Structure:
     positions: str = "rope"        # rotary (halves layout, as transformers), or learned embeddings
     rope_rows_permuted: bool = False  # a GGUF stores q/k rows interleaved for ggml's normal RoPE
     no_rope_every: int = 0         # every n-th layer (1-based) attends without RoPE (SmolLM3); 0: none
+    sandwich_norms: bool = False   # Gemma 2/3: a norm before and one after each sublayer, x + post(f(pre(x)))
+    swa_pattern: int = 0           # with a sliding window, every n-th layer (1-based) attends to the whole
+                                   # past and the others to the window, as llama.cpp's set_swa_pattern(n)
+                                   # (Gemma 2: 2, Gemma 3: 6); 0: every layer slides (Mistral)
 
     def __post_init__(self):
         for value, allowed in ((self.norm, NORMS), (self.qk_norm, QK_NORMS), (self.mlp, MLPS),
@@ -38,3 +42,7 @@ class Structure:
         if self.positions != "rope":
             return False
         return not (self.no_rope_every and (layer + 1) % self.no_rope_every == 0)
+
+    def slides(self, layer: int) -> bool:
+        """Whether the layer attends to a sliding window (when the model has one)."""
+        return not self.swa_pattern or (layer + 1) % self.swa_pattern != 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from quant.types import FILE_TYPE_BY_NAME, QuantType, block_size
 
-from convkit.commands.quantize import available_cores
+from convkit.quantization import available_cores
 from convkit.output import emit
 
 # convert_hf_to_gguf keeps these 2-D tensors in float32 whatever the out type
@@ -28,7 +28,7 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")     # convert_hf_to_gguf's --outtype c
 def convert(model, outtype, output, threads, dry_run, as_json, quiet):
     """Convert MODEL to GGUF at one precision."""
     from convkit import convert_pipeline as cp
-    from convkit.commands.quantize import render_done, render_plan
+    from convkit.quantization import render_done, render_plan
 
     info = FILE_TYPE_BY_NAME[outtype]
     qtype, file_type = info.default, int(info.ftype)

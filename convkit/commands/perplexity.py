@@ -9,45 +9,12 @@ from convkit.errors import ConvkitError
 from convkit.output import emit
 
 
-def read_text(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise ConvkitError(f"{path}: no such text file; give --text a UTF-8 text file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConvkitError(f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
-
-
-def open_model(path, device, precision, numerics, dequantize_all):
-    """(model, tokenizer) after the checks that turn bad input into one-line errors."""
-    from convkit.runtime import ggml_numerics  # noqa: F401  (registers --numerics ggml)
-    from convkit.runtime import load_model
-    from convkit.runtime.load import check_model, resolve_device
-    from convkit.runtime.tokenizer import load_tokenizer
-
-    resolve_device(device)
-    if numerics == "ggml" and precision != "fp32":
-        raise ConvkitError("--numerics ggml reproduces llama.cpp's float32 CPU arithmetic; use --precision fp32")
-    config = check_model(path)
-    tok = load_tokenizer(path, config.vocab_size)
-    model = load_model(path, device=device, precision=precision, dequantize_all=dequantize_all,
-                       numerics="ggml" if numerics == "ggml" else None)
-    return model, tok
-
-
 def say_cpu_path(device: str, verbose: bool) -> None:
     """--verbose: one line on stderr naming the CPU's bfloat16 product path."""
     if verbose and device == "cpu":
         from convkit.runtime.cpu_paths import summary_line
 
         click.echo(summary_line(), err=True)
-
-
-def check_context(model, n_ctx: int, path) -> None:
-    if n_ctx > model.config.context_limit:
-        raise ConvkitError(f"--ctx {n_ctx} is longer than {path}'s context of {model.config.context_limit}; "
-                           f"use --ctx {model.config.context_limit} or less")
 
 
 @click.command()
@@ -80,7 +47,9 @@ def perplexity(model, text_file, n_ctx, n_chunks, batch, device, precision, nume
     from convkit.eval import kld as kldmod
     from convkit.eval.perplexity import (PerplexityAccumulator, chunk_logits, plan_chunks,
                                          tokenize_for_perplexity, token_nll)
+    from convkit.eval.perplexity import read_text
     from convkit.progress import progress
+    from convkit.runtime.open import check_context, open_model
 
     if base_logits and base_model:
         raise ConvkitError("give either --base-logits or --base, not both")

@@ -13,12 +13,23 @@ forward pass; a divisor of n_ctx feeds each chunk in pieces through the KV cache
 """
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from convkit.errors import ConvkitError
 
 LSE_ROWS = 16  # rows of logits per logsumexp in token_nll: 16 x 49k floats fit in cache
+
+
+def read_text(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ConvkitError(f"{path}: no such text file; give --text a UTF-8 text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConvkitError(f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,8 @@ class GgmlNumerics(Numerics):
             return y + delta @ block_mins(layer).t()
         return dense_linear(ggml_activations(x, fmt), layer.dense_weight(torch.float32), layer.bias)
 
-    def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
+    def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None,
+                  softcap: float | None = None):
         H, Hkv = q.shape[1], k.shape[1]
         T_, S = q.shape[2], k.shape[2]
         q16, k16, v16 = (t.to(torch.float16).float() for t in (q, k, v))
@@ -168,6 +169,8 @@ class GgmlNumerics(Numerics):
             k16 = k16.repeat_interleave(H // Hkv, dim=1)
             v16 = v16.repeat_interleave(H // Hkv, dim=1)
         scores = torch.matmul(q16, k16.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+        if softcap is not None:  # llama.cpp caps the scores before the mask and softmax
+            scores = torch.tanh(scores / softcap) * softcap
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         elif causal and T_ > 1:

@@ -160,9 +160,13 @@ class Numerics:
             out[..., start:stop] = dense_linear(x, layer.weight.row_range(start, stop).dequantize(x.dtype), bias)
         return out
 
-    def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None):
+    def attention(self, q, k, v, *, causal: bool, mask=None, scale: float | None = None,
+                  softcap: float | None = None):
         """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. `mask` (bool, True = attend)
-        is given when the query positions do not start at key position 0."""
+        is given when the query positions do not start at key position 0 or a sliding window
+        hides some keys. `softcap`: scores become softcap * tanh(scores / softcap) (Gemma 2)."""
+        if softcap is not None:
+            return softcapped_attention(q, k, v, causal=causal, mask=mask, scale=scale, softcap=softcap)
         # grouped_causal_attention's bfloat16 GEMMs are fast where oneDNN has bfloat16 kernels;
         # on the fp32 path (none) torch's portable bfloat16 bmm is about 20x slower than SDPA's
         # own kernel, which keeps scores and probabilities in float32
@@ -171,6 +175,22 @@ class Numerics:
             return grouped_causal_attention(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                               scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def softcapped_attention(q, k, v, *, causal: bool, mask, scale, softcap):
+    """Attention with soft-capped scores, in transformers' order: scaled scores, capped, the
+    mask added, softmax in float32. SDPA has no cap, so the scores are formed here."""
+    H, Hkv, T, S = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    if H != Hkv:  # query head h reads kv head h // (H / Hkv)
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is None and causal and T > 1:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
 
 
 QUERY_BLOCK = 128  # query positions per block in grouped_causal_attention

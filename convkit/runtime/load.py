@@ -231,9 +231,14 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
     shapes = {t.name: t.shape for t in info.tensors}
     if "token_embd.weight" not in shapes:
         raise ConvkitError(f"{path}: tensor token_embd.weight is missing; the file is incomplete")
+    if "rope_factors_long.weight" in shapes or "rope_factors_short.weight" in shapes:
+        if scaling is not None:
+            raise ConvkitError(f"{path}: LongRoPE factors together with rope scaling {scaling_type!r}; "
+                               "the file is inconsistent, convert it again")
+        scaling = gguf_longrope(info, arch, key, shapes, path)
     eos = [info.get("tokenizer.ggml.eos_token_id"), info.get("tokenizer.ggml.eot_token_id")]
     scales = cls.gguf_scales(lambda name, default=None: info.get(f"{arch}.{name}", default))
-    scales = {field: _f32_value(value) for field, value in scales.items()}
+    scales = {field: _f32_value(value) if isinstance(value, float) else value for field, value in scales.items()}
     return ModelConfig(
         arch=arch,
         structure=structure,
@@ -243,6 +248,7 @@ def gguf_config(info: GGUFInfo, path: Path) -> ModelConfig:
         n_heads=n_heads,
         n_kv_heads=int(key("attention.head_count_kv", n_heads)),
         head_dim=int(key("attention.key_length", hidden // n_heads)),
+        rope_dim=int(info.get(f"{arch}.rope.dimension_count") or key("attention.key_length", hidden // n_heads)),
         ffn_size=int(key("feed_forward_length")),
         max_positions=int(key("context_length")),
         norm_eps=_f32_value(key(eps_key)),
@@ -269,6 +275,19 @@ def gguf_yarn(info: GGUFInfo, arch: str, key, path: Path) -> dict:
             "original_max_position_embeddings": int(key("rope.scaling.original_context_length")),
             "beta_fast": _f32_value(info.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
             "beta_slow": _f32_value(info.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0))}
+
+
+def gguf_longrope(info: GGUFInfo, arch: str, key, shapes: dict, path: Path) -> dict:
+    """LongRoPE as llama.cpp's phi3 stores it: both sets of divisors as tensors (read with
+    the weights), the pretraining context and the cos/sin scale as metadata."""
+    for kind in ("long", "short"):
+        if f"rope_factors_{kind}.weight" not in shapes:
+            raise ConvkitError(f"{path}: tensor rope_factors_{kind}.weight is missing beside its twin; "
+                               "the file is incomplete")
+    return {"rope_type": "longrope",
+            "original_max_position_embeddings": int(info.get(f"{arch}.rope.scaling.original_context_length")
+                                                    or key("context_length")),
+            "attention_factor": _f32_value(info.get(f"{arch}.rope.scaling.attn_factor", 1.0))}
 
 
 def _read_bytes(f, offset: int, size: int) -> torch.Tensor:
@@ -315,7 +334,8 @@ def _gguf_tensor(f, t: GGUFTensor, config, heads, dtype, device):
         data = data.index_select(0, unpermute_index(data.shape[0], heads[kind]))
     if len(t.shape) >= 2:
         return _matrix(data, t.qtype, device)
-    return data.reshape(-1).to(device, torch.float32 if t.name == "rope_freqs.weight" else dtype)
+    rope_divisors = t.name.startswith(("rope_freqs.", "rope_factors_"))  # kept in float32, as ggml uses them
+    return data.reshape(-1).to(device, torch.float32 if rope_divisors else dtype)
 
 
 # ------------------------------------------------------------------------ HF
@@ -382,6 +402,9 @@ def read_hf(path: Path, dtype, device):
         if tensor.dim() >= 2:  # experts [n_expert, rows, cols]: their rows one after another, as in a GGUF
             weights[target] = _matrix(tensor.reshape(-1, tensor.shape[-1]), _FLOAT_QTYPES[tensor.dtype], device)
         else:
+            shift = arch.norm_shift(name) if isinstance(name, str) else 0.0
+            if shift:  # Gemma's 1 + w, in float32 as transformers computes it
+                tensor = tensor.float() + shift
             weights[target] = tensor.to(device, dtype)
     if "output.weight" in weights and config.tie_embeddings:
         config.tie_embeddings = False  # a stored head wins

@@ -6,10 +6,15 @@ Families differ in a few places, all stated by their architecture module
 - RMSNorm of q and k per head (Qwen3) or over all heads (OLMo 2);
 - the MLP: gated (act(gate) * up) or plain, and its activation; or a router's top k
   of n gated experts (Qwen3-MoE, Mixtral; from the expert count);
-- positions: rotary (halves layout, "NEOX"; some layers without, SmolLM3) or learned;
+- positions: rotary (halves layout, "NEOX", on all or the first `rope_dim` dimensions of a
+  head; some layers without, SmolLM3) or learned; LongRoPE's short and long divisors (Phi-3);
 - multipliers of the embedding, the residual branches, the attention scores and the
-  logits (Granite).
-Biases are added where the checkpoint holds them; gpt2's qkv is stored fused.
+  logits (Granite, Gemma's embedding scale);
+- norms before and after each sublayer (Gemma 2/3), soft-capped attention scores and
+  logits (Gemma 2), sliding-window attention in some layers or all (Gemma 2/3, Mistral),
+  with the sliding layers' own RoPE base (Gemma 3).
+Biases are added where the checkpoint holds them; gpt2's and Phi-3's qkv are stored fused,
+as is Phi-3's gate and up (one ffn_up of twice the width, gate rows first).
 
 Weights come as a mapping from GGUF tensor names (`token_embd.weight`,
 `blk.N.attn_q.weight`, ...) to `QTensor` (matrices, kept as stored) or float tensors
@@ -17,6 +22,7 @@ Weights come as a mapping from GGUF tensor names (`token_embd.weight`,
 matrix product goes through `QuantLinear`, so a layer's weight is dequantized only when
 the forward pass reaches it (see linear.py for the numerics hook).
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -44,7 +50,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # HF form: {"rope_type": "linear"|"llama3", "factor": ...}
     tie_embeddings: bool = False
-    sliding_window: int | None = None  # attention sees this many positions (refused beyond)
+    sliding_window: int | None = None  # a sliding layer's query sees this many positions: itself and the
+                                       # window - 1 before it (transformers' and llama.cpp's convention)
+    swa_layers: tuple | None = None    # which layers slide (config.json's layer_types); None: the structure says
+    swa_rope_theta: float | None = None  # the sliding layers' own RoPE base, unscaled (Gemma 3); None: as the others
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     embedding_scale: float = 1.0   # Granite's multipliers; 1 (None for attention) means none
@@ -53,11 +62,21 @@ class ModelConfig:
     logit_scale: float = 1.0              # logits are divided by it
     n_experts: int = 0                    # > 0: every layer a mixture of experts
     n_experts_used: int = 0
+    rope_dim: int | None = None           # rotated dimensions per head; None: all of head_dim
+    attn_softcap: float | None = None     # Gemma 2: scores become cap * tanh(scores / cap) before the softmax
+    final_softcap: float | None = None    # and the logits likewise
 
     @property
     def context_limit(self) -> int:
-        """Positions the runtime evaluates exactly: the context, or the sliding window if shorter."""
-        return min(self.max_positions, self.sliding_window or self.max_positions)
+        """Positions the runtime evaluates exactly."""
+        return self.max_positions
+
+    def window(self, layer: int) -> int | None:
+        """The layer's sliding window, or None where it attends to the whole past."""
+        if self.sliding_window is None:
+            return None
+        slides = self.swa_layers[layer] if self.swa_layers is not None else self.structure.slides(layer)
+        return self.sliding_window if slides else None
 
     @property
     def uses_rope(self) -> bool:
@@ -70,10 +89,13 @@ def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None)
 
     `freq_factors` is GGUF's `rope_freqs.weight`: per-frequency divisors that encode a
     scaling (llama3) the way ggml applies it."""
-    dim = config.head_dim
+    dim = config.rope_dim or config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "longrope":  # the divisors come with the call (short or long), as transformers applies them
+        shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+        return 1.0 / (freq_factors.float().cpu() * config.rope_theta ** shape)
     if kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif kind == "llama3":
@@ -114,8 +136,10 @@ def yarn_inv_freq(config: ModelConfig, scaling: dict) -> torch.Tensor:
 
 
 def rope_attention_factor(config: ModelConfig) -> float:
-    """YaRN scales cos and sin (so both q and k) by this; 1 for every other kind."""
+    """YaRN and LongRoPE scale cos and sin (so both q and k) by this; 1 for every other kind."""
     scaling = config.rope_scaling or {}
+    if scaling.get("rope_type") == "longrope":
+        return float(scaling.get("attention_factor", 1.0))
     if scaling.get("rope_type") != "yarn":
         return 1.0
     if scaling.get("attention_factor") is not None:
@@ -124,9 +148,20 @@ def rope_attention_factor(config: ModelConfig) -> float:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each head's two halves: x [B, T, H, D], cos/sin [T, 1, D/2]."""
+    """Rotate the two halves of each head's first R dimensions: x [B, T, H, D], cos/sin
+    [T, 1, R/2]; dimensions beyond R (partial rotary) pass unchanged."""
+    rotated = 2 * cos.shape[-1]
+    if rotated < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def longrope_factors(scaling: dict, w: dict, kind: str) -> torch.Tensor:
+    """LongRoPE's short or long divisors: from config.json, or a GGUF's rope_factors_* tensor."""
+    if scaling.get(f"{kind}_factor") is not None:
+        return torch.tensor(scaling[f"{kind}_factor"], dtype=torch.float32)
+    return w[f"rope_factors_{kind}.weight"]
 
 
 class KVCache:
@@ -177,6 +212,8 @@ class Attention(torch.nn.Module):
             self.q_norm = Norm(config, w[f"{prefix}attn_q_norm.weight"])
             self.k_norm = Norm(config, w[f"{prefix}attn_k_norm.weight"])
         self.scale = config.attention_scale or 1.0 / math.sqrt(config.head_dim)
+        self.softcap = config.attn_softcap
+        self.window = None  # set by the block: the layer's sliding window
         self.numerics: Numerics = FloatNumerics()
 
     def norm_qk(self, qk: torch.Tensor) -> torch.Tensor:
@@ -202,14 +239,23 @@ class Attention(torch.nn.Module):
             qk = apply_rope(qk, *rope)  # q and k rotated together
         q, k = qk[:, :, : c.n_heads].transpose(1, 2), qk[:, :, c.n_heads:].transpose(1, 2)
         v = v.transpose(1, 2)
-        mask = None
         if cache is not None:
             k, v = cache.append(layer, k, v, start)
-            if start > 0 and T > 1:  # new queries see the whole past and their own prefix
-                query_pos = torch.arange(start, start + T, device=x.device)[:, None]
-                mask = torch.arange(start + T, device=x.device)[None, :] <= query_pos
+        first = 0  # the first key position k and v hold
+        if self.window is not None and T == 1 and start + 1 > self.window:  # decoding: only the window's keys
+            first = start + 1 - self.window
+            k, v = k[:, :, first:], v[:, :, first:]
+        mask = None
+        if (start > 0 and T > 1) or (self.window is not None and first == 0 and start + T > self.window):
+            # new queries see the past and their own prefix; in a sliding layer only the last `window`
+            # positions (query - key < window)
+            query_pos = torch.arange(start, start + T, device=x.device)[:, None]
+            key_pos = torch.arange(first, start + T, device=x.device)[None, :]
+            mask = key_pos <= query_pos
+            if self.window is not None:
+                mask = mask & (query_pos - key_pos < self.window)
         y = self.numerics.attention(q, k, v, causal=start == 0 or T > 1, mask=mask,
-                                    scale=self.scale)
+                                    scale=self.scale, softcap=self.softcap)
         return self.out(y.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
 
 
@@ -221,7 +267,9 @@ class MLP(torch.nn.Module):
         super().__init__()
         self.gated = config.structure.mlp == "gated"
         self.act = ACTIVATIONS[config.structure.activation]
-        if self.gated:  # gate and up in one product, split after
+        if self.gated and f"{prefix}ffn_gate.weight" not in w:  # stored fused (Phi-3): gate rows, then up
+            self.up = QuantLinear(w[f"{prefix}ffn_up.weight"], w.get(f"{prefix}ffn_up.bias"))
+        elif self.gated:  # gate and up in one product, split after
             names = [f"{prefix}ffn_gate", f"{prefix}ffn_up"]
             self.up = fused_linear([w[f"{n}.weight"] for n in names], [w.get(f"{n}.bias") for n in names])
         else:
@@ -282,11 +330,20 @@ class Block(torch.nn.Module):
         self.residual_scale = config.residual_scale
         norms = ("post_attention_norm", "post_ffw_norm") if self.post_norms else ("attn_norm", "ffn_norm")
         self.attn_norm, self.ffn_norm = (Norm(config, w[f"{p}{n}.weight"], w.get(f"{p}{n}.bias")) for n in norms)
+        self.sandwich = config.structure.sandwich_norms
+        if self.sandwich:  # Gemma: the sublayers' outputs normed too
+            self.attn_post_norm, self.ffn_post_norm = (Norm(config, w[f"{p}{n}.weight"])
+                                                       for n in ("post_attention_norm", "post_ffw_norm"))
         self.attn = Attention(config, w, p)
+        self.attn.window = config.window(layer)
+        self.local_rope = self.attn.window is not None and config.swa_rope_theta is not None
         self.mlp = Experts(config, w, p) if config.n_experts else MLP(config, w, p)
 
-    def forward(self, x, rope, cache, start):
-        rope = rope if self.uses_rope else None
+    def forward(self, x, ropes, cache, start):
+        rope = (ropes[1] if self.local_rope else ropes[0]) if self.uses_rope else None
+        if self.sandwich:
+            x = x + self.attn_post_norm(self.attn(self.attn_norm(x), rope, cache, self.layer, start))
+            return x + self.ffn_post_norm(self.mlp(self.ffn_norm(x)))
         if self.post_norms:  # OLMo 2: each sublayer's output is normed, its input is not
             x = x + self.attn_norm(self.attn(x, rope, cache, self.layer, start))
             return x + self.ffn_norm(self.mlp(x))
@@ -310,8 +367,19 @@ class Model(torch.nn.Module):
         self.norm = Norm(config, w["output_norm.weight"], w.get("output_norm.bias"))
         head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]  # tied: same rows
         self.lm_head = QuantLinear(head, w.get("output.bias"))
-        self.inv_freq = rope_inv_freq(config, w.get("rope_freqs.weight")) if config.uses_rope else None
+        self.inv_freq = self.inv_freq_long = None
+        scaling = config.rope_scaling or {}
+        if config.uses_rope and scaling.get("rope_type") == "longrope":
+            short, long = (longrope_factors(scaling, w, kind) for kind in ("short", "long"))
+            self.inv_freq, self.inv_freq_long = rope_inv_freq(config, short), rope_inv_freq(config, long)
+            self.long_beyond = scaling["original_max_position_embeddings"]
+        elif config.uses_rope:
+            self.inv_freq = rope_inv_freq(config, w.get("rope_freqs.weight"))
         self.rope_scale = rope_attention_factor(config)
+        self.inv_freq_local = None  # Gemma 3's sliding layers: their own base, no scaling
+        if config.uses_rope and config.swa_rope_theta is not None:
+            self.inv_freq_local = rope_inv_freq(dataclasses.replace(config, rope_theta=config.swa_rope_theta,
+                                                                    rope_scaling=None))
 
     # ------------------------------------------------------------------ setup
     def set_numerics(self, numerics: Numerics) -> None:
@@ -329,12 +397,17 @@ class Model(torch.nn.Module):
         return KVCache(self.config, batch, max_len or self.config.max_positions, self.dtype, self.device)
 
     # ---------------------------------------------------------------- forward
-    def rope(self, start: int, length: int):
+    def rope(self, start: int, length: int, inv_freq=None, scale=None):
         pos = torch.arange(start, start + length, dtype=torch.float32)
-        angles = torch.outer(pos, self.inv_freq)[:, None, :]  # [T, 1, D/2]
+        if inv_freq is None:
+            inv_freq = self.inv_freq
+            if self.inv_freq_long is not None and start + length > self.long_beyond:
+                inv_freq = self.inv_freq_long  # transformers' rule: the pass's last position decides, for all of it
+        angles = torch.outer(pos, inv_freq)[:, None, :]  # [T, 1, R/2]
         cos, sin = angles.cos(), angles.sin()
-        if self.rope_scale != 1.0:
-            cos, sin = cos * self.rope_scale, sin * self.rope_scale
+        scale = self.rope_scale if scale is None else scale
+        if scale != 1.0:
+            cos, sin = cos * scale, sin * scale
         return (cos.to(self.device, self.dtype), sin.to(self.device, self.dtype))
 
     @torch.inference_mode()
@@ -351,9 +424,6 @@ class Model(torch.nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_positions:
             raise ValueError(f"{start + T} positions exceed the model's context of {self.config.max_positions}")
-        if self.config.sliding_window is not None and start + T > self.config.sliding_window:
-            raise ValueError(f"{start + T} positions exceed the model's sliding attention window of "
-                             f"{self.config.sliding_window}, which the runtime does not implement")
         with self.lm_head.numerics.forward_context(B * T, self.device):
             x = self.tok_embd(ids)
             if self.config.embedding_scale != 1.0:
@@ -361,8 +431,9 @@ class Model(torch.nn.Module):
             if self.pos_embd is not None:
                 x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
             rope = self.rope(start, T) if self.inv_freq is not None else None
+            local = self.rope(start, T, self.inv_freq_local, 1.0) if self.inv_freq_local is not None else rope
             for block in self.blocks:
-                x = block(x, rope, cache, start)
+                x = block(x, (rope, local), cache, start)
             if cache is not None:
                 cache.length = start + T
             if logits_for is not None:
@@ -370,4 +441,6 @@ class Model(torch.nn.Module):
             logits = self.lm_head(self.norm(x))
             if self.config.logit_scale != 1.0:
                 logits = logits / self.config.logit_scale
+            if self.config.final_softcap is not None:
+                logits = torch.tanh(logits / self.config.final_softcap) * self.config.final_softcap
             return logits.float()

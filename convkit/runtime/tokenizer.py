@@ -246,6 +246,14 @@ class _VocabKeys:
         return (lambda value: self.values.__setitem__(key, value)) if key else (lambda *args, **kw: None)
 
 
+def _architecture_class(config: dict):
+    from convkit.arch import REGISTRY
+
+    names = config.get("architectures")
+    return next((REGISTRY[n] for n in names if isinstance(n, str) and n in REGISTRY), None) \
+        if isinstance(names, list) else None
+
+
 def hf_spm_tokenizer(path: Path) -> Tokenizer:
     """An HF directory with a sentencepiece tokenizer.model: the vocabulary our converter
     writes for it (as llama.cpp's llama converter does: tokenizer.model first, added tokens
@@ -253,11 +261,15 @@ def hf_spm_tokenizer(path: Path) -> Tokenizer:
     truth is llama.cpp on the converted GGUF, not sentencepiece or HF: the ids are the ones
     the runtime gives for that file (they differ from sentencepiece's where llama.cpp's
     merge rule does, e.g. on Unigram models or with normalization)."""
-    from convkit.gguf_vocab import write_vocab
+    from convkit.arch.llama import Llama
 
     keys = _VocabKeys()
     config = _json_object(path / "config.json")
-    write_vocab(keys, path, config, reads_prefix_space=True)
+    cls = _architecture_class(config)
+    # llama's sentencepiece rules, or those of an architecture whose converter writes its own
+    # vocabulary (Phi-3's added tokens, Gemma's tokenizer.model only)
+    own = cls is not None and ("write_vocab" in vars(cls) or cls.sentencepiece_vocab)
+    (cls if own else Llama).write_vocab(keys, path, config)
     # general.name as the converter writes it (llama.cpp sets Phi-3's token attributes by name)
     keys.values["general.name"] = str(config.get("_name_or_path") or path.resolve().name).rstrip("/").split("/")[-1]
     return _spm_tokenizer(path / "tokenizer.model", lambda key, default=None: keys.values.get(key, default))
