@@ -119,6 +119,24 @@ def test_runtime_equals_transformers(family, tmp_path, capsys):
     assert (load_model(target)(ids) - expected).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_transformers(family, side):
+    """Two prompts of 96 and 60 tokens in one batch, padded on either side: transformers
+    with the attention mask and generate's position ids (each token's position counts the
+    tokens before it), ours with the same mask; every real token's logits equal."""
+    _, directory, model = family
+    ids = torch.randint(0, model.config.vocab_size, (2, 96), generator=torch.Generator().manual_seed(8))
+    mask = torch.zeros(2, 96, dtype=torch.long)
+    for row, length in enumerate((96, 60)):
+        mask[row, 96 - length:] = 1 if side == "left" else 0
+        mask[row, :length] = mask[row, :length] if side == "left" else 1
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    real = mask.bool()
+    ours = load_model(directory)(ids, attention_mask=mask)
+    assert (ours[real] - expected[real]).abs().max().item() <= TOL
+
+
 @pytest.mark.parametrize("command", ["convert", "quantize", "perplexity"])
 def test_unknown_architecture_lists_the_supported_ones(command, tmp_path, capsys):
     import json

@@ -157,6 +157,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def padded_mask(mask, keys, start: int, T: int, causal: bool):
+    """The attention mask [B, 1, T, K] with padding keys (`keys` [B, K] False) excluded. A
+    query row whose every key is padding (a padding query at the left) keeps its own key,
+    so that the softmax stays finite; its output is never used."""
+    K = keys.shape[1]
+    query_pos = torch.arange(start, start + T, device=keys.device)[:, None]
+    key_pos = torch.arange(start + T - K, start + T, device=keys.device)[None, :]
+    if mask is None:
+        mask = key_pos <= query_pos if causal else torch.ones(T, K, dtype=torch.bool, device=keys.device)
+    return ((mask[None] & keys[:, None, :]) | (key_pos == query_pos)[None])[:, None]
+
+
 def longrope_factors(scaling: dict, w: dict, kind: str) -> torch.Tensor:
     """LongRoPE's short or long divisors: from config.json, or a GGUF's rope_factors_* tensor."""
     if scaling.get(f"{kind}_factor") is not None:
@@ -228,7 +240,8 @@ class Attention(torch.nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return torch.cat([q, k], dim=2)
 
-    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int):
+    def forward(self, x, rope, cache: KVCache | None, layer: int, start: int, keys=None):
+        """`keys` [B, start + T] bool: False for padding, which no query attends to."""
         c = self.config
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, c.n_heads + 2 * c.n_kv_heads, c.head_dim)
@@ -254,6 +267,8 @@ class Attention(torch.nn.Module):
             mask = key_pos <= query_pos
             if self.window is not None:
                 mask = mask & (query_pos - key_pos < self.window)
+        if keys is not None:
+            mask = padded_mask(mask, keys[:, first:start + T], start, T, causal=start == 0 or T > 1)
         y = self.numerics.attention(q, k, v, causal=start == 0 or T > 1, mask=mask,
                                     scale=self.scale, softcap=self.softcap)
         return self.out(y.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
@@ -339,18 +354,22 @@ class Block(torch.nn.Module):
         self.local_rope = self.attn.window is not None and config.swa_rope_theta is not None
         self.mlp = Experts(config, w, p) if config.n_experts else MLP(config, w, p)
 
-    def forward(self, x, ropes, cache, start):
+    def forward(self, x, ropes, cache, start, keys=None):
         rope = (ropes[1] if self.local_rope else ropes[0]) if self.uses_rope else None
+
+        def attn(h):
+            return self.attn(h, rope, cache, self.layer, start, keys)
+
         if self.sandwich:
-            x = x + self.attn_post_norm(self.attn(self.attn_norm(x), rope, cache, self.layer, start))
+            x = x + self.attn_post_norm(attn(self.attn_norm(x)))
             return x + self.ffn_post_norm(self.mlp(self.ffn_norm(x)))
         if self.post_norms:  # OLMo 2: each sublayer's output is normed, its input is not
-            x = x + self.attn_norm(self.attn(x, rope, cache, self.layer, start))
+            x = x + self.attn_norm(attn(x))
             return x + self.ffn_norm(self.mlp(x))
         if self.residual_scale != 1.0:
-            x = x + self.attn(self.attn_norm(x), rope, cache, self.layer, start) * self.residual_scale
+            x = x + attn(self.attn_norm(x)) * self.residual_scale
             return x + self.mlp(self.ffn_norm(x)) * self.residual_scale
-        x = x + self.attn(self.attn_norm(x), rope, cache, self.layer, start)
+        x = x + attn(self.attn_norm(x))
         return x + self.mlp(self.ffn_norm(x))
 
 
@@ -397,13 +416,14 @@ class Model(torch.nn.Module):
         return KVCache(self.config, batch, max_len or self.config.max_positions, self.dtype, self.device)
 
     # ---------------------------------------------------------------- forward
-    def rope(self, start: int, length: int, inv_freq=None, scale=None):
-        pos = torch.arange(start, start + length, dtype=torch.float32)
+    def rope(self, start: int, length: int, inv_freq=None, scale=None, positions=None):
+        """cos and sin [T, 1, R/2] for positions start.., or [B, T, 1, R/2] for `positions` [B, T]."""
+        pos = torch.arange(start, start + length, dtype=torch.float32) if positions is None else positions.float().cpu()
         if inv_freq is None:
             inv_freq = self.inv_freq
-            if self.inv_freq_long is not None and start + length > self.long_beyond:
+            if self.inv_freq_long is not None and int(pos.max()) + 1 > self.long_beyond:
                 inv_freq = self.inv_freq_long  # transformers' rule: the pass's last position decides, for all of it
-        angles = torch.outer(pos, inv_freq)[:, None, :]  # [T, 1, R/2]
+        angles = (pos[..., None] * inv_freq)[..., None, :]  # [(B,) T, 1, R/2]
         cos, sin = angles.cos(), angles.sin()
         scale = self.rope_scale if scale is None else scale
         if scale != 1.0:
@@ -412,11 +432,14 @@ class Model(torch.nn.Module):
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
-                logits_for: slice | None = None) -> torch.Tensor:
+                logits_for: slice | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, T] -> float32 logits [B, T', vocab] for positions `logits_for` (all by default).
 
         With a cache, ids continue the sequence at position cache.length and their keys
-        and values are appended."""
+        and values are appended. `attention_mask` [B, cache.length + T] (1: token, 0: padding,
+        as transformers takes it) pads a batch of sequences of different lengths on either
+        side: padding is never attended to, and each token's position counts only the tokens
+        before it (transformers' generate's position ids). Padding rows' logits are meaningless."""
         if ids.dim() == 1:
             ids = ids[None]
         ids = ids.to(self.device)
@@ -424,16 +447,25 @@ class Model(torch.nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_positions:
             raise ValueError(f"{start + T} positions exceed the model's context of {self.config.max_positions}")
+        keys = positions = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, start + T):
+                raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)}; "
+                                 f"[{B}, {start + T}] expected (the cached positions and these)")
+            keys = attention_mask.to(self.device).bool()
+            positions = (keys.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
         with self.lm_head.numerics.forward_context(B * T, self.device):
             x = self.tok_embd(ids)
             if self.config.embedding_scale != 1.0:
                 x = x * self.config.embedding_scale
             if self.pos_embd is not None:
-                x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
-            rope = self.rope(start, T) if self.inv_freq is not None else None
-            local = self.rope(start, T, self.inv_freq_local, 1.0) if self.inv_freq_local is not None else rope
+                x = x + self.pos_embd(torch.arange(start, start + T, device=self.device) if positions is None
+                                      else positions.reshape(-1)).view(x.shape)
+            rope = self.rope(start, T, positions=positions) if self.inv_freq is not None else None
+            local = (self.rope(start, T, self.inv_freq_local, 1.0, positions) if self.inv_freq_local is not None
+                     else rope)
             for block in self.blocks:
-                x = block(x, (rope, local), cache, start)
+                x = block(x, (rope, local), cache, start, keys)
             if cache is not None:
                 cache.length = start + T
             if logits_for is not None:
