@@ -40,6 +40,11 @@ N_CTX, N_CHUNKS = 128, 2
 # near-uniform distributions whose Q8_0 KLD is about 6e-8 nats, where the two float orders
 # differ by up to 0.9e-8.
 KLD_REL, KLD_ABS, PPL_REL, SAME_TOP_ABS = 0.10, 3e-8, 2e-3, 0.05
+# Gemma's fixtures (initialization range 0.1, so that caps and windows matter) predict with
+# confidence and their PPL moves with single rounding flips: measured 2.3e-3 (Gemma 2, Q2_K)
+# and 1.1e-2 (Gemma 3, Q4_K_M) from llama.cpp's; test_family_checkpoints holds their Q4_K_M
+# perplexity to llama.cpp's by SmolLM2's statistical criterion instead
+PPL_REL_BY_FAMILY = {"gemma2": 5e-3, "gemma3": 2e-2}
 
 
 def _run_drift(directory, text, cache):
@@ -85,7 +90,9 @@ def test_drift_table_agrees_with_the_peers(name, tmp_path):
             expected = torch.log_softmax(logits.double(), dim=-1)
             stored = base.chunk(i).double()
             resolution = float((stored.max(-1).values - stored.min(-1).values).max()) / 65535
-            assert (stored - expected).abs().max().item() <= 2e-4 + resolution
+            # the file keeps 16 nats below each row's top (kld.py): lower log-probs are stored at that floor
+            floored = torch.maximum(expected, expected.max(-1, keepdim=True).values - 16)
+            assert (stored - floored).abs().max().item() <= 2e-4 + resolution
             targets = torch.tensor(plan.targets(tokens, i)).view(-1, 1)
             nll.append(-expected.gather(1, targets))
     assert doc["base"]["ppl"] == pytest.approx(math.exp(torch.cat(nll).mean().item()), rel=1e-3)
@@ -95,7 +102,7 @@ def test_drift_table_agrees_with_the_peers(name, tmp_path):
     for qtype, row in rows.items():
         peer = _llama_cpp_row(row["file"], tokens, plan, base)
         assert row["kld"] == pytest.approx(peer["kld_mean"], rel=KLD_REL, abs=KLD_ABS), qtype
-        assert row["ppl"] == pytest.approx(peer["ppl"], rel=PPL_REL), qtype
+        assert row["ppl"] == pytest.approx(peer["ppl"], rel=PPL_REL_BY_FAMILY.get(name, PPL_REL)), qtype
         assert abs(row["same_top"] - peer["same_top"]) <= SAME_TOP_ABS, qtype
         assert row["delta_ppl"] == pytest.approx(row["ppl"] - doc["base"]["ppl"], rel=1e-9, abs=1e-9)
         size = os.path.getsize(row["file"])
