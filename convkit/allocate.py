@@ -130,12 +130,16 @@ def greedy(costs: list, losses: list, budget: int) -> list:
 
 
 def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=frozenset(), stats=None,
-             vectors=None, threads: int = 1, progress_bar=None) -> tuple:
-    """(new plan, report): `plan` with the measured weights' types chosen within `budget`."""
+             vectors=None, sensitivity=None, threads: int = 1, progress_bar=None) -> tuple:
+    """(new plan, report): `plan` with the measured weights' types chosen within `budget`.
+
+    sensitivity: {name: rounding function} -> {name: the model's output KLD with only that
+    weight rounded} (convkit.sensitivity.output_kld); each weight's losses are then scaled to
+    KLD by its probe at its cheapest type."""
     from convkit.gguf_out import PlannedTensor
 
     unit = align if budget.whole_file else 1
-    movable, costs, losses, cands = [], [], [], []
+    movable, costs, losses, cands, inputs = [], [], [], [], []
     fixed_bytes = header if budget.whole_file else 0
     for t in plan:
         entry = _measure_inputs(t, stats, vectors) if t.name not in fixed and _is_quantized(t.qtype) else None
@@ -148,6 +152,7 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
         values = source.read(t.name)
         ls = measured_losses(values, types, threads=threads, **entry)
         movable.append(t.name)
+        inputs.append(entry)
         cands.append(types)
         costs.append([tensor_bytes(t.shape, q, unit) for q in types])
         losses.append(ls)
@@ -156,6 +161,8 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
     if not movable:
         raise ConvkitError(f"{source.path}: no weight has calibration statistics to measure; --target-bpw needs "
                            "--calibrate TEXT or an --imatrix of this model")
+    if sensitivity is not None:
+        losses = _scaled_by_sensitivity(movable, cands, losses, inputs, sensitivity, threads)
     state = greedy(costs, losses, budget.limit - fixed_bytes)
     if state is None:
         smallest = fixed_bytes + sum(c[0] for c in costs)
@@ -169,11 +176,32 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
         mix_loss = mix_loss + ls[k] if (k is not None and mix_loss is not None) else None
     new_plan = [PlannedTensor(t.name, t.shape, int(chosen.get(t.name, t.qtype))) for t in plan]
     report = {"budget_bytes": budget.limit, "budget": "file" if budget.whole_file else "tensor bytes",
+              "loss": "output KLD (sum over weights)" if sensitivity is not None else "layer output error",
               "allocated_tensors": len(movable),
               "predicted_loss": sum(ls[s] for ls, s in zip(losses, state)),
               "mix_predicted_loss": mix_loss,
               "types": {name: chosen[name].name for name in movable}}
     return new_plan, report
+
+
+def _scaled_by_sensitivity(names, cands, losses, inputs, sensitivity, threads):
+    import quant
+
+    def probe(qtype, imp):
+        def rounded(w):
+            return quant.dequantize(quant.quantize(w, qtype, imatrix=imp, threads=threads), qtype)
+        return rounded
+
+    probes = {}
+    for name, types, entry in zip(names, cands, inputs):
+        h = entry.get("hessian")
+        imp = (np.diag(h) / max(entry.get("count", 1), 1)).astype(np.float32) if h is not None \
+            else entry.get("importance")
+        probes[name] = probe(types[0], imp)
+    kld = sensitivity(probes)
+    factors = {n: kld[n] / ls[0] for n, ls in zip(names, losses) if n in kld and ls[0] > 0}
+    fallback = float(np.median(list(factors.values()))) if factors else 1.0
+    return [[v * factors.get(n, fallback) for v in ls] for n, ls in zip(names, losses)]
 
 
 def _describe(nbytes, budget, plan):

@@ -9,6 +9,10 @@ import numpy as np
 from convkit.errors import ConvkitError
 
 
+# calibration chunks on which each weight's effect on the output is measured (--target-bpw)
+SENSITIVITY_CHUNKS = 4
+
+
 def available_cores() -> int:
     """The cores this process may run on (its affinity mask), as llama-quantize uses all of them."""
     try:
@@ -108,7 +112,8 @@ def file_bytes(source, plan, file_type: int) -> int:
 
 
 def budget_plan(model, ftype, *, target_bpw=None, target_size=None, imatrix=None, calibrate=None, calibration=None,
-                tensor_types=(), output_type=None, token_embedding_type=None, threads=1, quiet=False):
+                tensor_types=(), output_type=None, token_embedding_type=None, threads=1, quiet=False,
+                sensitivity_chunks=SENSITIVITY_CHUNKS):
     """(source, plan, importance vectors, statistics or None, allocation report or None): the
     mix of `ftype`, and with a target, each measured weight's type chosen within it
     (convkit.allocate)."""
@@ -161,10 +166,17 @@ def budget_plan(model, ftype, *, target_bpw=None, target_size=None, imatrix=None
             stats = collect_hessians(source.path, str(calibrate), quiet=quiet)
     from convkit.progress import progress
 
+    sensitivity = None
+    if calibrate is not None and sensitivity_chunks:
+        from convkit.sensitivity import output_kld
+
+        def sensitivity(probes):
+            return output_kld(source.path, str(calibrate), probes, n_chunks=sensitivity_chunks, quiet=quiet)
     bar = progress(total=len(plan), quiet=quiet, unit="tensor", desc="measure")
     try:
         plan, report = allocate.allocate(source, plan, budget, header=header, align=w.alignment(), fixed=fixed,
-                                         stats=stats, vectors=vectors, threads=threads, progress_bar=bar)
+                                         stats=stats, vectors=vectors, sensitivity=sensitivity, threads=threads,
+                                         progress_bar=bar)
     finally:
         bar.close()
     return source, plan, vectors, stats, report
@@ -172,7 +184,7 @@ def budget_plan(model, ftype, *, target_bpw=None, target_size=None, imatrix=None
 
 def quantize_model(model, ftype, target, *, imatrix=None, calibrate=None, calibration=None, tensor_types=(),
                    output_type=None, token_embedding_type=None, target_bpw=None, target_size=None, threads=1,
-                   quiet=False) -> dict:
+                   quiet=False, sensitivity_chunks=SENSITIVITY_CHUNKS) -> dict:
     """MODEL quantized to `ftype` at `target` with llama.cpp's mix; the result summary.
 
     imatrix: an importance matrix file; calibrate: a calibration text (GPTQ rounding on the
@@ -186,7 +198,8 @@ def quantize_model(model, ftype, target, *, imatrix=None, calibrate=None, calibr
     source, plan, vectors, stats, report = budget_plan(
         model, ftype, target_bpw=target_bpw, target_size=target_size, imatrix=imatrix, calibrate=calibrate,
         calibration=calibration, tensor_types=tensor_types, output_type=output_type,
-        token_embedding_type=token_embedding_type, threads=threads, quiet=quiet)
+        token_embedding_type=token_embedding_type, threads=threads, quiet=quiet,
+        sensitivity_chunks=sensitivity_chunks)
     file_type = int(parse_file_type(ftype))
     if calibrate is not None:
         from convkit.calibrate import run_calibrated
