@@ -141,16 +141,23 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
     unit = align if budget.whole_file else 1
     movable, costs, losses, cands, inputs = [], [], [], [], []
     fixed_bytes = header if budget.whole_file else 0
+    direct = []  # weights without statistics whose losses the output KLD gives directly
     for t in plan:
         entry = _measure_inputs(t, stats, vectors) if t.name not in fixed and _is_quantized(t.qtype) else None
+        if (entry is None and sensitivity is not None and t.name in _DIRECT and t.name not in fixed
+                and _is_quantized(t.qtype) and len(t.shape) == 2):
+            entry = {"direct": True}
         if entry is None:
             fixed_bytes += tensor_bytes(t.shape, t.qtype, unit)
             if progress_bar:
                 progress_bar.update(1)
             continue
         types = candidate_types(t.shape[-1], t.qtype)
-        values = source.read(t.name)
-        ls = measured_losses(values, types, threads=threads, **entry)
+        if entry.get("direct"):
+            ls = [None] * len(types)
+            direct.append(len(movable))
+        else:
+            ls = measured_losses(source.read(t.name), types, threads=threads, **entry)
         movable.append(t.name)
         inputs.append(entry)
         cands.append(types)
@@ -162,7 +169,7 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
         raise ConvkitError(f"{source.path}: no weight has calibration statistics to measure; --target-bpw needs "
                            "--calibrate TEXT or an --imatrix of this model")
     if sensitivity is not None:
-        losses = _scaled_by_sensitivity(movable, cands, losses, inputs, sensitivity, threads)
+        losses = _scaled_by_sensitivity(movable, cands, losses, inputs, sensitivity, threads, direct)
     state = greedy(costs, losses, budget.limit - fixed_bytes)
     if state is None:
         smallest = fixed_bytes + sum(c[0] for c in costs)
@@ -184,7 +191,13 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
     return new_plan, report
 
 
-def _scaled_by_sensitivity(names, cands, losses, inputs, sensitivity, threads):
+# the token embedding and the output head: the output's KLD at each type is their loss
+_DIRECT = ("token_embd.weight", "output.weight")
+
+
+def _scaled_by_sensitivity(names, cands, losses, inputs, sensitivity, threads, direct):
+    """Losses in units of the output's KLD: a measured weight's scaled by its probe at its
+    cheapest type, the `direct` ones' measured at every type."""
     import quant
 
     def probe(qtype, imp):
@@ -192,16 +205,25 @@ def _scaled_by_sensitivity(names, cands, losses, inputs, sensitivity, threads):
             return quant.dequantize(quant.quantize(w, qtype, imatrix=imp, threads=threads), qtype)
         return rounded
 
-    probes = {}
-    for name, types, entry in zip(names, cands, inputs):
+    probes = []
+    for i, (name, types, entry) in enumerate(zip(names, cands, inputs)):
         h = entry.get("hessian")
         imp = (np.diag(h) / max(entry.get("count", 1), 1)).astype(np.float32) if h is not None \
             else entry.get("importance")
-        probes[name] = probe(types[0], imp)
+        for k, qtype in enumerate(types if i in direct else types[:1]):
+            probes.append(((i, k), name, probe(qtype, imp)))
     kld = sensitivity(probes)
-    factors = {n: kld[n] / ls[0] for n, ls in zip(names, losses) if n in kld and ls[0] > 0}
+    factors = {i: kld[(i, 0)] / ls[0] for i, ls in enumerate(losses)
+               if i not in direct and (i, 0) in kld and ls[0] > 0}
     fallback = float(np.median(list(factors.values()))) if factors else 1.0
-    return [[v * factors.get(n, fallback) for v in ls] for n, ls in zip(names, losses)]
+    out = []
+    for i, ls in enumerate(losses):
+        if i in direct:
+            # a missing probe (a head the runtime fuses) keeps the weight at its cheapest type's cost only
+            out.append([max(kld.get((i, k), 0.0), 0.0) for k in range(len(ls))])
+        else:
+            out.append([v * factors.get(i, fallback) for v in ls])
+    return out
 
 
 def _describe(nbytes, budget, plan):

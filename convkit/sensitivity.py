@@ -25,13 +25,13 @@ def _row_slices(model) -> dict:
     return out
 
 
-def output_kld(model_path, text_file: str, probes: dict, *, n_ctx: int = 512, n_chunks: int = 4,
+def output_kld(model_path, text_file: str, probes: list, *, n_ctx: int = 512, n_chunks: int = 4,
                quiet: bool = False) -> dict:
-    """{name: mean KLD of the next-token distribution when only `name` is replaced by
-    probes[name]} (a function: float32 rows [rows, n] of the stored weight -> rounded rows)."""
+    """{key: mean KLD of the next-token distribution when only weight `name` is replaced}
+    for each (key, name, rounding) of `probes`; rounding: float32 rows [rows, n] of the stored
+    weight -> the rounded rows. Names the runtime does not hold apart are left out."""
     from convkit.eval.perplexity import ChunkPlan, read_text, tokenize_for_perplexity
     from convkit.progress import progress
-    from convkit.runtime.linear import kept_form
     from convkit.runtime.open import open_model
 
     model, tok = open_model(str(model_path), "cpu", "fp32", "fp", True)
@@ -51,24 +51,59 @@ def output_kld(model_path, text_file: str, probes: dict, *, n_ctx: int = 512, n_
 
     base = logprobs()
     out = {}
-    bar = progress(total=len(probes), quiet=quiet, unit="tensor", desc="sensitivity")
+    bar = progress(total=len(probes), quiet=quiet, unit="probe", desc="sensitivity")
     try:
-        for name, probe in probes.items():
+        for key, name, rounding in probes:
             bar.update(1)
-            if name not in slices:
+            swap = _swapper(model, slices, name)
+            if swap is None:
                 continue
-            layer, r0, r1 = slices[name]
-            kept = layer._dense
-            dense = layer.dense_weight(torch.float32).float()
-            w = dense[r0:r1].numpy()
-            rounded = dense.clone()
-            rounded[r0:r1] = torch.from_numpy(np.asarray(probe(w), dtype=np.float32).reshape(w.shape))
-            layer._dense = kept_form(rounded)
+            restore = swap(rounding)
             try:
                 kl = [(b.exp() * (b - q)).sum(-1).mean().item() for b, q in zip(base, logprobs())]
             finally:
-                layer._dense = kept
-            out[name] = float(np.mean(kl))
+                restore()
+            out[key] = float(np.mean(kl))
     finally:
         bar.close()
     return out
+
+
+def _swapper(model, slices, name):
+    """A function that puts rounding(weight) in place of `name` and returns how to undo it."""
+    from gguf import GGMLQuantizationType
+
+    from convkit.runtime.linear import QTensor, kept_form
+
+    tied = model.lm_head.weight is model.tok_embd.weight
+    if name == "token_embd.weight":
+        embd, head = model.tok_embd, model.lm_head
+
+        def swap(rounding):
+            stored, kept = embd.weight, head._dense
+            w = stored.dequantize(torch.float32).float()
+            rounded = torch.from_numpy(np.asarray(rounding(w.numpy()), dtype=np.float32).reshape(w.shape))
+            embd.weight = QTensor(rounded, GGMLQuantizationType.F32)
+            if tied:
+                head._dense = kept_form(rounded)
+
+            def restore():
+                embd.weight, head._dense = stored, kept
+            return restore
+        return swap
+    if name not in slices:
+        return None
+    layer, r0, r1 = slices[name]
+
+    def swap(rounding):
+        kept = layer._dense
+        dense = layer.dense_weight(torch.float32).float()
+        rounded = dense.clone()
+        w = dense[r0:r1].numpy()
+        rounded[r0:r1] = torch.from_numpy(np.asarray(rounding(w), dtype=np.float32).reshape(w.shape))
+        layer._dense = kept_form(rounded)
+
+        def restore():
+            layer._dense = kept
+        return restore
+    return swap
