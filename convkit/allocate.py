@@ -173,8 +173,8 @@ def allocate(source, plan, budget: Budget, *, header: int, align: int, fixed=fro
     state = greedy(costs, losses, budget.limit - fixed_bytes)
     if state is None:
         smallest = fixed_bytes + sum(c[0] for c in costs)
-        raise ConvkitError(f"{budget.label} is below the smallest file this model can have ({_describe(smallest, budget, plan)}); "
-                           "give a larger target")
+        raise ConvkitError(f"{budget.label} is below the smallest file this model can have "
+                           f"({_describe(smallest, budget, plan)}); give a larger target")
     chosen = {name: types[s] for name, types, s in zip(movable, cands, state)}
     mix_types = {t.name: t.qtype for t in plan}
     mix_loss = 0.0
@@ -224,6 +224,20 @@ def _scaled_by_sensitivity(names, cands, losses, inputs, sensitivity, threads, d
         else:
             out.append([v * factors.get(i, fallback) for v in ls])
     return out
+
+
+def check_reachable(plan, budget: Budget, *, header: int, align: int, fixed=frozenset()) -> None:
+    """Refuse, before anything is measured, a budget below the file with every weight that may
+    move at its cheapest type."""
+    unit = align if budget.whole_file else 1
+    smallest = header if budget.whole_file else 0
+    for t in plan:
+        movable = t.name not in fixed and _is_quantized(t.qtype) and len(t.shape) == 2
+        cheapest = candidate_types(t.shape[-1], t.qtype)[0] if movable else t.qtype
+        smallest += tensor_bytes(t.shape, cheapest, unit)
+    if smallest > budget.limit:
+        raise ConvkitError(f"{budget.label} is below the smallest file this model can have "
+                           f"({_describe(smallest, budget, plan)}); give a larger target")
 
 
 def _describe(nbytes, budget, plan):

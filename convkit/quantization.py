@@ -157,6 +157,7 @@ def budget_plan(model, ftype, *, target_bpw=None, target_size=None, imatrix=None
     w.add_file_type(file_type)
     w.add_quantization_version(2)
     header = len(header_bytes(w, plan, source.path))  # fixed width per tensor: the types do not change it
+    allocate.check_reachable(plan, budget, header=header, align=w.alignment(), fixed=fixed)
     stats = None
     if calibrate is not None:
         if calibration is not None:
