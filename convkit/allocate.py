@@ -23,6 +23,11 @@ from convkit.errors import ConvkitError
 # llama.cpp's standard K-quant and legacy ladder, cheapest first
 LADDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 
+# how many types below the mix's own a weight may move (None: any); on the sample at Q4_0's size,
+# one step gave 0.46x llama.cpp's KLD on text of another source, any step 0.93x
+# (benchmarks/bench_calibrate.py)
+STEPS_DOWN = 1
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30,
           "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9,
           "TB": 10 ** 12}
@@ -60,7 +65,13 @@ def candidate_types(row: int, mix_type) -> list:
             continue
         if t != QuantType.F16:
             seen[int(t)] = t
-    return sorted(seen.values(), key=lambda t: _bits(t))
+    ordered = sorted(seen.values(), key=lambda t: _bits(t))
+    if STEPS_DOWN is None:
+        return ordered
+    # farther moves down were measured not to carry to text of another source
+    below = [t for t in ordered if _bits(t) < _bits(mix_type)]
+    keep = below[len(below) - STEPS_DOWN:] if STEPS_DOWN else []
+    return [t for t in ordered if t in keep or _bits(t) >= _bits(mix_type)]
 
 
 def _bits(qtype) -> float:
