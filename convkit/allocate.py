@@ -27,6 +27,7 @@ LADDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 # one step gave 0.46x llama.cpp's KLD on text of another source, any step 0.93x
 # (benchmarks/bench_calibrate.py)
 STEPS_DOWN = 1
+FLOOR_BITS = 3.4375  # Q3_K: any weight may go down to it
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30,
           "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9,
@@ -71,7 +72,7 @@ def candidate_types(row: int, mix_type) -> list:
     # farther moves down were measured not to carry to text of another source
     below = [t for t in ordered if _bits(t) < _bits(mix_type)]
     keep = below[len(below) - STEPS_DOWN:] if STEPS_DOWN else []
-    return [t for t in ordered if t in keep or _bits(t) >= _bits(mix_type)]
+    return [t for t in ordered if t in keep or _bits(t) >= min(_bits(mix_type), FLOOR_BITS)]
 
 
 def _bits(qtype) -> float:
