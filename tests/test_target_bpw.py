@@ -147,3 +147,20 @@ def test_bad_targets_are_one_line(tmp_path, capsys, args, words):
     err = captured.err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and words in err, err
     assert sorted(tmp_path.iterdir()) == [calib]
+
+
+def test_imatrix_gives_the_diagonal_loss(files, tmp_path, capsys):
+    """With --imatrix (llama-imatrix's statistics) instead of --calibrate: the file meets a
+    --target-size budget and its predicted loss at the mix's size is at most the mix's."""
+    imatrix = tmp_path / "imatrix.gguf"
+    code, _ = _run(["imatrix", str(SAMPLE), "--text", str(files["calib"]), "--ctx", "256", "-o", str(imatrix),
+                    "--quiet"], capsys)
+    assert code == 0
+    size = files["q4_k_m-mix"].stat().st_size
+    out = tmp_path / "out.gguf"
+    code, captured = _run(["quantize", str(SAMPLE), "--type", "q4_k_m", "--imatrix", str(imatrix), "--target-size",
+                           str(size), "-o", str(out), "--json", "--quiet"], capsys)
+    assert code == 0
+    report = json.loads(captured.out)["allocation"]
+    assert 0.99 * size <= out.stat().st_size <= size
+    assert report["predicted_loss"] <= report["mix_predicted_loss"]
