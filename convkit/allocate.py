@@ -23,11 +23,12 @@ from convkit.errors import ConvkitError
 # llama.cpp's standard K-quant and legacy ladder, cheapest first
 LADDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 
-# how many types below the mix's own a weight may move (None: any); on the sample at Q4_0's size,
-# one step gave 0.46x llama.cpp's KLD on text of another source, any step 0.93x
-# (benchmarks/bench_calibrate.py)
+# How far down a weight may move from the mix's type: to FLOOR_BITS (Q3_K), or STEPS_DOWN types
+# below its own (so Q2_K only where the mix gives Q3_K). On the sample at Q4_0's size, weights
+# sent from Q4_0 to Q2_K did not carry to text of another source: 0.93x llama.cpp's KLD
+# without these limits, 0.46x with them (benchmarks/bench_calibrate.py). None: no limit.
 STEPS_DOWN = 1
-FLOOR_BITS = 3.4375  # Q3_K: any weight may go down to it
+FLOOR_BITS = 3.4375
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30,
           "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9,
@@ -54,7 +55,9 @@ class Budget:
 
 
 def candidate_types(row: int, mix_type) -> list:
-    """The standard types a tensor of rows of `row` values can hold, cheapest first."""
+    """The standard types a tensor of rows of `row` values can hold, cheapest first, within
+    the downward limits from the mix's type."""
+    from quant.errors import QuantError
     from quant.mixes import fallback_type
     from quant.types import QuantType
 
@@ -62,14 +65,13 @@ def candidate_types(row: int, mix_type) -> list:
     for name in (*LADDER, QuantType(int(mix_type)).name):
         try:
             t = fallback_type(row, QuantType[name], "tensor")
-        except Exception:  # noqa: BLE001 - a type with no fallback for this row is simply not offered
+        except QuantError:  # a type with no fallback for this row is not offered
             continue
         if t != QuantType.F16:
             seen[int(t)] = t
     ordered = sorted(seen.values(), key=lambda t: _bits(t))
     if STEPS_DOWN is None:
         return ordered
-    # farther moves down were measured not to carry to text of another source
     below = [t for t in ordered if _bits(t) < _bits(mix_type)]
     keep = below[len(below) - STEPS_DOWN:] if STEPS_DOWN else []
     return [t for t in ordered if t in keep or _bits(t) >= min(_bits(mix_type), FLOOR_BITS)]

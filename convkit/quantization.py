@@ -169,10 +169,10 @@ def budget_plan(model, ftype, *, target_bpw=None, target_size=None, imatrix=None
 
     sensitivity = None
     if calibrate is not None and sensitivity_chunks:
-        from convkit.sensitivity import output_kld
+        from functools import partial
 
-        def sensitivity(probes):
-            return output_kld(source.path, str(calibrate), probes, n_chunks=sensitivity_chunks, quiet=quiet)
+        from convkit.sensitivity import output_kld
+        sensitivity = partial(output_kld, source.path, str(calibrate), n_chunks=sensitivity_chunks, quiet=quiet)
     bar = progress(total=len(plan), quiet=quiet, unit="tensor", desc="measure")
     try:
         plan, report = allocate.allocate(source, plan, budget, header=header, align=w.alignment(), fixed=fixed,
