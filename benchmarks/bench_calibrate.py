@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-search", action="store_true", help="skip the --target-bpw files")
+    ap.add_argument("--probe-chunks", type=int, default=4, help="quantize --probe-chunks of the --target-bpw files")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from realdata import CACHE, python_docs_rst_text
@@ -146,7 +147,7 @@ def main():
         if not args.no_search:
             searched = work / f"{qtype}.target-bpw.gguf"
             t_bpw = convkit("quantize", model, "--type", qtype, "--calibrate", calib, "--target-bpw",
-                            f"{tensor_bpw(ref):.6f}", "-o", searched)
+                            f"{tensor_bpw(ref):.6f}", "--probe-chunks", args.probe_chunks, "-o", searched)
             assert searched.stat().st_size <= ref.stat().st_size * 1.0001, "the budget is a ceiling"
             models["ours+search"] = load_model(searched, dequantize_all=True)
         for label, text in texts.items():

@@ -20,6 +20,9 @@ from convkit.quantization import available_cores
               "on --calibrate's text (or --imatrix) within it; --type gives the file type and the other tensors")
 @click.option("--target-size", help="as --target-bpw, for the whole file's size: 80M, 1.5G (binary), 500MB, "
               "or bytes")
+@click.option("--probe-chunks", type=click.IntRange(0, 10000), default=4, show_default=True,
+              help="with --target-bpw/--target-size and --calibrate: chunks of the calibration text on which each "
+              "weight's effect on the output KLD is measured (0: the layers' own output errors only)")
 @click.option("--tensor-type", "tensor_types", multiple=True, help="PATTERN=TYPE override (repeatable)")
 @click.option("--output-type", help="type of output.weight")
 @click.option("--token-embedding-type", help="type of token_embd.weight")
@@ -29,8 +32,8 @@ from convkit.quantization import available_cores
 @click.option("--dry-run", is_flag=True, help="print the per-tensor plan and write nothing")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def quantize(model, ftype, output, imatrix, calibrate, target_bpw, target_size, tensor_types, output_type,
-             token_embedding_type, threads, dry_run, as_json, quiet):
+def quantize(model, ftype, output, imatrix, calibrate, target_bpw, target_size, probe_chunks, tensor_types,
+             output_type, token_embedding_type, threads, dry_run, as_json, quiet):
     """Quantize MODEL (HF directory, model.safetensors or GGUF) with llama.cpp's type mix."""
     from convkit import quantization as q
     from convkit.errors import ConvkitError
@@ -39,7 +42,7 @@ def quantize(model, ftype, output, imatrix, calibrate, target_bpw, target_size, 
         raise ConvkitError("give --type (the file type, e.g. q4_k_m); --target-bpw and --target-size start "
                            "from its mix")
     overrides = dict(tensor_types=tensor_types, output_type=output_type, token_embedding_type=token_embedding_type,
-                     target_bpw=target_bpw, target_size=target_size)
+                     target_bpw=target_bpw, target_size=target_size, sensitivity_chunks=probe_chunks)
     if dry_run:
         from convkit.convert_pipeline import plan_summary
 
