@@ -164,3 +164,19 @@ def test_imatrix_gives_the_diagonal_loss(files, tmp_path, capsys):
     report = json.loads(captured.out)["allocation"]
     assert 0.99 * size <= out.stat().st_size <= size
     assert report["predicted_loss"] <= report["mix_predicted_loss"]
+
+
+def test_candidates_follow_llama_cpp_row_fallbacks():
+    """A 576-wide row (SmolLM2) is offered only the 32-value types llama.cpp falls back to;
+    a weight moves down to Q3_K, and to Q2_K only from Q3_K."""
+    import gguf as g
+
+    from convkit.allocate import candidate_types
+
+    T = g.GGMLQuantizationType
+    names = lambda ts: [t.name for t in ts]  # noqa: E731
+    assert names(candidate_types(576, T.Q4_K)) == ["Q4_0", "Q5_0", "Q5_1", "Q8_0"]
+    assert all(576 % g.GGML_QUANT_SIZES[T[n]][0] == 0 for n in names(candidate_types(576, T.Q8_0)))
+    assert names(candidate_types(256, T.Q4_K)) == ["Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"]
+    assert names(candidate_types(256, T.Q3_K)) == ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"]
+    assert names(candidate_types(256, T.Q6_K))[0] == "Q3_K"
