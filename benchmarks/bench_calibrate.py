@@ -20,6 +20,7 @@ pydoc topics' last 10% (which the sample model never saw).
 
     python benchmarks/bench_calibrate.py --model sample  [--types q4_k_m,q4_0,q3_k_m,q2_k]
     python benchmarks/bench_calibrate.py --model smollm2 --calib-chunks 40 --eval-chunks 10
+    python benchmarks/bench_calibrate.py --model smollm2 --types q2_k --calib-chunks 4 --eval-chunks 4 --probe-chunks 1
 """
 import argparse
 import subprocess
