@@ -4,7 +4,10 @@ For each file type, two files of the same per-tensor types (so the same bytes on
 - llama.cpp's best: `convkit imatrix` over the calibration text, then `convkit quantize
   --imatrix` (byte-identical to llama-imatrix + llama_model_quantize);
 - ours: `convkit quantize --calibrate` on the same calibration text (GPTQ error feedback
-  inside ggml's blocks, quant/gptq.py).
+  inside ggml's blocks, quant/gptq.py);
+- ours with type search: `convkit quantize --calibrate --target-bpw X` with X the bits per
+  weight of llama.cpp's file (each weight's type chosen by its measured output error,
+  convkit/allocate.py), at most that size.
 Both are compared with the unquantized model on held-out text by our runtime (float32
 products on the dequantized weights):
 mean KL divergence (± its standard error), same top-1 token, ΔPPL; and the ratio of the
@@ -17,6 +20,7 @@ pydoc topics' last 10% (which the sample model never saw).
 
     python benchmarks/bench_calibrate.py --model sample  [--types q4_k_m,q4_0,q3_k_m,q2_k]
     python benchmarks/bench_calibrate.py --model smollm2 --calib-chunks 40 --eval-chunks 10
+    python benchmarks/bench_calibrate.py --model smollm2 --types q2_k --calib-chunks 4 --eval-chunks 4 --probe-chunks 1
 """
 import argparse
 import subprocess
@@ -88,6 +92,14 @@ class Compare:
         return out
 
 
+def tensor_bpw(path) -> float:
+    """Bits per weight of a GGUF's tensors, as llama.cpp (and --target-bpw) count them."""
+    import gguf
+
+    r = gguf.GGUFReader(path)
+    return sum(int(t.n_bytes) for t in r.tensors) * 8 / sum(int(t.n_elements) for t in r.tensors)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["sample", "smollm2"], default="sample")
@@ -97,6 +109,8 @@ def main():
     ap.add_argument("--eval-chunks", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--no-search", action="store_true", help="skip the --target-bpw files")
+    ap.add_argument("--probe-chunks", type=int, default=4, help="quantize --probe-chunks of the --target-bpw files")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from realdata import CACHE, python_docs_rst_text
@@ -130,25 +144,47 @@ def main():
         t_ours = convkit("quantize", model, "--type", qtype, "--calibrate", calib, "-o", ours)
         assert ref.stat().st_size == ours.stat().st_size, "same types must give the same size"
         models = {"llama.cpp": load_model(ref, dequantize_all=True), "ours": load_model(ours, dequantize_all=True)}
+        t_bpw = None
+        if not args.no_search:
+            searched = work / f"{qtype}.target-bpw.gguf"
+            t_bpw = convkit("quantize", model, "--type", qtype, "--calibrate", calib, "--target-bpw",
+                            f"{tensor_bpw(ref):.6f}", "--probe-chunks", args.probe_chunks, "-o", searched)
+            assert searched.stat().st_size <= ref.stat().st_size * 1.0001, "the budget is a ceiling"
+            models["ours+search"] = load_model(searched, dequantize_all=True)
         for label, text in texts.items():
             tokens = tokenize_for_perplexity(tok, text)
             plan = plan_chunks(len(tokens), ctx, args.eval_chunks, tok.bos_id if tok.add_bos else None)
             r = Compare(base, tokens, plan).run(models)
-            rows.append((qtype, label, ref.stat().st_size, r, t_ref, t_ours))
+            rows.append((qtype, label, ref.stat().st_size, r, t_ref, t_ours, t_bpw))
             a, b = r["llama.cpp"], r["ours"]
             print(f"{qtype:7s} {label:32s} KLD llama.cpp {a['kld']:.6f} ± {a['kld_err']:.6f}"
                   f"  ours {b['kld']:.6f} ± {b['kld_err']:.6f}  ratio {b['kld'] / a['kld']:.3f}"
                   f" | top-1 {100 * a['top1']:.2f}% / {100 * b['top1']:.2f}%"
                   f" | ΔPPL {a['dppl']:+.4f} / {b['dppl']:+.4f}", flush=True)
+            if "ours+search" in r:
+                c = r["ours+search"]
+                print(f"{'':7s} {'  with --target-bpw':32s} KLD {c['kld']:.6f} ± {c['kld_err']:.6f}  ratio "
+                      f"{c['kld'] / a['kld']:.3f} | top-1 {100 * c['top1']:.2f}% | ΔPPL {c['dppl']:+.4f}", flush=True)
     print()
     print("| type | held-out text | size | KLD llama.cpp (imatrix) | KLD ours (calibrated) | ratio "
           "| same top-1 llama.cpp / ours | ΔPPL llama.cpp / ours | seconds llama.cpp / ours |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for qtype, label, size, r, t_ref, t_ours in rows:
+    for qtype, label, size, r, t_ref, t_ours, _ in rows:
         a, b = r["llama.cpp"], r["ours"]
         print(f"| {qtype} | {label} | {size / 2**20:.2f} MiB | {a['kld']:.6f} ± {a['kld_err']:.6f} | "
               f"{b['kld']:.6f} ± {b['kld_err']:.6f} | {b['kld'] / a['kld']:.3f} | {100 * a['top1']:.2f} / "
               f"{100 * b['top1']:.2f} % | {a['dppl']:+.4f} / {b['dppl']:+.4f} | {t_ref:.1f} / {t_ours:.1f} |")
+    searched = [row for row in rows if "ours+search" in row[3]]
+    if searched:
+        print()
+        print("| type's size | held-out text | KLD llama.cpp (imatrix) | KLD ours, --target-bpw | ratio "
+              "| same top-1 llama.cpp / ours | ΔPPL llama.cpp / ours | seconds ours |")
+        print("|---|---|---|---|---|---|---|---|")
+        for qtype, label, size, r, _, _, t_bpw in searched:
+            a, c = r["llama.cpp"], r["ours+search"]
+            print(f"| {qtype} ({size / 2**20:.2f} MiB) | {label} | {a['kld']:.6f} ± {a['kld_err']:.6f} | "
+                  f"{c['kld']:.6f} ± {c['kld_err']:.6f} | {c['kld'] / a['kld']:.3f} | {100 * a['top1']:.2f} / "
+                  f"{100 * c['top1']:.2f} % | {a['dppl']:+.4f} / {c['dppl']:+.4f} | {t_bpw:.1f} |")
 
 
 if __name__ == "__main__":
