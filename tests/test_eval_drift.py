@@ -171,3 +171,41 @@ def test_calibrate_puts_llama_cpp_best_beside_ours(tmp_path):
         assert again.read_bytes() == Path(row["file"]).read_bytes(), row["method"]
     table = CliRunner().invoke(drift_command, args[:-2] + ["--quiet"], catch_exceptions=False).output
     assert "q4_k_m imatrix" in table and "q4_k_m calibrated" in table  # from the cache, no new run
+
+
+def test_iq_types_with_an_importance_matrix(tmp_path, capsys):
+    """drift --types iq4_xs,iq3_m,iq2_m: iq2_m is refused without a matrix (as llama.cpp refuses
+    it), and with --imatrix every type is quantized with it (the files `quantize --imatrix`
+    makes) and scored; fewer bits, more drift."""
+    from pathlib import Path
+
+    from convkit.cli import main
+    from convkit.commands.drift import drift as drift_command
+    from test_calibrate import SAMPLE
+
+    pydoc = python_docs_text()
+    calib, text = tmp_path / "calib.txt", tmp_path / "held-out.txt"
+    calib.write_text(pydoc[:12000], encoding="utf-8")
+    text.write_text(pydoc[-8000:], encoding="utf-8")
+    args = [str(SAMPLE), "--types", "iq4_xs,iq3_m,iq2_m", "--text", str(text), "--ctx", "128", "--chunks", "3",
+            "--cache", str(tmp_path / "cache"), "--quiet"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["drift", *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "importance matrix" in err, err
+    assert not list((tmp_path / "cache").glob("base-*"))  # refused before the base model ran
+    matrix = tmp_path / "imatrix.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["imatrix", str(SAMPLE), "--text", str(calib), "--ctx", "128", "-o", str(matrix), "--quiet"])
+    assert exit_.value.code == 0
+    res = CliRunner().invoke(drift_command, args + ["--imatrix", str(matrix), "--json"], catch_exceptions=False)
+    doc = json.loads(res.output)
+    rows = doc["types"]
+    assert [(r["type"], r["method"]) for r in rows] == [("iq4_xs", "imatrix"), ("iq3_m", "imatrix"),
+                                                        ("iq2_m", "imatrix")]
+    assert rows[0]["kld"] < rows[1]["kld"] < rows[2]["kld"] and rows[0]["bpw"] > rows[1]["bpw"] > rows[2]["bpw"]
+    again = tmp_path / "iq2_m.gguf"
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", str(SAMPLE), "--type", "iq2_m", "--imatrix", str(matrix), "-o", str(again), "--quiet"])
+    assert exit_.value.code == 0
+    assert again.read_bytes() == Path(rows[2]["file"]).read_bytes()

@@ -23,13 +23,16 @@ from convkit.errors import ConvkitError
 @click.option("--calibrate", type=click.Path(path_type=Path),
               help="Calibration text: per type, llama.cpp's best (an importance matrix of this text, then "
                    "--imatrix) beside ours (quantize --calibrate), on the same chunks.")
+@click.option("--imatrix", type=click.Path(path_type=Path),
+              help="Importance matrix (convkit imatrix / llama-imatrix) to quantize every type with; "
+                   "iq2_m and the other low types need one, as in llama.cpp.")
 @click.option("--plot", "plot_file", default=None, type=click.Path(path_type=str),
               help="Write KLD and ΔPPL against bits per weight to this image (needs matplotlib).")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 @click.option("-q", "--quiet", is_flag=True)
 def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, numerics, dequantize_all,
-          calibrate, plot_file, markdown, as_json, quiet):
+          calibrate, imatrix, plot_file, markdown, as_json, quiet):
     """Quantize MODEL to each type and compare each with MODEL: size, bpw, PPL, ΔPPL, KLD, same top-1."""
     from convkit.eval import drift as d
 
@@ -48,7 +51,7 @@ def drift(model, types, text_file, n_ctx, n_chunks, batch, cache_dir, device, nu
 
     rows, summary = d.run_drift(model, qtypes, text_file, n_ctx=n_ctx, n_chunks=n_chunks, batch=batch,
                                 cache=cache_dir, device=device, numerics=numerics, dequantize_all=dequantize_all,
-                                calibrate=calibrate, quiet=quiet, report=report)
+                                calibrate=calibrate, imatrix=imatrix, quiet=quiet, report=report)
     base_ppl, base_err = summary["ppl"], summary["ppl_err"]
     if plot_file:
         d.plot(rows, plot_file, f"{model.name}: drift by quantization type")

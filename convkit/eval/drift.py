@@ -260,12 +260,16 @@ def _digest(text: str, prefix: str = "") -> str:
 
 
 def run_drift(model: Path, qtypes: list[str], text_file: str, *, n_ctx=512, n_chunks=None, batch=None,
-              cache: Path | None = None, device="cpu", numerics="fp", dequantize_all=False, calibrate=None,
+              cache: Path | None = None, device="cpu", numerics="fp", dequantize_all=False, calibrate=None, imatrix=None,
               quiet=False, report=None) -> tuple[list[DriftRow], dict]:
     """(rows, base summary): MODEL quantized to each type and scored against itself on `text_file`.
 
     With `calibrate` (a text), each type gives two rows on the same chunks: llama.cpp at its
-    best (an importance matrix of that text, then --imatrix) and ours (--calibrate)."""
+    best (an importance matrix of that text, then --imatrix) and ours (--calibrate). With
+    `imatrix` (a file), every type is quantized with it (the types llama.cpp only makes with
+    one, iq2_m and below, need it)."""
+    if imatrix is not None and calibrate is not None:
+        raise ConvkitError("--calibrate makes its own importance matrix; give --calibrate or --imatrix, not both")
     from convkit.eval.perplexity import plan_chunks, read_text, tokenize_for_perplexity
     from convkit.quantization import make_plan
     from convkit.runtime.load import check_model
@@ -276,7 +280,7 @@ def run_drift(model: Path, qtypes: list[str], text_file: str, *, n_ctx=512, n_ch
     config = check_model(model)
     # each type's whole plan (imatrix needed, rows no block of it holds) before hours of work
     for qtype in qtypes:
-        make_plan(model, qtype, calibrated=calibrate is not None)
+        make_plan(model, qtype, imatrix, calibrated=calibrate is not None)
     tok = load_tokenizer(model, config.vocab_size)
     tokens = tokenize_for_perplexity(tok, text)
     if n_ctx > config.context_limit:
@@ -292,6 +296,8 @@ def run_drift(model: Path, qtypes: list[str], text_file: str, *, n_ctx=512, n_ch
         base_acc, _ = evaluate(model, tokens, plan, batch, device, "fp", dequantize_all,
                                base_target=base, quiet=quiet, label="base")
     variants = [("", {})]
+    if imatrix is not None:  # a row name of its own: a cached file made without it is not reused
+        variants = [("imatrix", {"imatrix": imatrix})]
     if calibrate is not None:
         variants = _calibration_variants(model, calibrate, calib_text, cache, device, quiet)
     rows = []
@@ -308,6 +314,8 @@ def run_drift(model: Path, qtypes: list[str], text_file: str, *, n_ctx=512, n_ch
                "chunks": plan.n_chunks, "scored_tokens": base_acc.count, "numerics": numerics, "text": text_file}
     if calibrate is not None:
         summary["calibration_text"] = str(calibrate)
+    if imatrix is not None:
+        summary["imatrix"] = str(imatrix)
     return rows, summary
 
 
