@@ -458,9 +458,10 @@ class Model(torch.nn.Module):
             x = self.tok_embd(ids)
             if self.config.embedding_scale != 1.0:
                 x = x * self.config.embedding_scale
-            if self.pos_embd is not None:
-                x = x + self.pos_embd(torch.arange(start, start + T, device=self.device) if positions is None
-                                      else positions.reshape(-1)).view(x.shape)
+            if self.pos_embd is not None and positions is None:
+                x = x + self.pos_embd(torch.arange(start, start + T, device=self.device))
+            elif self.pos_embd is not None:
+                x = x + self.pos_embd(positions.reshape(-1)).view(x.shape)
             rope = self.rope(start, T, positions=positions) if self.inv_freq is not None else None
             local = (self.rope(start, T, self.inv_freq_local, 1.0, positions) if self.inv_freq_local is not None
                      else rope)
