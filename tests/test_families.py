@@ -10,6 +10,7 @@ For every family of family_fixtures (a small checkpoint transformers itself made
 - run: our float32 logits, from the directory and from our float32 GGUF, equal
   transformers' within 1e-4 on a batch of two 96-token prompts.
 """
+import copy
 import ctypes
 import subprocess
 
@@ -387,8 +388,7 @@ def test_gemma_half_checkpoint_equals_llama_cpp_converter(name, dtype, tmp_path,
 
     directory, model = family_checkpoint(name)
     bf16 = tmp_path / f"{name}-{dtype}"
-    model.to(getattr(torch, dtype)).save_pretrained(bf16)
-    model.to(torch.float32)
+    copy.deepcopy(model).to(getattr(torch, dtype)).save_pretrained(bf16)  # the cached model stays float32
     for file in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(directory / file, bf16 / file)
     for outtype in ("f32", "bf16"):
