@@ -209,38 +209,3 @@ def test_commands_run_on_a_quantized_file(phi3, tmp_path, capsys):
         assert out.strip(), argv
         if argv[0] == "perplexity":
             assert 1 < json.loads(out)["ppl"] < 1216 * 4
-
-
-def test_q4_k_m_perplexity_in_ggml_numerics_agrees_with_llama_cpp(phi3, tmp_path, capsys):
-    """As test_numerics_ggml does for SmolLM2: on our Q4_K_M file, chunks of 128 (beyond the
-    original context, so both take the long divisors), ggml numerics' shift from float
-    products is llama.cpp's shift within three standard errors of ln(PPL_ggml / PPL_llama)."""
-    import math
-
-    from convkit.eval.kld import KLDAccumulator
-    from convkit.eval.perplexity import chunk_logits, perplexity_of_logits, plan_chunks, tokenize_for_perplexity
-    from convkit.runtime import ggml_numerics  # noqa: F401  (registers numerics "ggml")
-    from convkit.runtime.linear import FloatNumerics
-    from llama_peer import scored_logits
-
-    path = tmp_path / "q4.gguf"
-    our_command(["quantize", str(phi3[0]), "--type", "q4_k_m", "-o", str(path)], capsys)
-    text = python_docs_text()[:20000]
-    tokens = tokenize_for_perplexity(load_tokenizer(path), text)
-    plan = plan_chunks(len(tokens), 128, 8)
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=2, verbose=False)
-    assert llm.tokenize(text.encode(), add_bos=True, special=False) == tokens
-    ref = list(scored_logits(llm, tokens, plan))
-    del llm
-    llama = perplexity_of_logits(ref).ppl
-    model = load_model(path, dequantize_all=True, numerics="ggml")
-    ours = [(c.logits, c.targets) for c in chunk_logits(model, tokens, plan)]
-    ggml = perplexity_of_logits(ours).ppl
-    model.set_numerics(FloatNumerics())
-    fp = perplexity_of_logits(chunk_logits(model, tokens, plan)).ppl
-    against = KLDAccumulator()
-    for (logits, targets), (theirs, _) in zip(ours, ref):
-        against.add(logits, torch.log_softmax(theirs.float(), dim=-1), targets, floor=None)
-    s = against.summary()
-    assert 0 < s["ln_ppl_ratio_err"] < 0.05, s
-    assert abs(math.log(ggml / fp) - math.log(llama / fp)) <= 3 * s["ln_ppl_ratio_err"], (ggml, fp, llama, s)
