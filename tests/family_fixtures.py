@@ -158,19 +158,31 @@ def build_model(name):
     return model
 
 
-@functools.cache
-def family_checkpoint(name):
-    """(directory, transformers model) for one family; the directory is cached."""
-    model = build_model(name)
-    target = CACHE / "families" / f"{name}-{_key(name)}"
+def cached_directory(target, fill):
+    """`target`, made by `fill(part)` in a scratch directory renamed into place when complete
+    (an interrupted build is redone, never reused)."""
     if not (target / ".complete").exists():
         if target.exists():
             shutil.rmtree(target)
         part = target.with_name(target.name + ".part")
         if part.exists():
             shutil.rmtree(part)
-        model.save_pretrained(part)
-        TOKENIZERS.get(name, _smollm2_tokenizer)(part)
+        part.mkdir(parents=True)
+        fill(part)
         (part / ".complete").touch()
         part.rename(target)
+    return target
+
+
+@functools.cache
+def family_checkpoint(name):
+    """(directory, transformers model) for one family; the directory is cached."""
+    model = build_model(name)
+    target = CACHE / "families" / f"{name}-{_key(name)}"
+
+    def fill(part):
+        model.save_pretrained(part)
+        TOKENIZERS.get(name, _smollm2_tokenizer)(part)
+
+    cached_directory(target, fill)
     return target, model

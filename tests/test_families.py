@@ -187,6 +187,11 @@ def _broken_experts(tmp_path, change):
 @pytest.mark.parametrize("command", ["convert", "perplexity"])
 def test_bad_experts_are_one_line(change, needle, command, tmp_path, capsys):
     directory = _broken_experts(tmp_path, change)
+    assert_refused_in_one_line(directory, command, needle, tmp_path, capsys)
+
+
+def assert_refused_in_one_line(directory, command, needle, tmp_path, capsys):
+    """`convert` or `perplexity` on `directory`: exit 2, one line holding `needle`, nothing written."""
     target = tmp_path / "out.gguf"
     argv = {"convert": ["convert", str(directory), "-o", str(target)],
             "perplexity": ["perplexity", str(directory), "--text", str(directory / "config.json")]}[command]

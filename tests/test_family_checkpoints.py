@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from family_fixtures import FAMILIES, family_checkpoint
+from family_fixtures import FAMILIES, cached_directory, family_checkpoint
 from llama_peer import scored_logits
 from realdata import CACHE, python_docs_text
 from test_families import TOL, assert_same_gguf, our_command, peer_convert
@@ -35,19 +35,13 @@ def bf16_checkpoint(name):
 
     f32_dir, model = family_checkpoint(name)
     target = CACHE / "families" / f"{f32_dir.name}-bf16"
-    if not (target / ".complete").exists():
-        if target.exists():
-            shutil.rmtree(target)
-        part = target.with_name(target.name + ".part")
-        if part.exists():
-            shutil.rmtree(part)
-        shutil.copytree(f32_dir, part, ignore=shutil.ignore_patterns("*.safetensors*", ".complete"))
+
+    def fill(part):  # the tokenizer files beside weights saved in bfloat16
+        shutil.copytree(f32_dir, part, ignore=shutil.ignore_patterns("*.safetensors*", ".complete"),
+                        dirs_exist_ok=True)
         copy.deepcopy(model).to(torch.bfloat16).save_pretrained(part)  # the cached model stays float32
-        for kept in f32_dir.iterdir():  # the tokenizer files beside the weights
-            if kept.is_file() and not (part / kept.name).exists():
-                shutil.copy(kept, part / kept.name)
-        (part / ".complete").touch()
-        part.rename(target)
+
+    cached_directory(target, fill)
     model_cls = getattr(transformers, FAMILIES[name][1])
     return target, model_cls.from_pretrained(target, dtype=torch.float32).eval()
 

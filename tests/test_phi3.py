@@ -18,7 +18,7 @@ from convkit.runtime import load_model
 from convkit.runtime.tokenizer import load_tokenizer
 from family_fixtures import PHI3_ORIGINAL_CONTEXT, family_checkpoint
 from realdata import python_docs_text
-from test_families import TOL, assert_same_gguf, llama_cpp_logits, llama_quantize_file, our_command, peer_convert
+from test_families import TOL, assert_refused_in_one_line, assert_same_gguf, llama_cpp_logits, llama_quantize_file, our_command, peer_convert
 
 
 @pytest.fixture(scope="module")
@@ -179,15 +179,7 @@ def _factors(n):
 @pytest.mark.parametrize("command", ["convert", "perplexity"])
 def test_configs_run_differently_are_refused(phi3, change, needle, command, tmp_path, capsys):
     directory = _edited(phi3[0], tmp_path, change)
-    target = tmp_path / "out.gguf"
-    argv = {"convert": ["convert", str(directory), "-o", str(target)],
-            "perplexity": ["perplexity", str(directory), "--text", str(directory / "config.json")]}[command]
-    with pytest.raises(SystemExit) as exit_:
-        main(argv + ["--quiet"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2, err
-    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert not target.exists()
+    assert_refused_in_one_line(directory, command, needle, tmp_path, capsys)
 
 
 def test_commands_run_on_a_quantized_file(phi3, tmp_path, capsys):
